@@ -1,0 +1,111 @@
+"""Collation: a list of :class:`Structure` -> one batch ``Dict[str, Tensor]`` (fields declared in ``mftcalc.keys``).
+
+Atoms of all structures are concatenated (each per-atom array is copied exactly once, by one ``np.concatenate``),
+with ``batch[N]`` giving the structure index of each atom. Missing labels are zero-filled and flagged by the
+``has_*`` masks, so structures with and without stress (say) can share one batch.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc import keys as K
+from mftcalc.data.structure import Structure
+
+Batch = Dict[str, torch.Tensor]
+
+
+def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
+            dataset: Optional[Sequence[int] | int] = None, properties: Optional[Iterable[str]] = None,
+            device: torch.device | str = "cpu") -> Batch:
+    """Concatenate structures into one batch.
+
+    Args:
+        structures: B structures.
+        dtype: floating dtype of positions, cells and labels.
+        dataset: dataset index of each structure ([B] ints) or one int for all; default 0.
+        properties: property names to collate as labels (default: every property any structure carries).
+        device: where the tensors go.
+
+    Returns:
+        A batch dict with ``positions [N,3]``, ``numbers [N]``, ``batch [N]``, ``cell [B,3,3]``, ``pbc [B,3]``,
+        ``n_atoms [B]``, ``dataset [B]``, and when any structure has them ``energy [B]``, ``forces [N,3]``,
+        ``stress [B,3,3]`` with masks ``has_energy/has_forces/has_stress [B]``, and ``property:<name> [B]`` with
+        ``has_property:<name> [B]``.
+    """
+    if len(structures) == 0:
+        raise ValueError("cannot collate an empty list of structures")
+    n_atoms = np.fromiter((s.n_atoms for s in structures), dtype=np.int64, count=len(structures))
+    nb = len(structures)
+    np_float = np.float32 if dtype == torch.float32 else np.float64
+
+    def t(a: np.ndarray, dt: torch.dtype = dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+
+    out: Batch = {
+        K.POSITIONS: t(np.concatenate([s.positions for s in structures]).astype(np_float, copy=False)),
+        K.NUMBERS: t(np.concatenate([s.numbers for s in structures]), torch.int64),
+        K.BATCH: t(np.repeat(np.arange(nb, dtype=np.int64), n_atoms), torch.int64),
+        K.CELL: t(np.stack([s.cell for s in structures])),
+        K.PBC: t(np.stack([s.pbc for s in structures]), torch.bool),
+        K.N_ATOMS: t(n_atoms, torch.int64),
+    }
+    if dataset is None:
+        ds = np.zeros(nb, dtype=np.int64)
+    elif isinstance(dataset, (int, np.integer)):
+        ds = np.full(nb, int(dataset), dtype=np.int64)
+    else:
+        ds = np.asarray(dataset, dtype=np.int64)
+        if ds.shape != (nb,):
+            raise ValueError(f"dataset has shape {ds.shape}, expected ({nb},)")
+    out[K.DATASET] = t(ds, torch.int64)
+
+    has_e = np.array([s.energy is not None for s in structures])
+    if has_e.any():
+        out[K.ENERGY] = t(np.array([s.energy if s.energy is not None else 0.0 for s in structures]))
+        out[K.HAS_ENERGY] = t(has_e, torch.bool)
+    has_f = np.array([s.forces is not None for s in structures])
+    if has_f.any():
+        out[K.FORCES] = t(np.concatenate([s.forces if s.forces is not None else np.zeros((s.n_atoms, 3))
+                                          for s in structures]).astype(np_float, copy=False))
+        out[K.HAS_FORCES] = t(has_f, torch.bool)
+    has_s = np.array([s.stress is not None for s in structures])
+    if has_s.any():
+        out[K.STRESS] = t(np.stack([s.stress if s.stress is not None else np.zeros((3, 3)) for s in structures]))
+        out[K.HAS_STRESS] = t(has_s, torch.bool)
+
+    names: List[str] = list(properties) if properties is not None else sorted(
+        {p for s in structures for p in s.properties})
+    for name in names:
+        present = np.array([name in s.properties for s in structures])
+        out[K.property_key(name)] = t(np.array([s.properties.get(name, 0.0) for s in structures]))
+        out[K.has_property_key(name)] = t(present, torch.bool)
+    return out
+
+
+def batch_to(batch: Batch, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Batch:
+    """Move a batch to ``device`` and cast its floating fields to ``dtype`` (integer/bool fields keep theirs)."""
+    out: Batch = {}
+    for key, value in batch.items():
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        out[key] = value.to(device) if device is not None else value
+    return out
+
+
+def split_sizes_by_atoms(n_atoms: Sequence[int], max_atoms: int) -> List[List[int]]:
+    """Group structure indices (in order) into chunks of at most ``max_atoms`` atoms (a larger structure alone)."""
+    groups: List[List[int]] = []
+    current: List[int] = []
+    count = 0
+    for idx, n in enumerate(n_atoms):
+        if current and count + n > max_atoms:
+            groups.append(current)
+            current, count = [], 0
+        current.append(idx)
+        count += int(n)
+    if current:
+        groups.append(current)
+    return groups

@@ -1,0 +1,139 @@
+"""DPA3-style backbone ("repflow"): node, edge and angle features updated together on flat index lists.
+
+Written from the description of DPA3 (arXiv 2506.01686) and deepmd-kit's ``repflow_layer``: per layer a node
+update (self MLP, the symmetrised equivariant-to-invariant term of edge vectors, and a switch-weighted
+edge-to-node message), an edge update (self MLP and an angle-to-edge reduction) and an angle update, each
+added with learnable per-channel residual scales (DPA3's ``res_residual``, init 0.1). All linears that take a
+concatenation of node/edge/angle features are split by input so that they run per node or per edge before the
+gather, never on a concatenated per-angle tensor.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mftcalc.model.config import BackboneConfig
+from mftcalc.model.layers import make_activation, smooth_switch
+
+
+def _residual(width: int, value: float) -> nn.Parameter:
+    return nn.Parameter(torch.full((width,), value))
+
+
+class RepFlowLayer(nn.Module):
+    """One message-passing layer updating node [N, n], edge [E, e] and angle [A, a] features."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        n, e, a = cfg.n_dim, cfg.e_dim, cfg.a_dim
+        self.n_dim, self.e_dim, self.a_dim = n, e, a
+        self.axis = cfg.axis_neuron
+        self.nc = n if cfg.a_compress == 0 else min(cfg.a_compress, n)   # node channels seen by the angle block
+        self.ec = e if cfg.a_compress == 0 else min(cfg.a_compress, e)   # edge channels seen by the angle block
+        self.e_scale = cfg.e_sel_norm ** -0.5
+        self.e_norm = 1.0 / cfg.e_sel_norm
+        self.a_norm = cfg.a_sel_norm ** -0.5
+        self.act = make_activation(cfg.activation)
+        # node self
+        self.node_self = nn.Linear(n, n)
+        # symmetrisation (grrg of edge features and of neighbour node features)
+        self.node_sym = nn.Linear(self.axis * (n + e), n)
+        # edge-info linears for [node_i | node_j | edge] -> (node message n, edge self e), split by input
+        self.ee_node_i = nn.Linear(n, n + e, bias=False)
+        self.ee_node_j = nn.Linear(n, n + e, bias=False)
+        self.ee_edge = nn.Linear(e, n + e)
+        # angle-info linears for [angle | node_i | edge_ik | edge_ij] -> (edge-angle e, angle self a)
+        self.aa_angle = nn.Linear(a, e + a)
+        self.aa_node = nn.Linear(self.nc, e + a, bias=False)
+        self.aa_edge_ik = nn.Linear(self.ec, e + a, bias=False)
+        self.aa_edge_ij = nn.Linear(self.ec, e + a, bias=False)
+        self.edge_angle2 = nn.Linear(e, e)
+        r = cfg.update_residual
+        self.res_node = nn.ParameterList([_residual(n, r), _residual(n, r), _residual(n, r)])
+        self.res_edge = nn.ParameterList([_residual(e, r), _residual(e, r)])
+        self.res_angle = _residual(a, r)
+
+    def _sym(self, feat_e: Tensor, h2: Tensor, centre: Tensor, n_nodes: int) -> Tensor:
+        """grrg: [E, d] edge-wise invariant features and [E, 3] equivariant h2 -> [N, axis*d] invariant."""
+        d = feat_e.shape[1]
+        h2g = (h2.unsqueeze(2) * feat_e.unsqueeze(1)).reshape(-1, 3 * d)
+        acc = torch.zeros(n_nodes, 3 * d, dtype=feat_e.dtype, device=feat_e.device)
+        hg = acc.index_add_(0, centre, h2g).reshape(n_nodes, 3, d) * self.e_scale
+        return (torch.bmm(hg[:, :, : self.axis].transpose(1, 2), hg) / 3.0).reshape(n_nodes, self.axis * d)
+
+    def forward(self, node: Tensor, edge: Tensor, angle: Tensor, h2: Tensor, sw: Tensor, a_sw: Tensor,
+                edge_index: Tensor, a_edges: Tensor, a_ij: Tensor, a_ik: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        n_nodes = node.shape[0]
+        n, e = self.n_dim, self.e_dim
+        i = edge_index[0]
+        j = edge_index[1]
+        sw_col = sw.unsqueeze(1)
+
+        # ---- node updates
+        node_self = self.act(self.node_self(node))
+        node_j = node[j]
+        sym = torch.cat([self._sym(edge * sw_col, h2, i, n_nodes), self._sym(node_j * sw_col, h2, i, n_nodes)], 1)
+        node_sym = self.act(self.node_sym(sym))
+        edge_info = self.act(self.ee_node_i(node)[i] + self.ee_node_j(node)[j] + self.ee_edge(edge))   # [E, n+e]
+        msg = edge_info[:, :n] * sw_col
+        node_msg = torch.zeros(n_nodes, n, dtype=node.dtype, device=node.device).index_add_(0, i, msg) * self.e_norm
+        edge_self = edge_info[:, n:]
+
+        # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one scatter)
+        edge_a = edge[a_edges]
+        p_ij = self.aa_edge_ij(edge_a[:, : self.ec]) + self.aa_node(node[:, : self.nc])[i[a_edges]]   # [Ea, e+a]
+        p_ik = self.aa_edge_ik(edge_a[:, : self.ec])                                                   # [Ea, e+a]
+        x = self.act(self.aa_angle(angle) + p_ij[a_ij] + p_ik[a_ik])                                   # [A, e+a]
+        red = torch.zeros(edge_a.shape[0], e, dtype=node.dtype, device=node.device).index_add_(
+            0, a_ij, x[:, :e] * a_sw.unsqueeze(1)) * self.a_norm
+        padded = torch.zeros(edge.shape[0], e, dtype=node.dtype, device=node.device).index_copy(0, a_edges, red)
+        edge_angle = self.act(self.edge_angle2(padded))
+
+        node = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
+        edge = edge + self.res_edge[0] * edge_self + self.res_edge[1] * edge_angle
+        angle = angle + self.res_angle * x[:, e:]
+        return node, edge, angle
+
+
+class Backbone(nn.Module):
+    """Type embedding (Z = 1..118) + initial edge/angle embeddings + ``n_layers`` :class:`RepFlowLayer`."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.e_rcut, self.e_rcut_smth = float(cfg.e_rcut), float(cfg.e_rcut_smth)
+        self.a_rcut, self.a_rcut_smth = float(cfg.a_rcut), float(cfg.a_rcut_smth)
+        if not (0 < cfg.a_rcut_smth < cfg.a_rcut <= cfg.e_rcut and 0 < cfg.e_rcut_smth < cfg.e_rcut):
+            raise ValueError("cutoffs must satisfy 0 < a_rcut_smth < a_rcut <= e_rcut and 0 < e_rcut_smth < e_rcut")
+        self.type_embedding = nn.Embedding(cfg.n_types, cfg.n_dim)
+        self.edge_embedding = nn.Linear(1, cfg.e_dim)
+        self.angle_embedding = nn.Linear(1, cfg.a_dim, bias=False)
+        self.act = make_activation(cfg.activation)
+        self.layers = nn.ModuleList([RepFlowLayer(cfg) for _ in range(cfg.n_layers)])
+        self.n_dim = cfg.n_dim
+        self.e_dim = cfg.e_dim
+
+    def forward(self, numbers: Tensor, vectors: Tensor, edge_index: Tensor, a_edges: Tensor, a_ij: Tensor,
+                a_ik: Tensor) -> Tuple[Tensor, Tensor]:
+        """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); graph indices from ``build_graph``.
+
+        Returns: node features [N, n_dim] and edge features [E, e_dim].
+        """
+        dist = torch.sqrt((vectors * vectors).sum(1) + 1e-12)                 # [E]
+        sw = smooth_switch(dist, self.e_rcut_smth, self.e_rcut)              # [E]
+        s = sw / dist
+        h2 = vectors * (s / dist).unsqueeze(1)                               # [E, 3]
+        edge = self.act(self.edge_embedding(s.unsqueeze(1)))                 # [E, e]
+        d_a = dist[a_edges]
+        sw_a = smooth_switch(d_a, self.a_rcut_smth, self.a_rcut)
+        unit = vectors[a_edges] / (d_a + 1e-6).unsqueeze(1)
+        cos = (unit[a_ij] * unit[a_ik]).sum(1) * (1.0 - 1e-6)
+        angle = self.angle_embedding((cos / math.sqrt(math.pi)).unsqueeze(1))   # [A, a]
+        a_sw = sw_a[a_ij] * sw_a[a_ik]
+        node = self.act(self.type_embedding(numbers))
+        for layer in self.layers:
+            node, edge, angle = layer(node, edge, angle, h2, sw, a_sw, edge_index, a_edges, a_ij, a_ik)
+        return node, edge

@@ -1,0 +1,100 @@
+"""Least-squares statistics of heads from training data: per-element biases/shifts and output scales."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.data.structure import Structure
+from mftcalc.model.heads import BOHR, N_TYPES
+
+
+def element_counts(structures: Sequence[Structure]) -> np.ndarray:
+    """[B, 119] count of each atomic number in each structure."""
+    counts = np.zeros((len(structures), N_TYPES))
+    for row, s in enumerate(structures):
+        np.add.at(counts[row], s.numbers, 1.0)
+    return counts
+
+
+def lstsq_element_bias(counts: np.ndarray, targets: np.ndarray, rcond: float = 1e-8) -> np.ndarray:
+    """Per-element values b [119] minimising ||counts · b − targets||² (elements absent from the data get 0).
+
+    Args:
+        counts: [B, 119] element counts. targets: [B] extensive targets (e.g. energy in eV, or intensive × N).
+    """
+    present = counts.sum(0) > 0
+    bias = np.zeros(N_TYPES)
+    if present.any():
+        sol, *_ = np.linalg.lstsq(counts[:, present], targets, rcond=rcond)
+        bias[present] = sol
+    return bias
+
+
+@torch.no_grad()
+def fit_forcefield_shift(head: torch.nn.Module, structures: Sequence[Structure], dataset: Sequence[int]) -> None:
+    """Set ``head.shift[d]`` per dataset d by least squares of total energies on element counts."""
+    ds = np.asarray(dataset)
+    for d in np.unique(ds):
+        sel = [s for s, k in zip(structures, ds) if k == d and s.energy is not None]
+        if not sel:
+            continue
+        bias = lstsq_element_bias(element_counts(sel), np.array([s.energy for s in sel]))
+        head.shift[int(d)] = torch.as_tensor(bias, dtype=head.shift.dtype)
+
+
+@torch.no_grad()
+def fit_property_head(head: torch.nn.Module, structures: Sequence[Structure], name: str, kind: str,
+                      extensive: bool, element_bias: bool, min_scale: float = 1e-6) -> None:
+    """Set a property head's per-element ``bias`` and output ``scale`` from labelled structures.
+
+    Scalar heads: intensive targets are fitted as ``label × N_atoms`` (the head averages), extensive as is; the
+    scale is the standard deviation of the per-atom residual. Dipole heads: only the scale (charges start small).
+    ⟨R²⟩ heads: the scale maps Σ|r − c|²/a0² to the labels in the mean; no bias unless asked.
+    """
+    labelled = [s for s in structures if name in s.properties]
+    if not labelled:
+        raise ValueError(f"no structure carries a label for property {name!r}")
+    y = np.array([s.properties[name] for s in labelled])
+    n = np.array([s.n_atoms for s in labelled], dtype=float)
+    counts = element_counts(labelled)
+    if kind == "scalar":
+        target = y if extensive else y * n
+        bias = lstsq_element_bias(counts, target) if element_bias else np.zeros(N_TYPES)
+        if not element_bias:                                 # one global per-atom offset, same for every element
+            bias[:] = target.sum() / n.sum()
+        resid = (target - counts @ bias) / n                 # per-atom residual
+        scale = max(float(np.std(resid)), min_scale)
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        head.scale.fill_(scale)
+    elif kind == "dipole":
+        head.scale.fill_(0.1)
+    elif kind == "r2":
+        spread = np.array([((s.positions - s.positions.mean(0)) ** 2).sum() / BOHR ** 2 for s in labelled])
+        bias = np.zeros(N_TYPES)
+        if element_bias:
+            present = counts.sum(0) > 0
+            design = np.concatenate([counts[:, present], spread[:, None]], 1)
+            sol, *_ = np.linalg.lstsq(design, y, rcond=1e-8)
+            bias[present] = sol[:-1]
+            ratio = float(sol[-1])
+        else:
+            ratio = float(np.sum(spread * y) / max(np.sum(spread * spread), 1e-12))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        head.scale.fill_(max(ratio, min_scale))
+    else:
+        raise ValueError(f"unknown property head kind {kind!r}")
+
+
+def fit_heads(model: torch.nn.Module, structures: Sequence[Structure], dataset: Optional[Sequence[int]] = None) -> None:
+    """Fit every head of an ``MFTModel`` whose labels occur in ``structures``."""
+    cfg = model.config
+    for name, head_cfg in cfg.heads.items():
+        if head_cfg.kind == "forcefield":
+            if any(s.energy is not None for s in structures):
+                fit_forcefield_shift(model.ff_heads[name], structures,
+                                     dataset if dataset is not None else [0] * len(structures))
+        elif any(name in s.properties for s in structures):
+            fit_property_head(model.property_heads[name], structures, name, head_cfg.kind, head_cfg.extensive,
+                              head_cfg.element_bias)

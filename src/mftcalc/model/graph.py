@@ -1,0 +1,62 @@
+"""The graph the backbone runs on: edges within ``e_rcut`` and angle triplets within ``a_rcut`` (flat index lists).
+
+Built inside the model from plain tensors, so the scripted model needs nothing else: the neighbour search runs
+without autograd, then edge vectors are recomputed from positions, shifts and cell so that forces and stress
+flow through them by autograd.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import Tensor
+
+from mftcalc.kernels import neighbor_list
+
+
+def edge_vectors(positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor, shifts: Tensor) -> Tensor:
+    """Edge vectors ``r_ij = x_j − x_i + S · cell`` [E, 3] Å (differentiable in positions and cell)."""
+    i = edge_index[0]
+    j = edge_index[1]
+    offset = torch.bmm(shifts.to(cell.dtype).unsqueeze(1), cell[batch[i]]).squeeze(1)
+    return positions[j] - positions[i] + offset
+
+
+def angle_index(a_centre: Tensor, n_nodes: int) -> Tuple[Tensor, Tensor]:
+    """All ordered pairs (p, q) of angle-edges that share a centre, the diagonal p == q included (as DPA3).
+
+    Args:
+        a_centre: [Ea] int64 centre atom of each angle-edge, sorted ascending.
+        n_nodes: number of atoms N.
+    Returns:
+        ``(a_ij, a_ik)`` [A] int64 indices into the angle-edge list; ``a_ij`` is sorted ascending.
+    """
+    counts = torch.bincount(a_centre, minlength=n_nodes)                  # [N] angle-edges per centre
+    start = torch.cumsum(counts, 0) - counts                             # [N] first angle-edge of each centre
+    m = counts[a_centre]                                                 # [Ea] block size of each angle-edge
+    n_angles = int(m.sum())
+    ea = torch.arange(a_centre.shape[0], device=a_centre.device)
+    a_ij = torch.repeat_interleave(ea, m, output_size=n_angles)
+    first = torch.cumsum(m, 0) - m                                       # [Ea] first angle of each angle-edge
+    local = torch.arange(n_angles, device=a_centre.device) - torch.repeat_interleave(first, m, output_size=n_angles)
+    a_ik = torch.repeat_interleave(start[a_centre], m, output_size=n_angles) + local
+    return a_ij, a_ik
+
+
+def build_graph(positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, e_rcut: float,
+                a_rcut: float) -> Dict[str, Tensor]:
+    """Neighbour search and angle lists for a batch (no autograd; the caller recomputes vectors).
+
+    Args:
+        positions: [N, 3] Å. cell: [B, 3, 3] Å. pbc: [B, 3] bool. batch: [N] int64 sorted.
+    Returns:
+        ``edge_index`` [2, E] (sorted by centre), ``shifts`` [E, 3] integer shifts as floats,
+        ``a_edges`` [Ea] indices of the edges shorter than ``a_rcut`` (sorted by centre),
+        ``a_ij``/``a_ik`` [A] indices into ``a_edges`` of the two edges of each angle.
+    """
+    with torch.no_grad():
+        edge_index, shifts, dist = neighbor_list(positions.detach(), e_rcut, batch, cell.detach(), pbc)
+        a_edges = torch.nonzero(dist < a_rcut).squeeze(1)
+        a_ij, a_ik = angle_index(edge_index[0][a_edges], positions.shape[0])
+    return {"edge_index": edge_index, "shifts": shifts.to(positions.dtype), "a_edges": a_edges,
+            "a_ij": a_ij, "a_ik": a_ik}

@@ -1,0 +1,116 @@
+"""Heads that turn backbone node features into outputs: force field (with dataset embedding) and properties.
+
+Every head returns per-atom contributions ``[N]`` and the per-structure value ``[B]``; per-element biases and an
+output scale are buffers set from training data by least squares (``mftcalc.model.fitting``).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mftcalc.model.config import HeadConfig
+from mftcalc.model.layers import MLP
+
+BOHR = 0.529177210903            # Å
+E_ANGSTROM_TO_DEBYE = 4.80320471  # 1 e·Å in Debye
+N_TYPES = 119
+
+
+def scatter_sum(values: Tensor, batch: Tensor, n_structures: int) -> Tensor:
+    """Sum per-atom values [N] or [N, k] into per-structure values [B] or [B, k]."""
+    shape = [n_structures] + list(values.shape[1:])
+    return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
+
+
+class ForceFieldHead(nn.Module):
+    """Atomic energies (eV) from node features and a one-hot dataset (case) embedding.
+
+    ``E_i = scale · MLP([h_i, onehot(dataset)]) + shift[dataset, Z_i]``; the per-dataset, per-element shift is fitted
+    by least squares so that each pretraining dataset keeps its own energy reference.
+    """
+
+    def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.n_datasets = int(cfg.n_datasets)
+        self.mlp = MLP(n_dim + self.n_datasets, cfg.hidden, 1, cfg.activation)
+        self.register_buffer("shift", torch.zeros(self.n_datasets, N_TYPES))
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
+                n_structures: int) -> Tuple[Tensor, Tensor]:
+        ds_atom = dataset[batch]
+        onehot = torch.nn.functional.one_hot(ds_atom, self.n_datasets).to(node.dtype)
+        atomic = self.mlp(torch.cat([node, onehot], 1)).squeeze(1) * self.scale + self.shift[ds_atom, numbers]
+        return atomic, scatter_sum(atomic, batch, n_structures)
+
+
+class ScalarHead(nn.Module):
+    """A scalar property: per-atom MLP terms plus an optional per-element bias, summed (extensive) or averaged."""
+
+    def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.extensive = bool(cfg.extensive)
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation)
+        self.register_buffer("bias", torch.zeros(N_TYPES))
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
+                n_structures: int) -> Tuple[Tensor, Tensor]:
+        atomic = self.mlp(node).squeeze(1) * self.scale + self.bias[numbers]
+        total = scatter_sum(atomic, batch, n_structures)
+        if not self.extensive:
+            counts = scatter_sum(torch.ones_like(atomic), batch, n_structures)
+            total = total / counts
+        return atomic, total
+
+
+class DipoleHead(nn.Module):
+    """Dipole moment magnitude (Debye) from per-atom charges (e) made neutral per structure: |Σ q_i r_i|."""
+
+    def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation)
+        self.to_debye = E_ANGSTROM_TO_DEBYE
+        self.register_buffer("bias", torch.zeros(N_TYPES))   # unused (charges are made neutral); kept for fitting
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
+                n_structures: int) -> Tuple[Tensor, Tensor]:
+        q = self.mlp(node).squeeze(1) * self.scale
+        counts = scatter_sum(torch.ones_like(q), batch, n_structures)
+        q = q - (scatter_sum(q, batch, n_structures) / counts)[batch]
+        mu = scatter_sum(q.unsqueeze(1) * positions, batch, n_structures)                    # [B, 3] e·Å
+        return q, torch.sqrt((mu * mu).sum(1) + 1e-12) * self.to_debye
+
+
+class R2Head(nn.Module):
+    """Electronic spatial extent ⟨R²⟩ (bohr²): Σ_i w_i |r_i − c|² / a0² + Σ_i b(Z_i), c = centroid."""
+
+    def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation)
+        self.inv_bohr2 = 1.0 / (BOHR * BOHR)
+        self.register_buffer("bias", torch.zeros(N_TYPES))
+        self.register_buffer("scale", torch.ones(1))
+
+    def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
+                n_structures: int) -> Tuple[Tensor, Tensor]:
+        counts = scatter_sum(torch.ones_like(positions[:, 0]), batch, n_structures)
+        centre = scatter_sum(positions, batch, n_structures) / counts.unsqueeze(1)
+        d2 = ((positions - centre[batch]) ** 2).sum(1) * self.inv_bohr2
+        w = 1.0 + self.mlp(node).squeeze(1) * 0.1
+        atomic = self.scale * w * d2 + self.bias[numbers]
+        return atomic, scatter_sum(atomic, batch, n_structures)
+
+
+def make_head(n_dim: int, cfg: HeadConfig) -> nn.Module:
+    """Head module for a config."""
+    if cfg.kind == "forcefield":
+        return ForceFieldHead(n_dim, cfg)
+    if cfg.kind == "scalar":
+        return ScalarHead(n_dim, cfg)
+    if cfg.kind == "dipole":
+        return DipoleHead(n_dim, cfg)
+    return R2Head(n_dim, cfg)

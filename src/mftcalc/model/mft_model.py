@@ -1,0 +1,122 @@
+"""The model: one backbone, named force-field heads and named property heads; energy, forces, stress, properties.
+
+``MFTModel.forward`` takes the plain-tensor batch dict (``mftcalc.keys``) and returns a dict of outputs. Forces
+(−∂E/∂x) and stress ((1/V) ∂E/∂ε, ASE sign) come from autograd of the summed energy of the active force-field
+head with respect to positions and a strain applied to positions and cell, so every caller gets them alike.
+Call it with gradients enabled (not under ``torch.no_grad()``) when forces or stress are wanted.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mftcalc import keys as K
+from mftcalc.model.backbone import Backbone
+from mftcalc.model.config import ModelConfig
+from mftcalc.model.graph import build_graph, edge_vectors
+from mftcalc.model.heads import make_head, scatter_sum
+
+
+class MFTModel(nn.Module):
+    """Backbone + heads. ``config.heads`` kinds: ``forcefield`` (in ``ff_heads``) or property (``property_heads``).
+
+    Outputs (when the model has a force-field head): ``energy [B]`` eV, ``energies [N]`` eV, ``forces [N,3]``
+    eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (zero for structures that are not periodic in all three
+    directions); and ``<property> [B]`` for every property head, in the head's unit. With ``features=True`` also
+    ``node_features [N, n_dim]``, ``edge_features [E, e_dim]``, ``edge_index [2, E]`` and ``edge_vectors [E, 3]``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config.backbone)
+        n_dim = config.backbone.n_dim
+        self.ff_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
+                                       if h.kind == "forcefield"})
+        self.property_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
+                                             if h.kind != "forcefield"})
+        names: List[str] = list(self.ff_heads.keys())
+        self.active_ff_head: str = names[0] if names else ""
+        self.e_rcut = float(config.backbone.e_rcut)
+        self.a_rcut = float(config.backbone.a_rcut)
+
+    @torch.jit.unused
+    def head_names(self) -> List[str]:
+        """Names of all heads."""
+        return list(self.ff_heads.keys()) + list(self.property_heads.keys())
+
+    def forward(self, data: Dict[str, Tensor], compute_forces: bool = True, compute_stress: bool = True,
+                compute_properties: bool = True, features: bool = False) -> Dict[str, Tensor]:
+        positions = data[K.POSITIONS]
+        numbers = data[K.NUMBERS]
+        batch = data[K.BATCH]
+        cell = data[K.CELL]
+        pbc = data[K.PBC]
+        n_structures = cell.shape[0]
+        if K.DATASET in data:
+            dataset = data[K.DATASET]
+        else:
+            dataset = torch.zeros(n_structures, dtype=torch.long, device=positions.device)
+        has_ff = len(self.ff_heads) > 0
+        forces_on = compute_forces and has_ff
+        stress_on = compute_stress and has_ff
+        out: Dict[str, Tensor] = {}
+        graph = build_graph(positions, cell, pbc, batch, self.e_rcut, self.a_rcut)
+        pos = positions
+        cel = cell
+        strain = torch.zeros_like(cell)
+        if forces_on:
+            pos = positions.detach().requires_grad_(True)
+            positions = pos
+        if stress_on:
+            strain.requires_grad_(True)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            pos = pos + torch.bmm(pos.unsqueeze(1), sym[batch]).squeeze(1)
+            cel = cell + torch.bmm(cell, sym)
+        vectors = edge_vectors(pos, cel, batch, graph["edge_index"], graph["shifts"])
+        node, edge = self.backbone(numbers, vectors, graph["edge_index"], graph["a_edges"], graph["a_ij"],
+                                   graph["a_ik"])
+        if features:
+            out[K.NODE_FEATURES] = node
+            out["edge_features"] = edge
+            out[K.EDGE_INDEX] = graph["edge_index"]
+            out["edge_vectors"] = vectors
+        for name, head in self.ff_heads.items():
+            if name == self.active_ff_head:
+                atomic, energy = head(node, numbers, batch, pos, dataset, n_structures)
+                out[K.ENERGIES] = atomic
+                out[K.ENERGY] = energy
+        if forces_on or stress_on:
+            inputs: List[Tensor] = []
+            if forces_on:
+                inputs.append(positions)
+            if stress_on:
+                inputs.append(strain)
+            grads = torch.autograd.grad([out[K.ENERGY].sum()], inputs, create_graph=self.training,
+                                        allow_unused=True)
+            k = 0
+            if forces_on:
+                g = grads[k]
+                out[K.FORCES] = -g if g is not None else torch.zeros_like(positions)
+                k += 1
+            if stress_on:
+                g = grads[k]
+                dedeps = g if g is not None else torch.zeros_like(cell)
+                out[K.VIRIAL] = -dedeps
+                volume = torch.abs(torch.linalg.det(cell))
+                periodic = pbc.all(dim=1)
+                safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
+                out[K.STRESS] = torch.where(periodic.view(-1, 1, 1), dedeps / safe_volume.view(-1, 1, 1),
+                                            torch.zeros_like(dedeps))
+        if compute_properties:
+            for name, head in self.property_heads.items():
+                _, value = head(node, numbers, batch, positions, dataset, n_structures)
+                out[name] = value
+        return out
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
