@@ -1,0 +1,55 @@
+"""``mftcalc train`` (pretraining from a YAML config) and ``mftcalc evaluate`` (errors and parity plots)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Dict, List
+
+
+def _parse_overrides(pairs: List[str]) -> Dict[str, Any]:
+    import yaml
+    out: Dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"override {pair!r} must look like key=value")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mftcalc.training.pretrain import PretrainConfig, pretrain
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        import torch.distributed as dist
+        dist.init_process_group("gloo")
+    cfg = PretrainConfig.from_yaml(args.config, _parse_overrides(args.set))
+    card = pretrain(cfg)
+    if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
+    if distributed:
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mftcalc.training.evaluate_cli import evaluate_files
+    evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures)
+    return 0
+
+
+def add_train_parsers(subparsers: Any) -> None:
+    """Register ``train`` and ``evaluate``."""
+    p = subparsers.add_parser("train", help="pretrain a force field on several datasets (YAML config)")
+    p.add_argument("config", help="YAML file mapped onto mftcalc.training.pretrain.PretrainConfig")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.set_defaults(func=_train)
+    p = subparsers.add_parser("evaluate", help="energy/force errors of a model on labelled data, with parity plot")
+    p.add_argument("model", help="checkpoint (.pt) or TorchScript export")
+    p.add_argument("data", nargs="+", help="labelled structure files (extxyz, db, deepmd dirs)")
+    p.add_argument("--dataset", default=None, help="dataset name of the force-field head (default: first)")
+    p.add_argument("--plot", default="parity.png", help="parity plot output path")
+    p.add_argument("--max-structures", type=int, default=None)
+    p.set_defaults(func=_evaluate)

@@ -1,0 +1,57 @@
+"""Batched inference: run a model over many structures in atom-count-sized chunks, results per structure."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc import keys as K
+from mftcalc.data.batch import collate, split_sizes_by_atoms
+from mftcalc.data.structure import Structure
+
+ModelFn = Callable[..., Dict[str, torch.Tensor]]
+
+
+def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], dataset: int | Sequence[int] = 0,
+                       compute_forces: bool = True, compute_stress: bool = True, max_atoms: int = 4096,
+                       dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
+                       features: bool = False, progress: bool = False) -> List[Dict[str, np.ndarray]]:
+    """Predictions for each structure (model in eval mode): ``energy`` (eV), ``forces`` [n,3], ``stress`` [3,3] and
+    each property by name.
+
+    Structures are grouped in order into chunks of at most ``max_atoms`` atoms (one forward each).
+    ``features=True`` adds ``node_features`` [n, n_dim]. Works with an eager ``MFTModel`` or a scripted one.
+    """
+    if dtype is None:
+        dtype = next(iter(model.parameters())).dtype if any(True for _ in model.parameters()) else torch.float32
+    datasets = [dataset] * len(structures) if isinstance(dataset, (int, np.integer)) else list(dataset)
+    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
+    results: List[Dict[str, np.ndarray]] = []
+    iterator = groups
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(groups, desc="predict", unit="batch")
+    was_training = model.training
+    model.eval()
+    grad_context = nullcontext if (compute_forces or compute_stress) else torch.no_grad
+    for group in iterator:
+        chunk = [structures[i] for i in group]
+        batch = collate(chunk, dtype=dtype, dataset=[datasets[i] for i in group], properties=[], device=device)
+        with grad_context():
+            out = model(batch, compute_forces=compute_forces, compute_stress=compute_stress,
+                        compute_properties=True, features=features)
+        out = {k: v.detach().cpu().numpy() for k, v in out.items()}
+        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
+        for k in range(len(chunk)):
+            a, b = offsets[k], offsets[k + 1]
+            row: Dict[str, np.ndarray] = {}
+            for key, value in out.items():
+                scope = K.SCOPES.get(key, "system")
+                if key in (K.EDGE_INDEX, "edge_features", "edge_vectors"):
+                    continue
+                row[key] = value[a:b] if scope == "atom" else value[k]
+            results.append(row)
+    model.train(was_training)
+    return results

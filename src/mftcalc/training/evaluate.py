@@ -1,0 +1,61 @@
+"""Error metrics of a model on labelled structures (energy per atom, forces, stress, properties)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.data.structure import Structure
+from mftcalc.model.inference import predict_structures
+
+
+def forcefield_errors(model: torch.nn.Module, structures: Sequence[Structure], dataset: int = 0,
+                      max_atoms: int = 4096) -> Dict[str, float]:
+    """Energy MAE/RMSE per atom (eV/atom), force MAE/RMSE per component (eV/Å), stress MAE (eV/Å³) if labelled."""
+    want_stress = any(s.stress is not None for s in structures)
+    preds = predict_structures(model, structures, dataset, compute_forces=True, compute_stress=want_stress,
+                               max_atoms=max_atoms)
+    e_err: List[float] = []
+    f_err: List[np.ndarray] = []
+    s_err: List[np.ndarray] = []
+    for s, p in zip(structures, preds):
+        if s.energy is not None:
+            e_err.append((float(p["energy"]) - s.energy) / s.n_atoms)
+        if s.forces is not None:
+            f_err.append((p["forces"] - s.forces).ravel())
+        if want_stress and s.stress is not None:
+            s_err.append((p["stress"] - s.stress).ravel())
+    out: Dict[str, float] = {"n_structures": float(len(structures))}
+    if e_err:
+        e = np.asarray(e_err)
+        out.update(e_mae_per_atom=float(np.abs(e).mean()), e_rmse_per_atom=float(np.sqrt((e * e).mean())))
+    if f_err:
+        f = np.concatenate(f_err)
+        out.update(f_mae=float(np.abs(f).mean()), f_rmse=float(np.sqrt((f * f).mean())))
+    if s_err:
+        st = np.concatenate(s_err)
+        out.update(s_mae=float(np.abs(st).mean()))
+    return out
+
+
+def property_errors(model: torch.nn.Module, structures: Sequence[Structure], name: str,
+                    max_atoms: int = 4096, predictions: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """MAE and RMSE of property ``name`` (unit of the labels) over the structures that carry it."""
+    labelled = [s for s in structures if name in s.properties]
+    if not labelled:
+        raise ValueError(f"no structure carries a label for property {name!r}")
+    if predictions is None:
+        predictions = property_predictions(model, labelled, name, max_atoms)
+    y = np.array([s.properties[name] for s in labelled])
+    diff = predictions - y
+    return {"mae": float(np.abs(diff).mean()), "rmse": float(np.sqrt((diff * diff).mean())), "n": float(len(y))}
+
+
+def property_predictions(model: torch.nn.Module, structures: Sequence[Structure], name: str,
+                         max_atoms: int = 4096) -> np.ndarray:
+    """Predicted values [B] of property ``name``."""
+    preds = predict_structures(model, structures, 0, compute_forces=False, compute_stress=False, max_atoms=max_atoms)
+    if name not in preds[0]:
+        raise KeyError(f"model has no property head {name!r}")
+    return np.array([float(p[name]) for p in preds])

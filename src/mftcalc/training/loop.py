@@ -1,0 +1,312 @@
+"""The one training loop: sources drawn per step, losses, Adam + exponential LR, clipping, validation,
+atomic checkpoints with exact resume, learning curves, and data parallelism over torch.distributed.
+
+Pretraining (several force-field sources) and every fine-tuning strategy (a property source, optionally with
+force-field sources in ``alternate`` or ``sum`` mode, optionally with frozen parameters) run through
+:class:`Trainer`; they differ only in the model they pass in, which parameters require grad and the sources.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.data.batch import collate
+from mftcalc.model.checkpoint import atomic_save
+from mftcalc.training.evaluate import forcefield_errors, property_errors
+from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
+from mftcalc.training.sampler import EpochSampler, Source, choose_source
+from mftcalc.training.schedule import ExponentialLR
+
+STATE_FORMAT = "mftcalc-train-state"
+
+
+@dataclass
+class TrainSettings:
+    """Loop settings. ``mode``: ``alternate`` (one source per step, by probability) or ``sum`` (the first
+    property source every step + ``sum_weight`` × one force-field source)."""
+
+    num_steps: int = 1000
+    lr: ExponentialLR = field(default_factory=ExponentialLR)
+    prefactors: ForceFieldPrefactors = field(default_factory=ForceFieldPrefactors)
+    grad_clip: float = 10.0
+    seed: int = 0
+    mode: str = "alternate"
+    sum_weight: float = 1.0
+    log_every: int = 10
+    val_every: int = 200
+    checkpoint_every: int = 50
+    dtype: torch.dtype = torch.float32
+    best_metric: Optional[str] = None     # e.g. "val/gap/mae": keep the best-on-validation weights
+    progress: bool = True
+
+
+def _global_rank() -> tuple:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Runs ``settings.num_steps`` optimiser steps over ``sources``, validating on ``val_sources``.
+
+    Args:
+        model: an ``MFTModel`` (parameters with ``requires_grad=False`` stay frozen).
+        sources: training sources.
+        val_sources: validation sources (same kinds); metrics go to ``<out_dir>/val.csv`` and the curve PNG.
+        out_dir: where ``train.csv``, ``val.csv`` and ``learning_curve.png`` go.
+        state_path: the one checkpoint file of this run (written atomically; resumed from when it exists).
+        on_validate: optional callback ``(step, metrics)`` (e.g. drift logging) whose returned dict is logged.
+        best_path: where the best-on-validation model checkpoint is written (with ``settings.best_metric``).
+        save_model_fn: ``(model, path) -> None`` writing a model checkpoint (used for ``best_path``).
+    """
+
+    def __init__(self, model: torch.nn.Module, sources: Sequence[Source], settings: TrainSettings,
+                 out_dir: str | Path, state_path: str | Path, val_sources: Sequence[Source] = (),
+                 on_validate: Optional[Callable[[int, Dict[str, float]], Dict[str, float]]] = None,
+                 best_path: Optional[str | Path] = None,
+                 save_model_fn: Optional[Callable[[torch.nn.Module, Path], None]] = None) -> None:
+        if not sources:
+            raise ValueError("no training sources")
+        if settings.mode not in ("alternate", "sum"):
+            raise ValueError(f"mode must be 'alternate' or 'sum', got {settings.mode!r}")
+        if settings.mode == "sum" and not any(s.kind == "property" for s in sources):
+            raise ValueError("mode 'sum' needs a property source")
+        self.model = model.to(settings.dtype)
+        self.sources = list(sources)
+        self.val_sources = list(val_sources)
+        self.settings = settings
+        self.out_dir = Path(out_dir)
+        self.state_path = Path(state_path)
+        self.on_validate = on_validate
+        self.best_path = Path(best_path) if best_path else None
+        self.save_model_fn = save_model_fn
+        self.rank, self.world = _global_rank()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.Adam(self.params, lr=settings.lr.lr0)
+        self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
+                         for k, s in enumerate(self.sources)]
+        self.step = 0
+        self.best_value = math.inf
+        self.wall = 0.0
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.state_path.exists():
+            self._load_state()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict:
+        return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "samplers": [s.state_dict() for s in self.samplers],
+                "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
+                "sources": [s.name for s in self.sources]}
+
+    def _load_state(self) -> None:
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{self.state_path} is not an mftcalc training state; delete it or pick another path")
+        if state["sources"] != [s.name for s in self.sources]:
+            raise ValueError(f"{self.state_path} was written for sources {state['sources']}, "
+                             f"this run has {[s.name for s in self.sources]}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for sampler, st in zip(self.samplers, state["samplers"]):
+            sampler.load_state_dict(st)
+        self.step = int(state["step"])
+        self.best_value = float(state["best_value"])
+        self.wall = float(state["wall"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_state(self) -> None:
+        if self.rank == 0:
+            atomic_save(self.state_dict(), self.state_path)
+
+    # ------------------------------------------------------------------ one step
+    def _batch_loss(self, source: Source, sampler: EpochSampler, lr: float) -> tuple:
+        idx = sampler.next_indices()
+        global_structures = [source.structures[i] for i in idx]
+        local = global_structures[self.rank::self.world]
+        dtype = self.settings.dtype
+        if source.kind == "forcefield":
+            with_stress = any(s.stress is not None for s in global_structures)
+            batch = collate(local, dtype=dtype, dataset=source.dataset_index, properties=[])
+            pred = self.model(batch, compute_forces=True, compute_stress=with_stress, compute_properties=False)
+            norm_e = float(sum(s.energy is not None for s in global_structures))
+            norm_f = float(3 * sum(s.n_atoms for s in global_structures if s.forces is not None))
+            norm_v = float(sum(s.stress is not None for s in global_structures))
+            return forcefield_loss(pred, batch, lr, self.settings.lr.lr0, self.settings.prefactors,
+                                   norm_structures=norm_e, norm_force_components=norm_f,
+                                   norm_virial_structures=norm_v)
+        assert source.property is not None
+        batch = collate(local, dtype=dtype, properties=[source.property])
+        pred = self.model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
+        norm = float(sum(source.property in s.properties for s in global_structures))
+        return property_loss(pred, batch, source.property, source.loss, norm_structures=norm)
+
+    def _train_step(self) -> Dict[str, float]:
+        settings = self.settings
+        lr = settings.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        log: Dict[str, float] = {"step": float(self.step), "lr": lr}
+        if settings.mode == "alternate":
+            k = choose_source([s.prob for s in self.sources], settings.seed, self.step)
+            loss, parts = self._batch_loss(self.sources[k], self.samplers[k], lr)
+            log["source"] = float(k)
+            log.update({f"{self.sources[k].name}/{n}": v for n, v in parts.items()})
+        else:
+            kp = next(i for i, s in enumerate(self.sources) if s.kind == "property")
+            ff = [i for i, s in enumerate(self.sources) if s.kind == "forcefield"]
+            loss, parts = self._batch_loss(self.sources[kp], self.samplers[kp], lr)
+            log.update({f"{self.sources[kp].name}/{n}": v for n, v in parts.items()})
+            if ff:
+                kf = ff[choose_source([self.sources[i].prob for i in ff], settings.seed, self.step)]
+                loss_f, parts_f = self._batch_loss(self.sources[kf], self.samplers[kf], lr)
+                loss = loss + settings.sum_weight * loss_f
+                log.update({f"{self.sources[kf].name}/{n}": v for n, v in parts_f.items()})
+        loss.backward()
+        if self.world > 1:
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
+        self.optimizer.step()
+        log["loss"] = float(loss.detach()) * (self.world if self.world > 1 else 1)
+        log["grad_norm"] = float(grad_norm)
+        return log
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> Dict[str, float]:
+        metrics: Dict[str, float] = {}
+        for source in self.val_sources:
+            if source.kind == "forcefield":
+                errs = forcefield_errors(self.model, source.structures, source.dataset_index)
+            else:
+                errs = property_errors(self.model, source.structures, source.property)
+            metrics.update({f"val/{source.name}/{k}": v for k, v in errs.items() if k not in ("n", "n_structures")})
+        if self.on_validate is not None:
+            metrics.update(self.on_validate(self.step, metrics))
+        return metrics
+
+    # ------------------------------------------------------------------ run
+    def run(self, stop_at: Optional[int] = None, time_budget_s: Optional[float] = None) -> Dict[str, float]:
+        """Train until ``settings.num_steps`` (or earlier: step ``stop_at`` or after ``time_budget_s`` seconds of
+        this call, checkpointing before returning); returns the last validation metrics (empty if none)."""
+        settings = self.settings
+        end = settings.num_steps if stop_at is None else min(stop_at, settings.num_steps)
+        call_start = time.perf_counter()
+        train_csv = self.out_dir / "train.csv"
+        val_csv = self.out_dir / "val.csv"
+        last_val: Dict[str, float] = {}
+        bar = None
+        if settings.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=settings.num_steps, initial=self.step, desc="train", unit="step")
+        while self.step < end:
+            if time_budget_s is not None and time.perf_counter() - call_start > time_budget_s:
+                self.save_state()
+                break
+            t0 = time.perf_counter()
+            log = self._train_step()
+            self.step += 1
+            self.wall += time.perf_counter() - t0
+            log["wall_s"] = self.wall
+            if self.rank == 0:
+                if self.step % settings.log_every == 0 or self.step == settings.num_steps:
+                    _append_csv(train_csv, log)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{log['loss']:.3g}", lr=f"{log['lr']:.2g}")
+            is_val = self.val_sources and (self.step % settings.val_every == 0 or self.step == settings.num_steps)
+            if is_val and self.rank == 0:
+                last_val = {"step": float(self.step), "wall_s": self.wall, **self.validate()}
+                _append_csv(val_csv, last_val)
+                self._maybe_save_best(last_val)
+                plot_learning_curves(self.out_dir)
+            if self.step % settings.checkpoint_every == 0 or self.step in (end, settings.num_steps):
+                self.save_state()
+            if self.world > 1:
+                torch.distributed.barrier()
+        if bar is not None:
+            bar.close()
+        return last_val
+
+    def _maybe_save_best(self, metrics: Dict[str, float]) -> None:
+        key = self.settings.best_metric
+        if key is None or self.best_path is None or self.save_model_fn is None:
+            return
+        if key not in metrics:
+            raise KeyError(f"best_metric {key!r} not among validation metrics {sorted(metrics)}")
+        if metrics[key] < self.best_value:
+            self.best_value = metrics[key]
+            self.save_model_fn(self.model, self.best_path)
+
+
+def _append_csv(path: Path, row: Dict[str, float]) -> None:
+    """Append a row; when the row brings new columns the file is rewritten with the union header."""
+    fields: List[str] = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            fields = next(csv.reader(fh), [])
+    if path.exists() and all(k in fields for k in row):
+        with open(path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=fields).writerow(row)
+        return
+    rows: List[Dict[str, str]] = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    fields = fields + [k for k in row if k not in fields]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        writer.writerow(row)
+
+
+def plot_learning_curves(out_dir: str | Path) -> Optional[Path]:
+    """Plot training loss and validation metrics from ``train.csv``/``val.csv`` into ``learning_curve.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    train_csv, val_csv = out_dir / "train.csv", out_dir / "val.csv"
+    if not train_csv.exists():
+        return None
+    with open(train_csv, newline="") as fh:
+        train = list(csv.DictReader(fh))
+    val: List[Dict[str, str]] = []
+    if val_csv.exists():
+        with open(val_csv, newline="") as fh:
+            val = list(csv.DictReader(fh))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    steps = np.array([float(r["step"]) for r in train])
+    loss = np.array([float(r["loss"]) for r in train])
+    axes[0].semilogy(steps, loss, lw=0.8)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss")
+    if val:
+        vsteps = np.array([float(r["step"]) for r in val])
+        for key in val[0]:
+            if key.startswith("val/") and (key.endswith("mae") or key.endswith("f_mae") or "mae_per_atom" in key):
+                values = np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in val])
+                axes[1].semilogy(vsteps, values, marker="o", ms=3, label=key[4:])
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("validation MAE")
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "learning_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,119 @@
+"""Pretraining loop: learning happens, resume after a kill is exact, 2-process data parallel equals 1 process."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mftcalc.model.checkpoint import load_model, read_checkpoint
+from mftcalc.training.pretrain import PretrainConfig, pretrain
+
+
+def _weights(path: Path) -> dict:
+    return read_checkpoint(path)["state_dict"]
+
+
+def _assert_same_weights(a: Path, b: Path, exact: bool = True) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        if exact:
+            assert torch.equal(wa[key], wb[key]), key
+        else:
+            torch.testing.assert_close(wa[key], wb[key], rtol=1e-9, atol=1e-11)
+
+
+def test_pretraining_reduces_loss_and_writes_outputs(tiny_config):
+    cfg = PretrainConfig.from_yaml(tiny_config, {"steps": 30, "val_every": 10})
+    card = pretrain(cfg)
+    out = Path(cfg.out_dir)
+    rows = np.genfromtxt(out / "train.csv", delimiter=",", names=True)
+    assert rows["loss"][-5:].mean() < rows["loss"][:5].mean()
+    assert (out / "learning_curve.png").exists() and (out / "val.csv").exists()
+    model = load_model(cfg.model_out)
+    assert model.metadata["datasets"] == ["cu", "al"]
+    assert model.metadata["elements"] == [13, 29]
+    assert card["validation"]["val/cu/f_mae"] > 0
+    assert Path(cfg.replay_out).exists()
+
+
+def test_resume_in_process_is_exact(tiny_config, tmp_path):
+    straight = PretrainConfig.from_yaml(tiny_config, {"model_out": str(tmp_path / "a.pt"),
+                                                      "state_path": str(tmp_path / "a_state.pt"),
+                                                      "out_dir": str(tmp_path / "a")})
+    pretrain(straight)
+    first = PretrainConfig.from_yaml(tiny_config, {"model_out": str(tmp_path / "b.pt"),
+                                                   "state_path": str(tmp_path / "b_state.pt"),
+                                                   "out_dir": str(tmp_path / "b")})
+    pretrain(first, stop_at=3)
+    second = PretrainConfig.from_yaml(tiny_config, {"model_out": str(tmp_path / "b.pt"),
+                                                    "state_path": str(tmp_path / "b_state.pt"),
+                                                    "out_dir": str(tmp_path / "b")})
+    pretrain(second)
+    _assert_same_weights(tmp_path / "a.pt", tmp_path / "b.pt")
+
+
+def _cli(*args: str) -> list:
+    return [sys.executable, "-m", "mftcalc.cli", *args]
+
+
+def _run(*args: str) -> None:
+    result = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_sigkill_and_resume_reaches_same_weights(tiny_config, tmp_path):
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["steps"] = 40
+    straight = dict(cfg, out_dir=str(tmp_path / "s"), state_path=str(tmp_path / "s/state.pt"),
+                    model_out=str(tmp_path / "s.pt"))
+    killed = dict(cfg, out_dir=str(tmp_path / "k"), state_path=str(tmp_path / "k/state.pt"),
+                  model_out=str(tmp_path / "k.pt"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(straight))
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(killed))
+    _run("train", str(tmp_path / "s.yaml"))
+    proc = subprocess.Popen(_cli("train", str(tmp_path / "k.yaml")), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = Path(killed["state_path"])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and torch.load(state, weights_only=True)["step"] >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = torch.load(state, weights_only=True)["step"]
+    assert 5 <= step_at_kill < 40, "the run should have been killed mid-way"
+    assert not Path(killed["model_out"]).exists()
+    _run("train", str(tmp_path / "k.yaml"))
+    _assert_same_weights(tmp_path / "s.pt", tmp_path / "k.pt")
+
+
+def test_torchrun_two_processes_match_one_process_with_double_batch(tiny_config, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the Python executable")
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["steps"] = 6
+    single = dict(cfg, out_dir=str(tmp_path / "one"), state_path=str(tmp_path / "one/state.pt"),
+                  model_out=str(tmp_path / "one.pt"))
+    single["datasets"] = [dict(d, batch_size=8) for d in cfg["datasets"]]
+    double = dict(cfg, out_dir=str(tmp_path / "two"), state_path=str(tmp_path / "two/state.pt"),
+                  model_out=str(tmp_path / "two.pt"))
+    double["datasets"] = [dict(d, batch_size=4) for d in cfg["datasets"]]
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(single))
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(double))
+    _run("train", str(tmp_path / "one.yaml"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "mftcalc.cli", "train",
+                             str(tmp_path / "two.yaml")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt", exact=False)
