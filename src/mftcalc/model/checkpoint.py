@@ -110,3 +110,24 @@ def load_torchscript(path: PathLike) -> tuple:
     except Exception as exc:
         raise CheckpointError(f"{path} is not a TorchScript export ({type(exc).__name__}: {exc})") from None
     return module, json.loads(extra["metadata.json"] or "{}")
+
+
+def load_any(path: PathLike, dtype: torch.dtype = torch.float32) -> tuple:
+    """Load a checkpoint or a TorchScript export: ``(module, metadata)``; the module is in eval mode.
+
+    TorchScript exports keep the dtype they were exported with unless ``dtype`` differs, in which case
+    the module is cast.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    import zipfile
+    is_script = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_script = any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
+    if is_script:
+        module, meta = load_torchscript(path)
+        return module.to(dtype).eval(), meta
+    model = load_model(path, dtype)
+    return model, model.metadata  # type: ignore[attr-defined]

@@ -83,9 +83,9 @@ class MFTModel(nn.Module):
             out["edge_features"] = edge
             out[K.EDGE_INDEX] = graph["edge_index"]
             out["edge_vectors"] = vectors
-        for name, head in self.ff_heads.items():
+        for name, ff_head in self.ff_heads.items():
             if name == self.active_ff_head:
-                atomic, energy = head(node, numbers, batch, pos, dataset, n_structures)
+                atomic, energy = ff_head(node, numbers, batch, pos, dataset, n_structures)
                 out[K.ENERGIES] = atomic
                 out[K.ENERGY] = energy
         if forces_on or stress_on:
@@ -111,8 +111,8 @@ class MFTModel(nn.Module):
                 out[K.STRESS] = torch.where(periodic.view(-1, 1, 1), dedeps / safe_volume.view(-1, 1, 1),
                                             torch.zeros_like(dedeps))
         if compute_properties:
-            for name, head in self.property_heads.items():
-                _, value = head(node, numbers, batch, positions, dataset, n_structures)
+            for name, prop_head in self.property_heads.items():
+                _, value = prop_head(node, numbers, batch, positions, dataset, n_structures)
                 out[name] = value
         return out
 

@@ -1,0 +1,90 @@
+"""``MFTCalculator``: the ASE calculator giving energy, forces, stress and every property head in one pass."""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from mftcalc.calculators.model_handle import ModelHandle
+from mftcalc.data.batch import collate
+from mftcalc.data.structure import Structure
+from mftcalc.kernels import neighbor_list
+
+MIN_DISTANCE = 0.5  # Å; closer atoms are rejected as overlapping
+
+
+def check_overlaps(structure: Structure, min_distance: float = MIN_DISTANCE) -> None:
+    """Raise ``ValueError`` naming the first pair of atoms closer than ``min_distance`` Å (periodic images too)."""
+    pos = torch.as_tensor(structure.positions)
+    edge_index, _, dist = neighbor_list(pos, min_distance, None, torch.as_tensor(structure.cell).unsqueeze(0),
+                                        torch.as_tensor(structure.pbc).unsqueeze(0))
+    if dist.numel():
+        k = int(torch.argmin(dist))
+        i, j = int(edge_index[0, k]), int(edge_index[1, k])
+        raise ValueError(f"overlapping atoms: atoms {i} and {j} are {float(dist[k]):.3f} Å apart "
+                         f"(minimum {min_distance} Å); check the coordinates and the cell")
+
+
+class MFTCalculator(Calculator):
+    """ASE calculator for an mftcalc model (checkpoint or TorchScript export).
+
+    ``implemented_properties`` = energy, free_energy, energies, forces, stress, plus every property head of the
+    model under its own name, so ``atoms.calc.get_property("gap", atoms)`` works; all come from one forward pass
+    and are cached by ASE's ``check_state``. Stress is given for structures periodic in all three directions.
+
+    Args:
+        model: path to a checkpoint/export, or a model object.
+        device: torch device. dtype: torch.float32 (default) or torch.float64.
+        head: force-field head to use (default: the first). dataset: force-field dataset name (default: first).
+        allow_untrained_elements: warn instead of raising for elements absent from the training data.
+    """
+
+    implemented_properties: List[str] = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model: Any, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 head: Optional[str] = None, dataset: Optional[str] = None,
+                 allow_untrained_elements: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.handle = ModelHandle.load(model, device, dtype, head, dataset, allow_untrained_elements)
+        base = ["energy", "free_energy", "energies", "forces", "stress"] if self.handle.forcefield_heads else []
+        self.implemented_properties = base + self.handle.property_names
+
+    @property
+    def property_units(self) -> dict:
+        """Unit of every property head, from the model metadata."""
+        return {name: self.handle.unit(name) for name in self.handle.property_names}
+
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
+        if name not in self.implemented_properties:
+            raise PropertyNotImplementedError(
+                f"{name!r} is not provided by this model; it provides {self.implemented_properties}")
+        return super().get_property(name, atoms, allow_calculation)
+
+    def calculate(self, atoms: Any = None, properties: Optional[List[str]] = None,
+                  system_changes: List[str] = all_changes) -> None:
+        super().calculate(atoms, properties or ["energy"], system_changes)
+        structure = Structure.from_ase(self.atoms)
+        self.handle.check_elements(structure.numbers)
+        check_overlaps(structure)
+        batch = collate([structure], dtype=self.handle.dtype, dataset=self.handle.dataset, properties=[],
+                        device=self.handle.device)
+        has_ff = bool(self.handle.forcefield_heads)
+        periodic = bool(structure.pbc.all())
+        out = self.handle.module(batch, compute_forces=has_ff, compute_stress=has_ff and periodic,
+                                 compute_properties=True, features=False)
+        results = {}
+        if has_ff:
+            energy = float(out["energy"][0])
+            results.update(energy=energy, free_energy=energy,
+                           energies=out["energies"].detach().cpu().double().numpy(),
+                           forces=out["forces"].detach().cpu().double().numpy())
+            if periodic:
+                s = out["stress"][0].detach().cpu().double().numpy()
+                results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        for name in self.handle.property_names:
+            results[name] = float(out[name][0])
+        self.results = results
+        if "stress" in (properties or []) and "stress" not in results:
+            raise PropertyNotImplementedError("stress needs a structure periodic in all three directions")

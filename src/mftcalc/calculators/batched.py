@@ -1,0 +1,184 @@
+"""Batched prediction and batched FIRE relaxation of many structures in one graph (relax-then-predict).
+
+Structures are grouped by atom count into batches; each relaxation step is one forward pass over all
+unconverged structures of a batch, with FIRE (ASE's parameters and update rule) applied per structure, and
+converged structures dropped from the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.calculators.model_handle import ModelHandle
+from mftcalc.data.batch import collate, split_sizes_by_atoms
+from mftcalc.data.structure import Structure
+
+
+@dataclass
+class FireParams:
+    """ASE FIRE defaults (lengths in Å)."""
+
+    dt: float = 0.1
+    maxstep: float = 0.2
+    dtmax: float = 1.0
+    nmin: int = 5
+    finc: float = 1.1
+    fdec: float = 0.5
+    astart: float = 0.1
+    fa: float = 0.99
+
+
+@dataclass
+class RelaxResult:
+    """One relaxed structure with its energy (eV), max force (eV/Å), steps, convergence flag and properties."""
+
+    structure: Structure
+    energy: float
+    fmax: float
+    steps: int
+    converged: bool
+    properties: Dict[str, float] = field(default_factory=dict)
+
+
+def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
+    return model if isinstance(model, ModelHandle) else ModelHandle.load(model, **kwargs)
+
+
+def predict(structures: Sequence[Structure], model: Any, properties: Optional[Sequence[str]] = None,
+            max_atoms: int = 4096, forces: bool = False, progress: bool = False, **load_kwargs: Any
+            ) -> List[Dict[str, Any]]:
+    """Energies and properties (and forces if asked) of many structures, batched by atom count.
+
+    Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
+    (all property heads by default) and ``forces`` [n, 3] eV/Å when ``forces=True``.
+    """
+    handle = _as_handle(model, **load_kwargs)
+    names = list(handle.property_names if properties is None else properties)
+    unknown = [p for p in names if p not in handle.property_names]
+    if unknown:
+        raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
+    for s in structures:
+        handle.check_elements(s.numbers)
+    has_ff = bool(handle.forcefield_heads)
+    out: List[Dict[str, Any]] = []
+    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
+    if progress:
+        from tqdm.auto import tqdm
+        groups = tqdm(groups, desc="predict", unit="batch")
+    for group in groups:
+        chunk = [structures[i] for i in group]
+        batch = collate(chunk, handle.dtype, dataset=handle.dataset, properties=[], device=handle.device)
+        want_forces = forces and has_ff
+        context = torch.enable_grad() if want_forces else torch.no_grad()
+        with context:
+            res = handle.module(batch, compute_forces=want_forces, compute_stress=False, compute_properties=True,
+                                features=False)
+        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
+        for k in range(len(chunk)):
+            row: Dict[str, Any] = {p: float(res[p][k]) for p in names}
+            if has_ff:
+                row["energy"] = float(res["energy"][k])
+            if want_forces:
+                row["forces"] = res["forces"][offsets[k]:offsets[k + 1]].detach().cpu().double().numpy()
+            out.append(row)
+    return out
+
+
+def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps: int = 500,
+          optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
+          properties: Optional[Sequence[str]] = None, fire: FireParams = FireParams(), progress: bool = False,
+          **load_kwargs: Any) -> List[RelaxResult]:
+    """Relax many structures together (positions only), then predict their properties.
+
+    Args:
+        structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
+        steps: maximum FIRE steps per structure. optimizer: only ``"fire"``. cell_filter: not supported yet
+            (raises): relaxations keep the cell fixed. max_atoms: atoms per batched graph.
+    """
+    if optimizer != "fire":
+        raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire'")
+    if cell_filter is not None:
+        raise NotImplementedError("batched cell relaxation is not implemented; relax with ASE's FrechetCellFilter "
+                                  "and MFTCalculator for variable-cell relaxations")
+    handle = _as_handle(model, **load_kwargs)
+    if not handle.forcefield_heads:
+        raise ValueError("the model has no force-field head, so it cannot relax structures")
+    for s in structures:
+        handle.check_elements(s.numbers)
+    results: List[Optional[RelaxResult]] = [None] * len(structures)
+    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(structures), desc="relax", unit="structure")
+    for group in groups:
+        for idx, res in zip(group, _relax_group([structures[i] for i in group], handle, fmax, steps, fire)):
+            results[idx] = res
+        if bar is not None:
+            bar.update(len(group))
+    if bar is not None:
+        bar.close()
+    final = [r for r in results if r is not None]
+    preds = predict([r.structure for r in final], handle, properties, max_atoms)
+    for r, p in zip(final, preds):
+        r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces")}
+    return final
+
+
+def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
+                 fire: FireParams) -> List[RelaxResult]:
+    """FIRE on one batch; structures leave the batch when converged or out of steps."""
+    positions = [s.positions.copy() for s in structures]
+    velocity = [np.zeros_like(p) for p in positions]
+    dt = np.full(len(structures), fire.dt)
+    alpha = np.full(len(structures), fire.astart)
+    n_pos = np.zeros(len(structures), dtype=int)
+    steps_done = np.zeros(len(structures), dtype=int)
+    out: List[Optional[RelaxResult]] = [None] * len(structures)
+    active = list(range(len(structures)))
+    first = np.ones(len(structures), dtype=bool)
+    while active:
+        chunk = [structures[i].with_labels(positions=positions[i], energy=None, forces=None, stress=None,
+                                           properties={}) for i in active]
+        batch = collate(chunk, handle.dtype, dataset=handle.dataset, properties=[], device=handle.device)
+        res = handle.module(batch, compute_forces=True, compute_stress=False, compute_properties=False,
+                            features=False)
+        forces_all = res["forces"].detach().cpu().double().numpy()
+        energies = res["energy"].detach().cpu().double().numpy()
+        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
+        still: List[int] = []
+        for k, i in enumerate(active):
+            f = forces_all[offsets[k]:offsets[k + 1]]
+            fm = float(np.sqrt((f * f).sum(1)).max())
+            if fm < fmax or steps_done[i] >= max_steps:
+                out[i] = RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax)
+                continue
+            v = velocity[i]
+            if not first[i]:
+                vf = float((f * v).sum())
+                if vf > 0.0:
+                    v = (1.0 - alpha[i]) * v + alpha[i] * f / np.sqrt((f * f).sum()) * np.sqrt((v * v).sum())
+                    if n_pos[i] > fire.nmin:
+                        dt[i] = min(dt[i] * fire.finc, fire.dtmax)
+                        alpha[i] *= fire.fa
+                    n_pos[i] += 1
+                else:
+                    v = np.zeros_like(v)
+                    alpha[i] = fire.astart
+                    dt[i] *= fire.fdec
+                    n_pos[i] = 0
+            first[i] = False
+            v = v + dt[i] * f
+            dr = dt[i] * v
+            norm = np.sqrt((dr * dr).sum())
+            if norm > fire.maxstep:
+                dr = fire.maxstep * dr / norm
+            velocity[i] = v
+            positions[i] = positions[i] + dr
+            steps_done[i] += 1
+            still.append(i)
+        active = still
+    return [r for r in out if r is not None]

@@ -1,0 +1,133 @@
+"""MFTCalculator: ASE's numerical checks, one-pass properties and caching, errors, exports, batched relax."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces as numeric_forces
+from ase.calculators.fd import calculate_numerical_stress as numeric_stress
+from ase.optimize import FIRE
+
+from conftest import make_tiny_model
+from mftcalc.calculators import MFTCalculator
+from mftcalc.calculators.batched import predict, relax
+from mftcalc.data import Structure
+from mftcalc.model.checkpoint import export_torchscript, model_metadata, save_model
+from mftcalc.model.inference import predict_structures
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = make_tiny_model()
+    path = tmp_path / "tiny.pt"
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    return path
+
+
+def _calc(path, **kw):
+    return MFTCalculator(path, dtype=torch.float64, **kw)
+
+
+def test_forces_and_stress_match_numerical_derivatives(model_file):
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = _calc(model_file)
+    np.testing.assert_allclose(atoms.get_forces(), numeric_forces(atoms, eps=1e-5), atol=1e-6)
+    crystal = bulk("Si", "diamond", a=5.43) * (1, 1, 2)
+    crystal.rattle(0.05, seed=3)
+    crystal.calc = _calc(model_file)
+    np.testing.assert_allclose(crystal.get_stress(), numeric_stress(crystal, eps=1e-5), atol=1e-7)
+    np.testing.assert_allclose(crystal.get_forces(), numeric_forces(crystal, eps=1e-5), atol=1e-6)
+
+
+def test_one_pass_gives_all_properties_and_is_cached(model_file):
+    atoms = molecule("C6H6")
+    calc = _calc(model_file)
+    atoms.calc = calc
+    calls = []
+    original = calc.handle.module.forward
+    calc.handle.module.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+    e = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    gap = atoms.calc.get_property("gap", atoms)
+    mu = atoms.calc.get_property("mu", atoms)
+    assert len(calls) == 1 and np.isfinite([e, gap, mu]).all() and f.shape == (12, 3)
+    assert abs(atoms.get_potential_energies().sum() - e) < 1e-9
+    atoms.positions[0, 0] += 0.1
+    atoms.get_potential_energy()
+    assert len(calls) == 2
+    reference = predict_structures(calc.handle.module, [Structure.from_ase(atoms)], compute_forces=False,
+                                   compute_stress=False)[0]
+    assert abs(atoms.calc.get_property("gap", atoms) - float(reference["gap"])) < 1e-12
+
+
+def test_clear_errors(model_file):
+    atoms = molecule("H2O")
+    atoms.calc = _calc(model_file)
+    with pytest.raises(PropertyNotImplementedError, match="gap"):
+        atoms.calc.get_property("homo", atoms)
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        atoms.get_stress()
+    with pytest.raises(KeyError, match="datasets"):
+        _calc(model_file, dataset="nope")
+    with pytest.raises(KeyError, match="force-field heads"):
+        _calc(model_file, head="nope")
+    cl = molecule("CH3Cl")
+    cl.calc = _calc(model_file)
+    with pytest.raises(ValueError, match="Cl"):
+        cl.get_potential_energy()
+    cl.calc = _calc(model_file, allow_untrained_elements=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cl.get_potential_energy()
+    assert any("untrained" in str(w.message) for w in caught)
+    bad = molecule("H2O")
+    bad.positions[1] = bad.positions[0] + [0.1, 0, 0]
+    bad.calc = _calc(model_file)
+    with pytest.raises(ValueError, match="overlapping"):
+        bad.get_potential_energy()
+    nan = molecule("H2O")
+    nan.positions[0, 0] = np.nan
+    nan.calc = _calc(model_file)
+    with pytest.raises(ValueError, match="NaN"):
+        nan.get_potential_energy()
+
+
+def test_torchscript_export_matches_checkpoint(model_file, tmp_path):
+    from mftcalc.model.checkpoint import load_model
+    export = tmp_path / "tiny_script.pt"
+    export_torchscript(load_model(model_file, torch.float64), export)
+    scripted = torch.jit.load(str(export))            # plain torch, no mftcalc needed
+    assert scripted is not None
+    for atoms in [molecule("CH3CH2OH"), bulk("Si", "diamond", a=5.43)]:
+        a = atoms.copy()
+        a.calc = _calc(model_file)
+        b = atoms.copy()
+        b.calc = _calc(export)
+        assert abs(a.get_potential_energy() - b.get_potential_energy()) <= 1e-6 * abs(a.get_potential_energy())
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), rtol=1e-6, atol=1e-9)
+        assert abs(a.calc.get_property("gap", a) - b.calc.get_property("gap", b)) < 1e-9
+
+
+def test_batched_relax_matches_ase_fire(model_file):
+    structures = []
+    for k, name in enumerate(["H2O", "CH4", "NH3"]):
+        atoms = molecule(name)
+        atoms.rattle(0.1, seed=k)
+        structures.append(Structure.from_ase(atoms))
+    results = relax(structures, model_file, fmax=0.01, steps=300, dtype=torch.float64)
+    for s, r in zip(structures, results):
+        atoms = s.to_ase()
+        atoms.calc = _calc(model_file)
+        opt = FIRE(atoms, logfile=None)
+        opt.run(fmax=0.01, steps=300)
+        assert r.converged == (np.abs(atoms.get_forces()).max() < 0.01 or opt.nsteps < 300)
+        assert r.steps == opt.nsteps
+        np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
+        assert set(r.properties) == {"gap", "mu", "r2"}
+    preds = predict([r.structure for r in results], model_file, dtype=torch.float64)
+    assert [p["gap"] for p in preds] == pytest.approx([r.properties["gap"] for r in results])
