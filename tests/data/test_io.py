@@ -1,0 +1,231 @@
+"""Readers/writers: extxyz <-> records <-> DeePMD npy round trips, ASE db, pymatgen, and the error messages."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mftcalc.data.io import from_pymatgen, read_deepmd, read_structures, to_pymatgen, write_deepmd, write_extxyz
+from mftcalc.data.structure import Structure, StructureError
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+FIELDS = ("positions", "numbers", "cell", "pbc", "energy", "forces")
+
+
+def _random_structures(seed: int = 0) -> list:
+    """Crystals (with stress) and molecules (no cell), two compositions each, one with a permuted atom order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(6):
+        numbers = np.array([26, 26, 27] if k % 2 else [27, 26, 26])
+        cell = np.diag([3.0, 3.2, 3.4]) + 0.1 * rng.standard_normal((3, 3))
+        out.append(Structure(positions=rng.uniform(0, 3, (3, 3)), numbers=numbers, cell=cell, pbc=True,
+                             energy=rng.normal(-10, 1), forces=rng.normal(size=(3, 3)),
+                             stress=(lambda a: a + a.T)(rng.normal(scale=0.01, size=(3, 3))),
+                             properties={"band_gap": rng.uniform(0, 3)}, property_units={"band_gap": "eV"},
+                             info={"source_index": k}))
+    for k in range(5):
+        numbers = np.array([6, 1, 1, 1, 1] if k < 3 else [8, 1, 1])
+        out.append(Structure(positions=rng.normal(size=(numbers.size, 3)), numbers=numbers,
+                             energy=rng.normal(-100, 5), forces=rng.normal(size=(numbers.size, 3)),
+                             properties={"band_gap": rng.uniform(0, 3), "dipole_norm": rng.uniform(0, 2)},
+                             property_units={"band_gap": "eV", "dipole_norm": "Debye"}, info={"source_index": 6 + k}))
+    return out
+
+
+def _assert_same(a: list, b: list, stress_rtol: float = 0.0) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f)
+        if x.stress is None:
+            assert y.stress is None
+        else:  # virial = -stress * V and back: exact up to one rounding of the division
+            np.testing.assert_allclose(y.stress, x.stress, rtol=stress_rtol, atol=0)
+        assert x.properties == y.properties
+        assert x.property_units == y.property_units
+
+
+def _deepmd_round_trip(structures: list, directory: Path) -> list:
+    systems = write_deepmd(structures, directory)
+    back = read_deepmd(directory)
+    # read order is sorted system path, then frame; map it back to the input order
+    order = {i: k for k, i in enumerate(i for name in sorted(systems) for i in systems[name])}
+    assert sorted(s.info["system"] for s in back) == sorted(n for n, m in systems.items() for _ in m)
+    return [back[order[i]] for i in range(len(structures))]
+
+
+def test_extxyz_deepmd_round_trip_identical(tmp_path):
+    original = _random_structures()
+    write_extxyz(original, tmp_path / "a.extxyz.gz")
+    records = read_structures(tmp_path / "a.extxyz.gz")
+    back = _deepmd_round_trip(records, tmp_path / "dp")
+    _assert_same(records, back, stress_rtol=1e-15)
+    assert len({s.info["system"] for s in back}) == 4  # two atom orders x (crystal, molecule) compositions
+
+
+def test_extxyz_round_trip_keeps_labels_and_properties(tmp_path):
+    original = _random_structures()
+    write_extxyz(original, tmp_path / "a.extxyz")
+    back = read_structures(tmp_path / "a.extxyz")
+    for x, y in zip(original, back):
+        np.testing.assert_allclose(y.positions, x.positions, atol=1e-8)  # ASE writes 8 decimals
+        np.testing.assert_allclose(y.forces, x.forces, atol=1e-8)
+        np.testing.assert_array_equal(y.cell, x.cell)
+        assert y.energy == x.energy and y.properties == x.properties and y.property_units == x.property_units
+        assert y.info["source_index"] == x.info["source_index"]
+        if x.stress is not None:
+            np.testing.assert_array_equal(y.stress, x.stress)
+    assert len(read_structures(tmp_path / "a.extxyz", index="2:5")) == 3
+    assert read_structures(tmp_path / "a.extxyz", index=-1)[0].numbers.tolist() == [8, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["dpgen_mapbi3", "deepmd_nopbc"])
+def test_shared_files_round_trip(tmp_path, name):
+    path = SHARED / "forcefield" / f"{name}.extxyz.gz"
+    if not path.is_file():
+        pytest.skip(f"shared data file {path} not present")
+    records = read_structures(path)
+    back = _deepmd_round_trip(records, tmp_path / "dp")
+    _assert_same(records, back, stress_rtol=1e-15)
+
+
+def test_deepmd_directory_of_systems_and_index(tmp_path):
+    structures = _random_structures()
+    write_deepmd(structures, tmp_path / "dp", set_size=2)
+    assert (tmp_path / "dp" / "CH4" / "set.001").is_dir() and (tmp_path / "dp" / "CH4" / "nopbc").is_file()
+    every = read_structures(tmp_path / "dp")
+    assert len(every) == len(structures)
+    one = read_structures(tmp_path / "dp" / "CH4", index="1:")
+    assert [s.info["frame"] for s in one] == [1, 0] and {s.info["set"] for s in one} == {"set.000", "set.001"}
+    assert one[0].property_units == {"band_gap": "eV", "dipole_norm": "Debye"}
+
+
+def test_deepmd_needs_type_map(tmp_path):
+    write_deepmd(_random_structures()[-2:], tmp_path / "dp")
+    system = tmp_path / "dp" / "H2O"
+    (system / "type_map.raw").unlink()
+    with pytest.raises(FileNotFoundError, match="type_map"):
+        read_deepmd(system)
+    assert read_deepmd(system, type_map=["H", "O"])[0].numbers.tolist() == [8, 1, 1]
+
+
+def test_ase_db(tmp_path):
+    import ase.db
+    from ase.build import molecule
+
+    with ase.db.connect(tmp_path / "m.db") as db:
+        for k, name in enumerate(["H2O", "CH4"]):
+            db.write(molecule(name), gap=0.1 * (k + 1), label=name)
+    structures = read_structures(tmp_path / "m.db", properties={"gap": "Hartree"})
+    assert [s.properties["gap"] for s in structures] == [0.1, 0.2]
+    assert structures[1].info["label"] == "CH4" and structures[1].property_units == {"gap": "Hartree"}
+    with pytest.raises(StructureError, match="property 'homo' is missing"):
+        read_structures(tmp_path / "m.db", properties=["homo"])
+
+
+def test_pymatgen_round_trip():
+    from pymatgen.core import Lattice, Molecule
+    from pymatgen.core import Structure as PmgStructure
+
+    crystal = PmgStructure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]], properties={"e_form": -2.0})
+    s = from_pymatgen(crystal, property_units={"e_form": "eV/atom"})
+    assert s.numbers.tolist() == [11, 17] and s.pbc.all() and s.properties == {"e_form": -2.0}
+    np.testing.assert_allclose(s.positions[1], [2.1, 2.1, 2.1])
+    again = to_pymatgen(s)
+    assert isinstance(again, PmgStructure) and again.properties["e_form"] == -2.0
+    np.testing.assert_allclose(again.lattice.matrix, crystal.lattice.matrix)
+    water = from_pymatgen(Molecule(["O", "H", "H"], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]))
+    assert not water.is_periodic and isinstance(to_pymatgen(water), Molecule)
+    disordered = PmgStructure(Lattice.cubic(3.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    with pytest.raises(StructureError, match="partially occupied"):
+        from_pymatgen(disordered)
+
+
+# --------------------------------------------------------------------------------------------- error messages
+XYZ_CASES = {
+    "unknown element": ("2\n\nXx 0 0 0\nH 0 0 1\n", "unknown element symbol 'Xx'"),
+    "nan coordinate": ("2\n\nC 0 0 nan\nH 0 0 1\n", "positions contains NaN"),
+    "inf energy": ("2\nenergy=inf\nC 0 0 0\nH 0 0 1\n", "energy is NaN or inf"),
+    "forces with 2 columns": ("2\nProperties=species:S:1:pos:R:3:forces:R:2\nC 0 0 0 1 1\nH 0 0 1 1 1\n",
+                              r"forces has shape \(2, 2\), expected \(2, 3\)"),
+    "empty structure": ("0\n\n", "empty structure"),
+    "empty file": ("", "no structures found"),
+}
+
+
+@pytest.mark.parametrize("case", list(XYZ_CASES))
+def test_xyz_errors(tmp_path, case):
+    text, message = XYZ_CASES[case]
+    path = tmp_path / "bad.xyz"
+    path.write_text(text)
+    with pytest.raises(StructureError, match=message):
+        read_structures(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_structures(tmp_path / "absent.extxyz.gz")
+    with pytest.raises(FileNotFoundError, match="no type.raw"):
+        read_deepmd(tmp_path)
+
+
+def _deepmd_system(tmp_path) -> Path:
+    write_deepmd(_random_structures()[0:4:2], tmp_path / "dp")  # two frames of one system
+    return tmp_path / "dp" / "CoFe2"
+
+
+def _edit(path: Path, change) -> None:
+    arr = np.load(path)
+    np.save(path, change(arr))
+
+
+DEEPMD_CASES = {
+    "unknown element in type map": (lambda d: (d / "type_map.raw").write_text("Fe\nXx\n"), "unknown element"),
+    "type index beyond type map": (lambda d: (d / "type.raw").write_text("0\n1\n5\n"), "type map has only"),
+    "empty type.raw": (lambda d: (d / "type.raw").write_text(""), "type.raw is empty"),
+    "nan coordinate": (lambda d: _edit(d / "set.000" / "coord.npy", lambda a: np.where(a > 1, np.nan, a)),
+                       "positions contains NaN"),
+    "inf force": (lambda d: _edit(d / "set.000" / "force.npy", lambda a: np.full_like(a, np.inf)),
+                  "forces contains NaN"),
+    "nan energy": (lambda d: _edit(d / "set.000" / "energy.npy", lambda a: a * np.nan), "energy is NaN"),
+    "nan property": (lambda d: _edit(d / "set.000" / "band_gap.npy", lambda a: a * np.nan),
+                     "property 'band_gap' is NaN"),
+    "force.npy with wrong columns": (lambda d: _edit(d / "set.000" / "force.npy", lambda a: a[:, :8]),
+                                     r"force.npy has shape \(2, 8\), expected \(2, 9\)"),
+    "energy.npy with wrong frames": (lambda d: _edit(d / "set.000" / "energy.npy", lambda a: a[:1]),
+                                     r"energy.npy has shape \(1,\), expected \(2,\)"),
+    "coord.npy with wrong columns": (lambda d: _edit(d / "set.000" / "coord.npy", lambda a: a[:, :7]),
+                                     r"coord.npy has shape \(2, 7\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEEPMD_CASES))
+def test_deepmd_errors(tmp_path, case):
+    system = _deepmd_system(tmp_path)
+    corrupt, message = DEEPMD_CASES[case]
+    corrupt(system)
+    with pytest.raises(StructureError, match=message):
+        read_deepmd(system)
+
+
+def test_deepmd_missing_files(tmp_path):
+    system = _deepmd_system(tmp_path)
+    (system / "set.000" / "box.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="box.npy is missing"):
+        read_deepmd(system)
+    (system / "set.000" / "coord.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="coord.npy is missing"):
+        read_deepmd(system)
+
+
+def test_write_deepmd_errors(tmp_path):
+    crystal, molecule = _random_structures()[0], _random_structures()[-1]
+    with pytest.raises(StructureError, match="partly periodic"):
+        write_deepmd([crystal.with_labels(pbc=[True, True, False])], tmp_path / "a")
+    with pytest.raises(StructureError, match="non-periodic structure with stress"):
+        write_deepmd([molecule.with_labels(stress=np.eye(3))], tmp_path / "b")
+    with pytest.raises(StructureError, match="clash with DeePMD"):
+        write_deepmd([molecule.with_labels(properties={"virial": 1.0})], tmp_path / "c")
+    write_deepmd([molecule], tmp_path / "d")
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_deepmd([molecule], tmp_path / "d")
