@@ -81,7 +81,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
 def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MFTModel:
     """Load a checkpoint into an ``MFTModel`` (eval mode, ``dtype``), with ``model.metadata`` set."""
     payload = read_checkpoint(path)
-    model = MFTModel(ModelConfig.from_dict(payload["config"]))
+    model = MFTModel(ModelConfig.from_dict(payload["config"])).to(dtype)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -1,0 +1,211 @@
+"""Fine-tuning strategies over the shared training loop: ``scratch``, ``ft``, ``lp`` and ``mft``.
+
+A strategy differs only in what it initialises (random or pretrained backbone; force-field head transferred or
+re-initialised), what it freezes (``lp``: everything but the new property head) and which sources it trains on
+(``mft``: the property task plus force-field data, drawn per step in ``alternate`` mode or summed in ``sum``
+mode). Every strategy writes ONE checkpoint; it holds the pretrained (``mft``: the jointly trained)
+force-field head next to the new property head, so the calculator gives energy, forces, stress and the
+property from one model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.data.structure import Structure
+from mftcalc.model.checkpoint import load_model, model_metadata, save_model
+from mftcalc.model.config import HeadConfig, ModelConfig
+from mftcalc.model.fitting import fit_property_head
+from mftcalc.model.mft_model import MFTModel
+from mftcalc.training.evaluate import property_errors
+from mftcalc.training.loop import Trainer, TrainSettings
+from mftcalc.training.losses import ForceFieldPrefactors
+from mftcalc.training.sampler import Source, resolve_batch_size
+from mftcalc.training.schedule import ExponentialLR
+from mftcalc.training.tasks import PropertyTask
+
+STRATEGIES = ("scratch", "ft", "lp", "mft")
+
+
+@dataclass
+class FinetuneSettings:
+    """Strategy and optimisation settings (paper defaults; ``steps`` is the budget per run)."""
+
+    strategy: str = "mft"
+    steps: int = 2000
+    lr0: float = 1e-3
+    lr_end: float = 1e-5
+    decay_steps: Optional[int] = None          # default: steps / 20
+    property_batch: Any = "auto:512"
+    ff_batch: Any = "auto:128"
+    mode: str = "alternate"                   # mft: "alternate" or "sum"
+    model_prob: float = 0.5                   # mft alternate: probability of a property step
+    lambda_reg: float = 1.0                   # mft sum: weight of the force-field loss
+    reinit_ff_head: bool = False              # ablation: mft with a fresh force-field head
+    head_hidden: Sequence[int] = (240, 240, 240)
+    head_activation: str = "tanh"
+    grad_clip: float = 10.0
+    seed: int = 0
+    val_every: int = 200
+    checkpoint_every: int = 100
+    dtype: str = "float32"
+    probe_size: int = 64                      # molecules of the drift probe set
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if self.mode not in ("alternate", "sum"):
+            raise ValueError(f"mode must be 'alternate' or 'sum', got {self.mode!r}")
+        if not 0 < self.model_prob <= 1:
+            raise ValueError("model_prob must be in (0, 1]")
+
+
+def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, settings: FinetuneSettings,
+                         backbone_cfg=None) -> MFTModel:
+    """Model for a strategy: (pretrained or random) backbone + force-field head + a new property head."""
+    recipe = task.recipe
+    head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=tuple(settings.head_hidden),
+                      activation=settings.head_activation, extensive=recipe["extensive"],
+                      element_bias=recipe["element_bias"])
+    torch.manual_seed(settings.seed)
+    if settings.strategy == "scratch" or pretrained is None:
+        if pretrained is None and settings.strategy != "scratch":
+            raise ValueError(f"strategy {settings.strategy!r} needs a pretrained model")
+        cfg_backbone = backbone_cfg if backbone_cfg is not None else pretrained.config.backbone
+        model = MFTModel(ModelConfig(backbone=cfg_backbone, heads={task.property: head}))
+        return model
+    heads = {k: v for k, v in pretrained.config.heads.items() if v.kind == "forcefield"}
+    heads[task.property] = head
+    dtype = next(pretrained.parameters()).dtype
+    model = MFTModel(ModelConfig(backbone=pretrained.config.backbone, heads=heads,
+                                 datasets=list(pretrained.config.datasets))).to(dtype)
+    state = {k: v for k, v in pretrained.state_dict().items() if k.startswith(("backbone.", "ff_heads."))}
+    if settings.reinit_ff_head:
+        state = {k: v for k, v in state.items() if not k.startswith("ff_heads.") or k.endswith("shift")}
+    model.load_state_dict(state, strict=False)
+    model.metadata = dict(getattr(pretrained, "metadata", {}))  # type: ignore[attr-defined]
+    return model
+
+
+def _freeze(model: MFTModel, settings: FinetuneSettings, task: PropertyTask) -> None:
+    for name, p in model.named_parameters():
+        trainable = True
+        if settings.strategy == "lp":
+            trainable = name.startswith(f"property_heads.{task.property}.")
+        elif settings.strategy in ("ft", "scratch"):
+            trainable = not name.startswith("ff_heads.")
+        p.requires_grad_(trainable)
+
+
+class DriftMonitor:
+    """Sliced 1-Wasserstein distance between current and pretrained atomic backbone features on a probe set."""
+
+    def __init__(self, model: MFTModel, probe: List[Structure], seed: int = 0) -> None:
+        self.probe = probe
+        self.seed = seed
+        self.reference = self._features(model)
+
+    def _features(self, model: MFTModel) -> np.ndarray:
+        from mftcalc.model.inference import predict_structures
+        rows = predict_structures(model, self.probe, compute_forces=False, compute_stress=False, features=True)
+        return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
+
+    def __call__(self, model: MFTModel) -> float:
+        import ot
+        return float(ot.sliced_wasserstein_distance(self.reference, self._features(model), n_projections=128,
+                                                    seed=self.seed))
+
+
+def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path,
+             pretrained_path: Optional[str | Path] = None, ff_structures: Optional[Dict[str, List[Structure]]] = None,
+             backbone_cfg=None) -> Dict[str, Any]:
+    """Run one fine-tuning (resumable from ``out_dir/state.pt``); writes ``out_dir/model.pt`` (best on
+    validation) and returns validation/test metrics.
+
+    Args:
+        task: the property task. settings: strategy and optimisation settings.
+        pretrained_path: pretrained checkpoint (all strategies but ``scratch``; for ``scratch`` it only gives
+            the backbone size unless ``backbone_cfg`` is passed).
+        ff_structures: force-field data for ``mft`` by dataset name (names must be datasets of the pretrained
+            model); default: its replay set (``<checkpoint stem>_replay.extxyz.gz`` beside it).
+    """
+    out_dir = Path(out_dir)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
+    pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
+    model = build_finetune_model(pretrained, task, settings, backbone_cfg)
+    recipe = task.recipe
+    fit_property_head(model.property_heads[task.property], task.train, task.property, recipe["kind"],
+                      recipe["extensive"], recipe["element_bias"])
+    _freeze(model, settings, task)
+    prop_batch = resolve_batch_size(settings.property_batch, task.train)
+    sources = [Source(task.name, task.train, "property", 0, prop_batch,
+                      settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"])]
+    if settings.strategy == "mft":
+        ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path)
+        names = list(model.config.datasets)
+        n_ff = sum(len(v) for v in ff.values())
+        for name, structures in ff.items():
+            if name not in names:
+                raise KeyError(f"force-field data {name!r} is not a dataset of the pretrained model ({names})")
+            prob = (1.0 - settings.model_prob) * len(structures) / n_ff
+            sources.append(Source(f"ff:{name}", structures, "forcefield", names.index(name),
+                                  resolve_batch_size(settings.ff_batch, structures), prob))
+    val_sources = [Source(task.name, task.val, "property", 0, prop_batch, 1.0, task.property, recipe["loss"])]
+    probe = task.val[: settings.probe_size]
+    drift = DriftMonitor(model, probe, settings.seed) if settings.strategy != "scratch" else None
+
+    def on_validate(step: int, metrics: Dict[str, float]) -> Dict[str, float]:
+        return {"drift_w1": drift(model)} if drift is not None else {}
+
+    decay = settings.decay_steps or max(1, settings.steps // 20)
+    train_settings = TrainSettings(
+        num_steps=settings.steps, lr=ExponentialLR(settings.lr0, settings.lr_end, settings.steps, decay),
+        prefactors=ForceFieldPrefactors(), grad_clip=settings.grad_clip, seed=settings.seed, mode=settings.mode,
+        sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
+        dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress)
+    metadata = model_metadata(model, _elements(model, task), finetuning={
+        "strategy": settings.strategy, "task": task.name, "description": task.description,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "pretrained": str(pretrained_path) if pretrained_path else None})
+
+    def save_best(m: torch.nn.Module, path: Path) -> None:
+        save_model(m, path, metadata)
+
+    trainer = Trainer(model, sources, train_settings, out_dir, out_dir / "state.pt", val_sources,
+                      on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
+    trainer.run()
+    best = load_model(out_dir / "model.pt", dtype)
+    result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": trainer.step,
+                              "train_wall_s": trainer.wall, "n_train": len(task.train)}
+    result["val"] = property_errors(best, task.val, task.property)
+    for part, structures in task.test_parts.items():
+        result[part] = property_errors(best, structures, task.property)
+    if drift is not None:
+        result["drift_w1"] = drift(best)
+    return result
+
+
+def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
+    seen = set(getattr(model, "metadata", {}).get("elements", []))
+    seen.update(int(z) for s in task.train for z in np.unique(s.numbers))
+    return sorted(seen)
+
+
+def replay_structures(pretrained_path: Optional[str | Path]) -> Dict[str, List[Structure]]:
+    """The replay set shipped beside a pretrained checkpoint, grouped by ``info["dataset"]``."""
+    if pretrained_path is None:
+        raise ValueError("mft needs a pretrained checkpoint (its replay set is the default force-field data)")
+    from mftcalc.data.io import read_structures
+    path = Path(pretrained_path)
+    replay = path.with_name(path.stem + "_replay.extxyz.gz")
+    if not replay.exists():
+        raise FileNotFoundError(f"no replay set {replay} beside {path}; pass force-field data explicitly")
+    groups: Dict[str, List[Structure]] = {}
+    for s in read_structures(replay):
+        groups.setdefault(str(s.info.get("dataset", "default")), []).append(s)
+    return groups

@@ -1,0 +1,95 @@
+"""Property tasks for fine-tuning: train/val/test structures from QM9 BOOM splits or MatBench folds.
+
+A :class:`PropertyTask` carries the structures of each part and how the property is learned (head kind,
+extensive or intensive, element bias, loss). ``test_parts`` maps a name (``id_test``/``ood_test`` for QM9,
+``test`` for MatBench) to structures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from mftcalc.data.structure import Structure
+
+# How each property is learned (paper defaults): head kind, extensive, element bias, loss.
+PROPERTY_RECIPES: Dict[str, Dict] = {
+    "homo": dict(kind="scalar", extensive=False, element_bias=True, loss="mse"),
+    "lumo": dict(kind="scalar", extensive=False, element_bias=True, loss="mse"),
+    "gap": dict(kind="scalar", extensive=False, element_bias=True, loss="mse"),
+    "zpve": dict(kind="scalar", extensive=True, element_bias=True, loss="mse"),
+    "alpha": dict(kind="scalar", extensive=True, element_bias=True, loss="mse"),
+    "cv": dict(kind="scalar", extensive=True, element_bias=True, loss="mse"),
+    "mu": dict(kind="dipole", extensive=False, element_bias=False, loss="mse"),
+    "r2": dict(kind="r2", extensive=True, element_bias=False, loss="mse"),
+    "refractive_index": dict(kind="scalar", extensive=False, element_bias=False, loss="smooth_l1"),
+    "log10_gvrh": dict(kind="scalar", extensive=False, element_bias=True, loss="smooth_l1"),
+    "formation_energy": dict(kind="scalar", extensive=False, element_bias=True, loss="smooth_l1"),
+}
+
+
+@dataclass
+class PropertyTask:
+    """Structures of one property task and how the property is learned."""
+
+    name: str
+    property: str
+    unit: str
+    train: List[Structure]
+    val: List[Structure]
+    test_parts: Dict[str, List[Structure]]
+    recipe: Dict = field(default_factory=dict)
+    description: str = ""
+
+
+def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return indices
+    n = max(1, int(round(fraction * len(indices))))
+    return np.sort(np.random.default_rng(seed).choice(indices, n, replace=False))
+
+
+def qm9_task(dataset, splits: Dict, prop: str, train_fraction: float = 1.0, seed: int = 0,
+             max_eval: Optional[int] = None) -> PropertyTask:
+    """QM9 property ``prop`` on its BOOM split (``splits[prop]``), training on ``train_fraction`` of train.
+
+    ``max_eval`` caps val/ID/OOD sizes (seeded subsample) for quick runs; ``None`` keeps the full sets.
+    """
+    from mftcalc.data.qm9 import QM9_PROPERTIES
+    split = splits[prop]
+    train_idx = _subsample(split.train, train_fraction, seed)
+
+    def part(indices: np.ndarray, k: int) -> List[Structure]:
+        if max_eval is not None and len(indices) > max_eval:
+            indices = np.sort(np.random.default_rng(seed + k).choice(indices, max_eval, replace=False))
+        return dataset.structures(dataset.rows(indices), properties=[prop])
+
+    return PropertyTask(name=f"qm9-{prop}", property=prop, unit=QM9_PROPERTIES[prop],
+                        train=dataset.structures(dataset.rows(train_idx), properties=[prop]),
+                        val=part(split.val, 1), test_parts={"id_test": part(split.id_test, 2),
+                                                            "ood_test": part(split.ood_test, 3)},
+                        recipe=dict(PROPERTY_RECIPES[prop]),
+                        description=f"QM9 {prop}, BOOM split, train fraction {train_fraction}")
+
+
+def matbench_task(structures: List[Structure], dataset: str, fold, train_fraction: float = 1.0,
+                  seed: int = 0, val_fraction: float = 0.1) -> PropertyTask:
+    """MatBench ``dataset`` on one fold (``mftcalc.data.matbench.Fold``); folds without a validation part
+    (the random folds) get a seeded ``val_fraction`` of train as validation."""
+    from mftcalc.data.matbench import MATBENCH_DATASETS
+    meta = MATBENCH_DATASETS[dataset]
+    train_rows, val_rows = np.asarray(fold.train), np.asarray(fold.val)
+    if val_rows.size == 0:
+        perm = np.random.default_rng(seed + 17).permutation(train_rows)
+        n_val = max(1, int(round(val_fraction * len(perm))))
+        val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    train_rows = _subsample(train_rows, train_fraction, seed)
+    return PropertyTask(name=f"matbench-{dataset}-{fold.kind}-{fold.index}", property=meta.property,
+                        unit=meta.unit, train=[structures[i] for i in train_rows],
+                        val=[structures[i] for i in val_rows],
+                        test_parts={"test": [structures[i] for i in fold.test]},
+                        recipe=dict(PROPERTY_RECIPES[meta.property]),
+                        description=f"MatBench {dataset}, {fold.kind} fold {fold.index}")

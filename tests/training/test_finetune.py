@@ -1,0 +1,99 @@
+"""Fine-tuning strategies: what each trains/freezes, one checkpoint with force field + property, resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mftcalc.calculators import MFTCalculator
+from mftcalc.model.checkpoint import read_checkpoint
+from mftcalc.training.finetune import FinetuneSettings, finetune
+from mftcalc.training.pretrain import PretrainConfig, pretrain
+from mftcalc.training.tasks import PropertyTask
+
+from conftest import emt_structures
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from pathlib import Path
+    import yaml
+    tmp = tmp_path_factory.mktemp("pre")
+    from mftcalc.data.io import write_extxyz
+    write_extxyz(emt_structures("Cu", 24, 0), tmp / "cu.extxyz")
+    write_extxyz(emt_structures("Al", 24, 1), tmp / "al.extxyz")
+    cfg = PretrainConfig.from_yaml(_write_cfg(tmp), {})
+    pretrain(cfg)
+    return Path(cfg.model_out)
+
+
+def _write_cfg(tmp):
+    import yaml
+    cfg = {"datasets": [{"name": "cu", "path": str(tmp / "cu.extxyz"), "batch_size": 4, "replay": 10},
+                        {"name": "al", "path": str(tmp / "al.extxyz"), "batch_size": 4, "replay": 10}],
+           "preset": "tiny", "ff_hidden": [8], "steps": 10, "decay_steps": 5, "val_every": 10,
+           "checkpoint_every": 5, "dtype": "float64", "out_dir": str(tmp / "run"),
+           "state_path": str(tmp / "run/state.pt"), "model_out": str(tmp / "pre.pt"),
+           "replay_out": str(tmp / "pre_replay.extxyz.gz"), "progress": False}
+    path = tmp / "pre.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _task() -> PropertyTask:
+    structures = emt_structures("Cu", 20, 5) + emt_structures("Al", 20, 6)
+    labelled = []
+    for s in structures:   # a smooth synthetic property: volume per atom
+        volume = abs(np.linalg.det(s.cell)) / s.n_atoms
+        labelled.append(s.with_labels(properties={"vpa": volume}, property_units={"vpa": "Å^3"}))
+    recipe = dict(kind="scalar", extensive=False, element_bias=True, loss="mse")
+    return PropertyTask("toy-vpa", "vpa", "Å^3", labelled[:30], labelled[30:35], {"test": labelled[35:]}, recipe)
+
+
+def _settings(strategy: str, **kw) -> FinetuneSettings:
+    return FinetuneSettings(strategy=strategy, steps=6, property_batch=4, ff_batch=4, val_every=3,
+                            checkpoint_every=2, head_hidden=(8,), dtype="float64", progress=False, probe_size=4, **kw)
+
+
+@pytest.mark.parametrize("strategy", ["scratch", "ft", "lp", "mft"])
+def test_strategies_train_what_they_should(pretrained, tmp_path, strategy):
+    task = _task()
+    result = finetune(task, _settings(strategy), tmp_path / strategy, pretrained)
+    assert result["steps"] == 6 and result["test"]["mae"] > 0
+    tuned = read_checkpoint(tmp_path / strategy / "model.pt")["state_dict"]
+    base = read_checkpoint(pretrained)["state_dict"]
+    backbone_same = all(torch.equal(tuned[k], base[k]) for k in base if k.startswith("backbone."))
+    if strategy == "scratch":
+        assert not any(k.startswith("ff_heads.") for k in tuned)
+        return
+    ff_same = all(torch.equal(tuned[k], base[k]) for k in base if k.startswith("ff_heads."))
+    assert backbone_same == (strategy == "lp")
+    assert ff_same == (strategy != "mft")
+    assert "drift_w1" in result and (result["drift_w1"] == 0) == (strategy == "lp")
+
+
+def test_mft_checkpoint_is_force_field_and_property_model(pretrained, tmp_path):
+    task = _task()
+    finetune(task, _settings("mft", mode="sum", lambda_reg=0.5), tmp_path / "mft", pretrained)
+    atoms = task.test_parts["test"][0].to_ase()
+    atoms.calc = MFTCalculator(tmp_path / "mft" / "model.pt", dtype=torch.float64)
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (len(atoms), 3) and atoms.get_stress().shape == (6,)
+    from mftcalc.training.evaluate import property_predictions
+    from mftcalc.model.checkpoint import load_model
+    model = load_model(tmp_path / "mft" / "model.pt", torch.float64)
+    expected = property_predictions(model, [task.test_parts["test"][0]], "vpa")[0]
+    assert abs(atoms.calc.get_property("vpa", atoms) - expected) < 1e-6 * max(1.0, abs(expected))
+
+
+def test_finetune_resumes_to_the_same_result(pretrained, tmp_path, monkeypatch):
+    task = _task()
+    straight = finetune(task, _settings("mft"), tmp_path / "a", pretrained)
+    import mftcalc.training.loop as loop
+    original = loop.Trainer.run
+    with monkeypatch.context() as patch:   # the first call stops at step 3, like a killed run
+        patch.setattr(loop.Trainer, "run", lambda self, stop_at=None, time_budget_s=None: original(self, stop_at=3))
+        finetune(task, _settings("mft"), tmp_path / "b", pretrained)
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
+    resumed = finetune(task, _settings("mft"), tmp_path / "b", pretrained)
+    assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
