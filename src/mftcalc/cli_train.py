@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
         import torch.distributed as dist
         dist.init_process_group("gloo")
     cfg = PretrainConfig.from_yaml(args.config, _parse_overrides(args.set))
-    card = pretrain(cfg)
+    card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
     if distributed:
@@ -45,6 +45,8 @@ def add_train_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="pretrain a force field on several datasets (YAML config)")
     p.add_argument("config", help="YAML file mapped onto mftcalc.training.pretrain.PretrainConfig")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="stop (with a checkpoint and the model written) after this many minutes; rerun to resume")
     p.set_defaults(func=_train)
     p = subparsers.add_parser("evaluate", help="energy/force errors of a model on labelled data, with parity plot")
     p.add_argument("model", help="checkpoint (.pt) or TorchScript export")

@@ -10,13 +10,14 @@ gather, never on a concatenated per-angle tensor.
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from mftcalc.model.config import BackboneConfig
 from mftcalc.model.layers import make_activation, smooth_switch
+from mftcalc.model.segment import segment_sum, sorted_gather, transposed_gather
 
 
 def _residual(width: int, value: float) -> nn.Parameter:
@@ -56,18 +57,20 @@ class RepFlowLayer(nn.Module):
         self.res_edge = nn.ParameterList([_residual(e, r), _residual(e, r)])
         self.res_angle = _residual(a, r)
 
-    def _sym(self, feat_e: Tensor, h2: Tensor, centre: Tensor, n_nodes: int) -> Tensor:
+    def _sym(self, feat_e: Tensor, h2: Tensor, centre: Tensor, counts: Tensor) -> Tensor:
         """grrg: [E, d] edge-wise invariant features and [E, 3] equivariant h2 -> [N, axis*d] invariant."""
         d = feat_e.shape[1]
+        n_nodes = counts.shape[0]
         h2g = (h2.unsqueeze(2) * feat_e.unsqueeze(1)).reshape(-1, 3 * d)
-        acc = torch.zeros(n_nodes, 3 * d, dtype=feat_e.dtype, device=feat_e.device)
-        hg = acc.index_add_(0, centre, h2g).reshape(n_nodes, 3, d) * self.e_scale
+        hg = segment_sum(h2g, centre, counts).reshape(n_nodes, 3, d) * self.e_scale
         return (torch.bmm(hg[:, :, : self.axis].transpose(1, 2), hg) / 3.0).reshape(n_nodes, self.axis * d)
 
     def forward(self, node: Tensor, edge: Tensor, angle: Tensor, h2: Tensor, sw: Tensor, a_sw: Tensor,
-                edge_index: Tensor, a_edges: Tensor, a_ij: Tensor, a_ik: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        n_nodes = node.shape[0]
+                graph: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         n, e = self.n_dim, self.e_dim
+        edge_index = graph["edge_index"]
+        a_edges, a_ij, a_ik = graph["a_edges"], graph["a_ij"], graph["a_ik"]
+        counts, a_counts, a_node_counts = graph["node_counts"], graph["a_counts"], graph["a_node_counts"]
         i = edge_index[0]
         j = edge_index[1]
         sw_col = sw.unsqueeze(1)
@@ -75,20 +78,22 @@ class RepFlowLayer(nn.Module):
         # ---- node updates
         node_self = self.act(self.node_self(node))
         node_j = node[j]
-        sym = torch.cat([self._sym(edge * sw_col, h2, i, n_nodes), self._sym(node_j * sw_col, h2, i, n_nodes)], 1)
+        sym = torch.cat([self._sym(edge * sw_col, h2, i, counts), self._sym(node_j * sw_col, h2, i, counts)], 1)
         node_sym = self.act(self.node_sym(sym))
-        edge_info = self.act(self.ee_node_i(node)[i] + self.ee_node_j(node)[j] + self.ee_edge(edge))   # [E, n+e]
+        edge_info = self.act(sorted_gather(self.ee_node_i(node), i, counts) + self.ee_node_j(node)[j]
+                             + self.ee_edge(edge))                                              # [E, n+e]
         msg = edge_info[:, :n] * sw_col
-        node_msg = torch.zeros(n_nodes, n, dtype=node.dtype, device=node.device).index_add_(0, i, msg) * self.e_norm
+        node_msg = segment_sum(msg, i, counts) * self.e_norm
         edge_self = edge_info[:, n:]
 
-        # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one scatter)
+        # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one segment sum)
         edge_a = edge[a_edges]
-        p_ij = self.aa_edge_ij(edge_a[:, : self.ec]) + self.aa_node(node[:, : self.nc])[i[a_edges]]   # [Ea, e+a]
-        p_ik = self.aa_edge_ik(edge_a[:, : self.ec])                                                   # [Ea, e+a]
-        x = self.act(self.aa_angle(angle) + p_ij[a_ij] + p_ik[a_ik])                                   # [A, e+a]
-        red = torch.zeros(edge_a.shape[0], e, dtype=node.dtype, device=node.device).index_add_(
-            0, a_ij, x[:, :e] * a_sw.unsqueeze(1)) * self.a_norm
+        p_ij = self.aa_edge_ij(edge_a[:, : self.ec]) + sorted_gather(self.aa_node(node[:, : self.nc]), i[a_edges],
+                                                                     a_node_counts)            # [Ea, e+a]
+        p_ik = self.aa_edge_ik(edge_a[:, : self.ec])                                            # [Ea, e+a]
+        x = self.act(self.aa_angle(angle) + sorted_gather(p_ij, a_ij, a_counts)
+                     + transposed_gather(p_ik, a_ik, a_ij, a_counts, graph["a_transpose"]))  # [A, e+a]
+        red = segment_sum(x[:, :e] * a_sw.unsqueeze(1), a_ij, a_counts) * self.a_norm
         padded = torch.zeros(edge.shape[0], e, dtype=node.dtype, device=node.device).index_copy(0, a_edges, red)
         edge_angle = self.act(self.edge_angle2(padded))
 
@@ -116,12 +121,12 @@ class Backbone(nn.Module):
         self.n_dim = cfg.n_dim
         self.e_dim = cfg.e_dim
 
-    def forward(self, numbers: Tensor, vectors: Tensor, edge_index: Tensor, a_edges: Tensor, a_ij: Tensor,
-                a_ik: Tensor) -> Tuple[Tensor, Tensor]:
-        """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); graph indices from ``build_graph``.
+    def forward(self, numbers: Tensor, vectors: Tensor, graph: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); ``graph`` from ``build_graph``.
 
         Returns: node features [N, n_dim] and edge features [E, e_dim].
         """
+        a_edges, a_ij, a_ik = graph["a_edges"], graph["a_ij"], graph["a_ik"]
         dist = torch.sqrt((vectors * vectors).sum(1) + 1e-12)                 # [E]
         sw = smooth_switch(dist, self.e_rcut_smth, self.e_rcut)              # [E]
         s = sw / dist
@@ -135,5 +140,5 @@ class Backbone(nn.Module):
         a_sw = sw_a[a_ij] * sw_a[a_ik]
         node = self.act(self.type_embedding(numbers))
         for layer in self.layers:
-            node, edge, angle = layer(node, edge, angle, h2, sw, a_sw, edge_index, a_edges, a_ij, a_ik)
+            node, edge, angle = layer(node, edge, angle, h2, sw, a_sw, graph)
         return node, edge

@@ -22,14 +22,16 @@ def edge_vectors(positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Ten
     return positions[j] - positions[i] + offset
 
 
-def angle_index(a_centre: Tensor, n_nodes: int) -> Tuple[Tensor, Tensor]:
+def angle_index(a_centre: Tensor, n_nodes: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All ordered pairs (p, q) of angle-edges that share a centre, the diagonal p == q included (as DPA3).
 
     Args:
         a_centre: [Ea] int64 centre atom of each angle-edge, sorted ascending.
         n_nodes: number of atoms N.
     Returns:
-        ``(a_ij, a_ik)`` [A] int64 indices into the angle-edge list; ``a_ij`` is sorted ascending.
+        ``a_ij``, ``a_ik`` [A] int64 indices into the angle-edge list (``a_ij`` sorted ascending);
+        ``a_counts`` [Ea] angles per angle-edge (segment lengths of ``a_ij``);
+        ``a_transpose`` [A] index of the angle (q, p) for each angle (p, q) (an involution).
     """
     counts = torch.bincount(a_centre, minlength=n_nodes)                  # [N] angle-edges per centre
     start = torch.cumsum(counts, 0) - counts                             # [N] first angle-edge of each centre
@@ -38,9 +40,13 @@ def angle_index(a_centre: Tensor, n_nodes: int) -> Tuple[Tensor, Tensor]:
     ea = torch.arange(a_centre.shape[0], device=a_centre.device)
     a_ij = torch.repeat_interleave(ea, m, output_size=n_angles)
     first = torch.cumsum(m, 0) - m                                       # [Ea] first angle of each angle-edge
-    local = torch.arange(n_angles, device=a_centre.device) - torch.repeat_interleave(first, m, output_size=n_angles)
-    a_ik = torch.repeat_interleave(start[a_centre], m, output_size=n_angles) + local
-    return a_ij, a_ik
+    local_q = torch.arange(n_angles, device=a_centre.device) - torch.repeat_interleave(first, m, output_size=n_angles)
+    start_a = start[a_centre]                                            # [Ea]
+    a_ik = torch.repeat_interleave(start_a, m, output_size=n_angles) + local_q
+    local_p = a_ij - start_a[a_ij]
+    block_first = first[a_ij] - local_p * m[a_ij]                        # first angle of the centre's block
+    a_transpose = block_first + local_q * m[a_ij] + local_p
+    return a_ij, a_ik, m, a_transpose
 
 
 def build_graph(positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, e_rcut: float,
@@ -52,11 +58,17 @@ def build_graph(positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, e_r
     Returns:
         ``edge_index`` [2, E] (sorted by centre), ``shifts`` [E, 3] integer shifts as floats,
         ``a_edges`` [Ea] indices of the edges shorter than ``a_rcut`` (sorted by centre),
-        ``a_ij``/``a_ik`` [A] indices into ``a_edges`` of the two edges of each angle.
+        ``a_ij``/``a_ik`` [A] indices into ``a_edges`` of the two edges of each angle, ``a_counts`` [Ea],
+        ``a_transpose`` [A] (see :func:`angle_index`), ``node_counts`` [N] edges per centre and
+        ``a_node_counts`` [N] angle-edges per centre.
     """
     with torch.no_grad():
         edge_index, shifts, dist = neighbor_list(positions.detach(), e_rcut, batch, cell.detach(), pbc)
         a_edges = torch.nonzero(dist < a_rcut).squeeze(1)
-        a_ij, a_ik = angle_index(edge_index[0][a_edges], positions.shape[0])
+        a_centre = edge_index[0][a_edges]
+        a_ij, a_ik, a_counts, a_transpose = angle_index(a_centre, positions.shape[0])
+        n_nodes = positions.shape[0]
     return {"edge_index": edge_index, "shifts": shifts.to(positions.dtype), "a_edges": a_edges,
-            "a_ij": a_ij, "a_ik": a_ik}
+            "a_ij": a_ij, "a_ik": a_ik, "a_counts": a_counts, "a_transpose": a_transpose,
+            "node_counts": torch.bincount(edge_index[0], minlength=n_nodes),
+            "a_node_counts": torch.bincount(a_centre, minlength=n_nodes)}

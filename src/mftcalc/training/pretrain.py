@@ -31,7 +31,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class DatasetSpec:
-    """One force-field dataset: a path any reader understands, its sampling probability and batch size."""
+    """One force-field dataset: a path any reader understands (or a glob pattern of such files, read in sorted
+    order), its sampling probability and batch size."""
 
     name: str
     path: str
@@ -41,6 +42,7 @@ class DatasetSpec:
     max_structures: Optional[int] = None
     max_val: int = 200
     replay: int = 500          # structures of the training part copied into the replay set
+    max_force: Optional[float] = None   # drop structures with an atomic force above this (eV/Å)
 
 
 @dataclass
@@ -83,15 +85,38 @@ class PretrainConfig:
         return cls(**data)
 
 
+def read_dataset(path: str) -> List[Structure]:
+    """Structures of one file, or of every file matching a glob pattern (sorted); errors name the pattern."""
+    if any(ch in path for ch in "*?["):
+        import glob
+        files = sorted(glob.glob(path))
+        if not files:
+            raise FileNotFoundError(f"no files match {path!r}")
+        return [s for f in files for s in read_structures(f)]
+    return read_structures(path)
+
+
 def split_train_val(structures: List[Structure], val_fraction: float, max_val: int, seed: int
                     ) -> Tuple[List[Structure], List[Structure]]:
-    """Seeded split into training and validation structures (validation capped at ``max_val``)."""
-    n_val = min(int(round(val_fraction * len(structures))), max_val)
-    if len(structures) > 1:
-        n_val = max(n_val, 1) if val_fraction > 0 else 0
-    perm = np.random.default_rng(seed).permutation(len(structures))
-    val = [structures[i] for i in perm[:n_val]]
-    train = [structures[i] for i in perm[n_val:]]
+    """Seeded split into training and validation structures, stable when a dataset grows.
+
+    Structures are grouped by ``info["qm9_index"]`` when present (all conformers of a molecule fall on the same
+    side, so validation molecules are unseen in training), else by position in the file; a group is validation
+    when a seeded integer hash of its key falls below ``val_fraction``. At most ``max_val`` validation
+    structures are kept (the first ones); the rest of the validation groups are not used for training either.
+    """
+    val: List[Structure] = []
+    train: List[Structure] = []
+    for k, s in enumerate(structures):
+        key = int(s.info.get("qm9_index", k))
+        h = ((key * 2654435761 + seed * 40503 + 12345) % 4294967296) / 4294967296.0
+        if h < val_fraction:
+            if len(val) < max_val:
+                val.append(s)
+        else:
+            train.append(s)
+    if not train:
+        raise ValueError("validation split left no training structures; lower val_fraction")
     return train, val
 
 
@@ -101,7 +126,10 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     val_sources: List[Source] = []
     replay: List[Structure] = []
     for k, spec in enumerate(cfg.datasets):
-        structures = read_structures(spec.path)
+        structures = read_dataset(spec.path)
+        if spec.max_force is not None:
+            structures = [s for s in structures
+                          if s.forces is None or np.sqrt((s.forces ** 2).sum(1)).max() <= spec.max_force]
         if spec.max_structures is not None and len(structures) > spec.max_structures:
             keep = np.sort(np.random.default_rng(cfg.seed + k).permutation(len(structures))[: spec.max_structures])
             structures = [structures[i] for i in keep]
