@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from mftcalc.model.config import BackboneConfig
-from mftcalc.model.layers import make_activation, smooth_switch
+from mftcalc.kernels.angle import AngleBlock
+from mftcalc.model.layers import SiLUT, make_activation, smooth_switch
 from mftcalc.model.segment import segment_sum, sorted_gather, transposed_gather
 
 
@@ -56,6 +57,8 @@ class RepFlowLayer(nn.Module):
         self.res_node = nn.ParameterList([_residual(n, r), _residual(n, r), _residual(n, r)])
         self.res_edge = nn.ParameterList([_residual(e, r), _residual(e, r)])
         self.res_angle = _residual(a, r)
+        # the fused C++ angle operator implements SiLUT; other activations take the eager path below
+        self.angle_block = AngleBlock(e, self.act.threshold, cfg.angle_backend) if isinstance(self.act, SiLUT) else None
 
     def _sym(self, feat_e: Tensor, h2: Tensor, centre: Tensor, counts: Tensor) -> Tensor:
         """grrg: [E, d] edge-wise invariant features and [E, 3] equivariant h2 -> [N, axis*d] invariant."""
@@ -91,16 +94,21 @@ class RepFlowLayer(nn.Module):
         p_ij = self.aa_edge_ij(edge_a[:, : self.ec]) + sorted_gather(self.aa_node(node[:, : self.nc]), i[a_edges],
                                                                      a_node_counts)            # [Ea, e+a]
         p_ik = self.aa_edge_ik(edge_a[:, : self.ec])                                            # [Ea, e+a]
-        x = self.act(self.aa_angle(angle) + sorted_gather(p_ij, a_ij, a_counts)
-                     + transposed_gather(p_ik, a_ik, a_ij, a_counts, graph["a_transpose"]))  # [A, e+a]
-        red = segment_sum(x[:, :e] * a_sw.unsqueeze(1), a_ij, a_counts) * self.a_norm
+        if self.angle_block is not None:
+            red, angle_new = self.angle_block(angle, p_ij, p_ik, self.aa_angle.weight.t(), self.aa_angle.bias, a_sw,
+                                              self.res_angle, a_ij, a_ik)                       # [Ea, e], [A, a]
+            red = red * self.a_norm
+        else:
+            x = self.act(self.aa_angle(angle) + sorted_gather(p_ij, a_ij, a_counts)
+                         + transposed_gather(p_ik, a_ik, a_ij, a_counts, graph["a_transpose"]))  # [A, e+a]
+            red = segment_sum(x[:, :e] * a_sw.unsqueeze(1), a_ij, a_counts) * self.a_norm
+            angle_new = angle + self.res_angle * x[:, e:]
         padded = torch.zeros(edge.shape[0], e, dtype=node.dtype, device=node.device).index_copy(0, a_edges, red)
         edge_angle = self.act(self.edge_angle2(padded))
 
         node = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
         edge = edge + self.res_edge[0] * edge_self + self.res_edge[1] * edge_angle
-        angle = angle + self.res_angle * x[:, e:]
-        return node, edge, angle
+        return node, edge, angle_new
 
 
 class Backbone(nn.Module):

@@ -90,10 +90,22 @@ def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MFTModel:
     return model.to(dtype).eval()
 
 
-def export_torchscript(model: MFTModel, path: PathLike, metadata: Optional[Dict[str, Any]] = None) -> None:
-    """Script the model and save it as one file loadable with plain ``torch.jit.load`` (metadata in extra files)."""
+def export_torchscript(model: MFTModel, path: PathLike, metadata: Optional[Dict[str, Any]] = None,
+                       fused: bool = False) -> None:
+    """Script the model and save it as one file (metadata in extra files).
+
+    ``fused=False`` (default): the portable file, on the plain-torch angle block, loadable with plain
+    ``torch.jit.load``. ``fused=True``: the fast file using the C++ angle operator; it loads once
+    ``mftcalc.kernels.angle.load_library()`` has run (``load_torchscript``/``MFTCalculator`` do that).
+    """
     meta = metadata if metadata is not None else getattr(model, "metadata", model_metadata(model))
-    scripted = torch.jit.script(model.eval())
+    config = ModelConfig.from_dict(model.config.to_dict())
+    config.backbone.angle_backend = "fused" if fused else "reference"
+    dtype = next(model.parameters()).dtype
+    rebuilt = MFTModel(config).to(dtype)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.active_ff_head = model.active_ff_head
+    scripted = torch.jit.script(rebuilt.eval())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -107,8 +119,12 @@ def load_torchscript(path: PathLike) -> tuple:
     extra = {"metadata.json": "", "config.json": ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a TorchScript export ({type(exc).__name__}: {exc})") from None
+    except Exception as first:
+        if "mftcalc" not in str(first):
+            raise CheckpointError(f"{path} is not a TorchScript export ({type(first).__name__}: {first})") from None
+        from mftcalc.kernels.angle import load_library   # a fused export needs the operator library
+        load_library()
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra["metadata.json"] or "{}")
 
 

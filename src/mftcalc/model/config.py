@@ -12,7 +12,8 @@ class BackboneConfig:
     ``n_dim``/``e_dim``/``a_dim``: widths of node, edge and angle features. ``e_rcut``/``a_rcut``: edge and angle
     cutoffs, with the switch starting at ``*_rcut_smth``. ``a_compress``: number of node and edge channels fed to
     the angle block (DPA3's ``a_compress_use_split``; 0 = all). ``e_sel_norm``/``a_sel_norm``: normalisation
-    constants of the edge->node and angle->edge sums (DPA3's ``sel / sel_reduce_factor``).
+    constants of the edge->node and angle->edge sums (DPA3's ``sel / sel_reduce_factor``). ``angle_backend``:
+    implementation of the angle block (``auto`` takes the fused C++ operator when it builds, on CPU).
     """
 
     n_dim: int = 64
@@ -30,6 +31,7 @@ class BackboneConfig:
     e_sel_norm: float = 12.0
     a_sel_norm: float = 4.0
     n_types: int = 119
+    angle_backend: str = "auto"   # "auto" | "fused" (C++ op) | "reference" (plain torch); same values
 
 
 @dataclass
