@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from mftcalc.cli_data import add_data_parser
 from mftcalc.cli_label import add_label_parser
+from mftcalc.cli_model import add_model_parsers
 from mftcalc.cli_train import add_train_parsers
 
 
@@ -15,6 +16,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_data_parser(subparsers)
     add_train_parsers(subparsers)
+    add_model_parsers(subparsers)
     add_label_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)

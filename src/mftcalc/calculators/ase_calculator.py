@@ -76,7 +76,7 @@ class MFTCalculator(Calculator):
                                  compute_properties=True, features=False)
         results = {}
         if has_ff:
-            energy = float(out["energy"][0])
+            energy = float(out["energy"][0].detach())
             results.update(energy=energy, free_energy=energy,
                            energies=out["energies"].detach().cpu().double().numpy(),
                            forces=out["forces"].detach().cpu().double().numpy())
@@ -84,7 +84,7 @@ class MFTCalculator(Calculator):
                 s = out["stress"][0].detach().cpu().double().numpy()
                 results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
         for name in self.handle.property_names:
-            results[name] = float(out[name][0])
+            results[name] = float(out[name][0].detach())
         self.results = results
         if "stress" in (properties or []) and "stress" not in results:
             raise PropertyNotImplementedError("stress needs a structure periodic in all three directions")

@@ -78,9 +78,9 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
                                 features=False)
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         for k in range(len(chunk)):
-            row: Dict[str, Any] = {p: float(res[p][k]) for p in names}
+            row: Dict[str, Any] = {p: float(res[p][k].detach()) for p in names}
             if has_ff:
-                row["energy"] = float(res["energy"][k])
+                row["energy"] = float(res["energy"][k].detach())
             if want_forces:
                 row["forces"] = res["forces"][offsets[k]:offsets[k + 1]].detach().cpu().double().numpy()
             out.append(row)

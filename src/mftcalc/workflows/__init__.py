@@ -1,0 +1,1 @@
+"""Workflows on top of the calculator: relax-then-predict screening and phonons."""

@@ -1,0 +1,70 @@
+"""Workflows and model commands: screening (resumable), phonons, export/predict/relax/demo CLI."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from conftest import make_tiny_model
+from mftcalc.calculators import MFTCalculator
+from mftcalc.cli import main
+from mftcalc.data.io import read_structures
+from mftcalc.model.checkpoint import model_metadata, save_model
+from mftcalc.workflows.phonons import phonons, zero_point_energy
+from mftcalc.workflows.screening import example_path, screen
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    model = make_tiny_model()
+    path = tmp_path / "tiny.pt"
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    return path
+
+
+def test_screen_resumes_without_redoing_rows(model_file, tmp_path):
+    out = tmp_path / "results.csv"
+    rows = screen(example_path(), model_file, out, do_relax=True, steps=5, chunk=3, progress=False)
+    assert len(rows) == 8 and {"gap", "mu", "r2", "energy_eV", "converged"} <= set(rows[0])
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:4]) + "\n")           # as if killed after the first chunk
+    again = screen(example_path(), model_file, out, do_relax=True, steps=5, chunk=3, progress=False)
+    with open(out, newline="") as fh:
+        written = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in written] == list(range(8))
+    assert [float(r["gap"]) for r in again] == pytest.approx([float(r["gap"]) for r in rows])
+
+
+def test_screen_writes_extxyz_with_results(model_file, tmp_path):
+    out = tmp_path / "relaxed.extxyz"
+    screen(example_path(), model_file, out, do_relax=True, steps=3, progress=False)
+    relaxed = read_structures(out, properties=["gap"])
+    assert len(relaxed) == 8 and "gap" in relaxed[0].properties
+
+
+def test_phonons_of_silicon(model_file, tmp_path):
+    atoms = bulk("Si", "diamond", a=5.43)
+    ph = phonons(atoms, MFTCalculator(model_file, dtype=torch.float64), supercell=(2, 2, 2), mesh=(4, 4, 4))
+    fc = ph.force_constants
+    assert fc.shape[0] == 16 and np.isfinite(fc).all()
+    assert np.isfinite(zero_point_energy(ph))
+
+
+def test_cli_export_predict_relax(model_file, tmp_path):
+    export = tmp_path / "tiny_script.pt"
+    assert main(["export", str(model_file), "-o", str(export), "--dtype", "float64"]) == 0
+    assert torch.jit.load(str(export)) is not None
+    assert main(["predict", str(export), str(example_path()), "--out", str(tmp_path / "p.csv"),
+                 "--dtype", "float64"]) == 0
+    assert main(["relax", str(model_file), str(example_path()), "--out", str(tmp_path / "r.csv")]) == 0
+    with open(tmp_path / "p.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 8
+
+
+def test_demo_runs_on_a_given_model(model_file, tmp_path, capsys):
+    assert main(["demo", "--model", str(model_file), "--out-dir", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "CH3CH2OH" in printed and (tmp_path / "demo" / "demo.png").exists()
