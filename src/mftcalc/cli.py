@@ -5,6 +5,7 @@ import argparse
 from typing import Optional, Sequence
 
 from mftcalc.cli_data import add_data_parser
+from mftcalc.cli_finetune import add_finetune_parsers
 from mftcalc.cli_label import add_label_parser
 from mftcalc.cli_model import add_model_parsers
 from mftcalc.cli_train import add_train_parsers
@@ -17,6 +18,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_data_parser(subparsers)
     add_train_parsers(subparsers)
     add_model_parsers(subparsers)
+    add_finetune_parsers(subparsers)
     add_label_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,1 @@
+"""Representation analysis: backbone features, Davies–Bouldin indices, Wasserstein drift, t-SNE plots."""

@@ -1,0 +1,221 @@
+"""``mftcalc bench``: strategies × tasks × seeds × training fractions, one resumable results file.
+
+Every finished cell is written to ``<out_dir>/results.json`` at once (atomically) and skipped on restart, so
+a run killed at any moment resumes across sessions; an unfinished cell resumes from its own training state.
+The summary is a Markdown table in the paper's layout (QM9: ID and OOD RMSE; MatBench: test MAE per fold
+kind; mean ± std over seeds and folds) and, in data-efficiency mode, a plot of error against training size.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import yaml
+
+from mftcalc.training.finetune import FinetuneSettings, finetune
+
+
+@dataclass
+class TaskSpec:
+    """A task: ``kind`` qm9 (``property``) or matbench (``dataset``, ``folds`` kind, ``fold_indices``)."""
+
+    kind: str
+    property: Optional[str] = None
+    dataset: Optional[str] = None
+    folds: str = "random"
+    fold_indices: List[int] = field(default_factory=lambda: [0])
+    train_fraction: float = 1.0
+
+
+@dataclass
+class BenchConfig:
+    """The bench grid and where its inputs are."""
+
+    pretrained: str
+    out_dir: str
+    tasks: List[TaskSpec]
+    strategies: List[str] = field(default_factory=lambda: ["scratch", "ft", "lp", "mft"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    fractions: Optional[List[float]] = None        # data-efficiency mode: overrides each task's train_fraction
+    settings: Dict[str, Any] = field(default_factory=dict)
+    qm9_splits: Optional[str] = None
+    qm9_max_eval: Optional[int] = None
+    matbench_path: Optional[str] = None
+    ff_eval: Dict[str, str] = field(default_factory=dict)   # dataset name -> held-out force-field file
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "BenchConfig":
+        data = yaml.safe_load(Path(path).read_text())
+        data["tasks"] = [TaskSpec(**t) for t in data["tasks"]]
+        return cls(**data)
+
+
+def _cells(cfg: BenchConfig):
+    fractions = cfg.fractions
+    for task in cfg.tasks:
+        for frac in (fractions or [task.train_fraction]):
+            folds = task.fold_indices if task.kind == "matbench" else [None]
+            for fold in folds:
+                for strategy in cfg.strategies:
+                    for seed in cfg.seeds:
+                        name = task.property if task.kind == "qm9" else f"{task.dataset}-{task.folds}-{fold}"
+                        key = f"{task.kind}:{name}|{strategy}|seed{seed}|frac{frac:g}"
+                        yield key, task, frac, fold, strategy, seed
+
+
+def _save_json(path: Path, data: Dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, Dict]:
+    """Run every unfinished cell; returns all results (``results.json``) and writes ``summary.md``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results: Dict[str, Dict] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    cache: Dict[str, Any] = {}
+    for key, task_spec, frac, fold, strategy, seed in _cells(cfg):
+        if key in results:
+            continue
+        task = _load_task(cfg, task_spec, frac, fold, seed, cache)
+        settings = FinetuneSettings(**{**cfg.settings, "strategy": strategy, "seed": seed, "progress": progress})
+        cell_dir = out / "cells" / key.replace("|", "__").replace(":", "_")
+        result = finetune(task, settings, cell_dir, cfg.pretrained if strategy != "scratch" else None,
+                          backbone_cfg=_pretrained_backbone(cfg, cache) if strategy == "scratch" else None)
+        if cfg.ff_eval:
+            result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
+        result.update(train_fraction=frac, seed=seed, fold=fold)
+        results[key] = result
+        _save_json(results_path, results)
+    if cfg.ff_eval and "pretrained" not in results.get("_forcefield_reference", {}):
+        results["_forcefield_reference"] = {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache)}
+        _save_json(results_path, results)
+    (out / "summary.md").write_text(summary_markdown(results, cfg))
+    if cfg.fractions:
+        plot_data_efficiency(results, out / "data_efficiency.png")
+    return results
+
+
+def _pretrained_backbone(cfg: BenchConfig, cache: Dict[str, Any]):
+    if "backbone" not in cache:
+        from mftcalc.model.checkpoint import read_checkpoint
+        from mftcalc.model.config import ModelConfig
+        cache["backbone"] = ModelConfig.from_dict(read_checkpoint(cfg.pretrained)["config"]).backbone
+    return cache["backbone"]
+
+
+def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int], seed: int, cache: Dict):
+    from mftcalc.training.tasks import matbench_task, qm9_task
+    if spec.kind == "qm9":
+        if "qm9" not in cache:
+            from mftcalc.data.boom import boom_splits, load_splits
+            from mftcalc.data.qm9 import load_qm9
+            ds = load_qm9()
+            cache["qm9"] = ds
+            cache["splits"] = load_splits(cfg.qm9_splits) if cfg.qm9_splits else boom_splits(ds)
+        return qm9_task(cache["qm9"], cache["splits"], spec.property, frac, seed, cfg.qm9_max_eval)
+    if spec.kind == "matbench":
+        from mftcalc.data.matbench import load_folds, load_matbench
+        if cfg.matbench_path is None:
+            raise ValueError("matbench tasks need matbench_path in the bench config")
+        key = f"mb:{spec.dataset}"
+        if key not in cache:
+            cache[key] = load_matbench(spec.dataset, cfg.matbench_path)
+        fkey = f"folds:{spec.dataset}:{spec.folds}"
+        if fkey not in cache:
+            cache[fkey] = load_folds(spec.dataset, spec.folds, cfg.matbench_path)
+        return matbench_task(cache[key], spec.dataset, cache[fkey][fold], frac, seed)
+    raise ValueError(f"unknown task kind {spec.kind!r}; use qm9 or matbench")
+
+
+def _ff_retention(model_path: Path, cfg: BenchConfig, cache: Dict) -> Dict[str, Dict[str, float]]:
+    """Energy/force errors of a model's force-field head on held-out force-field data, per dataset."""
+    import torch
+    from mftcalc.data.io import read_structures
+    from mftcalc.model.checkpoint import load_model
+    from mftcalc.training.evaluate import forcefield_errors
+    model = load_model(model_path, torch.float32)
+    if not len(model.ff_heads):
+        return {}
+    names = list(model.config.datasets)
+    out = {}
+    for name, path in cfg.ff_eval.items():
+        key = f"ff:{path}"
+        if key not in cache:
+            cache[key] = read_structures(path)
+        out[name] = forcefield_errors(model, cache[key], names.index(name))
+    return out
+
+
+def _mean_std(values: List[float]) -> str:
+    if not values:
+        return "–"
+    arr = np.asarray(values)
+    return f"{arr.mean():.4g} ± {arr.std():.2g}" if len(arr) > 1 else f"{arr.mean():.4g}"
+
+
+def summary_markdown(results: Dict[str, Dict], cfg: BenchConfig) -> str:
+    """Paper-layout tables: QM9 ID/OOD RMSE and MatBench test MAE per (task, strategy), mean ± std."""
+    rows: Dict[tuple, Dict[str, List[float]]] = {}
+    for key, r in results.items():
+        if key.startswith("_"):
+            continue
+        task, strategy, _, frac = key.split("|")
+        base = task.rsplit("-", 1)[0] if task.startswith("matbench") else task
+        cell = rows.setdefault((base, frac, strategy), {})
+        for part in ("id_test", "ood_test", "test"):
+            if part in r:
+                metric = "rmse" if task.startswith("qm9") else "mae"
+                cell.setdefault(f"{part}_{metric}", []).append(r[part][metric])
+        if "drift_w1" in r:
+            cell.setdefault("drift", []).append(r["drift_w1"])
+        for ds, errs in r.get("forcefield", {}).items():
+            if "f_mae" in errs:
+                cell.setdefault("ff_f_mae", []).append(errs["f_mae"])
+    lines = [f"Settings: {cfg.settings}; seeds {cfg.seeds}.", "",
+             "| task | train fraction | strategy | ID RMSE | OOD RMSE | test MAE | drift (sliced W1) | FF force MAE (eV/Å) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (task, frac, strategy), cell in sorted(rows.items()):
+        lines.append(f"| {task} | {frac[4:]} | {strategy} | {_mean_std(cell.get('id_test_rmse', []))} | "
+                     f"{_mean_std(cell.get('ood_test_rmse', []))} | {_mean_std(cell.get('test_mae', []))} | "
+                     f"{_mean_std(cell.get('drift', []))} | {_mean_std(cell.get('ff_f_mae', []))} |")
+    ref = results.get("_forcefield_reference", {}).get("pretrained", {})
+    if ref:
+        lines += ["", "Pretrained model on the same force-field data: " +
+                  ", ".join(f"{k}: force MAE {v.get('f_mae', float('nan')):.4f} eV/Å" for k, v in ref.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot_data_efficiency(results: Dict[str, Dict], path: Path) -> None:
+    """ID and OOD error against the number of training molecules, per strategy (QM9 cells)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    series: Dict[tuple, List[tuple]] = {}
+    for key, r in results.items():
+        if key.startswith("_") or "ood_test" not in r:
+            continue
+        task, strategy, _, _ = key.split("|")
+        series.setdefault((task, strategy), []).append((r["n_train"], r["id_test"]["rmse"], r["ood_test"]["rmse"]))
+    for (task, strategy), pts in sorted(series.items()):
+        pts.sort()
+        n = sorted({p[0] for p in pts})
+        for ax, col in ((axes[0], 1), (axes[1], 2)):
+            ax.loglog(n, [np.mean([p[col] for p in pts if p[0] == k]) for k in n], marker="o",
+                      label=f"{task} {strategy}")
+    for ax, title in zip(axes, ("ID test RMSE", "OOD test RMSE")):
+        ax.set_xlabel("training molecules")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

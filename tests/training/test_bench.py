@@ -1,0 +1,73 @@
+"""``mftcalc bench``: a killed run restarts without redoing finished cells; the summary has every strategy."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mftcalc.training.pretrain import PretrainConfig, pretrain
+
+from conftest import emt_structures
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(tmp_path_factory):
+    from mftcalc.data.io import write_extxyz
+    tmp = tmp_path_factory.mktemp("bench_pre")
+    write_extxyz(emt_structures("Cu", 16, 0), tmp / "cu.extxyz")
+    cfg = {"datasets": [{"name": "cu", "path": str(tmp / "cu.extxyz"), "batch_size": 4, "replay": 8}],
+           "preset": "tiny", "ff_hidden": [8], "steps": 4, "decay_steps": 2, "val_every": 4, "checkpoint_every": 4,
+           "out_dir": str(tmp / "run"), "state_path": str(tmp / "run/state.pt"), "model_out": str(tmp / "pre.pt"),
+           "replay_out": str(tmp / "pre_replay.extxyz.gz"), "progress": False}
+    (tmp / "pre.yaml").write_text(yaml.safe_dump(cfg))
+    pretrain(PretrainConfig.from_yaml(tmp / "pre.yaml"))
+    return tmp / "pre.pt"
+
+
+def _bench_config(tmp_path: Path, pretrained: Path) -> Path:
+    cfg = {"pretrained": str(pretrained), "out_dir": str(tmp_path / "bench"),
+           "tasks": [{"kind": "qm9", "property": "gap", "train_fraction": 0.0003}],
+           "strategies": ["scratch", "ft", "lp", "mft"], "seeds": [0], "qm9_max_eval": 20,
+           "ff_eval": {"cu": str(pretrained.with_name("pre_replay.extxyz.gz"))},
+           "settings": {"steps": 4, "property_batch": 8, "ff_batch": 4, "val_every": 2, "checkpoint_every": 1,
+                        "head_hidden": [8], "probe_size": 4}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp_path):
+    config = _bench_config(tmp_path, tiny_pretrained)
+    results = tmp_path / "bench" / "results.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mftcalc.cli", "bench", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(json.loads(results.read_text())) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = json.loads(results.read_text())
+    assert 1 <= len(first) < 4, "the bench should be killed after some but not all cells"
+    finished_models = {k: (tmp_path / "bench" / "cells" / k.replace("|", "__").replace(":", "_") / "model.pt")
+                       for k in first}
+    stamps = {k: p.stat().st_mtime_ns for k, p in finished_models.items()}
+    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "bench", str(config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads(results.read_text())
+    cells = [k for k in final if not k.startswith("_")]
+    assert len(cells) == 4
+    for key in first:
+        assert final[key] == first[key]
+        assert finished_models[key].stat().st_mtime_ns == stamps[key], f"{key} was redone"
+    summary = (tmp_path / "bench" / "summary.md").read_text()
+    for strategy in ("scratch", "ft", "lp", "mft"):
+        assert f"| {strategy} |" in summary
+    assert "forcefield" in final[[k for k in cells if "|mft|" in k][0]]
