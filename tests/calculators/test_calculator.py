@@ -12,7 +12,7 @@ from ase.calculators.fd import calculate_numerical_forces as numeric_forces
 from ase.calculators.fd import calculate_numerical_stress as numeric_stress
 from ase.optimize import FIRE
 
-from conftest import make_tiny_model
+from _helpers import make_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.batched import predict, relax
 from mftcalc.data import Structure

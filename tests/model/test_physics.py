@@ -115,7 +115,7 @@ def test_dataset_embedding_changes_energy(tiny_model, molecules):
 
 
 def test_float32_close_to_float64(molecules, crystal):
-    from conftest import make_tiny_model
+    from _helpers import make_tiny_model
     m64 = make_tiny_model(dtype=torch.float64)
     m32 = make_tiny_model(dtype=torch.float32)
     structures = molecules + [crystal]

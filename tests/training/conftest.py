@@ -6,25 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
-from mftcalc.data import Structure
+from _helpers import emt_structures
 from mftcalc.data.io import write_extxyz
-
-
-def emt_structures(symbol: str, n: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = bulk(symbol, "fcc", a=3.6 if symbol == "Cu" else 4.05, cubic=True)
-        atoms.set_cell(atoms.cell * (1 + rng.normal(scale=0.01, size=(3, 3))), scale_atoms=True)
-        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        atoms.get_stress()
-        out.append(Structure.from_ase(atoms))
-    return out
 
 
 @pytest.fixture

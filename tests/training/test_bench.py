@@ -13,7 +13,7 @@ import yaml
 
 from mftcalc.training.pretrain import PretrainConfig, pretrain
 
-from conftest import emt_structures
+from _helpers import emt_structures
 
 
 @pytest.fixture(scope="module")

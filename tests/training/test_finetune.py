@@ -11,7 +11,7 @@ from mftcalc.training.finetune import FinetuneSettings, finetune
 from mftcalc.training.pretrain import PretrainConfig, pretrain
 from mftcalc.training.tasks import PropertyTask
 
-from conftest import emt_structures
+from _helpers import emt_structures
 
 
 @pytest.fixture(scope="module")

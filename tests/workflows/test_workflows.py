@@ -8,7 +8,7 @@ import pytest
 import torch
 from ase.build import bulk
 
-from conftest import make_tiny_model
+from _helpers import make_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.cli import main
 from mftcalc.data.io import read_structures

@@ -171,6 +171,8 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources)
     metrics = trainer.run(stop_at=stop_at, time_budget_s=time_budget_s)
+    if not metrics and val_sources and trainer.rank == 0:   # stopped between validations: validate now
+        metrics = {"step": float(trainer.step), **trainer.validate()}
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)})
     card = {"config": {**asdict(cfg), "datasets": [asdict(d) for d in cfg.datasets]},
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),

@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: a tiny random model and small labelled structures (no pytest fixtures here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from mftcalc.data import Structure
+from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.mft_model import MFTModel
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared; skips the test when the shared folder is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is only beside the repo in the dev/CI layout)")
+    return path
+
+
+
+def make_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64, **backbone) -> MFTModel:
+    """A tiny random model with a force-field head (2 datasets) and one scalar, dipole and ⟨R²⟩ head each."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone=backbone_preset("tiny", **backbone),
+                      heads={"ff": default_forcefield_head(2, hidden=(16, 16)),
+                             "gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(16,)),
+                             "mu": HeadConfig(kind="dipole", unit="Debye", hidden=(16,)),
+                             "r2": HeadConfig(kind="r2", unit="bohr^2", hidden=(16,))},
+                      datasets=["a", "b"])
+    model = MFTModel(cfg)
+    # non-trivial residual scales so every block matters in the tests (drawn before the dtype cast)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "res_" in name:
+                p.uniform_(0.3, 0.7)
+    return model.to(dtype).eval()
+
+
+
+def emt_structures(symbol: str, n: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk(symbol, "fcc", a=3.6 if symbol == "Cu" else 4.05, cubic=True)
+        atoms.set_cell(atoms.cell * (1 + rng.normal(scale=0.01, size=(3, 3))), scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_stress()
+        out.append(Structure.from_ase(atoms))
+    return out
