@@ -82,7 +82,7 @@ def test_energy_and_forces_smooth_at_cutoffs(tiny_model, cutoff_name):
     for d in distances:   # an O atom bonded to C plus an H moving through the cutoff of O
         s = Structure(positions=np.array([[0, 0, 0], [-1.2, 0, 0], [d * 0.6, d * 0.8, 0.0]]), numbers=[8, 6, 1])
         out = tiny_model(collate([s], torch.float64))
-        energies.append(float(out["energy"][0]))
+        energies.append(float(out["energy"][0].detach()))
         forces.append(out["forces"].detach().numpy())
     energies = np.array(energies)
     forces = np.array(forces)
