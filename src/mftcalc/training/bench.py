@@ -46,7 +46,7 @@ class BenchConfig:
     qm9_splits: Optional[str] = None
     qm9_max_eval: Optional[int] = None
     matbench_path: Optional[str] = None
-    ff_eval: Dict[str, str] = field(default_factory=dict)   # dataset name -> held-out force-field file
+    ff_eval: Dict[str, str] = field(default_factory=dict)   # dataset name -> held-out file (filtered by info["dataset"])
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BenchConfig":
@@ -151,7 +151,10 @@ def _ff_retention(model_path: Path, cfg: BenchConfig, cache: Dict) -> Dict[str, 
         key = f"ff:{path}"
         if key not in cache:
             cache[key] = read_structures(path)
-        out[name] = forcefield_errors(model, cache[key], names.index(name))
+        structures = [s for s in cache[key] if s.info.get("dataset", name) == name]
+        if not structures:
+            raise ValueError(f"{path} holds no structures of dataset {name!r}")
+        out[name] = forcefield_errors(model, structures, names.index(name))
     return out
 
 

@@ -68,6 +68,7 @@ class PretrainConfig:
     state_path: str = "runs/pretrain/state.pt"
     model_out: str = "models/pretrained.pt"
     replay_out: Optional[str] = "models/pretrained_replay.extxyz.gz"
+    heldout_out: Optional[str] = None      # validation structures of every dataset (info["dataset"]), for retention tests
     progress: bool = True
 
     @classmethod
@@ -182,4 +183,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card))
         if cfg.replay_out:
             write_extxyz(replay, cfg.replay_out)
+        if cfg.heldout_out:
+            write_extxyz([s.with_labels(info={**s.info, "dataset": src.name}) for src in val_sources
+                          for s in src.structures], cfg.heldout_out)
     return card
