@@ -275,7 +275,11 @@ def _append_csv(path: Path, row: Dict[str, float]) -> None:
 
 
 def plot_learning_curves(out_dir: str | Path) -> Optional[Path]:
-    """Plot training loss and validation metrics from ``train.csv``/``val.csv`` into ``learning_curve.png``."""
+    """Plot the training loss (running median) and the validation errors from ``train.csv``/``val.csv``.
+
+    Panels: training loss; validation force MAE (eV/Å) per dataset; validation energy MAE per atom (eV) or
+    property MAE per task. Written to ``learning_curve.png``.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -290,22 +294,31 @@ def plot_learning_curves(out_dir: str | Path) -> Optional[Path]:
     if val_csv.exists():
         with open(val_csv, newline="") as fh:
             val = list(csv.DictReader(fh))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     steps = np.array([float(r["step"]) for r in train])
     loss = np.array([float(r["loss"]) for r in train])
-    axes[0].semilogy(steps, loss, lw=0.8)
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("training loss")
+    window = max(5, len(loss) // 30)
+    smooth = np.array([np.median(loss[max(0, k - window):k + 1]) for k in range(len(loss))])
+    axes[0].semilogy(steps, loss, lw=0.4, alpha=0.4, color="gray")
+    axes[0].semilogy(steps, smooth, lw=1.2, color="black", label=f"running median ({window} rows)")
+    axes[0].set(xlabel="step", ylabel="training loss")
+    axes[0].legend(fontsize=7)
+    panels = [(axes[1], ("/f_mae",), "validation force MAE (eV/Å)"),
+              (axes[2], ("/e_mae_per_atom", "/mae"), "validation energy MAE (eV/atom) / property MAE")]
     if val:
         vsteps = np.array([float(r["step"]) for r in val])
-        for key in val[0]:
-            if key.startswith("val/") and (key.endswith("mae") or key.endswith("f_mae") or "mae_per_atom" in key):
-                values = np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in val])
-                axes[1].semilogy(vsteps, values, marker="o", ms=3, label=key[4:])
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("validation MAE")
-        axes[1].legend(fontsize=7)
-    fig.tight_layout()
+        for ax, suffixes, label in panels:
+            for key in val[-1]:
+                if key.startswith("val/") and key.endswith(suffixes):
+                    values = np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in val])
+                    ax.semilogy(vsteps, values, marker="o", ms=3, lw=1, label=key[4:].rsplit("/", 1)[0])
+            ax.set(xlabel="step", ylabel=label)
+        handles, labels = axes[1].get_legend_handles_labels()
+        if not handles:
+            handles, labels = axes[2].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 if val else 0, 1, 1))
     path = out_dir / "learning_curve.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
