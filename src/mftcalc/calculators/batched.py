@@ -95,14 +95,17 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
 
     Args:
         structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
-        steps: maximum FIRE steps per structure. optimizer: only ``"fire"``. cell_filter: not supported yet
-            (raises): relaxations keep the cell fixed. max_atoms: atoms per batched graph.
+        steps: maximum FIRE steps per structure. optimizer: only ``"fire"``. cell_filter: ``None`` (fixed cell)
+            or ``"unitcell"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` with
+            ``cell_factor`` = number of atoms; periodic structures only; ``fmax`` then also bounds the
+            virial / cell_factor). max_atoms: atoms per batched graph.
     """
     if optimizer != "fire":
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire'")
-    if cell_filter is not None:
-        raise NotImplementedError("batched cell relaxation is not implemented; relax with ASE's FrechetCellFilter "
-                                  "and MFTCalculator for variable-cell relaxations")
+    if cell_filter not in (None, "unitcell"):
+        raise ValueError(f"unknown cell_filter {cell_filter!r}; use None or 'unitcell'")
+    if cell_filter is not None and not all(s.pbc.all() for s in structures):
+        raise ValueError("cell_filter='unitcell' needs structures periodic in all three directions")
     handle = _as_handle(model, **load_kwargs)
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so it cannot relax structures")
@@ -115,7 +118,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
     for group in groups:
-        for idx, res in zip(group, _relax_group([structures[i] for i in group], handle, fmax, steps, fire)):
+        chunk = [structures[i] for i in group]
+        for idx, res in zip(group, _relax_group(chunk, handle, fmax, steps, fire, cell_filter is not None)):
             results[idx] = res
         if bar is not None:
             bar.update(len(group))
@@ -128,11 +132,40 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     return final
 
 
+class _UnitCellState:
+    """Generalised coordinates of ASE's ``UnitCellFilter``: undeformed positions [n, 3] stacked on
+    cell_factor × deformation gradient [3, 3]; forces likewise (forces·F, virial·F⁻ᵀ / cell_factor)."""
+
+    def __init__(self, structure: Structure) -> None:
+        self.orig_cell = structure.cell.copy()
+        self.factor = float(structure.n_atoms)
+
+    def to_general(self, positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        grad = np.linalg.solve(self.orig_cell, cell).T
+        return np.concatenate([np.linalg.solve(grad, positions.T).T, self.factor * grad])
+
+    def from_general(self, general: np.ndarray) -> tuple:
+        grad = general[-3:] / self.factor
+        return general[:-3] @ grad.T, self.orig_cell @ grad.T
+
+    def general_forces(self, forces: np.ndarray, stress: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        grad = np.linalg.solve(self.orig_cell, cell).T
+        virial = -abs(np.linalg.det(cell)) * stress
+        return np.concatenate([forces @ grad, np.linalg.solve(grad, virial.T).T / self.factor])
+
+
 def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
-                 fire: FireParams) -> List[RelaxResult]:
-    """FIRE on one batch; structures leave the batch when converged or out of steps."""
-    positions = [s.positions.copy() for s in structures]
-    velocity = [np.zeros_like(p) for p in positions]
+                 fire: FireParams, with_cell: bool = False) -> List[RelaxResult]:
+    """FIRE on one batch; structures leave the batch when converged or out of steps.
+
+    The FIRE state of each structure is an [m, 3] array: positions (m = n) or, with ``with_cell``, the
+    ``UnitCellFilter`` coordinates (m = n + 3).
+    """
+    filters = [_UnitCellState(s) for s in structures] if with_cell else None
+    cells = [s.cell.copy() for s in structures]
+    general = [filters[k].to_general(s.positions, s.cell) if filters else s.positions.copy()
+               for k, s in enumerate(structures)]
+    velocity = [np.zeros_like(g) for g in general]
     dt = np.full(len(structures), fire.dt)
     alpha = np.full(len(structures), fire.astart)
     n_pos = np.zeros(len(structures), dtype=int)
@@ -141,17 +174,26 @@ def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, 
     active = list(range(len(structures)))
     first = np.ones(len(structures), dtype=bool)
     while active:
-        chunk = [structures[i].with_labels(positions=positions[i], energy=None, forces=None, stress=None,
-                                           properties={}) for i in active]
+        chunk = []
+        for i in active:
+            if filters:
+                pos, cells[i] = filters[i].from_general(general[i])
+            else:
+                pos = general[i]
+            chunk.append(structures[i].with_labels(positions=pos, cell=cells[i], energy=None, forces=None,
+                                                   stress=None, properties={}))
         batch = collate(chunk, handle.dtype, dataset=handle.dataset, properties=[], device=handle.device)
-        res = handle.module(batch, compute_forces=True, compute_stress=False, compute_properties=False,
+        res = handle.module(batch, compute_forces=True, compute_stress=with_cell, compute_properties=False,
                             features=False)
         forces_all = res["forces"].detach().cpu().double().numpy()
         energies = res["energy"].detach().cpu().double().numpy()
+        stress_all = res["stress"].detach().cpu().double().numpy() if with_cell else None
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         still: List[int] = []
         for k, i in enumerate(active):
             f = forces_all[offsets[k]:offsets[k + 1]]
+            if filters:
+                f = filters[i].general_forces(f, stress_all[k], cells[i])
             fm = float(np.sqrt((f * f).sum(1)).max())
             if fm < fmax or steps_done[i] >= max_steps:
                 out[i] = RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax)
@@ -177,7 +219,7 @@ def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, 
             if norm > fire.maxstep:
                 dr = fire.maxstep * dr / norm
             velocity[i] = v
-            positions[i] = positions[i] + dr
+            general[i] = general[i] + dr
             steps_done[i] += 1
             still.append(i)
         active = still
