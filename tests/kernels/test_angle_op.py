@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import pytest
 import torch
+
+from mftcalc.model.graph import angle_index
 from torch import Tensor
 
 from mftcalc.kernels.angle import (AngleBlock, angle_backend_in_use, angle_block, angle_block_fused,
@@ -35,16 +37,10 @@ def isa(request, monkeypatch, fused) -> str:
 
 
 def block_angles(m: Tensor) -> Tuple[Tensor, Tensor]:
-    """Angle lists of centres with m[k] angle-edges each: all m[k]² ordered pairs (diagonal included), a_ij sorted.
-
-    Returns ``a_ij``, ``a_ik`` [A] int64 indices into the Σm angle-edges (edges numbered centre by centre).
-    """
+    """Angle lists of centres with m[k] angle-edges each (all m[k]² ordered pairs, a_ij sorted), built by the
+    model's own :func:`mftcalc.model.graph.angle_index`; ``a_ij``, ``a_ik`` [A] index the Σm angle-edges."""
     a_centre = torch.repeat_interleave(torch.arange(m.shape[0]), m)                 # [Ea]
-    block = m[a_centre]                                                             # [Ea] block size per edge
-    a_ij = torch.repeat_interleave(torch.arange(a_centre.shape[0]), block)          # [A]
-    first_angle = torch.cumsum(block, 0) - block                                    # [Ea]
-    q_local = torch.arange(a_ij.shape[0]) - first_angle[a_ij]
-    a_ik = (torch.cumsum(m, 0) - m)[a_centre][a_ij] + q_local
+    a_ij, a_ik, _, _ = angle_index(a_centre, int(m.shape[0]))
     return a_ij, a_ik
 
 
