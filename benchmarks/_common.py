@@ -21,7 +21,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-THREADS = 2
+#: intra-op threads of every row, peers included (override: $MFTCALC_BENCH_THREADS, e.g. 1 while another job holds
+#: the second core)
+THREADS = int(os.environ.get("MFTCALC_BENCH_THREADS", "2"))
 #: where benchmarks/peers/README.md puts the peers' virtual environments (override: $MFTCALC_PEERS)
 PEERS_ROOT = Path(os.environ.get("MFTCALC_PEERS", "/work/peers"))
 PEER_VENVS = {"deepmd": PEERS_ROOT / "deepmd", "mace": PEERS_ROOT / "mace"}

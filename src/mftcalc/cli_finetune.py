@@ -42,9 +42,9 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mftcalc.training.bench import BenchConfig, run_bench
+    from mftcalc.training.bench import BenchConfig, parse_shard, run_bench
     cfg = BenchConfig.from_yaml(args.config)
-    run_bench(cfg)
+    run_bench(cfg, shard=parse_shard(args.shard))
     print((Path(cfg.out_dir) / "summary.md").read_text())
     return 0
 
@@ -76,6 +76,8 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.set_defaults(func=_finetune)
     p = subparsers.add_parser("bench", help="strategies x tasks x seeds x fractions, resumable results + tables")
     p.add_argument("config")
+    p.add_argument("--shard", metavar="I/N", help="run only cells I, I+N, I+2N, ... (start N processes, e.g. one per "
+                   "core, with I = 0..N-1 on the same config; they share the results file)")
     p.set_defaults(func=_bench)
     p = subparsers.add_parser("analyze", help="representation drift and Davies-Bouldin indices vs the pretrained model")
     p.add_argument("pretrained")

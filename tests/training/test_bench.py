@@ -71,3 +71,23 @@ def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp
     for strategy in ("scratch", "ft", "lp", "mft"):
         assert f"| {strategy} |" in summary
     assert "forcefield" in final[[k for k in cells if "|mft|" in k][0]]
+
+
+def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
+    config = _bench_config(tmp_path, tiny_pretrained)
+    procs = [subprocess.Popen([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--shard", f"{i}/2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    final = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert len([k for k in final if not k.startswith("_")]) == 4
+    assert "_forcefield_reference" in final
+
+
+def test_parse_shard_rejects_bad_values():
+    from mftcalc.training.bench import parse_shard
+    assert parse_shard(None) == (0, 1) and parse_shard("1/3") == (1, 3)
+    for bad in ("2/2", "a/b", "1"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)

@@ -60,15 +60,27 @@ class RepFlowLayer(nn.Module):
         # the fused C++ angle operator implements SiLUT; other activations take the eager path below
         self.angle_block = AngleBlock(e, self.act.threshold, cfg.angle_backend) if isinstance(self.act, SiLUT) else None
 
-    def _sym(self, feat_e: Tensor, h2: Tensor, centre: Tensor, counts: Tensor) -> Tensor:
-        """grrg: [E, d] edge-wise invariant features and [E, 3] equivariant h2 -> [N, axis*d] invariant."""
-        d = feat_e.shape[1]
-        n_nodes = counts.shape[0]
-        h2g = (h2.unsqueeze(2) * feat_e.unsqueeze(1)).reshape(-1, 3 * d)
-        hg = segment_sum(h2g, centre, counts).reshape(n_nodes, 3, d) * self.e_scale
-        return (torch.bmm(hg[:, :, : self.axis].transpose(1, 2), hg) / 3.0).reshape(n_nodes, self.axis * d)
+    def _sym(self, node: Tensor, edge: Tensor, h2_pad: Tensor, graph: Dict[str, Tensor]) -> Tensor:
+        """grrg of edge features and of neighbour node features -> [N, axis·(e+n)] invariant.
 
-    def forward(self, node: Tensor, edge: Tensor, angle: Tensor, h2: Tensor, sw: Tensor, a_sw: Tensor,
+        ``h2_pad`` [N, 3, K]: switch-weighted equivariant edge terms in the padded per-centre layout, so the
+        neighbour sum Σ_j h2_ij ⊗ f_ij is one batched matmul per layer instead of an [E, 3, d] product + reduction.
+        """
+        n_nodes = node.shape[0]
+        k = h2_pad.shape[2]
+        zero_e = torch.zeros(1, self.e_dim, dtype=edge.dtype, device=edge.device)
+        zero_n = torch.zeros(1, self.n_dim, dtype=node.dtype, device=node.device)
+        feat = torch.cat([torch.cat([edge, zero_e], 0).index_select(0, graph["pad_edge"]),
+                          torch.cat([node, zero_n], 0).index_select(0, graph["pad_neighbor"])], 1)
+        hg = torch.bmm(h2_pad, feat.view(n_nodes, k, self.e_dim + self.n_dim)) * self.e_scale   # [N, 3, e+n]
+        hg_e = hg[:, :, : self.e_dim]
+        hg_n = hg[:, :, self.e_dim:]
+        sym_e = torch.bmm(hg_e[:, :, : self.axis].transpose(1, 2), hg_e) / 3.0
+        sym_n = torch.bmm(hg_n[:, :, : self.axis].transpose(1, 2), hg_n) / 3.0
+        return torch.cat([sym_e.reshape(n_nodes, self.axis * self.e_dim),
+                          sym_n.reshape(n_nodes, self.axis * self.n_dim)], 1)
+
+    def forward(self, node: Tensor, edge: Tensor, angle: Tensor, h2_pad: Tensor, sw: Tensor, a_sw: Tensor,
                 graph: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         n, e = self.n_dim, self.e_dim
         edge_index = graph["edge_index"]
@@ -80,8 +92,7 @@ class RepFlowLayer(nn.Module):
 
         # ---- node updates
         node_self = self.act(self.node_self(node))
-        node_j = node[j]
-        sym = torch.cat([self._sym(edge * sw_col, h2, i, counts), self._sym(node_j * sw_col, h2, i, counts)], 1)
+        sym = self._sym(node, edge, h2_pad, graph)
         node_sym = self.act(self.node_sym(sym))
         edge_info = self.act(sorted_gather(self.ee_node_i(node), i, counts) + self.ee_node_j(node)[j]
                              + self.ee_edge(edge))                                              # [E, n+e]
@@ -147,6 +158,11 @@ class Backbone(nn.Module):
         angle = self.angle_embedding((cos / math.sqrt(math.pi)).unsqueeze(1))   # [A, a]
         a_sw = sw_a[a_ij] * sw_a[a_ik]
         node = self.act(self.type_embedding(numbers))
+        n_nodes = numbers.shape[0]
+        h2sw = torch.cat([h2 * sw.unsqueeze(1), torch.zeros(1, 3, dtype=h2.dtype, device=h2.device)], 0)
+        pad_edge = graph["pad_edge"]
+        h2_pad = h2sw.index_select(0, pad_edge).view(n_nodes, pad_edge.shape[0] // max(n_nodes, 1), 3)
+        h2_pad = h2_pad.transpose(1, 2).contiguous()                          # [N, 3, K]
         for layer in self.layers:
-            node, edge, angle = layer(node, edge, angle, h2, sw, a_sw, graph)
+            node, edge, angle = layer(node, edge, angle, h2_pad, sw, a_sw, graph)
         return node, edge

@@ -59,8 +59,10 @@ def build_graph(positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, e_r
         ``edge_index`` [2, E] (sorted by centre), ``shifts`` [E, 3] integer shifts as floats,
         ``a_edges`` [Ea] indices of the edges shorter than ``a_rcut`` (sorted by centre),
         ``a_ij``/``a_ik`` [A] indices into ``a_edges`` of the two edges of each angle, ``a_counts`` [Ea],
-        ``a_transpose`` [A] (see :func:`angle_index`), ``node_counts`` [N] edges per centre and
-        ``a_node_counts`` [N] angle-edges per centre.
+        ``a_transpose`` [A] (see :func:`angle_index`), ``node_counts`` [N] edges per centre,
+        ``a_node_counts`` [N] angle-edges per centre, and the padded per-centre layout of the edges (K = the
+        largest number of edges of one centre): ``pad_edge`` [N·K] edge id in slot (centre, k) or E when empty,
+        ``pad_neighbor`` [N·K] its neighbour atom or N when empty.
     """
     with torch.no_grad():
         edge_index, shifts, dist = neighbor_list(positions.detach(), e_rcut, batch, cell.detach(), pbc)
@@ -68,7 +70,29 @@ def build_graph(positions: Tensor, cell: Tensor, pbc: Tensor, batch: Tensor, e_r
         a_centre = edge_index[0][a_edges]
         a_ij, a_ik, a_counts, a_transpose = angle_index(a_centre, positions.shape[0])
         n_nodes = positions.shape[0]
+        node_counts = torch.bincount(edge_index[0], minlength=n_nodes)
+        pad_edge, pad_neighbor = padded_layout(edge_index, node_counts)
     return {"edge_index": edge_index, "shifts": shifts.to(positions.dtype), "a_edges": a_edges,
             "a_ij": a_ij, "a_ik": a_ik, "a_counts": a_counts, "a_transpose": a_transpose,
-            "node_counts": torch.bincount(edge_index[0], minlength=n_nodes),
-            "a_node_counts": torch.bincount(a_centre, minlength=n_nodes)}
+            "node_counts": node_counts, "a_node_counts": torch.bincount(a_centre, minlength=n_nodes),
+            "pad_edge": pad_edge, "pad_neighbor": pad_neighbor}
+
+
+def padded_layout(edge_index: Tensor, node_counts: Tensor) -> Tuple[Tensor, Tensor]:
+    """Slots of a dense [N, K] per-centre layout of edges sorted by centre (K = max edges of one centre, ≥ 1).
+
+    Returns ``pad_edge`` [N·K] (edge id, or E for an empty slot) and ``pad_neighbor`` [N·K] (neighbour atom j, or N
+    for an empty slot), so ``cat([x, zero_row])[pad_edge].view(N, K, -1)`` is the padded per-centre copy of x.
+    """
+    n_nodes = node_counts.shape[0]
+    n_edges = edge_index.shape[1]
+    k = max(int(node_counts.max()) if n_nodes > 0 else 0, 1)
+    centre = edge_index[0]
+    first = torch.cumsum(node_counts, 0) - node_counts
+    slot = torch.arange(n_edges, device=centre.device) - first[centre]
+    flat = centre * k + slot
+    pad_edge = torch.full((n_nodes * k,), n_edges, dtype=torch.long, device=centre.device)
+    pad_edge[flat] = torch.arange(n_edges, device=centre.device)
+    pad_neighbor = torch.full((n_nodes * k,), n_nodes, dtype=torch.long, device=centre.device)
+    pad_neighbor[flat] = edge_index[1]
+    return pad_edge, pad_neighbor

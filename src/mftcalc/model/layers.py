@@ -12,7 +12,9 @@ class SiLUT(nn.Module):
     """SiLU below a threshold T, a tanh continuation above it (C¹ at T, bounded growth).
 
     ``f(x) = silu(x)`` for x < T and ``f(x) = silu(T) + tanh(silu'(T) · (x − T))`` for x ≥ T, written as
-    ``silu(min(x, T)) + tanh(slope · relu(x − T))`` so that one expression serves both sides.
+    ``silu(min(x, T)) + tanh(slope · relu(x − T))`` so that one expression serves both sides. When no element
+    exceeds T (the usual case) that expression equals ``silu(x)`` with the same derivatives of every order used
+    here, so the call takes the one-kernel ``silu`` path and skips the tanh branch and its backward chain.
     """
 
     def __init__(self, threshold: float = 10.0) -> None:
@@ -22,6 +24,8 @@ class SiLUT(nn.Module):
         self.slope = float(sig + threshold * sig * (1.0 - sig))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not bool((x.detach() > self.threshold).any()):
+            return torch.nn.functional.silu(x)
         return torch.nn.functional.silu(torch.clamp(x, max=self.threshold)) + torch.tanh(
             self.slope * torch.relu(x - self.threshold))
 

@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import yaml
@@ -75,15 +75,51 @@ def _save_json(path: Path, data: Dict) -> None:
     os.replace(tmp, path)
 
 
-def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, Dict]:
-    """Run every unfinished cell; returns all results (``results.json``) and writes ``summary.md``."""
+def _read_results(path: Path) -> Dict[str, Dict]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _merge_result(path: Path, key: str, value: Dict) -> Dict[str, Dict]:
+    """Add one entry to the results file under an exclusive lock (re-read first, so concurrent shards that write
+    the same file keep each other's cells); returns the merged results."""
+    import fcntl
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            results = _read_results(path)
+            results[key] = value
+            _save_json(path, results)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return results
+
+
+def parse_shard(text: Optional[str]) -> Tuple[int, int]:
+    """``"I/N"`` → (I, N) with 0 ≤ I < N; ``None`` → (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like I/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = (0, 1)) -> Dict[str, Dict]:
+    """Run every unfinished cell; returns all results (``results.json``) and writes ``summary.md``.
+
+    ``shard=(i, n)`` runs only cells number i, i+n, i+2n, … (in config order), so n processes, e.g. one per core,
+    can share one ``out_dir``: each finished cell is merged into ``results.json`` under a file lock.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results: Dict[str, Dict] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = _read_results(results_path)
     cache: Dict[str, Any] = {}
-    for key, task_spec, frac, fold, strategy, seed in _cells(cfg):
-        if key in results:
+    for number, (key, task_spec, frac, fold, strategy, seed) in enumerate(_cells(cfg)):
+        if key in results or number % shard[1] != shard[0]:
             continue
         task = _load_task(cfg, task_spec, frac, fold, seed, cache)
         settings = FinetuneSettings(**{**cfg.settings, "strategy": strategy, "seed": seed, "progress": progress})
@@ -93,11 +129,11 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> Dict[str, Dict]:
         if cfg.ff_eval:
             result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
         result.update(train_fraction=frac, seed=seed, fold=fold)
-        results[key] = result
-        _save_json(results_path, results)
+        results = _merge_result(results_path, key, result)
+    results = _read_results(results_path)
     if cfg.ff_eval and "pretrained" not in results.get("_forcefield_reference", {}):
-        results["_forcefield_reference"] = {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache)}
-        _save_json(results_path, results)
+        results = _merge_result(results_path, "_forcefield_reference",
+                                {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache)})
     (out / "summary.md").write_text(summary_markdown(results, cfg))
     if cfg.fractions:
         plot_data_efficiency(results, out / "data_efficiency.png")

@@ -49,6 +49,7 @@ class FinetuneSettings:
     head_hidden: Sequence[int] = (240, 240, 240)
     head_activation: str = "tanh"
     grad_clip: float = 10.0
+    normalize_property_loss: bool = True      # property errors / label std in the loss (O(1) beside force losses)
     seed: int = 0
     val_every: int = 200
     checkpoint_every: int = 100
@@ -143,8 +144,10 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
                       recipe["extensive"], recipe["element_bias"])
     _freeze(model, settings, task)
     prop_batch = resolve_batch_size(settings.property_batch, task.train)
+    loss_scale = label_std(task.train, task.property) if settings.normalize_property_loss else 1.0
     sources = [Source(task.name, task.train, "property", 0, prop_batch,
-                      settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"])]
+                      settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"],
+                      loss_scale)]
     if settings.strategy == "mft":
         ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path)
         names = list(model.config.datasets)
@@ -155,7 +158,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
             prob = (1.0 - settings.model_prob) * len(structures) / n_ff
             sources.append(Source(f"ff:{name}", structures, "forcefield", names.index(name),
                                   resolve_batch_size(settings.ff_batch, structures), prob))
-    val_sources = [Source(task.name, task.val, "property", 0, prop_batch, 1.0, task.property, recipe["loss"])]
+    val_sources = [Source(task.name, task.val, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
+                          loss_scale)]
     probe = task.val[: settings.probe_size]
     drift = DriftMonitor(model, probe, settings.seed) if settings.strategy != "scratch" else None
 
@@ -188,6 +192,13 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     if drift is not None:
         result["drift_w1"] = drift(best)
     return result
+
+
+def label_std(structures: Sequence[Structure], name: str) -> float:
+    """Standard deviation of the labels of property ``name`` (1.0 when it is zero or undefined)."""
+    y = np.array([s.properties[name] for s in structures if name in s.properties], dtype=float)
+    std = float(y.std()) if y.size > 1 else 0.0
+    return std if std > 0 else 1.0
 
 
 def _elements(model: MFTModel, task: PropertyTask) -> List[int]:

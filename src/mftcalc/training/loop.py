@@ -148,7 +148,8 @@ class Trainer:
         batch = collate(local, dtype=dtype, properties=[source.property])
         pred = self.model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
         norm = float(sum(source.property in s.properties for s in global_structures))
-        return property_loss(pred, batch, source.property, source.loss, norm_structures=norm)
+        return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
+                             scale=source.loss_scale)
 
     def _train_step(self) -> Dict[str, float]:
         settings = self.settings

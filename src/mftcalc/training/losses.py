@@ -70,19 +70,24 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
 
 
 def property_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], name: str, kind: str = "mse",
-                  norm_structures: Optional[float] = None, beta: float = 1.0) -> Tuple[Tensor, Dict[str, float]]:
-    """MSE or smooth-L1 (``kind="smooth_l1"``, threshold ``beta``) of property ``name`` over labelled structures."""
+                  norm_structures: Optional[float] = None, beta: float = 1.0, scale: float = 1.0
+                  ) -> Tuple[Tensor, Dict[str, float]]:
+    """MSE or smooth-L1 (``kind="smooth_l1"``, threshold ``beta``) of property ``name`` over labelled structures.
+
+    The errors enter the loss divided by ``scale`` (property units); the logged ``mae`` is in property units.
+    """
     label_key = K.property_key(name)
     if label_key not in batch:
         raise KeyError(f"batch has no labels for property {name!r}; it carries "
                        f"{sorted(k[len(K.PROPERTY_PREFIX):] for k in batch if k.startswith(K.PROPERTY_PREFIX))}")
     mask = batch[K.has_property_key(name)]
     diff = (pred[name] - batch[label_key])[mask]
+    scaled = diff / scale
     count = norm_structures if norm_structures is not None else float(mask.sum())
     if kind == "mse":
-        loss = (diff * diff).sum() / max(count, 1.0)
+        loss = (scaled * scaled).sum() / max(count, 1.0)
     elif kind == "smooth_l1":
-        loss = torch.nn.functional.smooth_l1_loss(diff, torch.zeros_like(diff), beta=beta, reduction="sum") / max(count, 1.0)
+        loss = torch.nn.functional.smooth_l1_loss(scaled, torch.zeros_like(scaled), beta=beta, reduction="sum") / max(count, 1.0)
     else:
         raise ValueError(f"unknown property loss {kind!r}; use 'mse' or 'smooth_l1'")
     return loss, {"loss": float(loss.detach()), "mae": float(diff.detach().abs().mean()) if diff.numel() else 0.0}

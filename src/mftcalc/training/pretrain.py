@@ -57,6 +57,7 @@ class PretrainConfig:
     lr0: float = 1e-3
     lr_end: float = 1e-5
     decay_steps: int = 500
+    lr_start_step: int = 0     # the decay starts here (lr0 before): set it to restart the decay of a resumed run
     prefactors: Dict[str, float] = field(default_factory=dict)
     grad_clip: float = 10.0
     seed: int = 0
@@ -166,7 +167,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         fit_forcefield_shift(model.ff_heads["forcefield"], source.structures,
                              [source.dataset_index] * len(source.structures))
     settings = TrainSettings(
-        num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps),
+        num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps, cfg.lr_start_step),
         prefactors=ForceFieldPrefactors(**cfg.prefactors), grad_clip=cfg.grad_clip, seed=cfg.seed,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)

@@ -73,6 +73,8 @@ class Source:
 
     ``kind``: ``forcefield`` (energy/forces/virial labels, dataset embedding index ``dataset_index``) or
     ``property`` (label ``property`` with loss ``loss``). ``prob``: probability of being drawn in a step.
+    ``loss_scale``: property errors are divided by it inside the loss (e.g. the label standard deviation, so the
+    property loss is O(1) whatever the unit and can compete with force-field losses in a shared optimizer).
     """
 
     name: str
@@ -83,8 +85,11 @@ class Source:
     prob: float = 1.0
     property: Optional[str] = None
     loss: str = "mse"
+    loss_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.loss_scale > 0:
+            raise ValueError(f"source {self.name!r}: loss_scale must be positive, got {self.loss_scale}")
         if not self.structures:
             raise ValueError(f"source {self.name!r} has no structures")
         if self.kind not in ("forcefield", "property"):
