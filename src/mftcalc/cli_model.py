@@ -20,6 +20,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from mftcalc.model.card import model_card
+    print(model_card(args.model), end="")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen
     rows = screen(args.input, args.model, args.out, do_relax=False, properties=args.properties,
@@ -68,6 +74,10 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--fused", action="store_true", help="use the fused C++ angle operator (fast, needs mftcalc)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.set_defaults(func=_export)
+    p = subparsers.add_parser("info", help="model card of a checkpoint: heads, units, elements, size, training, "
+                              "validation errors (Markdown)")
+    p.add_argument("model")
+    p.set_defaults(func=_info)
     p = subparsers.add_parser("predict", help="energies and properties of many structures (batched)")
     _common(p)
     p.add_argument("--properties", nargs="*", default=None)

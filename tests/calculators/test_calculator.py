@@ -123,14 +123,15 @@ def stiff_model_file(tmp_path):
     return path
 
 
-def test_batched_relax_matches_ase_fire(stiff_model_file):
+@pytest.mark.parametrize("max_atoms", [4096, 5])   # 5: one molecule in flight, the next joins when it leaves
+def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms):
     model_file = stiff_model_file
     structures = []
     for k, name in enumerate(["H2O", "CH4", "NH3"]):
         atoms = molecule(name)
         atoms.rattle(0.1, seed=k)
         structures.append(Structure.from_ase(atoms))
-    results = relax(structures, model_file, fmax=0.01, steps=10, dtype=torch.float64)
+    results = relax(structures, model_file, fmax=0.01, steps=10, dtype=torch.float64, max_atoms=max_atoms)
     for s, r in zip(structures, results):
         atoms = s.to_ase()
         atoms.calc = _calc(model_file)

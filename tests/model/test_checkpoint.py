@@ -72,3 +72,18 @@ def test_exports_match_eager_in_float64(tmp_path, molecules, crystal, fused):
     for key in ("energy", "forces", "stress", "gap", "mu", "r2"):
         torch.testing.assert_close(out[key], eager[key], rtol=1e-6, atol=1e-10)
     assert meta["heads"]["gap"]["unit"] == "Hartree"
+
+
+def test_model_card_reports_metadata_and_validation(tmp_path):
+    from mftcalc.model.card import model_card
+    from mftcalc.model.mft_model import count_parameters
+    model = make_tiny_model()
+    card = {"steps": 12, "train_wall_s": 60.0, "config": {"steps": 12, "lr0": 1e-3, "lr_end": 1e-5},
+            "datasets": {"emt": {"train": 7, "batch_size": 2}},
+            "validation": {"step": 12.0, "val/emt/e_mae_per_atom": 0.0123, "val/emt/f_mae": 0.0456,
+                           "val/emt/f_rmse": 0.0789}}
+    save_model(model, tmp_path / "m.pt", model_metadata(model, [1, 8], pretraining=card))
+    text = model_card(tmp_path / "m.pt")
+    assert f"**Parameters**: {count_parameters(model):,}" in text
+    assert "| emt | 7 | 2 | 12.3 | 46 | 79 |" in text
+    assert "**Elements seen in training**: H O" in text

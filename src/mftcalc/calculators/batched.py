@@ -1,13 +1,14 @@
 """Batched prediction and batched FIRE relaxation of many structures in one graph (relax-then-predict).
 
-Structures are grouped by atom count into batches; each relaxation step is one forward pass over all
-unconverged structures of a batch, with FIRE (ASE's parameters and update rule) applied per structure, and
-converged structures dropped from the batch.
+Prediction groups structures by atom count into batches. Relaxation keeps one in-flight batch of at most
+``max_atoms`` atoms: each step is one forward pass over the structures in flight, FIRE (ASE's parameters and
+update rule) moves each of them, converged ones leave, and waiting structures take their places at once, so the
+batch stays full until the queue runs dry (no tail of nearly empty batches).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -111,21 +112,14 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         raise ValueError("the model has no force-field head, so it cannot relax structures")
     for s in structures:
         handle.check_elements(s.numbers)
-    results: List[Optional[RelaxResult]] = [None] * len(structures)
-    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
-    for group in groups:
-        chunk = [structures[i] for i in group]
-        for idx, res in zip(group, _relax_group(chunk, handle, fmax, steps, fire, cell_filter is not None)):
-            results[idx] = res
-        if bar is not None:
-            bar.update(len(group))
+    final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter is not None, max_atoms,
+                             on_done=None if bar is None else (lambda: bar.update(1)))
     if bar is not None:
         bar.close()
-    final = [r for r in results if r is not None]
     preds = predict([r.structure for r in final], handle, properties, max_atoms)
     for r, p in zip(final, preds):
         r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces")}
@@ -154,12 +148,14 @@ class _UnitCellState:
         return np.concatenate([forces @ grad, np.linalg.solve(grad, virial.T).T / self.factor])
 
 
-def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
-                 fire: FireParams, with_cell: bool = False) -> List[RelaxResult]:
-    """FIRE on one batch; structures leave the batch when converged or out of steps.
+def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
+                     fire: FireParams, with_cell: bool = False, max_atoms: int = 4096,
+                     on_done: Optional[Callable[[], None]] = None) -> List[RelaxResult]:
+    """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
+    input order) join as soon as they fit under ``max_atoms`` (a structure larger than that runs alone).
 
     The FIRE state of each structure is an [m, 3] array: positions (m = n) or, with ``with_cell``, the
-    ``UnitCellFilter`` coordinates (m = n + 3).
+    ``UnitCellFilter`` coordinates (m = n + 3). Results come back in input order.
     """
     filters = [_UnitCellState(s) for s in structures] if with_cell else None
     cells = [s.cell.copy() for s in structures]
@@ -171,9 +167,16 @@ def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, 
     n_pos = np.zeros(len(structures), dtype=int)
     steps_done = np.zeros(len(structures), dtype=int)
     out: List[Optional[RelaxResult]] = [None] * len(structures)
-    active = list(range(len(structures)))
     first = np.ones(len(structures), dtype=bool)
-    while active:
+    waiting = 0                                    # next structure of the queue
+    active: List[int] = []
+    while active or waiting < len(structures):
+        atoms_in_flight = sum(structures[i].n_atoms for i in active)
+        while waiting < len(structures) and (not active or
+                                             atoms_in_flight + structures[waiting].n_atoms <= max_atoms):
+            active.append(waiting)
+            atoms_in_flight += structures[waiting].n_atoms
+            waiting += 1
         chunk = []
         for i in active:
             if filters:
@@ -197,6 +200,8 @@ def _relax_group(structures: List[Structure], handle: ModelHandle, fmax: float, 
             fm = float(np.sqrt((f * f).sum(1)).max())
             if fm < fmax or steps_done[i] >= max_steps:
                 out[i] = RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax)
+                if on_done is not None:
+                    on_done()
                 continue
             v = velocity[i]
             if not first[i]:
