@@ -69,7 +69,8 @@ def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp
         assert finished_models[key].stat().st_mtime_ns == stamps[key], f"{key} was redone"
     summary = (tmp_path / "bench" / "summary.md").read_text()
     for strategy in ("scratch", "ft", "lp", "mft"):
-        assert f"| {strategy} |" in summary
+        assert f"| {strategy} | 1 |" in summary
+    assert "MFT/FT" in summary
     assert "forcefield" in final[[k for k in cells if "|mft|" in k][0]]
 
 

@@ -60,6 +60,10 @@ def test_strategies_train_what_they_should(pretrained, tmp_path, strategy):
     task = _task()
     result = finetune(task, _settings(strategy), tmp_path / strategy, pretrained)
     assert result["steps"] == 6 and result["test"]["mae"] > 0
+    parity = np.load(tmp_path / strategy / "parity.npz")
+    errors = parity["test_pred"] - parity["test_true"]
+    assert np.sqrt(np.mean(errors ** 2)) == pytest.approx(result["test"]["rmse"])
+    assert (tmp_path / strategy / "parity.png").stat().st_size > 0
     tuned = read_checkpoint(tmp_path / strategy / "model.pt")["state_dict"]
     base = read_checkpoint(pretrained)["state_dict"]
     backbone_same = all(torch.equal(tuned[k], base[k]) for k in base if k.startswith("backbone."))

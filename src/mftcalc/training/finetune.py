@@ -21,7 +21,7 @@ from mftcalc.model.checkpoint import load_model, model_metadata, save_model
 from mftcalc.model.config import HeadConfig, ModelConfig
 from mftcalc.model.fitting import fit_property_head
 from mftcalc.model.mft_model import MFTModel
-from mftcalc.training.evaluate import property_errors
+from mftcalc.training.evaluate import property_errors, property_predictions
 from mftcalc.training.loop import Trainer, TrainSettings
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
@@ -186,12 +186,41 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     best = load_model(out_dir / "model.pt", dtype)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": trainer.step,
                               "train_wall_s": trainer.wall, "n_train": len(task.train)}
-    result["val"] = property_errors(best, task.val, task.property)
-    for part, structures in task.test_parts.items():
-        result[part] = property_errors(best, structures, task.property)
+    parity: Dict[str, np.ndarray] = {}
+    for part, structures in {"val": task.val, **task.test_parts}.items():
+        labelled = [s for s in structures if task.property in s.properties]
+        pred = property_predictions(best, labelled, task.property)
+        result[part] = property_errors(best, labelled, task.property, predictions=pred)
+        parity[f"{part}_true"] = np.array([s.properties[task.property] for s in labelled])
+        parity[f"{part}_pred"] = pred
+    np.savez_compressed(out_dir / "parity.npz", **parity)
+    plot_parity(parity, out_dir / "parity.png", f"{task.description}: {settings.strategy}", task.unit)
     if drift is not None:
         result["drift_w1"] = drift(best)
     return result
+
+
+def plot_parity(parity: Dict[str, np.ndarray], path: Path, title: str, unit: str) -> None:
+    """Predicted vs true property per evaluation set (``<part>_true`` / ``<part>_pred`` arrays), RMSE in the legend."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    parts = [k[: -len("_true")] for k in parity if k.endswith("_true")]
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    lo = min(float(parity[f"{p}_true"].min()) for p in parts)
+    hi = max(float(parity[f"{p}_true"].max()) for p in parts)
+    for part in parts:
+        t, y = parity[f"{part}_true"], parity[f"{part}_pred"]
+        rmse = float(np.sqrt(np.mean((y - t) ** 2)))
+        ax.scatter(t, y, s=3, alpha=0.4, label=f"{part} (RMSE {rmse:.4g})")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel(f"true ({unit})")
+    ax.set_ylabel(f"predicted ({unit})")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def label_std(structures: Sequence[Structure], name: str) -> float:
