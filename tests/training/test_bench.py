@@ -30,13 +30,13 @@ def tiny_pretrained(tmp_path_factory):
     return tmp / "pre.pt"
 
 
-def _bench_config(tmp_path: Path, pretrained: Path) -> Path:
+def _bench_config(tmp_path: Path, pretrained: Path, **extra) -> Path:
     cfg = {"pretrained": str(pretrained), "out_dir": str(tmp_path / "bench"),
            "tasks": [{"kind": "qm9", "property": "gap", "train_fraction": 0.0003}],
            "strategies": ["scratch", "ft", "lp", "mft"], "seeds": [0], "qm9_max_eval": 20,
            "ff_eval": {"cu": str(pretrained.with_name("pre_replay.extxyz.gz"))},
            "settings": {"steps": 4, "property_batch": 8, "ff_batch": 4, "val_every": 2, "checkpoint_every": 1,
-                        "head_hidden": [8], "probe_size": 4}}
+                        "head_hidden": [8], "probe_size": 4}, **extra}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -75,7 +75,10 @@ def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp
 
 
 def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
-    config = _bench_config(tmp_path, tiny_pretrained)
+    variants = {"mft_fresh_head": {"strategy": "mft", "settings": {"reinit_ff_head": True}},
+                "mft_aux_cu": {"strategy": "mft", "ff_data": {"cu": str(tiny_pretrained.with_name("pre_replay.extxyz.gz"))}}}
+    config = _bench_config(tmp_path, tiny_pretrained, variants=variants,
+                           strategies=["ft", "mft", "mft_fresh_head", "mft_aux_cu"])
     procs = [subprocess.Popen([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--shard", f"{i}/2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
     for proc in procs:
@@ -84,6 +87,18 @@ def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
     final = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len([k for k in final if not k.startswith("_")]) == 4
     assert "_forcefield_reference" in final
+    assert final["qm9:gap|mft_fresh_head|seed0|frac0.0003"]["strategy"] == "mft"
+    summary = (tmp_path / "bench" / "summary.md").read_text()
+    assert "| mft_fresh_head | 1 |" in summary and "| mft_aux_cu | 1 |" in summary
+
+
+def test_bench_config_rejects_unknown_strategies_and_variants(tmp_path):
+    from mftcalc.training.bench import BenchConfig, TaskSpec
+    with pytest.raises(ValueError, match="unknown strategy 'fancy'"):
+        BenchConfig("p.pt", str(tmp_path), [TaskSpec("qm9", "gap")], strategies=["fancy"])
+    with pytest.raises(ValueError, match="variant 'v'"):
+        BenchConfig("p.pt", str(tmp_path), [TaskSpec("qm9", "gap")], strategies=["v"],
+                    variants={"v": {"strategy": "mft", "lr": 1}})
 
 
 def test_parse_shard_rejects_bad_values():

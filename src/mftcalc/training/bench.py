@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import yaml
 
-from mftcalc.training.finetune import FinetuneSettings, finetune
+from mftcalc.training.finetune import STRATEGIES, FinetuneSettings, finetune
 
 
 @dataclass
@@ -47,6 +47,19 @@ class BenchConfig:
     qm9_max_eval: Optional[int] = None
     matbench_path: Optional[str] = None
     ff_eval: Dict[str, str] = field(default_factory=dict)   # dataset name -> held-out file (filtered by info["dataset"])
+    #: named strategy variants usable in ``strategies`` (ablations): ``{name: {strategy: mft, settings: {...},
+    #: ff_data: {dataset: file}}}``; ``settings`` override the bench settings, ``ff_data`` replaces the replay set
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, variant in self.variants.items():
+            unknown = set(variant) - {"strategy", "settings", "ff_data"}
+            if unknown or variant.get("strategy") not in STRATEGIES:
+                raise ValueError(f"variant {name!r}: needs strategy in {STRATEGIES} and only the keys strategy, "
+                                 f"settings, ff_data (got {sorted(variant)})")
+        for name in self.strategies:
+            if name not in self.variants and name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r}: use {STRATEGIES} or a name under variants")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BenchConfig":
@@ -122,10 +135,17 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
         if key in results or number % shard[1] != shard[0]:
             continue
         task = _load_task(cfg, task_spec, frac, fold, seed, cache)
-        settings = FinetuneSettings(**{**cfg.settings, "strategy": strategy, "seed": seed, "progress": progress})
+        variant = cfg.variants.get(strategy, {"strategy": strategy})
+        base = variant["strategy"]
+        settings = FinetuneSettings(**{**cfg.settings, **variant.get("settings", {}), "strategy": base, "seed": seed,
+                                       "progress": progress})
+        ff = None
+        if variant.get("ff_data"):
+            from mftcalc.data.io import read_structures
+            ff = {name: read_structures(path) for name, path in variant["ff_data"].items()}
         cell_dir = out / "cells" / key.replace("|", "__").replace(":", "_")
-        result = finetune(task, settings, cell_dir, cfg.pretrained if strategy != "scratch" else None,
-                          backbone_cfg=_pretrained_backbone(cfg, cache) if strategy == "scratch" else None)
+        result = finetune(task, settings, cell_dir, cfg.pretrained if base != "scratch" else None, ff_structures=ff,
+                          backbone_cfg=_pretrained_backbone(cfg, cache) if base == "scratch" else None)
         if cfg.ff_eval:
             result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
         result.update(train_fraction=frac, seed=seed, fold=fold)
