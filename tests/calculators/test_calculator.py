@@ -123,15 +123,16 @@ def stiff_model_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("max_atoms", [4096, 5])   # 5: one molecule in flight, the next joins when it leaves
-def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms):
+@pytest.mark.parametrize("max_atoms, max_angles", [(4096, None), (5, None), (4096, 30)])  # small: queued molecules
+def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms, max_angles):           # join as others leave
     model_file = stiff_model_file
     structures = []
     for k, name in enumerate(["H2O", "CH4", "NH3"]):
         atoms = molecule(name)
         atoms.rattle(0.1, seed=k)
         structures.append(Structure.from_ase(atoms))
-    results = relax(structures, model_file, fmax=0.01, steps=10, dtype=torch.float64, max_atoms=max_atoms)
+    results = relax(structures, model_file, fmax=0.01, steps=10, dtype=torch.float64, max_atoms=max_atoms,
+                    max_angles=max_angles)
     for s, r in zip(structures, results):
         atoms = s.to_ase()
         atoms.calc = _calc(model_file)

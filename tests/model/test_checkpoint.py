@@ -87,3 +87,23 @@ def test_model_card_reports_metadata_and_validation(tmp_path):
     assert f"**Parameters**: {count_parameters(model):,}" in text
     assert "| emt | 7 | 2 | 12.3 | 46 | 79 |" in text
     assert "**Elements seen in training**: H O" in text
+
+
+def test_angle_counts_match_the_graph_and_chunks_respect_the_budget(molecules, crystal, tmp_path):
+    from mftcalc.data.batch import split_sizes_by_atoms
+    from mftcalc.model.graph import angle_counts, build_graph
+    from mftcalc.model.inference import chunk_groups
+    structures = list(molecules) + [crystal]
+    counts = angle_counts(structures, 3.0)
+    for s, n in zip(structures, counts):
+        b = collate([s], torch.float64)
+        graph = build_graph(b["positions"], b["cell"], b["pbc"], b["batch"], 4.0, 3.0)
+        assert graph["a_ij"].shape[0] == n
+    budget = int(counts.max())
+    groups = split_sizes_by_atoms([s.n_atoms for s in structures], 10 ** 6, counts, budget)
+    assert [i for g in groups for i in g] == list(range(len(structures)))
+    assert all(counts[g].sum() <= budget for g in groups)
+    model = make_tiny_model()
+    export_torchscript(model, tmp_path / "m.ts")
+    scripted, _ = load_any(tmp_path / "m.ts")
+    assert chunk_groups(scripted, structures, 10 ** 6, budget) == chunk_groups(model, structures, 10 ** 6, budget)

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from mftcalc.calculators.model_handle import ModelHandle
-from mftcalc.data.batch import collate, split_sizes_by_atoms
+from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
+from mftcalc.model.graph import angle_counts
+from mftcalc.model.inference import DEFAULT_MAX_ANGLES, chunk_groups
 
 
 @dataclass
@@ -49,9 +51,10 @@ def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
 
 
 def predict(structures: Sequence[Structure], model: Any, properties: Optional[Sequence[str]] = None,
-            max_atoms: int = 4096, forces: bool = False, progress: bool = False, **load_kwargs: Any
-            ) -> List[Dict[str, Any]]:
-    """Energies and properties (and forces if asked) of many structures, batched by atom count.
+            max_atoms: int = 4096, forces: bool = False, progress: bool = False,
+            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, **load_kwargs: Any) -> List[Dict[str, Any]]:
+    """Energies and properties (and forces if asked) of many structures, batched by atom and angle count
+    (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`).
 
     Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
     (all property heads by default) and ``forces`` [n, 3] eV/Å when ``forces=True``.
@@ -65,7 +68,7 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
         handle.check_elements(s.numbers)
     has_ff = bool(handle.forcefield_heads)
     out: List[Dict[str, Any]] = []
-    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
+    groups = chunk_groups(handle.module, structures, max_atoms, max_angles)
     if progress:
         from tqdm.auto import tqdm
         groups = tqdm(groups, desc="predict", unit="batch")
@@ -90,7 +93,7 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
 
 def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps: int = 500,
           optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
-          properties: Optional[Sequence[str]] = None, fire: FireParams = FireParams(), progress: bool = False,
+          max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None, fire: FireParams = FireParams(), progress: bool = False,
           **load_kwargs: Any) -> List[RelaxResult]:
     """Relax many structures together (positions only), then predict their properties.
 
@@ -99,7 +102,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         steps: maximum FIRE steps per structure. optimizer: only ``"fire"``. cell_filter: ``None`` (fixed cell)
             or ``"unitcell"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` with
             ``cell_factor`` = number of atoms; periodic structures only; ``fmax`` then also bounds the
-            virial / cell_factor). max_atoms: atoms per batched graph.
+            virial / cell_factor). max_atoms, max_angles: limits of the in-flight batch (angles counted on the
+            input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
     """
     if optimizer != "fire":
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire'")
@@ -116,11 +120,14 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
+    a_rcut = getattr(handle.module, "a_rcut", None)
+    costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
     final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter is not None, max_atoms,
-                             on_done=None if bar is None else (lambda: bar.update(1)))
+                             on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
+                             max_cost=max_angles)
     if bar is not None:
         bar.close()
-    preds = predict([r.structure for r in final], handle, properties, max_atoms)
+    preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
     for r, p in zip(final, preds):
         r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces")}
     return final
@@ -150,9 +157,11 @@ class _UnitCellState:
 
 def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
                      fire: FireParams, with_cell: bool = False, max_atoms: int = 4096,
-                     on_done: Optional[Callable[[], None]] = None) -> List[RelaxResult]:
+                     on_done: Optional[Callable[[], None]] = None, costs: Optional[np.ndarray] = None,
+                     max_cost: Optional[float] = None) -> List[RelaxResult]:
     """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
-    input order) join as soon as they fit under ``max_atoms`` (a structure larger than that runs alone).
+    input order) join as soon as they fit under ``max_atoms`` and, with ``costs``, under ``max_cost`` summed costs
+    (a structure over a limit runs alone).
 
     The FIRE state of each structure is an [m, 3] array: positions (m = n) or, with ``with_cell``, the
     ``UnitCellFilter`` coordinates (m = n + 3). Results come back in input order.
@@ -172,10 +181,15 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
     active: List[int] = []
     while active or waiting < len(structures):
         atoms_in_flight = sum(structures[i].n_atoms for i in active)
-        while waiting < len(structures) and (not active or
-                                             atoms_in_flight + structures[waiting].n_atoms <= max_atoms):
+        cost_in_flight = float(sum(costs[i] for i in active)) if costs is not None else 0.0
+        while waiting < len(structures):
+            fits = atoms_in_flight + structures[waiting].n_atoms <= max_atoms and (
+                costs is None or max_cost is None or cost_in_flight + float(costs[waiting]) <= max_cost)
+            if active and not fits:
+                break
             active.append(waiting)
             atoms_in_flight += structures[waiting].n_atoms
+            cost_in_flight += float(costs[waiting]) if costs is not None else 0.0
             waiting += 1
         chunk = []
         for i in active:

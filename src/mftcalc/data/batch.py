@@ -95,17 +95,23 @@ def batch_to(batch: Batch, device: torch.device | str | None = None, dtype: torc
     return out
 
 
-def split_sizes_by_atoms(n_atoms: Sequence[int], max_atoms: int) -> List[List[int]]:
-    """Group structure indices (in order) into chunks of at most ``max_atoms`` atoms (a larger structure alone)."""
+def split_sizes_by_atoms(n_atoms: Sequence[int], max_atoms: int, costs: Optional[Sequence[float]] = None,
+                         max_cost: Optional[float] = None) -> List[List[int]]:
+    """Group structure indices (in order) into chunks of at most ``max_atoms`` atoms and, when given, at most
+    ``max_cost`` summed ``costs`` (e.g. angle counts); a structure over either limit forms a chunk alone."""
     groups: List[List[int]] = []
     current: List[int] = []
     count = 0
+    cost = 0.0
     for idx, n in enumerate(n_atoms):
-        if current and count + n > max_atoms:
+        c = float(costs[idx]) if costs is not None else 0.0
+        over_cost = max_cost is not None and cost + c > max_cost
+        if current and (count + n > max_atoms or over_cost):
             groups.append(current)
-            current, count = [], 0
+            current, count, cost = [], 0, 0.0
         current.append(idx)
         count += int(n)
+        cost += c
     if current:
         groups.append(current)
     return groups

@@ -6,12 +6,17 @@ flow through them by autograd.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import TYPE_CHECKING, Dict, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from mftcalc import keys as K
 from mftcalc.kernels import neighbor_list
+
+if TYPE_CHECKING:
+    from mftcalc.data.structure import Structure
 
 
 def edge_vectors(positions: Tensor, cell: Tensor, batch: Tensor, edge_index: Tensor, shifts: Tensor) -> Tensor:
@@ -96,3 +101,20 @@ def padded_layout(edge_index: Tensor, node_counts: Tensor) -> Tuple[Tensor, Tens
     pad_neighbor = torch.full((n_nodes * k,), n_nodes, dtype=torch.long, device=centre.device)
     pad_neighbor[flat] = edge_index[1]
     return pad_edge, pad_neighbor
+
+
+def angle_counts(structures: Sequence["Structure"], a_rcut: float, max_atoms: int = 8192) -> np.ndarray:
+    """Number of angles [B] the backbone builds for each structure: Σ_i n_i² over its atoms (ordered neighbour pairs
+    (j, k) of atom i, j = k included, as in the model), with n_i the
+    neighbours of atom i within ``a_rcut`` Å (periodic images included). Used to size batches by angle count, the
+    quantity that sets the memory traffic of the angle block."""
+    from mftcalc.data.batch import collate, split_sizes_by_atoms
+    out = np.zeros(len(structures), dtype=np.int64)
+    for group in split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms):
+        batch = collate([structures[i] for i in group], torch.float64, properties=[])
+        edge_index, _, _ = neighbor_list(batch[K.POSITIONS], a_rcut, batch[K.BATCH], batch[K.CELL], batch[K.PBC])
+        per_atom = torch.bincount(edge_index[0], minlength=batch[K.POSITIONS].shape[0])
+        per_structure = torch.zeros(len(group), dtype=torch.long).index_add_(0, batch[K.BATCH],
+                                                                              per_atom * per_atom)
+        out[group] = per_structure.numpy()
+    return out

@@ -10,24 +10,40 @@ import torch
 from mftcalc import keys as K
 from mftcalc.data.batch import collate, split_sizes_by_atoms
 from mftcalc.data.structure import Structure
+from mftcalc.model.graph import angle_counts
 
 ModelFn = Callable[..., Dict[str, torch.Tensor]]
+
+#: default angle budget of one forward call (energy + forces), measured with ``benchmarks/chunking.py``: above
+#: it the angle block's working set leaves the cache and throughput drops
+DEFAULT_MAX_ANGLES = 100_000
+
+
+def chunk_groups(model: torch.nn.Module, structures: Sequence[Structure], max_atoms: int,
+                 max_angles: Optional[int]) -> List[List[int]]:
+    """Structure indices grouped in order into forward calls of ≤ ``max_atoms`` atoms and ≤ ``max_angles`` angles
+    (angles counted at the model's ``a_rcut``; ``max_angles=None`` groups by atoms only)."""
+    a_rcut = getattr(model, "a_rcut", None)
+    costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
+    return split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms, costs,
+                                max_angles if costs is not None else None)
 
 
 def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], dataset: int | Sequence[int] = 0,
                        compute_forces: bool = True, compute_stress: bool = True, max_atoms: int = 4096,
-                       dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
+                       max_angles: Optional[int] = DEFAULT_MAX_ANGLES, dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
                        features: bool = False, progress: bool = False) -> List[Dict[str, np.ndarray]]:
     """Predictions for each structure (model in eval mode): ``energy`` (eV), ``forces`` [n,3], ``stress`` [3,3] and
     each property by name.
 
-    Structures are grouped in order into chunks of at most ``max_atoms`` atoms (one forward each).
+    Structures are grouped in order into chunks of at most ``max_atoms`` atoms and ``max_angles`` angles (one
+    forward each; see :func:`chunk_groups`).
     ``features=True`` adds ``node_features`` [n, n_dim]. Works with an eager ``MFTModel`` or a scripted one.
     """
     if dtype is None:
         dtype = next(iter(model.parameters())).dtype if any(True for _ in model.parameters()) else torch.float32
     datasets = [dataset] * len(structures) if isinstance(dataset, (int, np.integer)) else list(dataset)
-    groups = split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms)
+    groups = chunk_groups(model, structures, max_atoms, max_angles)
     results: List[Dict[str, np.ndarray]] = []
     iterator = groups
     if progress:
