@@ -65,7 +65,27 @@ def markdown_table(results: Dict[str, Dict]) -> str:
         for set_name, r in sets.items():
             lines.append(f"| {model} | {set_name} | {r['w1']:.3f} | {r.get('db_raw_rel', float('nan')):.3f} | "
                          f"{r.get('db_tsne_rel', float('nan')):.3f} | {r.get('db_edge_raw_rel', float('nan')):.3f} |")
+    lines += ratio_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def ratio_lines(results: Dict[str, Dict], first: str = "ft", second: str = "mft") -> List[str]:
+    """FT/MFT ratios of W1 drift and relative DB indices per set (when both models were analysed): above 1 means
+    FT moved further from the pretrained representation than MFT."""
+    if first not in results or second not in results:
+        return []
+    out = ["", f"Ratios {first}/{second} on the same molecules:", ""]
+    for set_name, a in results[first].items():
+        b = results[second].get(set_name)
+        if b is None:
+            continue
+        parts = []
+        for key, label in (("w1", "W1 drift"), ("db_raw_rel", "DB atoms raw"), ("db_tsne_rel", "DB atoms t-SNE"),
+                           ("db_edge_raw_rel", "DB edges raw")):
+            if key in a and key in b and b[key]:
+                parts.append(f"{label} {a[key] / b[key]:.2f}")
+        out.append(f"- {set_name}: " + ", ".join(parts))
+    return out
 
 
 def _plot_tsne(features: np.ndarray, labels: np.ndarray, path: Path, title: str, n_samples: int, seed: int) -> None:
