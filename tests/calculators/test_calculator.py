@@ -10,7 +10,7 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.fd import calculate_numerical_forces as numeric_forces
 from ase.calculators.fd import calculate_numerical_stress as numeric_stress
-from ase.optimize import FIRE
+from ase.optimize import BFGS, FIRE
 
 from _helpers import make_tiny_model
 from mftcalc.calculators import MFTCalculator
@@ -147,7 +147,29 @@ def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms, max_angles)
     assert [p["gap"] for p in preds] == pytest.approx([r.properties["gap"] for r in results])
 
 
-def test_batched_cell_relax_matches_ase_unitcellfilter(stiff_model_file):
+def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
+    structures = []
+    for k, name in enumerate(["H2O", "CH4", "NH3"]):
+        atoms = molecule(name)
+        atoms.rattle(0.1, seed=k)
+        structures.append(Structure.from_ase(atoms))
+    from mftcalc.calculators.batched import BFGSParams
+    results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs", dtype=torch.float64,
+                    max_atoms=8, bfgs=BFGSParams(maxstep=0.04))
+    for s, r in zip(structures, results):
+        atoms = s.to_ase()
+        atoms.calc = _calc(stiff_model_file)
+        opt = BFGS(atoms, logfile=None, maxstep=0.04)
+        opt.run(fmax=0.01, steps=8)
+        assert r.steps == opt.nsteps
+        np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
+    assert max(r.steps for r in results) > 3
+    with pytest.raises(ValueError, match="'fire' and 'bfgs'"):
+        relax(structures, stiff_model_file, optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "bfgs"])
+def test_batched_cell_relax_matches_ase_unitcellfilter(stiff_model_file, optimizer):
     from ase.filters import UnitCellFilter
     model_file = stiff_model_file
     crystals = []
@@ -155,11 +177,12 @@ def test_batched_cell_relax_matches_ase_unitcellfilter(stiff_model_file):
         atoms = bulk("Si", "diamond", a=a) * (1, 1, 2)
         atoms.rattle(0.05, seed=k)
         crystals.append(Structure.from_ase(atoms))
-    results = relax(crystals, model_file, fmax=0.005, steps=40, cell_filter="unitcell", dtype=torch.float64)
+    results = relax(crystals, model_file, fmax=0.005, steps=40, cell_filter="unitcell", dtype=torch.float64,
+                    optimizer=optimizer)
     for s, r in zip(crystals, results):
         atoms = s.to_ase()
         atoms.calc = _calc(model_file)
-        opt = FIRE(UnitCellFilter(atoms), logfile=None)
+        opt = (FIRE if optimizer == "fire" else BFGS)(UnitCellFilter(atoms), logfile=None)
         opt.run(fmax=0.005, steps=40)
         assert r.steps == opt.nsteps and r.steps > 5
         assert np.abs(r.structure.cell - s.cell).max() > 1e-3

@@ -35,6 +35,46 @@ class FireParams:
 
 
 @dataclass
+class BFGSParams:
+    """ASE BFGS defaults: ``maxstep`` Å (largest atomic step), ``alpha`` eV/Å² (initial Hessian α·I)."""
+
+    maxstep: float = 0.2
+    alpha: float = 70.0
+
+
+class _BFGSState:
+    """ASE's BFGS for one structure on its [m, 3] coordinates: Hessian update from the last step, step along the
+    eigenvectors with |eigenvalues|, the largest atomic step capped at ``maxstep``."""
+
+    def __init__(self, params: BFGSParams) -> None:
+        self.params = params
+        self.hessian: Optional[np.ndarray] = None
+        self.pos0: Optional[np.ndarray] = None
+        self.forces0: Optional[np.ndarray] = None
+
+    def step(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
+        """New [m, 3] coordinates from the current ones and their forces (eV/Å)."""
+        r, f = positions.ravel(), forces.ravel()
+        if self.hessian is None:
+            self.hessian = np.eye(r.size) * self.params.alpha
+        else:
+            dpos = r - self.pos0
+            if np.abs(dpos).max() >= 1e-7:
+                dgrad = self.forces0 - f                 # gradient = −forces
+                a = dpos @ dgrad
+                dg = self.hessian @ dpos
+                b = dpos @ dg
+                self.hessian += np.outer(dgrad, dgrad) / a - np.outer(dg, dg) / b
+        self.pos0, self.forces0 = r.copy(), f.copy()
+        omega, vectors = np.linalg.eigh(self.hessian)
+        dr = (vectors @ (f @ vectors / np.fabs(omega))).reshape(-1, 3)
+        longest = float(np.sqrt((dr * dr).sum(1)).max())
+        if longest >= self.params.maxstep:
+            dr *= self.params.maxstep / longest
+        return positions + dr
+
+
+@dataclass
 class RelaxResult:
     """One relaxed structure with its energy (eV), max force (eV/Å), steps, convergence flag and properties."""
 
@@ -93,20 +133,22 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
 
 def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps: int = 500,
           optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
-          max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None, fire: FireParams = FireParams(), progress: bool = False,
+          max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None,
+          fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(), progress: bool = False,
           **load_kwargs: Any) -> List[RelaxResult]:
-    """Relax many structures together (positions only), then predict their properties.
+    """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
         structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
-        steps: maximum FIRE steps per structure. optimizer: only ``"fire"``. cell_filter: ``None`` (fixed cell)
+        steps: maximum optimiser steps per structure. optimizer: ``"fire"`` or ``"bfgs"`` (ASE's algorithms and
+            defaults, ``fire``/``bfgs`` parameters, applied per structure). cell_filter: ``None`` (fixed cell)
             or ``"unitcell"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` with
             ``cell_factor`` = number of atoms; periodic structures only; ``fmax`` then also bounds the
             virial / cell_factor). max_atoms, max_angles: limits of the in-flight batch (angles counted on the
             input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
     """
-    if optimizer != "fire":
-        raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire'")
+    if optimizer not in ("fire", "bfgs"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire' and 'bfgs'")
     if cell_filter not in (None, "unitcell"):
         raise ValueError(f"unknown cell_filter {cell_filter!r}; use None or 'unitcell'")
     if cell_filter is not None and not all(s.pbc.all() for s in structures):
@@ -124,7 +166,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
     final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter is not None, max_atoms,
                              on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
-                             max_cost=max_angles)
+                             max_cost=max_angles, bfgs=bfgs if optimizer == "bfgs" else None)
     if bar is not None:
         bar.close()
     preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
@@ -158,10 +200,10 @@ class _UnitCellState:
 def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
                      fire: FireParams, with_cell: bool = False, max_atoms: int = 4096,
                      on_done: Optional[Callable[[], None]] = None, costs: Optional[np.ndarray] = None,
-                     max_cost: Optional[float] = None) -> List[RelaxResult]:
+                     max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None) -> List[RelaxResult]:
     """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
     input order) join as soon as they fit under ``max_atoms`` and, with ``costs``, under ``max_cost`` summed costs
-    (a structure over a limit runs alone).
+    (a structure over a limit runs alone). Each structure moves by FIRE, or by BFGS when ``bfgs`` is given.
 
     The FIRE state of each structure is an [m, 3] array: positions (m = n) or, with ``with_cell``, the
     ``UnitCellFilter`` coordinates (m = n + 3). Results come back in input order.
@@ -177,6 +219,7 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
     steps_done = np.zeros(len(structures), dtype=int)
     out: List[Optional[RelaxResult]] = [None] * len(structures)
     first = np.ones(len(structures), dtype=bool)
+    bfgs_states = [_BFGSState(bfgs) for _ in structures] if bfgs is not None else None
     waiting = 0                                    # next structure of the queue
     active: List[int] = []
     while active or waiting < len(structures):
@@ -216,6 +259,11 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
                 out[i] = RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax)
                 if on_done is not None:
                     on_done()
+                continue
+            if bfgs_states is not None:
+                general[i] = bfgs_states[i].step(general[i], f)
+                steps_done[i] += 1
+                still.append(i)
                 continue
             v = velocity[i]
             if not first[i]:
