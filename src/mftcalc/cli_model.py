@@ -37,7 +37,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _relax(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer,
+                  optimizer=args.optimizer, cell_filter=args.cell_filter,
                   dtype=DTYPES[args.dtype])
     converged = sum(str(r["converged"]) == "True" for r in rows)
     print(f"relaxed {len(rows)} structures ({converged} converged) -> {args.out}")
@@ -48,7 +48,7 @@ def _screen(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import default_model_path, screen
     model = args.model or default_model_path()
     rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer,
+                  optimizer=args.optimizer, cell_filter=args.cell_filter,
                   dtype=DTYPES[args.dtype])
     print(f"screened {len(rows)} structures -> {args.out}")
     return 0
@@ -90,6 +90,8 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire",
                    help="per-structure optimiser of the batched relaxation (ASE's FIRE or BFGS)")
+    p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
+                   help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")
     p.add_argument("input")
@@ -100,6 +102,8 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire",
                    help="per-structure optimiser of the batched relaxation (ASE's FIRE or BFGS)")
+    p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
+                   help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.set_defaults(func=_screen)
     p = subparsers.add_parser("demo", help="relax-then-predict the bundled example molecules with the shipped model")

@@ -168,21 +168,23 @@ def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
         relax(structures, stiff_model_file, optimizer="lbfgs")
 
 
+@pytest.mark.parametrize("cell_filter", ["unitcell", "frechet"])
 @pytest.mark.parametrize("optimizer", ["fire", "bfgs"])
-def test_batched_cell_relax_matches_ase_unitcellfilter(stiff_model_file, optimizer):
-    from ase.filters import UnitCellFilter
+def test_batched_cell_relax_matches_ase_cell_filters(stiff_model_file, optimizer, cell_filter):
+    from ase.filters import FrechetCellFilter, UnitCellFilter
+    ase_filter = {"unitcell": UnitCellFilter, "frechet": FrechetCellFilter}[cell_filter]
     model_file = stiff_model_file
     crystals = []
     for k, a in enumerate([5.3, 5.6]):
         atoms = bulk("Si", "diamond", a=a) * (1, 1, 2)
         atoms.rattle(0.05, seed=k)
         crystals.append(Structure.from_ase(atoms))
-    results = relax(crystals, model_file, fmax=0.005, steps=40, cell_filter="unitcell", dtype=torch.float64,
+    results = relax(crystals, model_file, fmax=0.005, steps=40, cell_filter=cell_filter, dtype=torch.float64,
                     optimizer=optimizer)
     for s, r in zip(crystals, results):
         atoms = s.to_ase()
         atoms.calc = _calc(model_file)
-        opt = (FIRE if optimizer == "fire" else BFGS)(UnitCellFilter(atoms), logfile=None)
+        opt = (FIRE if optimizer == "fire" else BFGS)(ase_filter(atoms), logfile=None)
         opt.run(fmax=0.005, steps=40)
         assert r.steps == opt.nsteps and r.steps > 5
         assert np.abs(r.structure.cell - s.cell).max() > 1e-3

@@ -142,17 +142,17 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
         steps: maximum optimiser steps per structure. optimizer: ``"fire"`` or ``"bfgs"`` (ASE's algorithms and
             defaults, ``fire``/``bfgs`` parameters, applied per structure). cell_filter: ``None`` (fixed cell)
-            or ``"unitcell"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` with
-            ``cell_factor`` = number of atoms; periodic structures only; ``fmax`` then also bounds the
-            virial / cell_factor). max_atoms, max_angles: limits of the in-flight batch (angles counted on the
+            or ``"unitcell"`` / ``"frechet"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` /
+            ``FrechetCellFilter`` with cell_factor = number of atoms; periodic structures only; ``fmax`` then
+            also bounds the filter's cell forces). max_atoms, max_angles: limits of the in-flight batch (angles counted on the
             input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
     """
     if optimizer not in ("fire", "bfgs"):
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire' and 'bfgs'")
-    if cell_filter not in (None, "unitcell"):
-        raise ValueError(f"unknown cell_filter {cell_filter!r}; use None or 'unitcell'")
+    if cell_filter is not None and cell_filter not in CELL_FILTERS:
+        raise ValueError(f"unknown cell_filter {cell_filter!r}; use None, 'unitcell' or 'frechet'")
     if cell_filter is not None and not all(s.pbc.all() for s in structures):
-        raise ValueError("cell_filter='unitcell' needs structures periodic in all three directions")
+        raise ValueError(f"cell_filter={cell_filter!r} needs structures periodic in all three directions")
     handle = _as_handle(model, **load_kwargs)
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so it cannot relax structures")
@@ -164,7 +164,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
     a_rcut = getattr(handle.module, "a_rcut", None)
     costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
-    final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter is not None, max_atoms,
+    final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
                              on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
                              max_cost=max_angles, bfgs=bfgs if optimizer == "bfgs" else None)
     if bar is not None:
@@ -197,18 +197,53 @@ class _UnitCellState:
         return np.concatenate([forces @ grad, np.linalg.solve(grad, virial.T).T / self.factor])
 
 
+class _FrechetCellState(_UnitCellState):
+    """Generalised coordinates of ASE's ``FrechetCellFilter``: undeformed positions [n, 3] stacked on
+    exp_cell_factor × log(deformation gradient) [3, 3]; the cell forces are the virial·F⁻ᵀ contracted with the
+    Fréchet derivative of the matrix exponential, / exp_cell_factor (exp_cell_factor = number of atoms)."""
+
+    def to_general(self, positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        from scipy.linalg import logm
+        general = super().to_general(positions, cell)
+        general[-3:] = np.real(logm(general[-3:] / self.factor)) * self.factor
+        return general
+
+    def from_general(self, general: np.ndarray) -> tuple:
+        from scipy.linalg import expm
+        grad = expm(general[-3:] / self.factor)
+        return general[:-3] @ grad.T, self.orig_cell @ grad.T
+
+    def general_forces(self, forces: np.ndarray, stress: np.ndarray, cell: np.ndarray) -> np.ndarray:
+        from scipy.linalg import expm_frechet, logm
+        grad = np.linalg.solve(self.orig_cell, cell).T
+        log_grad = np.real(logm(grad))
+        virial = -abs(np.linalg.det(cell)) * stress
+        cell_grad = np.linalg.solve(grad, virial.T).T                      # virial · F⁻ᵀ
+        log_force = np.zeros((3, 3))
+        for mu in range(3):
+            for nu in range(3):
+                direction = np.zeros((3, 3))
+                direction[mu, nu] = 1.0
+                log_force[mu, nu] = np.sum(expm_frechet(log_grad, direction, compute_expm=False) * cell_grad)
+        return np.concatenate([forces @ grad, log_force / self.factor])
+
+
+CELL_FILTERS = {"unitcell": _UnitCellState, "frechet": _FrechetCellState}
+
+
 def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
-                     fire: FireParams, with_cell: bool = False, max_atoms: int = 4096,
+                     fire: FireParams, cell_filter: Optional[str] = None, max_atoms: int = 4096,
                      on_done: Optional[Callable[[], None]] = None, costs: Optional[np.ndarray] = None,
                      max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None) -> List[RelaxResult]:
     """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
     input order) join as soon as they fit under ``max_atoms`` and, with ``costs``, under ``max_cost`` summed costs
     (a structure over a limit runs alone). Each structure moves by FIRE, or by BFGS when ``bfgs`` is given.
 
-    The FIRE state of each structure is an [m, 3] array: positions (m = n) or, with ``with_cell``, the
-    ``UnitCellFilter`` coordinates (m = n + 3). Results come back in input order.
+    The optimiser state of each structure is an [m, 3] array: positions (m = n) or, with ``cell_filter``, the
+    ``UnitCellFilter`` / ``FrechetCellFilter`` coordinates (m = n + 3). Results come back in input order.
     """
-    filters = [_UnitCellState(s) for s in structures] if with_cell else None
+    with_cell = cell_filter is not None
+    filters = [CELL_FILTERS[cell_filter](s) for s in structures] if cell_filter is not None else None
     cells = [s.cell.copy() for s in structures]
     general = [filters[k].to_general(s.positions, s.cell) if filters else s.positions.copy()
                for k, s in enumerate(structures)]

@@ -43,7 +43,8 @@ def _done_rows(out: Path) -> Dict[int, Dict[str, str]]:
 
 def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool = True, fmax: float = 0.05,
            steps: int = 500, chunk: int = 256, properties: Optional[Sequence[str]] = None,
-           progress: bool = True, optimizer: str = "fire", **load_kwargs: Any) -> List[Dict[str, Any]]:
+           progress: bool = True, optimizer: str = "fire", cell_filter: Optional[str] = None,
+           **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Relax (optionally) and predict every structure of ``input_path``; results go to ``out``.
 
     ``out`` ending in ``.csv`` gets one row per structure (index, name, formula, n_atoms, energy, fmax, steps,
@@ -66,7 +67,8 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
         batch = [structures[k] for k in idx]
         new_rows = []
         if do_relax:
-            results = relax(batch, handle, fmax=fmax, steps=steps, properties=properties, optimizer=optimizer)
+            results = relax(batch, handle, fmax=fmax, steps=steps, properties=properties, optimizer=optimizer,
+                            cell_filter=cell_filter)
             for k, r in zip(idx, results):
                 final_structures[k] = r.structure
                 new_rows.append(_row(k, structures[k], r.energy, r.fmax, r.steps, r.converged, r.properties))
