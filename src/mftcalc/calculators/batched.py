@@ -16,8 +16,7 @@ import torch
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
-from mftcalc.model.graph import angle_counts
-from mftcalc.model.inference import DEFAULT_MAX_ANGLES, chunk_groups
+from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs, chunk_groups
 
 
 @dataclass
@@ -162,8 +161,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
-    a_rcut = getattr(handle.module, "a_rcut", None)
-    costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
+    costs = angle_costs(handle.module, structures, max_angles)
     final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
                              on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
                              max_cost=max_angles, bfgs=bfgs if optimizer == "bfgs" else None)

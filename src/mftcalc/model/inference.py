@@ -19,12 +19,21 @@ ModelFn = Callable[..., Dict[str, torch.Tensor]]
 DEFAULT_MAX_ANGLES = 100_000
 
 
+def angle_costs(model: torch.nn.Module, structures: Sequence[Structure],
+                max_angles: Optional[int]) -> Optional[np.ndarray]:
+    """Angle count [B] of each structure at the model's ``a_rcut`` (eager or scripted model), or ``None`` when no
+    angle budget is asked for or the model does not expose ``a_rcut``."""
+    a_rcut = getattr(model, "a_rcut", None)
+    if max_angles is None or a_rcut is None:
+        return None
+    return angle_counts(structures, float(a_rcut))
+
+
 def chunk_groups(model: torch.nn.Module, structures: Sequence[Structure], max_atoms: int,
                  max_angles: Optional[int]) -> List[List[int]]:
     """Structure indices grouped in order into forward calls of ≤ ``max_atoms`` atoms and ≤ ``max_angles`` angles
     (angles counted at the model's ``a_rcut``; ``max_angles=None`` groups by atoms only)."""
-    a_rcut = getattr(model, "a_rcut", None)
-    costs = angle_counts(structures, float(a_rcut)) if (max_angles is not None and a_rcut is not None) else None
+    costs = angle_costs(model, structures, max_angles)
     return split_sizes_by_atoms([s.n_atoms for s in structures], max_atoms, costs,
                                 max_angles if costs is not None else None)
 

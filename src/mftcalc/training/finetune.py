@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mftcalc.analysis.metrics import sliced_drift
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_model, model_metadata, save_model
 from mftcalc.model.config import HeadConfig, ModelConfig
@@ -117,9 +118,7 @@ class DriftMonitor:
         return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
 
     def __call__(self, model: MFTModel) -> float:
-        import ot
-        return float(ot.sliced_wasserstein_distance(self.reference, self._features(model), n_projections=128,
-                                                    seed=self.seed))
+        return sliced_drift(self.reference, self._features(model), seed=self.seed)
 
 
 def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path,
