@@ -8,6 +8,7 @@ kind; mean ± std over seeds and folds) and, in data-efficiency mode, a plot of 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -92,18 +93,25 @@ def _read_results(path: Path) -> Dict[str, Dict]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _merge_result(path: Path, key: str, value: Dict) -> Dict[str, Dict]:
-    """Add one entry to the results file under an exclusive lock (re-read first, so concurrent shards that write
-    the same file keep each other's cells); returns the merged results."""
+@contextmanager
+def _results_lock(path: Path):
+    """Exclusive lock shared by every shard writing ``path`` (results.json) or the files derived from it."""
     import fcntl
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            results = _read_results(path)
-            results[key] = value
-            _save_json(path, results)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _merge_result(path: Path, key: str, value: Dict) -> Dict[str, Dict]:
+    """Add one entry to the results file under the lock (re-read first, so concurrent shards that write the same
+    file keep each other's cells); returns the merged results."""
+    with _results_lock(path):
+        results = _read_results(path)
+        results[key] = value
+        _save_json(path, results)
     return results
 
 
@@ -154,9 +162,13 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
     if cfg.ff_eval and "pretrained" not in results.get("_forcefield_reference", {}):
         results = _merge_result(results_path, "_forcefield_reference",
                                 {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache)})
-    (out / "summary.md").write_text(summary_markdown(results, cfg))
-    if cfg.fractions:
-        plot_data_efficiency(results, out / "data_efficiency.png")
+    # Re-read and write the summary under the lock: a shard that finishes first must not overwrite the summary of
+    # a shard that finished later with its older view of results.json.
+    with _results_lock(results_path):
+        results = _read_results(results_path)
+        (out / "summary.md").write_text(summary_markdown(results, cfg))
+        if cfg.fractions:
+            plot_data_efficiency(results, out / "data_efficiency.png")
     return results
 
 
