@@ -43,7 +43,12 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from mftcalc.training.bench import BenchConfig, parse_shard, run_bench
+    from dataclasses import replace
     cfg = BenchConfig.from_yaml(args.config)
+    if args.strategies:
+        cfg = replace(cfg, strategies=[v.strip() for v in args.strategies.split(",") if v.strip()])
+    if args.seeds:
+        cfg = replace(cfg, seeds=[int(v) for v in args.seeds.split(",")])
     run_bench(cfg, shard=parse_shard(args.shard))
     print((Path(cfg.out_dir) / "summary.md").read_text())
     return 0
@@ -78,6 +83,9 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("config")
     p.add_argument("--shard", metavar="I/N", help="run only cells I, I+N, I+2N, ... (start N processes, e.g. one per "
                    "core, with I = 0..N-1 on the same config; they share the results file)")
+    p.add_argument("--strategies", metavar="A,B", help="run only these strategies (names from the config's strategies "
+                   "or variants), e.g. mft,ft first and the rest later; the summary covers every finished cell")
+    p.add_argument("--seeds", metavar="0,1", help="run only these seeds")
     p.set_defaults(func=_bench)
     p = subparsers.add_parser("analyze", help="representation drift and Davies-Bouldin indices vs the pretrained model")
     p.add_argument("pretrained")

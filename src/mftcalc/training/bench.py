@@ -250,7 +250,7 @@ def summary_markdown(results: Dict[str, Dict], cfg: BenchConfig) -> str:
             cell.setdefault("drift", []).append(r["drift_w1"])
         for ds, errs in r.get("forcefield", {}).items():
             if "f_mae" in errs:
-                cell.setdefault("ff_f_mae", []).append(errs["f_mae"])
+                cell.setdefault(f"ff:{ds}", []).append(errs["f_mae"])
         cell.setdefault("runs", []).append(1.0)
     lines = [f"Settings: {cfg.settings}; seeds {cfg.seeds}; mean ± std over the runs of each row.", "",
              "| task | train fraction | strategy | runs | ID RMSE | OOD RMSE | test MAE | drift (sliced W1) | "
@@ -260,13 +260,23 @@ def summary_markdown(results: Dict[str, Dict], cfg: BenchConfig) -> str:
         lines.append(f"| {task} | {frac[4:]} | {strategy} | {len(cell['runs'])} | "
                      f"{_mean_std(cell.get('id_test_rmse', []))} | "
                      f"{_mean_std(cell.get('ood_test_rmse', []))} | {_mean_std(cell.get('test_mae', []))} | "
-                     f"{_mean_std(cell.get('drift', []))} | {_mean_std(cell.get('ff_f_mae', []))} |")
+                     f"{_mean_std(cell.get('drift', []))} | {_ff_column(cell)} |")
     lines += _mft_vs_ft(rows)
     ref = results.get("_forcefield_reference", {}).get("pretrained", {})
     if ref:
         lines += ["", "Pretrained model on the same force-field data: " +
                   ", ".join(f"{k}: force MAE {v.get('f_mae', float('nan')):.4f} eV/Å" for k, v in ref.items())]
     return "\n".join(lines) + "\n"
+
+
+def _ff_column(cell: Dict[str, List[float]]) -> str:
+    """Force MAE per force-field dataset (``name mean ± std``), one entry per held-out set, never mixed."""
+    parts = [(k[3:], v) for k, v in sorted(cell.items()) if k.startswith("ff:")]
+    if not parts:
+        return "–"
+    if len(parts) == 1:
+        return _mean_std(parts[0][1])
+    return "; ".join(f"{name} {_mean_std(v)}" for name, v in parts)
 
 
 def _mft_vs_ft(rows: Dict[tuple, Dict[str, List[float]]]) -> List[str]:
