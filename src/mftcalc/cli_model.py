@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from mftcalc.calculators.batched import OPTIMIZERS
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -88,8 +90,9 @@ def add_model_parsers(subparsers: Any) -> None:
     _common(p)
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire",
-                   help="per-structure optimiser of the batched relaxation (ASE's FIRE or BFGS)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
+                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, or BFGS started from "
+                   "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.set_defaults(func=_relax)
@@ -100,8 +103,9 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=["fire", "bfgs"], default="fire",
-                   help="per-structure optimiser of the batched relaxation (ASE's FIRE or BFGS)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
+                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, or BFGS started from "
+                   "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

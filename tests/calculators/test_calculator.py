@@ -164,8 +164,33 @@ def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
         assert r.steps == opt.nsteps
         np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
     assert max(r.steps for r in results) > 3
-    with pytest.raises(ValueError, match="'fire' and 'bfgs'"):
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'.*bfgs-lindh"):
         relax(structures, stiff_model_file, optimizer="lbfgs")
+
+
+def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_model_file):
+    from mftcalc.calculators.batched import BFGSParams
+    from mftcalc.calculators.hessian_guess import lindh_hessian
+    structures = []
+    for k, name in enumerate(["CH3CH2OH", "CH4", "HCOOH"]):
+        atoms = molecule(name)
+        atoms.rattle(0.1, seed=k)
+        structures.append(Structure.from_ase(atoms))
+    results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs-lindh", dtype=torch.float64,
+                    max_atoms=12, bfgs=BFGSParams(maxstep=0.04, lindh_shift=5.0))
+    for s, r in zip(structures, results):
+        atoms = s.to_ase()
+        atoms.calc = _calc(stiff_model_file)
+        opt = BFGS(atoms, logfile=None, maxstep=0.04)
+        opt.H0 = lindh_hessian(atoms.positions, atoms.numbers) + 5.0 * np.eye(3 * len(atoms))
+        opt.run(fmax=0.01, steps=8)
+        assert r.steps == opt.nsteps
+        np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
+    assert max(r.steps for r in results) > 3
+    with pytest.raises(ValueError, match="Lindh model Hessian is for molecules"):
+        relax([Structure.from_ase(bulk("Si", "diamond", a=5.43))], stiff_model_file, optimizer="bfgs-lindh")
+    with pytest.raises(ValueError, match="initial_hessian 'exact'"):
+        BFGSParams(initial_hessian="exact")
 
 
 @pytest.mark.parametrize("cell_filter", ["unitcell", "frechet"])

@@ -19,6 +19,9 @@ from mftcalc.data.structure import Structure
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs, chunk_groups
 
 
+OPTIMIZERS = ("fire", "bfgs", "bfgs-lindh")
+
+
 @dataclass
 class FireParams:
     """ASE FIRE defaults (lengths in Å)."""
@@ -35,18 +38,37 @@ class FireParams:
 
 @dataclass
 class BFGSParams:
-    """ASE BFGS defaults: ``maxstep`` Å (largest atomic step), ``alpha`` eV/Å² (initial Hessian α·I)."""
+    """ASE BFGS defaults: ``maxstep`` Å (largest atomic step), ``alpha`` eV/Å² (initial Hessian α·I).
+
+    ``initial_hessian="lindh"`` starts instead from Lindh's model Hessian of each molecule plus ``lindh_shift`` · I
+    (eV/Å²; the shift stiffens the rigid-body modes and the terms the model leaves out), see
+    :mod:`mftcalc.calculators.hessian_guess`: about half the steps on QM9 molecules. Molecules only (no pbc).
+    """
 
     maxstep: float = 0.2
     alpha: float = 70.0
+    initial_hessian: str = "alpha"
+    lindh_shift: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.initial_hessian not in ("alpha", "lindh"):
+            raise ValueError(f"unknown initial_hessian {self.initial_hessian!r}; use 'alpha' or 'lindh'")
+
+    def hessian0(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """Initial [3n, 3n] Hessian (eV/Å²) for one structure at ``positions`` [n, 3] Å."""
+        if self.initial_hessian == "lindh":
+            from mftcalc.calculators.hessian_guess import lindh_hessian
+            return lindh_hessian(positions, numbers) + self.lindh_shift * np.eye(positions.size)
+        return np.eye(positions.size) * self.alpha
 
 
 class _BFGSState:
     """ASE's BFGS for one structure on its [m, 3] coordinates: Hessian update from the last step, step along the
     eigenvectors with |eigenvalues|, the largest atomic step capped at ``maxstep``."""
 
-    def __init__(self, params: BFGSParams) -> None:
+    def __init__(self, params: BFGSParams, numbers: np.ndarray) -> None:
         self.params = params
+        self.numbers = numbers
         self.hessian: Optional[np.ndarray] = None
         self.pos0: Optional[np.ndarray] = None
         self.forces0: Optional[np.ndarray] = None
@@ -55,7 +77,7 @@ class _BFGSState:
         """New [m, 3] coordinates from the current ones and their forces (eV/Å)."""
         r, f = positions.ravel(), forces.ravel()
         if self.hessian is None:
-            self.hessian = np.eye(r.size) * self.params.alpha
+            self.hessian = self.params.hessian0(positions, self.numbers)
         else:
             dpos = r - self.pos0
             if np.abs(dpos).max() >= 1e-7:
@@ -140,14 +162,22 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     Args:
         structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
         steps: maximum optimiser steps per structure. optimizer: ``"fire"`` or ``"bfgs"`` (ASE's algorithms and
-            defaults, ``fire``/``bfgs`` parameters, applied per structure). cell_filter: ``None`` (fixed cell)
+            defaults, ``fire``/``bfgs`` parameters, applied per structure), or ``"bfgs-lindh"``: BFGS started from
+            Lindh's model Hessian (molecules; about half of BFGS's steps, see :class:`BFGSParams`). cell_filter: ``None`` (fixed cell)
             or ``"unitcell"`` / ``"frechet"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` /
             ``FrechetCellFilter`` with cell_factor = number of atoms; periodic structures only; ``fmax`` then
             also bounds the filter's cell forces). max_atoms, max_angles: limits of the in-flight batch (angles counted on the
             input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
     """
-    if optimizer not in ("fire", "bfgs"):
-        raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements 'fire' and 'bfgs'")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
+    if optimizer == "bfgs-lindh":
+        from dataclasses import replace
+        bfgs = replace(bfgs, initial_hessian="lindh")
+    if optimizer != "fire" and bfgs.initial_hessian == "lindh" and (
+            cell_filter is not None or any(s.pbc.any() for s in structures)):
+        raise ValueError("the Lindh model Hessian is for molecules: use optimizer='bfgs' (α·I start) for periodic "
+                         "structures or with a cell filter")
     if cell_filter is not None and cell_filter not in CELL_FILTERS:
         raise ValueError(f"unknown cell_filter {cell_filter!r}; use None, 'unitcell' or 'frechet'")
     if cell_filter is not None and not all(s.pbc.all() for s in structures):
@@ -164,7 +194,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     costs = angle_costs(handle.module, structures, max_angles)
     final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
                              on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
-                             max_cost=max_angles, bfgs=bfgs if optimizer == "bfgs" else None)
+                             max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs)
     if bar is not None:
         bar.close()
     preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
@@ -252,7 +282,7 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
     steps_done = np.zeros(len(structures), dtype=int)
     out: List[Optional[RelaxResult]] = [None] * len(structures)
     first = np.ones(len(structures), dtype=bool)
-    bfgs_states = [_BFGSState(bfgs) for _ in structures] if bfgs is not None else None
+    bfgs_states = [_BFGSState(bfgs, s.numbers) for s in structures] if bfgs is not None else None
     waiting = 0                                    # next structure of the queue
     active: List[int] = []
     while active or waiting < len(structures):
