@@ -192,9 +192,13 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
     costs = angle_costs(handle.module, structures, max_angles)
-    final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
-                             on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
-                             max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs)
+    # The per-structure optimiser steps are small dense problems (BFGS: eigh of [3n, 3n]); a multi-threaded BLAS
+    # next to torch's OpenMP pool makes each one 10-40x slower on a busy 2-core machine, so keep BLAS on one thread.
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
+                                 on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
+                                 max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs)
     if bar is not None:
         bar.close()
     preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
