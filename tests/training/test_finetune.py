@@ -51,8 +51,9 @@ def _task() -> PropertyTask:
 
 
 def _settings(strategy: str, **kw) -> FinetuneSettings:
-    return FinetuneSettings(strategy=strategy, steps=6, property_batch=4, ff_batch=4, val_every=3,
-                            checkpoint_every=2, head_hidden=(8,), dtype="float64", progress=False, probe_size=4, **kw)
+    base = dict(steps=6, property_batch=4, ff_batch=4, val_every=3, checkpoint_every=2, head_hidden=(8,),
+                dtype="float64", progress=False, probe_size=4)
+    return FinetuneSettings(strategy=strategy, **{**base, **kw})
 
 
 @pytest.mark.parametrize("strategy", ["scratch", "ft", "lp", "mft"])
@@ -90,14 +91,32 @@ def test_mft_checkpoint_is_force_field_and_property_model(pretrained, tmp_path):
     assert abs(atoms.calc.get_property("vpa", atoms) - expected) < 1e-6 * max(1.0, abs(expected))
 
 
-def test_finetune_resumes_to_the_same_result(pretrained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("task_optimizers", [False, True])
+def test_finetune_resumes_to_the_same_result(pretrained, tmp_path, monkeypatch, task_optimizers):
     task = _task()
-    straight = finetune(task, _settings("mft"), tmp_path / "a", pretrained)
+    straight = finetune(task, _settings("mft", task_optimizers=task_optimizers), tmp_path / "a", pretrained)
     import mftcalc.training.loop as loop
     original = loop.Trainer.run
     with monkeypatch.context() as patch:   # the first call stops at step 3, like a killed run
         patch.setattr(loop.Trainer, "run", lambda self, stop_at=None, time_budget_s=None: original(self, stop_at=3))
-        finetune(task, _settings("mft"), tmp_path / "b", pretrained)
+        finetune(task, _settings("mft", task_optimizers=task_optimizers), tmp_path / "b", pretrained)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
-    resumed = finetune(task, _settings("mft"), tmp_path / "b", pretrained)
+    resumed = finetune(task, _settings("mft", task_optimizers=task_optimizers), tmp_path / "b", pretrained)
     assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
+    with pytest.raises(ValueError, match="optimizer_per_kind"):   # a state of the other kind is refused
+        finetune(task, _settings("mft", steps=8, task_optimizers=not task_optimizers), tmp_path / "b", pretrained)
+
+
+def test_task_optimizers_keep_one_adam_state_per_task(pretrained, tmp_path):
+    task = _task()
+    finetune(task, _settings("mft", steps=12, task_optimizers=True), tmp_path / "m", pretrained)
+    state = torch.load(tmp_path / "m" / "state.pt", weights_only=True)["optimizer"]["per_kind"]
+    assert set(state) == {"property", "forcefield"}
+    prop, ff = state["property"]["state"], state["forcefield"]["state"]
+    assert prop and ff
+    shared = set(prop) & set(ff)                       # backbone parameters: moments in both states
+    assert shared and set(prop) != set(ff)             # each head only in its own task's state
+    some = next(iter(shared))
+    assert not torch.equal(prop[some]["exp_avg_sq"], ff[some]["exp_avg_sq"])
+    with pytest.raises(ValueError, match="task_optimizers applies"):
+        _settings("ft", task_optimizers=True)

@@ -47,6 +47,7 @@ class FinetuneSettings:
     model_prob: float = 0.5                   # mft alternate: probability of a property step
     lambda_reg: float = 1.0                   # mft sum: weight of the force-field loss
     reinit_ff_head: bool = False              # ablation: mft with a fresh force-field head
+    task_optimizers: bool = False             # mft alternate: one Adam state per task (property, force field)
     head_hidden: Sequence[int] = (240, 240, 240)
     head_activation: str = "tanh"
     grad_clip: float = 10.0
@@ -65,6 +66,8 @@ class FinetuneSettings:
             raise ValueError(f"mode must be 'alternate' or 'sum', got {self.mode!r}")
         if not 0 < self.model_prob <= 1:
             raise ValueError("model_prob must be in (0, 1]")
+        if self.task_optimizers and (self.strategy != "mft" or self.mode != "alternate"):
+            raise ValueError("task_optimizers applies to strategy 'mft' in mode 'alternate'")
 
 
 def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, settings: FinetuneSettings,
@@ -170,7 +173,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         num_steps=settings.steps, lr=ExponentialLR(settings.lr0, settings.lr_end, settings.steps, decay),
         prefactors=ForceFieldPrefactors(), grad_clip=settings.grad_clip, seed=settings.seed, mode=settings.mode,
         sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
-        dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress)
+        dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress,
+        optimizer_per_kind=settings.task_optimizers)
     metadata = model_metadata(model, _elements(model, task), finetuning={
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},

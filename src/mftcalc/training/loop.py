@@ -30,7 +30,9 @@ STATE_FORMAT = "mftcalc-train-state"
 @dataclass
 class TrainSettings:
     """Loop settings. ``mode``: ``alternate`` (one source per step, by probability) or ``sum`` (the first
-    property source every step + ``sum_weight`` × one force-field source)."""
+    property source every step + ``sum_weight`` × one force-field source). ``optimizer_per_kind`` (alternate
+    mode): one Adam state per source kind (property, forcefield) over the same parameters, so that each task's
+    steps are normalised by its own gradient moments instead of the larger task's."""
 
     num_steps: int = 1000
     lr: ExponentialLR = field(default_factory=ExponentialLR)
@@ -45,6 +47,7 @@ class TrainSettings:
     dtype: torch.dtype = torch.float32
     best_metric: Optional[str] = None     # e.g. "val/gap/mae": keep the best-on-validation weights
     progress: bool = True
+    optimizer_per_kind: bool = False
 
 
 def _global_rank() -> tuple:
@@ -78,6 +81,8 @@ class Trainer:
             raise ValueError(f"mode must be 'alternate' or 'sum', got {settings.mode!r}")
         if settings.mode == "sum" and not any(s.kind == "property" for s in sources):
             raise ValueError("mode 'sum' needs a property source")
+        if settings.mode == "sum" and settings.optimizer_per_kind:
+            raise ValueError("optimizer_per_kind needs mode 'alternate' (sum mode takes one step on both tasks)")
         self.model = model.to(settings.dtype)
         self.sources = list(sources)
         self.val_sources = list(val_sources)
@@ -91,7 +96,8 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = torch.optim.Adam(self.params, lr=settings.lr.lr0)
+        kinds = sorted({s.kind for s in self.sources}) if settings.optimizer_per_kind else ["all"]
+        self.optimizers = {kind: torch.optim.Adam(self.params, lr=settings.lr.lr0) for kind in kinds}
         self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
                          for k, s in enumerate(self.sources)]
         self.step = 0
@@ -104,7 +110,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
         return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "samplers": [s.state_dict() for s in self.samplers],
+                "optimizer": self._optimizer_state(), "samplers": [s.state_dict() for s in self.samplers],
                 "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
                 "sources": [s.name for s in self.sources]}
 
@@ -116,13 +122,27 @@ class Trainer:
             raise ValueError(f"{self.state_path} was written for sources {state['sources']}, "
                              f"this run has {[s.name for s in self.sources]}")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(st)
         self.step = int(state["step"])
         self.best_value = float(state["best_value"])
         self.wall = float(state["wall"])
         torch.set_rng_state(state["torch_rng"])
+
+    def _optimizer_state(self) -> Dict:
+        if list(self.optimizers) == ["all"]:
+            return self.optimizers["all"].state_dict()
+        return {"per_kind": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def _load_optimizer_state(self, state: Dict) -> None:
+        per_kind = "per_kind" in state
+        if per_kind != (list(self.optimizers) != ["all"]) or (per_kind and set(state["per_kind"]) != set(
+                self.optimizers)):
+            raise ValueError(f"{self.state_path} was written with optimizer_per_kind={per_kind}; this run has "
+                             f"optimizer_per_kind={self.settings.optimizer_per_kind}")
+        for kind, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["per_kind"][kind] if per_kind else state)
 
     def save_state(self) -> None:
         if self.rank == 0:
@@ -154,14 +174,17 @@ class Trainer:
     def _train_step(self) -> Dict[str, float]:
         settings = self.settings
         lr = settings.lr(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
+        kind = "all"
         log: Dict[str, float] = {"step": float(self.step), "lr": lr}
         if settings.mode == "alternate":
             k = choose_source([s.prob for s in self.sources], settings.seed, self.step)
             loss, parts = self._batch_loss(self.sources[k], self.samplers[k], lr)
+            kind = self.sources[k].kind if "all" not in self.optimizers else "all"
             log["source"] = float(k)
             log.update({f"{self.sources[k].name}/{n}": v for n, v in parts.items()})
         else:
@@ -181,7 +204,7 @@ class Trainer:
                     p.grad = torch.zeros_like(p)
                 torch.distributed.all_reduce(p.grad)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
-        self.optimizer.step()
+        self.optimizers[kind].step()
         log["loss"] = float(loss.detach()) * (self.world if self.world > 1 else 1)
         log["grad_norm"] = float(grad_norm)
         return log
