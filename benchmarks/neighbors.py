@@ -109,6 +109,36 @@ def ours(case: Case, backend: str, scripted: bool) -> Callable[[], int]:
     return lambda: int(module(positions, batch, cell, pbc)[0].shape[1])
 
 
+def ours_cuda(case: Case, backend: str) -> Callable[[], int]:
+    """Ours on the GPU ('triton': the Triton candidate filter; 'torch': pure torch), synchronised per call."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    positions, batch, cell, pbc = (t.cuda() for t in case.batch())
+
+    def run() -> int:
+        pairs = int(neighbor_list(positions, case.cutoff, batch, cell, pbc, backend)[0].shape[1])
+        torch.cuda.synchronize()
+        return pairs
+    return run
+
+
+def vesin_cuda(case: Case) -> Callable[[], int]:
+    """vesin-torch's NeighborList on CUDA tensors, one structure per call (as vesin takes them)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    from vesin.torch import NeighborList as VesinNL
+
+    calculator = VesinNL(cutoff=case.cutoff, full_list=True)
+    data = [(torch.tensor(p, device="cuda"), torch.tensor(c, device="cuda"), torch.tensor(b, device="cuda"))
+            for p, c, b in zip(case.positions, case.cells, case.pbc)]
+
+    def run() -> int:
+        pairs = sum(int(calculator.compute(p, c, b, "ijSd")[0].shape[0]) for p, c, b in data)
+        torch.cuda.synchronize()
+        return pairs
+    return run
+
+
 def vesin_numpy(case: Case, threads: int) -> Callable[[], int]:
     from vesin import NeighborList as VesinNeighborList
 
@@ -182,7 +212,11 @@ def contenders(threads: int) -> List[Tuple[str, bool, Callable[[Case], Callable[
         ("matscipy", False, matscipy_list),
         ("ASE", False, ase_list),
         ("torch-cluster radius_graph", False, torch_cluster_graph),
-    ]
+    ] + ([
+        ("ours triton (CUDA)", True, lambda c: ours_cuda(c, "triton")),
+        ("ours torch (CUDA)", True, lambda c: ours_cuda(c, "torch")),
+        ("vesin-torch (CUDA)", False, vesin_cuda),
+    ] if torch.cuda.is_available() else [])
 
 
 Row = Tuple[str, bool, Optional[Tuple[float, float]], str]  # name, is ours, (wall, cpu) s, note

@@ -1,6 +1,15 @@
 """Shared fixtures: small structures and a tiny model (float64) for physics tests."""
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Triton picks its CPU interpreter at import time: without CUDA, the Triton neighbour-list kernels (the GPU path)
+# are tested on CPU tensors through it (tests/kernels), so it is chosen here, before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
 from ase.build import bulk, molecule

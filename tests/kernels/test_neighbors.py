@@ -298,3 +298,54 @@ def test_inconsistent_inputs_are_rejected(batch, cell, pbc, backend: str) -> Non
     for run in (neighbor_list, torch.jit.script(neighbor_list)):
         with pytest.raises(Exception, match="neighbor_list"):
             run(torch.zeros((2, 3)), 3.0, batch, cell, pbc, backend)
+
+
+# ---------------------------------------------------------------- Triton kernels (GPU path)
+from mftcalc.kernels import _triton  # noqa: E402
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """Where the Triton kernels run: CUDA when present, else CPU through Triton's interpreter (slow: few cases)."""
+    error = _triton.import_error()
+    if error is not None:
+        pytest.skip(f"triton not installed ({error}); pip install 'mftcalc[gpu]'")
+    if torch.cuda.is_available():
+        return "cuda"
+    if not _triton.interpreting():
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it before triton is imported)")
+    return "cpu"
+
+
+def _triton_vs_torch(positions, batch, cell, pbc, cutoff, device):
+    """Triton result on ``device``, checked to equal the pure-torch search exactly (same pairs, same order)."""
+    got = neighbor_list(positions.to(device), cutoff, None if batch is None else batch.to(device),
+                        cell.to(device), pbc.to(device), "triton")
+    expected = neighbor_list(positions, cutoff, batch, cell, pbc, "torch")
+    for g, e in zip(got, expected):
+        assert torch.equal(g.cpu(), e)
+    return [g.cpu() for g in got]
+
+
+def test_triton_kernels_match_ase_and_torch(cases, triton_device: str) -> None:
+    n_cases = len(cases) if triton_device == "cuda" else 18     # the interpreter runs each program in Python
+    for atoms, cutoff, expected in cases[:n_cases]:             # every kind of case at least twice
+        positions, cell, pbc = _as_tensors(atoms, torch.float64)
+        edge_index, shifts, _ = _triton_vs_torch(positions, None, cell, pbc, cutoff, triton_device)
+        assert set(_pairs(edge_index, shifts)) == expected, f"mismatch for {atoms} cutoff {cutoff}"
+    molecules = [a for a, _, _ in cases[:36] if not a.pbc.any()]
+    positions, batch, cell, pbc = _batch(molecules, torch.float32)
+    _triton_vs_torch(positions, batch, cell, pbc, 4.0, triton_device)          # all-pairs path, float32
+    empty = _triton_vs_torch(torch.zeros((1, 3)), None, torch.zeros((1, 3, 3)), torch.zeros((1, 3), dtype=torch.bool),
+                             3.0, triton_device)
+    assert empty[0].shape == (2, 0)
+
+
+def test_triton_backend_is_chosen_on_cuda_and_refused_elsewhere(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    error = _triton.import_error()
+    expected_cuda = "triton" if error is None else "torch"
+    assert backend_module.resolve_backend("auto", torch.device("cuda")) == expected_cuda
+    assert backend_module.resolve_backend("auto", torch.device("cpu")) in ("cpp", "torch")
+    with pytest.raises(RuntimeError, match="backend 'triton' unavailable"):
+        neighbor_list(torch.zeros((2, 3)), 3.0, backend="triton")

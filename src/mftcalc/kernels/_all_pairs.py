@@ -12,11 +12,12 @@ from torch import Tensor
 from ._candidates import filter_candidates
 
 
-def all_pairs(positions: Tensor, cutoff: float, batch: Tensor, atoms: Tensor, chunk: int) -> Tuple[Tensor, Tensor, Tensor]:
+def all_pairs(positions: Tensor, cutoff: float, batch: Tensor, atoms: Tensor, chunk: int,
+              use_triton: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
     """All directed pairs closer than ``cutoff`` within each structure, no periodicity.
 
     positions: [N, 3] Å; batch: [N] int64 sorted structure index; atoms: [B] int64 atoms per
-    structure; chunk: candidates per pass.
+    structure; chunk: candidates per pass; use_triton: the Triton candidate filter (eager).
     Returns i [E] int64 (ascending), j [E] int64 and squared distances [E] Å².
     """
     n_atoms = positions.shape[0]
@@ -24,4 +25,4 @@ def all_pairs(positions: Tensor, cutoff: float, batch: Tensor, atoms: Tensor, ch
     count = atoms.index_select(0, batch)
     # candidate j = i sits at (start of i's candidates) + (i - first)
     self_index = torch.cumsum(count, 0) - count + torch.arange(n_atoms, device=positions.device) - first
-    return filter_candidates(positions, first, count, -positions, self_index, cutoff, chunk)
+    return filter_candidates(positions, first, count, -positions, self_index, cutoff, chunk, use_triton)

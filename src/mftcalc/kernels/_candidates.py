@@ -17,6 +17,14 @@ def _component(x: Tensor, d: int) -> Tensor:
     return x[:, d].contiguous()
 
 
+@torch.jit.unused
+def _triton_filter(positions: Tensor, first: Tensor, count: Tensor, translation: Tensor, self_index: Tensor,
+                   cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The Triton kernels (eager only: TorchScript replaces this call by an error and never reaches it)."""
+    from ._triton import filter_candidates_triton
+    return filter_candidates_triton(positions, first, count, translation, self_index, cutoff)
+
+
 def filter_candidates(
     positions: Tensor,
     first: Tensor,
@@ -25,6 +33,7 @@ def filter_candidates(
     self_index: Tensor,
     cutoff: float,
     chunk: int,
+    use_triton: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Expand entries into candidates and keep those closer than ``cutoff``.
 
@@ -35,9 +44,12 @@ def filter_candidates(
     self_index: [S] int64 ascending global candidate indices (position in the concatenation of all
         entries' candidates) to drop whatever their distance: the atom itself at zero shift.
     chunk: candidates per pass (~30 bytes each of peak memory).
+    use_triton: run the Triton kernels of ``_triton`` instead (eager mode; same outputs, no candidate array).
     Returns entry [E] int64, position index [E] int64 and squared distance [E] Å² of the kept
     candidates, in entry order.
     """
+    if use_triton and not torch.jit.is_scripting():
+        return _triton_filter(positions, first, count, translation, self_index, cutoff)
     device = positions.device
     n_entries = count.shape[0]
     inclusive = torch.cumsum(count, 0)

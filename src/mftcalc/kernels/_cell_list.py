@@ -15,11 +15,12 @@ from ._grid import Grid
 from ._links import Links
 
 
-def cell_list_pairs(cutoff: float, grid: Grid, links: Links, chunk: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def cell_list_pairs(cutoff: float, grid: Grid, links: Links, chunk: int,
+                    use_triton: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All directed pairs closer than ``cutoff``.
 
     grid: the binned batch (``build_grid``); links: its link table (``link_bins``);
-    chunk: candidates per pass (bounds peak memory).
+    chunk: candidates per pass (bounds peak memory); use_triton: the Triton candidate filter (eager).
     Returns i [E] int64 (ascending), j [E] int64, shifts [E, 3] (integer-valued, dtype of the
     positions; relative to the unwrapped input positions) and squared distances [E] Å².
     """
@@ -34,7 +35,8 @@ def cell_list_pairs(cutoff: float, grid: Grid, links: Links, chunk: int) -> Tupl
     home_entry = entry_start + links.atom_home - links.atom_link_start
     self_index = (torch.cumsum(count, 0) - count).index_select(0, home_entry) + links.atom_rank
     entry, k, d2 = filter_candidates(
-        links.sorted_positions, links.first.index_select(0, link), count, translation, self_index, cutoff, chunk
+        links.sorted_positions, links.first.index_select(0, link), count, translation, self_index, cutoff, chunk,
+        use_triton,
     )
     i = owner.index_select(0, entry)
     j = links.perm.index_select(0, k)

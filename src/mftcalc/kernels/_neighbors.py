@@ -27,8 +27,9 @@ def neighbor_list(
     cell: [B, 3, 3] Å, rows are lattice vectors; rows along non-periodic directions are ignored and
         may be zero (None: all zero).
     pbc: [B, 3] bool periodicity per direction (None: all False).
-    backend: 'auto' (C++ kernel on CPU when it builds, pure torch otherwise), 'torch' or 'cpp'
-        (raises if unavailable); see ``_backend``. Under TorchScript this function always runs the
+    backend: 'auto' (C++ kernel on CPU when it builds, the Triton kernels on CUDA when triton is
+        installed, pure torch otherwise), 'torch', 'cpp' or 'triton' (these raise if unavailable);
+        see ``_backend``. Under TorchScript this function always runs the
         pure-torch search ('cpp' raises), so a scripted model that calls it loads with plain
         ``torch.jit.load``; ``NeighborList(cutoff, backend)`` scripts the C++ kernel where chosen.
 
@@ -41,9 +42,12 @@ def neighbor_list(
     Self pairs are excluded; periodic images of an atom itself are included. Pairs closer to the
     cutoff than the rounding error of the inputs may go either way.
     """
-    if not torch.jit.is_scripting():  # eager: the C++ kernel where chosen (never compiled into TorchScript)
-        if resolve_backend(backend, positions.device) == "cpp":
+    if not torch.jit.is_scripting():  # eager: the C++ or Triton kernel where chosen (never compiled into TorchScript)
+        chosen = resolve_backend(backend, positions.device)
+        if chosen == "cpp":
             return cpp_search(*prepare_inputs(positions, cutoff, batch, cell, pbc), cutoff)
+        if chosen == "triton":
+            return _search(*prepare_inputs(positions, cutoff, batch, cell, pbc), cutoff, True)
     elif backend != "auto" and backend != "torch":
         raise ValueError("neighbor_list: under TorchScript the function runs pure torch (backend 'auto' or 'torch'); "
                          "script NeighborList(cutoff, 'cpp') for the C++ kernel")
@@ -79,8 +83,10 @@ def cpp_search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cuto
     return torch.ops.mftcalc.neighbor_pairs(positions, batch, cell, pbc, cutoff)
 
 
-def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pure-torch search over ``prepare_inputs`` output, with ``neighbor_list``'s outputs."""
+def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff: float,
+            use_triton: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pure-torch search over ``prepare_inputs`` output, with ``neighbor_list``'s outputs; ``use_triton`` (eager
+    only) replaces its candidate filter by the Triton kernels."""
     device = positions.device
     n_struct = cell.shape[0]
     atoms = torch.bincount(batch, minlength=n_struct)
@@ -105,8 +111,8 @@ def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff:
     # at 256 atoms and still 1.4x at 512 (both backends); the bound keeps sparse or elongated
     # structures from paying n^2.
     if flags[1] == 0 and flags[3] <= 256:
-        i, j, d2 = all_pairs(positions, cutoff, batch, atoms, chunk)
+        i, j, d2 = all_pairs(positions, cutoff, batch, atoms, chunk, use_triton)
         return torch.stack([i, j]), torch.zeros((i.shape[0], 3), dtype=positions.dtype, device=device), torch.sqrt(d2)
     grid = build_grid(positions, cutoff, batch, cell, pbc, flags[2] != 0)
-    i, j, shifts, d2 = cell_list_pairs(cutoff, grid, link_bins(cell, pbc, grid), chunk)
+    i, j, shifts, d2 = cell_list_pairs(cutoff, grid, link_bins(cell, pbc, grid), chunk, use_triton)
     return torch.stack([i, j]), shifts, torch.sqrt(d2)

@@ -1,0 +1,148 @@
+"""Triton kernels of the GPU neighbour search: the candidate distance filter, in two passes (count, then write).
+
+The binning (``_grid``) and link table (``_links``) are torch ops and already run on any device; what remains is
+the candidate filter of ``_candidates.filter_candidates``, which in plain torch expands every candidate into
+memory (``repeat_interleave``, ~30 bytes each) and compacts with ``nonzero``. Here one Triton program per entry
+(a centre atom and one range of candidate atoms under one translation) walks its candidates in blocks of
+``BLOCK``: the first pass counts the pairs within the cutoff, an exclusive cumulative sum gives every entry its
+output offset, and the second pass recomputes the distances and writes the pairs at those offsets, in candidate
+order. The output is therefore exactly the torch filter's (same pairs, same order), with no candidate array.
+
+Used automatically for CUDA tensors when ``triton`` is installed (``pip install "mftcalc[gpu]"``); with
+``TRITON_INTERPRET=1`` the same kernels run on CPU tensors through Triton's interpreter, which is how the tests
+check them on machines without a GPU.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+BLOCK = 64
+
+
+def import_error() -> Optional[str]:
+    """Why ``triton`` cannot be used (None when it imports)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def usable_on(device: torch.device) -> Tuple[bool, str]:
+    """(usable, reason) for tensors on ``device``: CUDA with triton installed, or any device when interpreting."""
+    error = import_error()
+    if error is not None:
+        return False, f"triton unavailable ({error})"
+    if device.type == "cuda" or interpreting():
+        return True, ""
+    return False, f"triton kernels run on CUDA tensors (or with TRITON_INTERPRET=1), got {device.type}"
+
+
+@lru_cache(maxsize=2)
+def _kernels(interpret: bool) -> Tuple[Any, Any]:
+    """The two kernels, compiled (or interpreted) on first use; ``interpret`` keys the cache."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count_pairs(px, py, pz, first, count, tx, ty, tz, self_local, cutoff2_ptr, counts_out,
+                    BLOCK: tl.constexpr):
+        e = tl.program_id(0)
+        start_k = tl.load(first + e)
+        n = tl.load(count + e)
+        sx = tl.load(tx + e)
+        sy = tl.load(ty + e)
+        sz = tl.load(tz + e)
+        me = tl.load(self_local + e)
+        cutoff2 = tl.load(cutoff2_ptr)
+        hits = tl.zeros((BLOCK,), dtype=tl.int32)
+        for block in range(0, n, BLOCK):
+            offs = block + tl.arange(0, BLOCK)
+            inside = offs < n
+            k = start_k + offs
+            dx = tl.load(px + k, mask=inside, other=0.0) + sx
+            dy = tl.load(py + k, mask=inside, other=0.0) + sy
+            dz = tl.load(pz + k, mask=inside, other=0.0) + sz
+            d2 = dx * dx + dy * dy + dz * dz
+            hit = inside & (d2 < cutoff2) & (offs != me)
+            hits += hit.to(tl.int32)
+        tl.store(counts_out + e, tl.sum(hits, axis=0).to(tl.int64))
+
+    @triton.jit
+    def write_pairs(px, py, pz, first, count, tx, ty, tz, self_local, cutoff2_ptr, offsets, out_entry, out_k,
+                    out_d2, BLOCK: tl.constexpr):
+        e = tl.program_id(0)
+        start_k = tl.load(first + e)
+        n = tl.load(count + e)
+        sx = tl.load(tx + e)
+        sy = tl.load(ty + e)
+        sz = tl.load(tz + e)
+        me = tl.load(self_local + e)
+        cutoff2 = tl.load(cutoff2_ptr)
+        written = tl.load(offsets + e)
+        for block in range(0, n, BLOCK):
+            offs = block + tl.arange(0, BLOCK)
+            inside = offs < n
+            k = start_k + offs
+            dx = tl.load(px + k, mask=inside, other=0.0) + sx
+            dy = tl.load(py + k, mask=inside, other=0.0) + sy
+            dz = tl.load(pz + k, mask=inside, other=0.0) + sz
+            d2 = dx * dx + dy * dy + dz * dz
+            hit = (inside & (d2 < cutoff2) & (offs != me)).to(tl.int32)
+            slot = written + (tl.cumsum(hit, axis=0) - hit)
+            keep = hit != 0
+            tl.store(out_k + slot, k, mask=keep)
+            tl.store(out_d2 + slot, d2, mask=keep)
+            tl.store(out_entry + slot, tl.zeros((BLOCK,), dtype=tl.int64) + e, mask=keep)
+            written += tl.sum(hit, axis=0)
+
+    return count_pairs, write_pairs
+
+
+def filter_candidates_triton(positions: Tensor, first: Tensor, count: Tensor, translation: Tensor,
+                             self_index: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """``_candidates.filter_candidates`` (same arguments but ``chunk``, same outputs and order) on Triton.
+
+    positions: [M, 3] Å; first, count: [T] int64 candidate ranges of the entries; translation: [T, 3] Å;
+    self_index: [S] int64 ascending global candidate indices to drop (at most one per entry: the atom itself).
+    Returns entry [E] int64, position index [E] int64, squared distance [E] Å² (dtype of ``positions``).
+    """
+    device, dtype = positions.device, positions.dtype
+    n_entries = count.shape[0]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    if n_entries == 0:
+        return empty, empty, torch.zeros(0, dtype=dtype, device=device)
+    first = first.to(torch.long).contiguous()
+    count = count.to(torch.long).contiguous()
+    inclusive = torch.cumsum(count, 0)
+    exclusive = inclusive - count
+    self_local = torch.full((n_entries,), -1, dtype=torch.long, device=device)
+    if self_index.numel() > 0:
+        owner = torch.searchsorted(inclusive, self_index, right=True)
+        self_local.index_copy_(0, owner, self_index - exclusive.index_select(0, owner))
+    px, py, pz = (positions[:, d].contiguous() for d in range(3))
+    tx, ty, tz = (translation[:, d].to(dtype).contiguous() for d in range(3))
+    cutoff2 = torch.tensor([cutoff * cutoff], dtype=dtype, device=device)
+    count_pairs, write_pairs = _kernels(interpreting())
+    counts = torch.empty(n_entries, dtype=torch.long, device=device)
+    count_pairs[(n_entries,)](px, py, pz, first, count, tx, ty, tz, self_local, cutoff2, counts, BLOCK=BLOCK)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1])
+    entry = torch.empty(total, dtype=torch.long, device=device)
+    index = torch.empty(total, dtype=torch.long, device=device)
+    d2 = torch.empty(total, dtype=dtype, device=device)
+    if total > 0:
+        write_pairs[(n_entries,)](px, py, pz, first, count, tx, ty, tz, self_local, cutoff2, ends - counts, entry,
+                                  index, d2, BLOCK=BLOCK)
+    return entry, index, d2
