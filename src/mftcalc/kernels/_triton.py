@@ -6,7 +6,8 @@ memory (``repeat_interleave``, ~30 bytes each) and compacts with ``nonzero``. He
 (a centre atom and one range of candidate atoms under one translation) walks its candidates in blocks of
 ``BLOCK``: the first pass counts the pairs within the cutoff, an exclusive cumulative sum gives every entry its
 output offset, and the second pass recomputes the distances and writes the pairs at those offsets, in candidate
-order. The output is therefore exactly the torch filter's (same pairs, same order), with no candidate array.
+order. The output is therefore exactly the torch filter's (same pairs, same order), with no candidate array;
+floating-point contraction (FMA) is off so that squared distances are the torch filter's to the last bit.
 
 Used automatically for CUDA tensors when ``triton`` is installed (``pip install "mftcalc[gpu]"``); with
 ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors through Triton's interpreter, which is how the tests
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -47,6 +48,34 @@ def usable_on(device: torch.device) -> Tuple[bool, str]:
     if device.type == "cuda" or interpreting():
         return True, ""
     return False, f"triton kernels run on CUDA tensors (or with TRITON_INTERPRET=1), got {device.type}"
+
+
+COMPILE_SIGNATURES = {
+    "count_pairs": ["px", "py", "pz", "first", "count", "tx", "ty", "tz", "self_local", "cutoff2_ptr", "counts_out"],
+    "write_pairs": ["px", "py", "pz", "first", "count", "tx", "ty", "tz", "self_local", "cutoff2_ptr", "offsets",
+                    "out_entry", "out_k", "out_d2"],
+}
+_FLOAT_ARGS = {"px", "py", "pz", "tx", "ty", "tz", "cutoff2_ptr", "out_d2"}
+
+
+def compile_for(capability: int, dtype: str = "fp32") -> Dict[str, Any]:
+    """Compile both kernels ahead of time for a CUDA compute capability (e.g. 90 for H100), no GPU needed.
+
+    Returns ``{kernel name: compiled kernel}`` (its ``asm`` holds ``ptx`` and ``cubin``); used by the tests to
+    check that the kernels build for real GPUs on machines without one. dtype: ``"fp32"`` or ``"fp64"``.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    kernels = dict(zip(("count_pairs", "write_pairs"), _kernels(False)))
+    out = {}
+    for name, args in COMPILE_SIGNATURES.items():
+        signature = {a: (f"*{dtype}" if a in _FLOAT_ARGS else "*i64") for a in args}
+        signature["BLOCK"] = "constexpr"
+        source = ASTSource(fn=kernels[name], signature=signature, constexprs={"BLOCK": BLOCK})
+        out[name] = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                                   options={"enable_fp_fusion": False})
+    return out
 
 
 @lru_cache(maxsize=2)
@@ -136,7 +165,8 @@ def filter_candidates_triton(positions: Tensor, first: Tensor, count: Tensor, tr
     cutoff2 = torch.tensor([cutoff * cutoff], dtype=dtype, device=device)
     count_pairs, write_pairs = _kernels(interpreting())
     counts = torch.empty(n_entries, dtype=torch.long, device=device)
-    count_pairs[(n_entries,)](px, py, pz, first, count, tx, ty, tz, self_local, cutoff2, counts, BLOCK=BLOCK)
+    count_pairs[(n_entries,)](px, py, pz, first, count, tx, ty, tz, self_local, cutoff2, counts, BLOCK=BLOCK,
+                              enable_fp_fusion=False)
     ends = torch.cumsum(counts, 0)
     total = int(ends[-1])
     entry = torch.empty(total, dtype=torch.long, device=device)
@@ -144,5 +174,5 @@ def filter_candidates_triton(positions: Tensor, first: Tensor, count: Tensor, tr
     d2 = torch.empty(total, dtype=dtype, device=device)
     if total > 0:
         write_pairs[(n_entries,)](px, py, pz, first, count, tx, ty, tz, self_local, cutoff2, ends - counts, entry,
-                                  index, d2, BLOCK=BLOCK)
+                                  index, d2, BLOCK=BLOCK, enable_fp_fusion=False)
     return entry, index, d2
