@@ -301,7 +301,8 @@ def _mft_vs_ft(rows: Dict[tuple, Dict[str, List[float]]]) -> List[str]:
 
 
 def plot_data_efficiency(results: Dict[str, Dict], path: Path) -> None:
-    """ID and OOD error against the number of training molecules, per strategy (QM9 cells)."""
+    """ID and OOD error against the number of training molecules, per (task, strategy) with cells at two or more
+    training sizes (QM9 cells; single-size cells of other grids sharing the results file are left out)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -312,6 +313,7 @@ def plot_data_efficiency(results: Dict[str, Dict], path: Path) -> None:
             continue
         task, strategy, _, _ = key.split("|")
         series.setdefault((task, strategy), []).append((r["n_train"], r["id_test"]["rmse"], r["ood_test"]["rmse"]))
+    series = {key: pts for key, pts in series.items() if len({p[0] for p in pts}) >= 2}
     for (task, strategy), pts in sorted(series.items()):
         pts.sort()
         n = sorted({p[0] for p in pts})
