@@ -74,8 +74,19 @@ def make_batches(mols: list, size: int) -> List[Dict[str, torch.Tensor]]:
     return batches
 
 
+def train_step(model: Any, opt: torch.optim.Optimizer, b: Dict[str, torch.Tensor]) -> None:
+    """One force-training step: forward with forces, MSE(E/N) + MSE(F), backward, Adam."""
+    opt.zero_grad(set_to_none=True)
+    out = model(b, compute_forces=True, compute_stress=False)
+    n = b["n_atoms"].to(out["energy"].dtype)
+    loss = torch.mean(((out["energy"] - b["target_energy"]) / n) ** 2) + \
+        torch.mean((out["forces"] - b["target_forces"]) ** 2)
+    loss.backward()
+    opt.step()
+
+
 def time_training(model: Any, batches: List[Dict[str, torch.Tensor]], args: argparse.Namespace) -> C.Timing:
-    """Median wall time of one training step (forward with forces, MSE(E/N) + MSE(F), backward, Adam)."""
+    """Median wall time of one training step (``train_step``)."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     counter = [0]
@@ -83,13 +94,7 @@ def time_training(model: Any, batches: List[Dict[str, torch.Tensor]], args: argp
     def step() -> None:
         b = batches[counter[0] % len(batches)]
         counter[0] += 1
-        opt.zero_grad(set_to_none=True)
-        out = model(b, compute_forces=True, compute_stress=False)
-        n = b["n_atoms"].to(out["energy"].dtype)
-        loss = torch.mean(((out["energy"] - b["target_energy"]) / n) ** 2) + \
-            torch.mean((out["forces"] - b["target_forces"]) ** 2)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, b)
     return C.time_call(step, warmup=args.warmup, repeats=args.steps, max_seconds=args.max_seconds)
 
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from training import make_batches  # noqa: E402
+from training import make_batches, train_step  # noqa: E402
 
 GROUPS = [
     ("fused angle block: backward of its backward (parameter gradients through the forces)",
@@ -57,13 +57,7 @@ def main() -> None:
     model.train()
 
     def step(b) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = model(b, compute_forces=True, compute_stress=False)
-        n = b["n_atoms"].to(out["energy"].dtype)
-        loss = torch.mean(((out["energy"] - b["target_energy"]) / n) ** 2) + \
-            torch.mean((out["forces"] - b["target_forces"]) ** 2)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, b)
 
     for b in batches[:2]:
         step(b)

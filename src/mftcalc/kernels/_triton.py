@@ -84,6 +84,8 @@ def _kernels(interpret: bool) -> Tuple[Any, Any]:
     import triton
     import triton.language as tl
 
+    # The two kernels repeat their candidate block on purpose: a nested @triton.jit helper is not found by
+    # Triton's interpreter (it re-executes kernels from source with module globals), which the CPU tests use.
     @triton.jit
     def count_pairs(px, py, pz, first, count, tx, ty, tz, self_local, cutoff2_ptr, counts_out,
                     BLOCK: tl.constexpr):
