@@ -113,6 +113,16 @@ def test_torchscript_export_matches_checkpoint(model_file, tmp_path):
         assert abs(a.calc.get_property("gap", a) - b.calc.get_property("gap", b)) < 1e-9
 
 
+def _rattled_molecules(names):
+    """ASE molecules rattled by 0.1 Å (seed = position in ``names``), as Structures."""
+    structures = []
+    for k, name in enumerate(names):
+        atoms = molecule(name)
+        atoms.rattle(0.1, seed=k)
+        structures.append(Structure.from_ase(atoms))
+    return structures
+
+
 @pytest.fixture
 def stiff_model_file(tmp_path):
     model = make_tiny_model()
@@ -126,11 +136,7 @@ def stiff_model_file(tmp_path):
 @pytest.mark.parametrize("max_atoms, max_angles", [(4096, None), (5, None), (4096, 30)])  # small: queued molecules
 def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms, max_angles):           # join as others leave
     model_file = stiff_model_file
-    structures = []
-    for k, name in enumerate(["H2O", "CH4", "NH3"]):
-        atoms = molecule(name)
-        atoms.rattle(0.1, seed=k)
-        structures.append(Structure.from_ase(atoms))
+    structures = _rattled_molecules(["H2O", "CH4", "NH3"])
     results = relax(structures, model_file, fmax=0.01, steps=10, dtype=torch.float64, max_atoms=max_atoms,
                     max_angles=max_angles)
     for s, r in zip(structures, results):
@@ -148,11 +154,7 @@ def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms, max_angles)
 
 
 def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
-    structures = []
-    for k, name in enumerate(["H2O", "CH4", "NH3"]):
-        atoms = molecule(name)
-        atoms.rattle(0.1, seed=k)
-        structures.append(Structure.from_ase(atoms))
+    structures = _rattled_molecules(["H2O", "CH4", "NH3"])
     from mftcalc.calculators.batched import BFGSParams
     results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs", dtype=torch.float64,
                     max_atoms=8, bfgs=BFGSParams(maxstep=0.04))
@@ -171,11 +173,7 @@ def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
 def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_model_file):
     from mftcalc.calculators.batched import BFGSParams
     from mftcalc.calculators.hessian_guess import lindh_hessian
-    structures = []
-    for k, name in enumerate(["CH3CH2OH", "CH4", "HCOOH"]):
-        atoms = molecule(name)
-        atoms.rattle(0.1, seed=k)
-        structures.append(Structure.from_ase(atoms))
+    structures = _rattled_molecules(["CH3CH2OH", "CH4", "HCOOH"])
     results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs-lindh", dtype=torch.float64,
                     max_atoms=12, bfgs=BFGSParams(maxstep=0.04, lindh_shift=5.0))
     for s, r in zip(structures, results):
