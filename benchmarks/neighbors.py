@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 try:
-    from mftcalc.kernels import NeighborList
+    from mftcalc.kernels import NeighborList, neighbor_list
 except ImportError:  # running from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from mftcalc.kernels import NeighborList
+    from mftcalc.kernels import NeighborList, neighbor_list
 
 CUTOFF = 6.0
 RESULTS = Path(__file__).resolve().parent / "results" / "neighbors.md"

@@ -31,6 +31,10 @@ def main() -> None:
                         help="batched optimisers to run (comma list of mftcalc.calculators.batched.OPTIMIZERS)")
     parser.add_argument("--loop-blas-threads", type=int, default=1,
                         help="BLAS threads of the per-structure ASE loop (numpy eigh in ASE's BFGS)")
+    parser.add_argument("--device", default="cpu", help="torch device of both paths (cpu, cuda)")
+    parser.add_argument("--input", default=None,
+                        help="read the structures from this extxyz instead of sampling and rattling QM9")
+    parser.add_argument("--write-input", default=None, help="write the rattled structures to this extxyz and stop")
     parser.add_argument("--out", default="benchmarks/results/screening.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -39,17 +43,28 @@ def main() -> None:
     from mftcalc.calculators import MFTCalculator
     from mftcalc.calculators.batched import relax
     from mftcalc.calculators.model_handle import ModelHandle
-    from mftcalc.data.qm9 import load_qm9
     from mftcalc.workflows.screening import default_model_path
 
     model_path = args.model or str(default_model_path())
-    ds = load_qm9()
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(ds), args.n, replace=False))
-    structures = []
-    for s in ds.structures(rows, properties=[]):
-        structures.append(s.with_labels(positions=s.positions + rng.normal(scale=args.rattle, size=s.positions.shape)))
-    handle = ModelHandle.load(model_path)
+    if args.input:
+        from ase.io import read
+        from mftcalc.data import Structure
+        structures = [Structure.from_ase(a) for a in read(args.input, index=f":{args.n}")]
+        source = f"{len(structures)} structures from {args.input}"
+    else:
+        from mftcalc.data.qm9 import load_qm9
+        ds = load_qm9()
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(len(ds), args.n, replace=False))
+        structures = [s.with_labels(positions=s.positions + rng.normal(scale=args.rattle, size=s.positions.shape))
+                      for s in ds.structures(rows, properties=[])]
+        source = f"{len(structures)} QM9 molecules rattled by {args.rattle} Å"
+    if args.write_input:
+        from ase.io import write
+        write(args.write_input, [s.to_ase() for s in structures])
+        print(f"written {len(structures)} structures to {args.write_input}")
+        return
+    handle = ModelHandle.load(model_path, device=args.device)
 
     batched_runs = {}
     load_before = os.getloadavg()
@@ -58,7 +73,7 @@ def main() -> None:
         res = relax(structures, handle, fmax=args.fmax, steps=args.steps, optimizer=optimizer)
         batched_runs[optimizer] = (time.perf_counter() - start, res)
 
-    calc = MFTCalculator(model_path)
+    calc = MFTCalculator(model_path, device=args.device)
     # The loop's BFGS (ASE) diagonalises its Hessian with numpy; numpy's multi-threaded BLAS beside torch's OpenMP
     # pool is 10-40x slower on small matrices on this machine, so the reference loop gets one BLAS thread too, as
     # the batched path does: the comparison is against the loop at its best.
@@ -83,6 +98,7 @@ def main() -> None:
     loop_energies = np.array(loop_energies)
 
     n = len(structures)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     table = [
         "| path | structures | wall s | structures/s | converged | mean steps | median |E − E(ASE BFGS)| meV | "
         "speed-up |",
@@ -97,8 +113,9 @@ def main() -> None:
                  f"{loop_converged / n:.1%} | {loop_steps / n:.1f} | 0 | 1.0x |")
     header = (f"# Relax-then-predict: batched vs per-structure\n\n`python benchmarks/screening.py --n {n} "
               f"--fmax {args.fmax} --steps {args.steps} --optimizers {args.optimizers} --threads {args.threads} "
-              f"--loop-blas-threads {args.loop_blas_threads}` with model `{model_path}`; {n} QM9 molecules rattled by "
-              f"{args.rattle} Å; torch {torch.__version__}, {args.threads} threads, {platform.machine()}.\n"
+              f"--loop-blas-threads {args.loop_blas_threads} --device {args.device}"
+              f"{' --input ' + args.input if args.input else ''}` with model `{model_path}`; {source}; torch "
+              f"{torch.__version__}, {args.threads} threads, {platform.machine()}, device {device_name}.\n"
               f"Load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f}: above the thread count, "
               "other processes shared the cores (both paths ran under the same load).\n"
               f"numpy BLAS threads: 1 in the batched path (set by mftcalc), {args.loop_blas_threads} in the ASE loop.\n\n")

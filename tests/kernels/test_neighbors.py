@@ -318,12 +318,14 @@ def triton_device() -> str:
 
 
 def _triton_vs_torch(positions, batch, cell, pbc, cutoff, device):
-    """Triton result on ``device``, checked to equal the pure-torch search exactly (same pairs, same order)."""
-    got = neighbor_list(positions.to(device), cutoff, None if batch is None else batch.to(device),
-                        cell.to(device), pbc.to(device), "triton")
-    expected = neighbor_list(positions, cutoff, batch, cell, pbc, "torch")
+    """Triton result on ``device``, checked to equal the pure-torch search on the same device exactly (same pairs,
+    same order). The pair order of the torch search itself differs between CUDA and CPU (seen on an H200: 95 of
+    240 structures), so across devices only the pair sets are compared, against ASE's, by the caller."""
+    inputs = [None if x is None else x.to(device) for x in (positions, batch, cell, pbc)]
+    got = neighbor_list(inputs[0], cutoff, inputs[1], inputs[2], inputs[3], "triton")
+    expected = neighbor_list(inputs[0], cutoff, inputs[1], inputs[2], inputs[3], "torch")
     for g, e in zip(got, expected):
-        assert torch.equal(g.cpu(), e)
+        assert torch.equal(g, e)
     return [g.cpu() for g in got]
 
 
