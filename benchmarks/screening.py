@@ -26,7 +26,11 @@ def main() -> None:
     parser.add_argument("--fmax", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rattle", type=float, default=0.05, help="Å")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the batched path (all workers)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes of the batched path (each with threads / workers torch threads)")
+    parser.add_argument("--loop-threads", type=int, default=1,
+                        help="torch threads of the per-structure loop (1 is its fastest on 2 cores: small graphs)")
     parser.add_argument("--optimizers", default="fire,bfgs,bfgs-lindh",
                         help="batched optimisers to run (comma list of mftcalc.calculators.batched.OPTIMIZERS)")
     parser.add_argument("--loop-blas-threads", type=int, default=1,
@@ -70,9 +74,10 @@ def main() -> None:
     load_before = os.getloadavg()
     for optimizer in args.optimizers.split(","):
         start = time.perf_counter()
-        res = relax(structures, handle, fmax=args.fmax, steps=args.steps, optimizer=optimizer)
+        res = relax(structures, handle, fmax=args.fmax, steps=args.steps, optimizer=optimizer, workers=args.workers)
         batched_runs[optimizer] = (time.perf_counter() - start, res)
 
+    torch.set_num_threads(args.loop_threads)
     calc = MFTCalculator(model_path, device=args.device)
     # The loop's BFGS (ASE) diagonalises its Hessian with numpy; numpy's multi-threaded BLAS beside torch's OpenMP
     # pool is 10-40x slower on small matrices on this machine, so the reference loop gets one BLAS thread too, as
@@ -98,6 +103,7 @@ def main() -> None:
     loop_energies = np.array(loop_energies)
 
     n = len(structures)
+    workers_note = f", workers={args.workers}" if args.workers > 1 else ""
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     table = [
         "| path | structures | wall s | structures/s | converged | mean steps | median |E − E(ASE BFGS)| meV | "
@@ -105,7 +111,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for optimizer, (t_b, res) in batched_runs.items():
-        table.append(f"| batched {optimizer.upper()} (mftcalc relax, optimizer='{optimizer}') | {n} | {t_b:.1f} | "
+        table.append(f"| batched {optimizer.upper()} (mftcalc relax, optimizer='{optimizer}'{workers_note}) | {n} | {t_b:.1f} | "
                      f"{n / t_b:.2f} | {sum(r.converged for r in res) / n:.1%} | "
                      f"{np.mean([r.steps for r in res]):.1f} | "
                      f"{1e3 * np.median(np.abs([r.energy for r in res] - loop_energies)):.2f} | {t_loop / t_b:.1f}x |")
@@ -113,9 +119,12 @@ def main() -> None:
                  f"{loop_converged / n:.1%} | {loop_steps / n:.1f} | 0 | 1.0x |")
     header = (f"# Relax-then-predict: batched vs per-structure\n\n`python benchmarks/screening.py --n {n} "
               f"--fmax {args.fmax} --steps {args.steps} --optimizers {args.optimizers} --threads {args.threads} "
-              f"--loop-blas-threads {args.loop_blas_threads} --device {args.device}"
+              f"--workers {args.workers} --loop-threads {args.loop_threads} --loop-blas-threads {args.loop_blas_threads} "
+              f"--device {args.device}"
               f"{' --input ' + args.input if args.input else ''}` with model `{model_path}`; {source}; torch "
-              f"{torch.__version__}, {args.threads} threads, {platform.machine()}, device {device_name}.\n"
+              f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, device {device_name}.\n"
+              f"Batched path: {args.workers} process(es), {args.threads} torch thread(s) in all; per-structure loop: "
+              f"{args.loop_threads} torch thread(s).\n"
               f"Load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f}: above the thread count, "
               "other processes shared the cores (both paths ran under the same load).\n"
               f"numpy BLAS threads: 1 in the batched path (set by mftcalc), {args.loop_blas_threads} in the ASE loop.\n\n")

@@ -39,7 +39,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _relax(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer, cell_filter=args.cell_filter,
+                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
                   dtype=DTYPES[args.dtype])
     converged = sum(str(r["converged"]) == "True" for r in rows)
     print(f"relaxed {len(rows)} structures ({converged} converged) -> {args.out}")
@@ -50,7 +50,7 @@ def _screen(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import default_model_path, screen
     model = args.model or default_model_path()
     rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer, cell_filter=args.cell_filter,
+                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
                   dtype=DTYPES[args.dtype])
     print(f"screened {len(rows)} structures -> {args.out}")
     return 0
@@ -95,6 +95,8 @@ def add_model_parsers(subparsers: Any) -> None:
                    "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CPU processes for the relaxation, one model copy each (e.g. one per core; default 1)")
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")
     p.add_argument("input")
@@ -108,6 +110,8 @@ def add_model_parsers(subparsers: Any) -> None:
                    "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CPU processes for the relaxation, one model copy each (e.g. one per core; default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.set_defaults(func=_screen)
     p = subparsers.add_parser("demo", help="relax-then-predict the bundled example molecules with the shipped model")

@@ -170,6 +170,20 @@ def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
         relax(structures, stiff_model_file, optimizer="lbfgs")
 
 
+def test_bfgs_step_is_ase_step_for_definite_and_indefinite_hessians():
+    """The Cholesky shortcut for positive-definite Hessians gives ASE's eigenvector step; indefinite ones take
+    ASE's eigenvalue path (|eigenvalues|)."""
+    from mftcalc.calculators.batched import _abs_newton_step
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(12, 12))
+    forces = rng.normal(size=12)
+    for hessian in (a @ a.T + 0.5 * np.eye(12), a + a.T):                  # definite, indefinite
+        omega, vectors = np.linalg.eigh(hessian)
+        np.testing.assert_allclose(_abs_newton_step(hessian, forces), vectors @ (forces @ vectors / np.abs(omega)),
+                                   rtol=1e-9, atol=1e-12)
+    assert np.linalg.eigvalsh(a + a.T).min() < 0
+
+
 def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_model_file):
     from mftcalc.calculators.batched import BFGSParams
     from mftcalc.calculators.hessian_guess import lindh_hessian
@@ -189,6 +203,32 @@ def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_
         relax([Structure.from_ase(bulk("Si", "diamond", a=5.43))], stiff_model_file, optimizer="bfgs-lindh")
     with pytest.raises(ValueError, match="initial_hessian 'exact'"):
         BFGSParams(initial_hessian="exact")
+
+
+def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
+    from mftcalc.calculators.model_handle import ModelHandle
+    from mftcalc.calculators.parallel import RelaxWorkers
+    from mftcalc.model.checkpoint import load_model
+    structures = _rattled_molecules(["H2O", "CH4", "NH3", "CH3CH2OH", "HCOOH"])
+    # 6 steps: the stiff tiny model's surface is rough enough that round-off from a different batch composition
+    # grows over tens of steps (a molecule relaxed alone drifts from the same molecule relaxed in a batch)
+    kwargs = dict(fmax=0.01, steps=6, optimizer="bfgs-lindh")
+    one = relax(structures, stiff_model_file, dtype=torch.float64, **kwargs)
+    handle = ModelHandle.load(stiff_model_file, dtype=torch.float64)
+    finished = []
+    with RelaxWorkers(handle, workers=2) as pool:                      # reloads the file in each worker
+        spread = pool.relax(structures, chunk=2, on_done=finished.append, **kwargs)
+    from_object = relax(structures, load_model(stiff_model_file, torch.float64), dtype=torch.float64, workers=2,
+                        **kwargs)                                      # a model object: via a temporary file
+    assert sorted(finished) == [1, 2, 2]
+    for results in (spread, from_object):
+        assert [r.steps for r in results] == [r.steps for r in one]
+        for a, b in zip(results, one):
+            np.testing.assert_allclose(a.structure.positions, b.structure.positions, atol=1e-7)
+            assert a.properties == pytest.approx(b.properties, abs=1e-7)
+    assert [r.steps for r in one] == [6] * 5
+    with pytest.raises(ValueError, match="workers >= 2"):
+        RelaxWorkers(handle, workers=1)
 
 
 @pytest.mark.parametrize("cell_filter", ["unitcell", "frechet"])

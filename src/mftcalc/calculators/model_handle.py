@@ -20,6 +20,7 @@ class ModelHandle:
         module: the model, eval mode, on ``device`` in ``dtype``.
         metadata: the checkpoint metadata (heads, datasets, elements, units).
         dataset: index of the force-field dataset used for energies.
+        source: the file the model was loaded from (None for a model object); worker processes reload it.
     """
 
     module: torch.nn.Module
@@ -28,6 +29,7 @@ class ModelHandle:
     dtype: torch.dtype
     dataset: int = 0
     allow_untrained_elements: bool = False
+    source: Optional[str] = None
     _checked: set = field(default_factory=set, repr=False)
 
     @classmethod
@@ -46,7 +48,8 @@ class ModelHandle:
         module = module.to(device=device, dtype=dtype).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        handle = cls(module, metadata, torch.device(device), dtype, allow_untrained_elements=allow_untrained_elements)
+        handle = cls(module, metadata, torch.device(device), dtype, allow_untrained_elements=allow_untrained_elements,
+                     source=str(model) if isinstance(model, (str, Path)) else None)
         if head is not None:
             ff = handle.forcefield_heads
             if head not in ff:
@@ -59,6 +62,12 @@ class ModelHandle:
                 raise KeyError(f"model has no dataset {dataset!r}; datasets: {names}")
             handle.dataset = names.index(dataset)
         return handle
+
+    def load_kwargs(self) -> Dict[str, Any]:
+        """Arguments of :meth:`load` that rebuild this handle from its model file (head, dataset, dtype, ...)."""
+        return {"device": str(self.device), "dtype": self.dtype, "head": getattr(self.module, "active_ff_head", None) or None,
+                "dataset": self.dataset_names[self.dataset] if self.forcefield_heads else None,
+                "allow_untrained_elements": self.allow_untrained_elements}
 
     @property
     def heads(self) -> Dict[str, Dict[str, Any]]:

@@ -43,13 +43,14 @@ def _done_rows(out: Path) -> Dict[int, Dict[str, str]]:
 
 def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool = True, fmax: float = 0.05,
            steps: int = 500, chunk: int = 256, properties: Optional[Sequence[str]] = None,
-           progress: bool = True, optimizer: str = "fire", cell_filter: Optional[str] = None,
+           progress: bool = True, optimizer: str = "fire", cell_filter: Optional[str] = None, workers: int = 1,
            **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Relax (optionally) and predict every structure of ``input_path``; results go to ``out``.
 
     ``out`` ending in ``.csv`` gets one row per structure (index, name, formula, n_atoms, energy, fmax, steps,
     converged, properties) and is appended chunk by chunk, so a killed run resumes with the unfinished entries;
-    ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in ``info``.
+    ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in ``info``. ``workers`` > 1
+    relaxes on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started once for the whole file.
     """
     out = Path(out)
     handle = model if isinstance(model, ModelHandle) else ModelHandle.load(model, **load_kwargs)
@@ -62,13 +63,45 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
+    pool = None
+    if do_relax and workers > 1 and todo:
+        from mftcalc.calculators.parallel import RelaxWorkers
+        pool = RelaxWorkers(handle, workers)
+    try:
+        _screen_chunks(structures, todo, chunk, handle, pool, do_relax, fmax, steps, properties, optimizer,
+                       cell_filter, out, rows, final_structures, bar)
+    finally:
+        if pool is not None:
+            pool.close()
+    if bar is not None:
+        bar.close()
+    if out.suffix != ".csv":
+        by_index = {int(r["index"]): r for r in rows}
+        ordered = [final_structures[k].with_labels(info={**final_structures[k].info, **_info(by_index[k])})
+                   for k in sorted(final_structures)]
+        if out.suffix == ".db":
+            from ase.db import connect
+            with connect(out) as db:
+                for s in ordered:
+                    db.write(s.to_ase(), key_value_pairs={k: v for k, v in s.info.items()
+                                                          if isinstance(v, (int, float, str, bool))})
+        else:
+            write_extxyz(ordered, out)
+    return sorted(rows, key=lambda r: int(r["index"]))
+
+
+def _screen_chunks(structures: List[Structure], todo: List[int], chunk: int, handle: ModelHandle, pool: Any,
+                   do_relax: bool, fmax: float, steps: int, properties: Optional[Sequence[str]], optimizer: str,
+                   cell_filter: Optional[str], out: Path, rows: List[Dict[str, Any]],
+                   final_structures: Dict[int, Structure], bar: Any) -> None:
+    """The chunk loop of :func:`screen`: relax (or predict) each chunk, append its rows (CSV: to ``out``)."""
     for start in range(0, len(todo), chunk):
         idx = todo[start:start + chunk]
         batch = [structures[k] for k in idx]
         new_rows = []
         if do_relax:
-            results = relax(batch, handle, fmax=fmax, steps=steps, properties=properties, optimizer=optimizer,
-                            cell_filter=cell_filter)
+            kwargs = dict(fmax=fmax, steps=steps, properties=properties, optimizer=optimizer, cell_filter=cell_filter)
+            results = pool.relax(batch, **kwargs) if pool is not None else relax(batch, handle, **kwargs)
             for k, r in zip(idx, results):
                 final_structures[k] = r.structure
                 new_rows.append(_row(k, structures[k], r.energy, r.fmax, r.steps, r.converged, r.properties))
@@ -85,21 +118,6 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
             _append_rows(out, new_rows)
         if bar is not None:
             bar.update(len(idx))
-    if bar is not None:
-        bar.close()
-    if out.suffix != ".csv":
-        by_index = {int(r["index"]): r for r in rows}
-        ordered = [final_structures[k].with_labels(info={**final_structures[k].info, **_info(by_index[k])})
-                   for k in sorted(final_structures)]
-        if out.suffix == ".db":
-            from ase.db import connect
-            with connect(out) as db:
-                for s in ordered:
-                    db.write(s.to_ase(), key_value_pairs={k: v for k, v in s.info.items()
-                                                          if isinstance(v, (int, float, str, bool))})
-        else:
-            write_extxyz(ordered, out)
-    return sorted(rows, key=lambda r: int(r["index"]))
 
 
 def _row(k: int, s: Structure, energy: float, fmax: float, steps: int, converged: bool,
