@@ -62,6 +62,18 @@ def test_cli_export_predict_relax(model_file, tmp_path):
     assert main(["relax", str(model_file), str(example_path()), "--out", str(tmp_path / "r.csv")]) == 0
     with open(tmp_path / "p.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 8
+    # the TorchScript export on two worker processes: the same relaxations as in this process
+    for workers, name in ((1, "r1.csv"), (2, "r2.csv")):
+        assert main(["relax", str(export), str(example_path()), "--out", str(tmp_path / name), "--dtype", "float64",
+                     "--steps", "4", "--optimizer", "bfgs", "--workers", str(workers)]) == 0
+    rows = []
+    for name in ("r1.csv", "r2.csv"):
+        with open(tmp_path / name, newline="") as fh:
+            rows.append(list(csv.DictReader(fh)))
+    assert len(rows[0]) == 8
+    for a, b in zip(*rows):
+        assert a["steps"] == b["steps"]
+        assert float(a["energy_eV"]) == pytest.approx(float(b["energy_eV"]), abs=1e-8)
 
 
 def test_demo_runs_on_a_given_model(model_file, tmp_path, capsys):
