@@ -49,26 +49,31 @@ class DoubleBackwardFn : public Function<DoubleBackwardFn> {
 };
 
 // inputs: grad_red, grad_angle, the 9 op inputs, seg_ptr, chunk_ptr.
-// outputs: gradients w.r.t. angle, p_ij, p_ik, w, b, a_sw, res.
+// outputs: gradients w.r.t. angle, p_ij, p_ik, w, b, a_sw, res (w's left at zero unless need_w: a force
+// computation, autograd.grad of the energy w.r.t. positions, asks for no weight gradient).
 class AngleBlockBackwardFn : public Function<AngleBlockBackwardFn> {
  public:
-  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, int64_t e_dim, double threshold) {
+  static variable_list forward(AutogradContext* ctx, at::TensorList inputs, int64_t e_dim, double threshold,
+                               bool need_w) {
     const variable_list v(inputs.begin(), inputs.end());
     ctx->save_for_backward(v);
     ctx->saved_data["e_dim"] = e_dim;
     ctx->saved_data["threshold"] = threshold;
+    ctx->saved_data["need_w"] = need_w;
     return run_backward(v[0], v[1], inputs_from(v, 2), PlanTensors{v[2 + kNumInputs], v[3 + kNumInputs]},
-                        e_dim, threshold);
+                        e_dim, threshold, need_w);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list gg) {
     variable_list all = ctx->get_saved_variables();
     const size_t n_saved = all.size();
+    // the w-gradient output was not computed: nothing downstream can have used it
+    if (!ctx->saved_data["need_w"].toBool() && gg[3].defined()) gg[3] = at::zeros_like(gg[3]);
     all.insert(all.end(), gg.begin(), gg.end());
     const variable_list d = DoubleBackwardFn::apply(at::TensorList(all), ctx->saved_data["e_dim"].toInt(),
                                                     ctx->saved_data["threshold"].toDouble());
     // d: grad_red, grad_angle, angle, p_ij, p_ik, w, b, a_sw, res
-    variable_list out = undefined(n_saved + 2);
+    variable_list out = undefined(n_saved + 3);  // + e_dim, threshold, need_w
     for (size_t k = 0; k < 2 + kNumFloatInputs; ++k) out[k] = d[k];
     return out;
   }
@@ -104,7 +109,8 @@ class AngleBlockFn : public Function<AngleBlockFn> {
     all.push_back(ctx->saved_data["seg_ptr"].toTensor());
     all.push_back(ctx->saved_data["chunk_ptr"].toTensor());
     const variable_list g = AngleBlockBackwardFn::apply(at::TensorList(all), ctx->saved_data["e_dim"].toInt(),
-                                                        ctx->saved_data["threshold"].toDouble());
+                                                        ctx->saved_data["threshold"].toDouble(),
+                                                        ctx->needs_input_grad(3));
     variable_list out = undefined(kNumInputs + 2);
     for (size_t k = 0; k < kNumFloatInputs; ++k) out[k] = g[k];
     if (!red_used) out[5].reset();    // a_sw only reaches red

@@ -33,6 +33,7 @@ struct BackwardArgs {
   const T *grad_red, *grad_angle;                            // [Ea,e] [A,a]
   const T *angle, *p_ij, *p_ik, *w, *wt, *b, *a_sw, *res;    // wt = w^T [c,a]
   T *g_angle, *g_pij, *g_pik, *g_w, *g_asw, *g_res;         // [A,a] [Ea,c] [Ea,c] (zeroed) [a,c] [A] [a]
+                                                             // g_w nullptr: not computed (a third of the work)
 };
 
 // Gradients of <gg, backward outputs> w.r.t. the backward's inputs; d_b is the column sum of d_pij.

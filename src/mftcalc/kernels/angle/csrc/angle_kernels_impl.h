@@ -227,8 +227,8 @@ class ThreadSums {
     for (int64_t j = 0; j < len_; ++j) {
       double s = 0.0;
       for (int t = 0; t < n_threads; ++t) s += data_[t * len_ + j];
-      if (j < len0) out0[j] = static_cast<T>(s);
-      else out1[j - len0] = static_cast<T>(s);
+      if (j >= len0) out1[j - len0] = static_cast<T>(s);
+      else if (out0 != nullptr) out0[j] = static_cast<T>(s);
     }
   }
 
@@ -355,7 +355,7 @@ void backward(const Plan& plan, const Dims& dims, double threshold, const Backwa
           add_to(gz, c, gp);
           add_to(gz, c, g_pik + q * c);
         }
-        add_segment_outer(angle + t0 * a, seg_gz, t1 - t0, a, c, chunk_sum);
+        if (args.g_w != nullptr) add_segment_outer(angle + t0 * a, seg_gz, t1 - t0, a, c, chunk_sum);
       }
       sums.flush(tid, chunk_sum);
     }

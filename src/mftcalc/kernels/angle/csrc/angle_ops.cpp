@@ -141,7 +141,8 @@ std::vector<at::Tensor> run_forward(const Inputs& in, const PlanTensors& plan, i
 }
 
 std::vector<at::Tensor> run_backward(const at::Tensor& grad_red_in, const at::Tensor& grad_angle_in,
-                                     const Inputs& in, const PlanTensors& plan, int64_t e_dim, double threshold) {
+                                     const Inputs& in, const PlanTensors& plan, int64_t e_dim, double threshold,
+                                     bool need_w) {
   const Dims dims = dims_of(in, e_dim);
   const at::Tensor grad_red = grad_red_in.contiguous(), grad_angle = grad_angle_in.contiguous();
   const at::Tensor angle = in.angle.contiguous(), p_ij = in.p_ij.contiguous(), p_ik = in.p_ik.contiguous(),
@@ -151,7 +152,7 @@ std::vector<at::Tensor> run_backward(const at::Tensor& grad_red_in, const at::Te
   at::Tensor g_angle = at::empty({dims.n_angles, dims.a}, opts);
   at::Tensor g_pij = at::empty({dims.n_edges, dims.c}, opts);
   at::Tensor g_pik = at::zeros({dims.n_edges, dims.c}, opts);
-  at::Tensor g_w = at::empty({dims.a, dims.c}, opts);
+  at::Tensor g_w = need_w ? at::empty({dims.a, dims.c}, opts) : at::zeros({dims.a, dims.c}, opts);
   at::Tensor g_asw = at::empty({dims.n_angles}, opts);
   at::Tensor g_res = at::empty({dims.a}, opts);
   const Plan pl = plan_of(plan, a_ik);
@@ -161,8 +162,8 @@ std::vector<at::Tensor> run_backward(const at::Tensor& grad_red_in, const at::Te
     const BackwardArgs<T> args{grad_red.data_ptr<T>(), grad_angle.data_ptr<T>(), angle.data_ptr<T>(),
                                p_ij.data_ptr<T>(), p_ik.data_ptr<T>(), w.data_ptr<T>(), wt.data_ptr<T>(),
                                b.data_ptr<T>(), a_sw.data_ptr<T>(), res.data_ptr<T>(), g_angle.data_ptr<T>(),
-                               g_pij.data_ptr<T>(), g_pik.data_ptr<T>(), g_w.data_ptr<T>(), g_asw.data_ptr<T>(),
-                               g_res.data_ptr<T>()};
+                               g_pij.data_ptr<T>(), g_pik.data_ptr<T>(), need_w ? g_w.data_ptr<T>() : nullptr,
+                               g_asw.data_ptr<T>(), g_res.data_ptr<T>()};
     (avx2 ? isa_avx2::backward<T> : isa_default::backward<T>)(pl, dims, threshold, args);
   });
   return {g_angle, g_pij, g_pik, g_w, g_pij.sum(0), g_asw, g_res};

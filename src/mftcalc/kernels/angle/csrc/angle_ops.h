@@ -30,9 +30,10 @@ PlanTensors build_plan(const at::Tensor& a_ij, const at::Tensor& a_ik, int64_t n
 // {red [Ea, e], angle_new [A, a]}.
 std::vector<at::Tensor> run_forward(const Inputs& in, const PlanTensors& plan, int64_t e_dim, double threshold);
 
-// Gradients of the forward w.r.t. the 7 float inputs, given grad_red [Ea, e] and grad_angle [A, a].
+// Gradients of the forward w.r.t. the 7 float inputs, given grad_red [Ea, e] and grad_angle [A, a]; with
+// need_w false the gradient w.r.t. w is left at zero (not computed: forces need no weight gradient).
 std::vector<at::Tensor> run_backward(const at::Tensor& grad_red, const at::Tensor& grad_angle, const Inputs& in,
-                                     const PlanTensors& plan, int64_t e_dim, double threshold);
+                                     const PlanTensors& plan, int64_t e_dim, double threshold, bool need_w = true);
 
 // Gradients of <gg, run_backward(...)> w.r.t. (grad_red, grad_angle, angle, p_ij, p_ik, w, b, a_sw, res);
 // gg holds the 7 incoming gradients of the backward's outputs.
