@@ -300,6 +300,22 @@ def test_inconsistent_inputs_are_rejected(batch, cell, pbc, backend: str) -> Non
             run(torch.zeros((2, 3)), 3.0, batch, cell, pbc, backend)
 
 
+def test_lattice_reduction_is_skipped_exactly_when_it_would_change_nothing() -> None:
+    """``needs_reduction`` (the search's shortcut) agrees with what ``reduce_lattice`` does, cell by cell."""
+    from mftcalc.kernels._lattice import needs_reduction, reduce_lattice
+    rng = np.random.default_rng(7)
+    cells = [np.diag(rng.uniform(2, 6, 3)) + rng.uniform(-s, s, (3, 3)) for s in (0.0, 0.5, 1.0, 3.0, 6.0)
+             for _ in range(8)]
+    cell = torch.tensor(np.stack(cells))
+    for pbc_row in ([True, True, True], [True, True, False], [True, False, False]):
+        pbc = torch.tensor([pbc_row] * len(cells))
+        flags = needs_reduction(cell, pbc)
+        reduced, transform = reduce_lattice(cell, pbc)
+        changed = ~(transform == torch.eye(3, dtype=transform.dtype)).flatten(1).all(dim=1)
+        assert torch.equal(flags, changed)
+        assert 0 < int(flags.sum()) < len(cells) or pbc_row.count(True) < 2
+
+
 # ---------------------------------------------------------------- Triton kernels (GPU path)
 from mftcalc.kernels import _triton  # noqa: E402
 

@@ -17,7 +17,7 @@ from typing import List, NamedTuple
 import torch
 from torch import Tensor
 
-from ._lattice import effective_cell, reduce_lattice, rows_times
+from ._lattice import effective_cell, needs_reduction, reduce_lattice, rows_times
 
 
 class Grid(NamedTuple):
@@ -61,22 +61,25 @@ def _cap_bins(bins: Tensor, atoms: Tensor) -> Tensor:
     return bins
 
 
-def build_grid(positions: Tensor, cutoff: float, batch: Tensor, cell: Tensor, pbc: Tensor, reduce: bool) -> Grid:
+def build_grid(positions: Tensor, cutoff: float, batch: Tensor, cell: Tensor, pbc: Tensor, reduce: bool,
+               all_periodic: bool = False) -> Grid:
     """Bin the atoms of a batch for a cutoff search.
 
     positions: [N, 3] Å; batch: [N] int64 structure index; cell: [B, 3, 3] Å; pbc: [B, 3] bool.
     reduce: whether to reduce the periodic lattice first (only matters for >= 2 periodic directions).
+    all_periodic: every direction of every structure is periodic (the cell needs no completion).
     Geometry is done in float64 whatever the input dtype, so binning never loses a pair to rounding.
     Raises ValueError when a periodic structure has a singular cell.
     """
     n_struct = cell.shape[0]
     cell64 = cell.to(torch.float64)
-    if reduce:
+    # an already reduced lattice (the usual cell) skips the reduction sweeps (one host sync instead of ~170 ops)
+    if reduce and bool(needs_reduction(cell64, pbc).any()):
         reduced, transform = reduce_lattice(cell64, pbc)
     else:
         reduced = cell64
         transform = torch.eye(3, dtype=torch.float64, device=cell.device).expand(n_struct, 3, 3)
-    inverse, info = torch.linalg.inv_ex(effective_cell(reduced, pbc))
+    inverse, info = torch.linalg.inv_ex(reduced if all_periodic else effective_cell(reduced, pbc))
     pos64 = positions.to(torch.float64)
     frac = rows_times(pos64, inverse.index_select(0, batch))  # [N, 3]
     periodic = pbc.index_select(0, batch)  # [N, 3]

@@ -16,6 +16,16 @@ def rows_times(vectors: Tensor, matrices: Tensor) -> Tensor:
     return (vectors[:, 0:1] * matrices[:, 0] + vectors[:, 1:2] * matrices[:, 1]) + vectors[:, 2:3] * matrices[:, 2]
 
 
+def needs_reduction(cell: Tensor, pbc: Tensor) -> Tensor:
+    """[B] bool: whether :func:`reduce_lattice` would change the periodic vectors of each structure (some
+    projection of one periodic vector on another exceeds one half of the latter's squared length)."""
+    c = cell.to(torch.float64)
+    gram = torch.bmm(c, c.transpose(1, 2))                                   # [B, 3, 3]
+    ratio = gram / torch.diagonal(gram, dim1=1, dim2=2).clamp_min(1e-300).unsqueeze(1)   # [b, p, q] = <p,q>/<q,q>
+    pair = pbc.unsqueeze(2) & pbc.unsqueeze(1) & ~torch.eye(3, dtype=torch.bool, device=cell.device)
+    return ((ratio.abs() > 0.5 + 1e-9) & pair).flatten(1).any(dim=1)
+
+
 def reduce_lattice(cell: Tensor, pbc: Tensor, max_sweeps: int = 100) -> Tuple[Tensor, Tensor]:
     """Pairwise (Gauss) reduction of the periodic lattice vectors of each structure.
 

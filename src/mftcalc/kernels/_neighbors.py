@@ -91,13 +91,14 @@ def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff:
     n_struct = cell.shape[0]
     atoms = torch.bincount(batch, minlength=n_struct)
     # one host sync for checks and the choice of search:
-    # [unsorted batch, any periodic, any reducible, max atoms, batch beyond cell]
+    # [unsorted batch, any periodic, any reducible, max atoms, batch beyond cell, all periodic]
     flags: List[int] = torch.stack([
         (batch[1:] < batch[:-1]).any().long(),
         pbc.any().long(),
         (pbc.sum(dim=1) >= 2).any().long(),
         atoms[:n_struct].max() if n_struct > 0 else torch.zeros((), dtype=torch.long, device=device),
         torch.tensor(atoms.shape[0] > n_struct, device=device).long(),
+        pbc.all().long(),
     ]).tolist()
     if flags[0] != 0:
         raise ValueError("neighbor_list: batch must be sorted ascending (atoms of a structure contiguous)")
@@ -113,6 +114,8 @@ def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff:
     if flags[1] == 0 and flags[3] <= 256:
         i, j, d2 = all_pairs(positions, cutoff, batch, atoms, chunk, use_triton)
         return torch.stack([i, j]), torch.zeros((i.shape[0], 3), dtype=positions.dtype, device=device), torch.sqrt(d2)
-    grid = build_grid(positions, cutoff, batch, cell, pbc, flags[2] != 0)
+    # an all-periodic batch skips the completion of non-periodic directions (many small ops, which
+    # dominate on a GPU)
+    grid = build_grid(positions, cutoff, batch, cell, pbc, flags[2] != 0, flags[5] != 0)
     i, j, shifts, d2 = cell_list_pairs(cutoff, grid, link_bins(cell, pbc, grid), chunk, use_triton)
     return torch.stack([i, j]), shifts, torch.sqrt(d2)
