@@ -8,7 +8,7 @@ load balances itself; results come back in input order.
 
 Workers are started with the ``spawn`` method (safe next to torch's thread pools), so a script that uses them
 must keep its top-level code under ``if __name__ == "__main__":``. Each worker reloads the model from its file
-(the handle's ``source``); a model object without a file is written to a temporary checkpoint first.
+(the handle's ``source``); an eager model object without a file is written to a temporary checkpoint first.
 """
 from __future__ import annotations
 
@@ -94,12 +94,9 @@ class RelaxWorkers:
 
 
 def _write_model(module: torch.nn.Module, metadata: Dict[str, Any], path: str) -> None:
-    """A model object to a file the workers can load: a checkpoint (eager model) or a TorchScript file."""
-    import json
-    if isinstance(module, torch.jit.ScriptModule):
-        config = getattr(module, "config_json", None)
-        torch.jit.save(module, path, _extra_files={"metadata.json": json.dumps(metadata),
-                                                   "config.json": config if isinstance(config, str) else "{}"})
-        return
+    """An eager model object to a checkpoint the workers can load."""
+    if isinstance(module, torch.jit.ScriptModule) or not hasattr(module, "config"):
+        raise ValueError("worker processes reload the model from its file: pass the checkpoint or TorchScript path "
+                         "(or a handle loaded from it) instead of a TorchScript module object")
     from mftcalc.model.checkpoint import save_model
     save_model(module, path, metadata=metadata)
