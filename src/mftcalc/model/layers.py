@@ -14,7 +14,8 @@ class SiLUT(nn.Module):
     ``f(x) = silu(x)`` for x < T and ``f(x) = silu(T) + tanh(silu'(T) · (x − T))`` for x ≥ T, written as
     ``silu(min(x, T)) + tanh(slope · relu(x − T))`` so that one expression serves both sides. When no element
     exceeds T (the usual case) that expression equals ``silu(x)`` with the same derivatives of every order used
-    here, so the call takes the one-kernel ``silu`` path and skips the tanh branch and its backward chain.
+    here, so the call takes the one-kernel ``silu`` path and skips the tanh branch and its backward chain;
+    otherwise the tanh term is computed only on the elements above T.
     """
 
     def __init__(self, threshold: float = 10.0) -> None:
@@ -24,10 +25,15 @@ class SiLUT(nn.Module):
         self.slope = float(sig + threshold * sig * (1.0 - sig))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool((x.detach() > self.threshold).any()):
+        above = x.detach() > self.threshold
+        if not bool(above.any()):
             return torch.nn.functional.silu(x)
-        return torch.nn.functional.silu(torch.clamp(x, max=self.threshold)) + torch.tanh(
-            self.slope * torch.relu(x - self.threshold))
+        # the tanh term is zero wherever x <= T, so evaluate it only on the (few) elements above T and add it
+        # there: one small gather/scatter instead of tanh, relu and their derivatives over the whole tensor
+        base = torch.nn.functional.silu(torch.clamp(x, max=self.threshold))
+        index = torch.nonzero(above.reshape(-1)).squeeze(1)
+        tail = torch.tanh(self.slope * (x.reshape(-1).index_select(0, index) - self.threshold))
+        return base.reshape(-1).index_add(0, index, tail).view(base.shape)
 
 
 def smooth_switch(r: Tensor, r_inner: float, r_cut: float) -> Tensor:
