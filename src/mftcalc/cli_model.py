@@ -31,7 +31,7 @@ def _info(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen
     rows = screen(args.input, args.model, args.out, do_relax=False, properties=args.properties,
-                  dtype=DTYPES[args.dtype])
+                  workers=args.workers, dtype=DTYPES[args.dtype])
     print(f"wrote {len(rows)} predictions to {args.out}")
     return 0
 
@@ -85,6 +85,7 @@ def add_model_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("predict", help="energies and properties of many structures (batched)")
     _common(p)
     p.add_argument("--properties", nargs="*", default=None)
+    p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each (default 1)")
     p.set_defaults(func=_predict)
     p = subparsers.add_parser("relax", help="batched FIRE relaxation, then properties")
     _common(p)
@@ -96,7 +97,7 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--workers", type=int, default=1,
-                   help="CPU processes for the relaxation, one model copy each (e.g. one per core; default 1)")
+                   help="CPU processes, one model copy each (e.g. one per core; default 1)")
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")
     p.add_argument("input")
@@ -111,7 +112,7 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--workers", type=int, default=1,
-                   help="CPU processes for the relaxation, one model copy each (e.g. one per core; default 1)")
+                   help="CPU processes, one model copy each (e.g. one per core; default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.set_defaults(func=_screen)
     p = subparsers.add_parser("demo", help="relax-then-predict the bundled example molecules with the shipped model")

@@ -227,6 +227,12 @@ def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
             np.testing.assert_allclose(a.structure.positions, b.structure.positions, atol=1e-7)
             assert a.properties == pytest.approx(b.properties, abs=1e-7)
     assert [r.steps for r in one] == [6] * 5
+    single = predict(structures, stiff_model_file, dtype=torch.float64, forces=True)
+    spread_predict = predict(structures, stiff_model_file, dtype=torch.float64, forces=True, workers=2)
+    for a, b in zip(spread_predict, single):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-9)
+        assert a["gap"] == pytest.approx(b["gap"], abs=1e-9)
     with pytest.raises(ValueError, match="workers >= 2"):
         RelaxWorkers(handle, workers=1)
 

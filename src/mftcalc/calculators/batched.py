@@ -128,9 +128,11 @@ def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
 
 def predict(structures: Sequence[Structure], model: Any, properties: Optional[Sequence[str]] = None,
             max_atoms: int = 4096, forces: bool = False, progress: bool = False,
-            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, **load_kwargs: Any) -> List[Dict[str, Any]]:
+            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, workers: int = 1,
+            **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Energies and properties (and forces if asked) of many structures, batched by atom and angle count
-    (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`).
+    (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`); ``workers`` > 1 spreads
+    them over that many CPU processes (:mod:`mftcalc.calculators.parallel`).
 
     Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
     (all property heads by default) and ``forces`` [n, 3] eV/Å when ``forces=True``.
@@ -142,6 +144,11 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
         raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
     for s in structures:
         handle.check_elements(s.numbers)
+    if workers > 1:
+        from mftcalc.calculators.parallel import RelaxWorkers
+        with RelaxWorkers(handle, workers) as pool:
+            return pool.predict(structures, properties=properties, max_atoms=max_atoms, forces=forces,
+                                max_angles=max_angles)
     has_ff = bool(handle.forcefield_heads)
     out: List[Dict[str, Any]] = []
     groups = chunk_groups(handle.module, structures, max_atoms, max_angles)

@@ -1,4 +1,4 @@
-"""Batched relaxation spread over worker processes (CPU): each worker holds its own copy of the model.
+"""Batched relaxation and prediction spread over worker processes (CPU): each worker holds its own model copy.
 
 On a CPU the batched model evaluation of small molecules scales poorly with torch threads (on 2 cores, 2 threads
 run a batched relaxation 1.4x faster than 1; two 1-thread processes run it about 1.8x faster), so screening many
@@ -37,9 +37,15 @@ def _relax_chunk(structures: List[Structure], relax_kwargs: Dict[str, Any]) -> l
     return relax(structures, _WORKER_HANDLE, workers=1, **relax_kwargs)
 
 
+def _predict_chunk(structures: List[Structure], predict_kwargs: Dict[str, Any]) -> list:
+    from mftcalc.calculators.batched import predict
+    return predict(structures, _WORKER_HANDLE, workers=1, **predict_kwargs)
+
+
 class RelaxWorkers:
     """``workers`` processes with ``threads`` torch threads each (default: this process's threads / workers, at
-    least 1), ready to relax structures with the model of ``handle``. Use as a context manager, or ``close()``."""
+    least 1), ready to relax (or predict) structures with the model of ``handle``. Use as a context manager, or
+    ``close()``."""
 
     def __init__(self, handle: ModelHandle, workers: int, threads: Optional[int] = None) -> None:
         if workers < 2:
@@ -65,11 +71,20 @@ class RelaxWorkers:
         ``chunk`` defaults to a quarter of each worker's share, at most 64 structures: small enough that the
         workers finish together, large enough to keep each worker's in-flight batch full.
         """
+        return self._map(_relax_chunk, structures, chunk, on_done, relax_kwargs)
+
+    def predict(self, structures: Sequence[Structure], chunk: Optional[int] = None,
+                on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:
+        """:func:`mftcalc.calculators.batched.predict` over the workers, as :meth:`relax` (chunks of up to 256)."""
+        return self._map(_predict_chunk, structures, chunk, on_done, predict_kwargs, largest=256)
+
+    def _map(self, task: Callable, structures: Sequence[Structure], chunk: Optional[int],
+             on_done: Optional[Callable[[int], None]], kwargs: Dict[str, Any], largest: int = 64) -> list:
         structures = list(structures)
         if chunk is None:
-            chunk = max(1, min(64, -(-len(structures) // (4 * self.workers))))
+            chunk = max(1, min(largest, -(-len(structures) // (4 * self.workers))))
         chunks = [structures[k:k + chunk] for k in range(0, len(structures), chunk)]
-        futures = {self._pool.submit(_relax_chunk, c, relax_kwargs): k for k, c in enumerate(chunks)}
+        futures = {self._pool.submit(task, c, kwargs): k for k, c in enumerate(chunks)}
         results: List[Optional[list]] = [None] * len(chunks)
         pending = set(futures)
         while pending:

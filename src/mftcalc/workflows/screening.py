@@ -50,7 +50,8 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
     ``out`` ending in ``.csv`` gets one row per structure (index, name, formula, n_atoms, energy, fmax, steps,
     converged, properties) and is appended chunk by chunk, so a killed run resumes with the unfinished entries;
     ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in ``info``. ``workers`` > 1
-    relaxes on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started once for the whole file.
+    relaxes (or predicts) on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started once for the
+    whole file.
     """
     out = Path(out)
     handle = model if isinstance(model, ModelHandle) else ModelHandle.load(model, **load_kwargs)
@@ -64,7 +65,7 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
     pool = None
-    if do_relax and workers > 1 and todo:
+    if workers > 1 and todo:
         from mftcalc.calculators.parallel import RelaxWorkers
         pool = RelaxWorkers(handle, workers)
     try:
@@ -106,7 +107,8 @@ def _screen_chunks(structures: List[Structure], todo: List[int], chunk: int, han
                 final_structures[k] = r.structure
                 new_rows.append(_row(k, structures[k], r.energy, r.fmax, r.steps, r.converged, r.properties))
         else:
-            preds = predict(batch, handle, properties, forces=bool(handle.forcefield_heads))
+            kwargs = dict(properties=properties, forces=bool(handle.forcefield_heads))
+            preds = pool.predict(batch, **kwargs) if pool is not None else predict(batch, handle, **kwargs)
             for k, p in zip(idx, preds):
                 final_structures[k] = structures[k]
                 f = p.get("forces")
