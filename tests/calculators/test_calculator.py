@@ -207,7 +207,7 @@ def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_
 
 def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
     from mftcalc.calculators.model_handle import ModelHandle
-    from mftcalc.calculators.parallel import RelaxWorkers
+    from mftcalc.calculators.parallel import ModelWorkers
     from mftcalc.model.checkpoint import load_model
     structures = _rattled_molecules(["H2O", "CH4", "NH3", "CH3CH2OH", "HCOOH"])
     # 6 steps: the stiff tiny model's surface is rough enough that round-off from a different batch composition
@@ -216,7 +216,7 @@ def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
     one = relax(structures, stiff_model_file, dtype=torch.float64, **kwargs)
     handle = ModelHandle.load(stiff_model_file, dtype=torch.float64)
     finished = []
-    with RelaxWorkers(handle, workers=2) as pool:                      # reloads the file in each worker
+    with ModelWorkers(handle, workers=2) as pool:                      # reloads the file in each worker
         spread = pool.relax(structures, chunk=2, on_done=finished.append, **kwargs)
     from_object = relax(structures, load_model(stiff_model_file, torch.float64), dtype=torch.float64, workers=2,
                         **kwargs)                                      # a model object: via a temporary file
@@ -234,7 +234,7 @@ def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
         np.testing.assert_allclose(a["forces"], b["forces"], atol=1e-9)
         assert a["gap"] == pytest.approx(b["gap"], abs=1e-9)
     with pytest.raises(ValueError, match="workers >= 2"):
-        RelaxWorkers(handle, workers=1)
+        ModelWorkers(handle, workers=1)
 
 
 @pytest.mark.parametrize("cell_filter", ["unitcell", "frechet"])

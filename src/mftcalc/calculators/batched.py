@@ -145,8 +145,8 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
     for s in structures:
         handle.check_elements(s.numbers)
     if workers > 1:
-        from mftcalc.calculators.parallel import RelaxWorkers
-        with RelaxWorkers(handle, workers) as pool:
+        from mftcalc.calculators.parallel import ModelWorkers
+        with ModelWorkers(handle, workers) as pool:
             return pool.predict(structures, properties=properties, max_atoms=max_atoms, forces=forces,
                                 max_angles=max_angles)
     has_ff = bool(handle.forcefield_heads)
@@ -217,8 +217,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
     if workers > 1:
-        from mftcalc.calculators.parallel import RelaxWorkers
-        with RelaxWorkers(handle, workers) as pool:
+        from mftcalc.calculators.parallel import ModelWorkers
+        with ModelWorkers(handle, workers) as pool:
             final = pool.relax(structures, on_done=None if bar is None else bar.update, fmax=fmax, steps=steps,
                                optimizer=optimizer, cell_filter=cell_filter, max_atoms=max_atoms,
                                max_angles=max_angles, properties=properties, fire=fire, bfgs=bfgs)

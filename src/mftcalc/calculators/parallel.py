@@ -42,14 +42,14 @@ def _predict_chunk(structures: List[Structure], predict_kwargs: Dict[str, Any]) 
     return predict(structures, _WORKER_HANDLE, workers=1, **predict_kwargs)
 
 
-class RelaxWorkers:
+class ModelWorkers:
     """``workers`` processes with ``threads`` torch threads each (default: this process's threads / workers, at
     least 1), ready to relax (or predict) structures with the model of ``handle``. Use as a context manager, or
     ``close()``."""
 
     def __init__(self, handle: ModelHandle, workers: int, threads: Optional[int] = None) -> None:
         if workers < 2:
-            raise ValueError(f"RelaxWorkers needs workers >= 2, got {workers}")
+            raise ValueError(f"ModelWorkers needs workers >= 2, got {workers}")
         if handle.device.type != "cpu":
             raise ValueError(f"worker processes are for CPU models; this one is on {handle.device} (use workers=1)")
         self._tmpdir = None
@@ -101,7 +101,7 @@ class RelaxWorkers:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
 
-    def __enter__(self) -> "RelaxWorkers":
+    def __enter__(self) -> "ModelWorkers":
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -66,8 +66,8 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
         bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
     pool = None
     if workers > 1 and todo:
-        from mftcalc.calculators.parallel import RelaxWorkers
-        pool = RelaxWorkers(handle, workers)
+        from mftcalc.calculators.parallel import ModelWorkers
+        pool = ModelWorkers(handle, workers)
     try:
         _screen_chunks(structures, todo, chunk, handle, pool, do_relax, fmax, steps, properties, optimizer,
                        cell_filter, out, rows, final_structures, bar)
