@@ -19,7 +19,7 @@ from mftcalc.data.structure import Structure
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs, chunk_groups
 
 
-OPTIMIZERS = ("fire", "bfgs", "bfgs-lindh")
+OPTIMIZERS = ("fire", "bfgs", "bfgs-lindh", "bfgs-internal")
 
 
 @dataclass
@@ -89,8 +89,8 @@ class _BFGSState:
         self.pos0: Optional[np.ndarray] = None
         self.forces0: Optional[np.ndarray] = None
 
-    def step(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
-        """New [m, 3] coordinates from the current ones and their forces (eV/Å)."""
+    def step(self, positions: np.ndarray, forces: np.ndarray, energy: Optional[float] = None) -> np.ndarray:
+        """New [m, 3] coordinates from the current ones and their forces (eV/Å) (``energy`` is not used)."""
         r, f = positions.ravel(), forces.ravel()
         if self.hessian is None:
             self.hessian = self.params.hessian0(positions, self.numbers)
@@ -177,7 +177,8 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
 def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps: int = 500,
           optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
           max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None,
-          fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(), progress: bool = False,
+          fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
+          internal: Optional["InternalBFGSParams"] = None, progress: bool = False,
           workers: int = 1, **load_kwargs: Any) -> List[RelaxResult]:
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
@@ -196,10 +197,13 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
+    if optimizer == "bfgs-internal" and internal is None:
+        from mftcalc.calculators.internal_bfgs import InternalBFGSParams
+        internal = InternalBFGSParams()
     if optimizer == "bfgs-lindh":
         from dataclasses import replace
         bfgs = replace(bfgs, initial_hessian="lindh")
-    if optimizer != "fire" and bfgs.initial_hessian == "lindh" and (
+    if (optimizer == "bfgs-internal" or (optimizer != "fire" and bfgs.initial_hessian == "lindh")) and (
             cell_filter is not None or any(s.pbc.any() for s in structures)):
         raise ValueError("the Lindh model Hessian is for molecules: use optimizer='bfgs' (α·I start) for periodic "
                          "structures or with a cell filter")
@@ -221,7 +225,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         with ModelWorkers(handle, workers) as pool:
             final = pool.relax(structures, on_done=None if bar is None else bar.update, fmax=fmax, steps=steps,
                                optimizer=optimizer, cell_filter=cell_filter, max_atoms=max_atoms,
-                               max_angles=max_angles, properties=properties, fire=fire, bfgs=bfgs)
+                               max_angles=max_angles, properties=properties, fire=fire, bfgs=bfgs,
+                               internal=internal)
         if bar is not None:
             bar.close()
         return final
@@ -232,7 +237,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     with threadpool_limits(limits=1, user_api="blas"):
         final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
                                  on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
-                                 max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs)
+                                 max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs,
+                                 internal=internal if optimizer == "bfgs-internal" else None)
     if bar is not None:
         bar.close()
     preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
@@ -300,7 +306,8 @@ CELL_FILTERS = {"unitcell": _UnitCellState, "frechet": _FrechetCellState}
 def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
                      fire: FireParams, cell_filter: Optional[str] = None, max_atoms: int = 4096,
                      on_done: Optional[Callable[[], None]] = None, costs: Optional[np.ndarray] = None,
-                     max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None) -> List[RelaxResult]:
+                     max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None,
+                     internal: Optional["InternalBFGSParams"] = None) -> List[RelaxResult]:
     """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
     input order) join as soon as they fit under ``max_atoms`` and, with ``costs``, under ``max_cost`` summed costs
     (a structure over a limit runs alone). Each structure moves by FIRE, or by BFGS when ``bfgs`` is given.
@@ -320,7 +327,11 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
     steps_done = np.zeros(len(structures), dtype=int)
     out: List[Optional[RelaxResult]] = [None] * len(structures)
     first = np.ones(len(structures), dtype=bool)
-    bfgs_states = [_BFGSState(bfgs, s.numbers) for s in structures] if bfgs is not None else None
+    if internal is not None:
+        from mftcalc.calculators.internal_bfgs import InternalBFGSState
+        bfgs_states = [InternalBFGSState(internal, s.numbers) for s in structures]
+    else:
+        bfgs_states = [_BFGSState(bfgs, s.numbers) for s in structures] if bfgs is not None else None
     waiting = 0                                    # next structure of the queue
     active: List[int] = []
     while active or waiting < len(structures):
@@ -351,6 +362,7 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
         stress_all = res["stress"].detach().cpu().double().numpy() if with_cell else None
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         still: List[int] = []
+        pending: List[tuple] = []                  # (structure, forces, energy) for the quasi-Newton optimisers
         for k, i in enumerate(active):
             f = forces_all[offsets[k]:offsets[k + 1]]
             if filters:
@@ -362,7 +374,7 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
                     on_done()
                 continue
             if bfgs_states is not None:
-                general[i] = bfgs_states[i].step(general[i], f)
+                pending.append((i, f, float(energies[k])))
                 steps_done[i] += 1
                 still.append(i)
                 continue
@@ -390,5 +402,14 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
             general[i] = general[i] + dr
             steps_done[i] += 1
             still.append(i)
+        if pending:
+            states = [bfgs_states[i] for i, _, _ in pending]
+            if hasattr(states[0], "step_many"):            # internal coordinates: all molecules in one pass
+                new = states[0].step_many(states, [general[i] for i, _, _ in pending], [f for _, f, _ in pending],
+                                          [e for _, _, e in pending])
+            else:
+                new = [s.step(general[i], f, e) for s, (i, f, e) in zip(states, pending)]
+            for (i, _, _), g in zip(pending, new):
+                general[i] = g
         active = still
     return [r for r in out if r is not None]

@@ -1,0 +1,226 @@
+"""Quasi-Newton relaxation of one molecule in redundant internal coordinates (the ``"bfgs-internal"`` optimiser
+of :func:`mftcalc.calculators.batched.relax`).
+
+Each step: the Wilson B-matrix at the current geometry gives the internal gradient g_q = (Bᵀ)⁺ g_x in the
+non-redundant subspace spanned by B (an eigendecomposition of BᵀB, [3n, 3n]); the model Hessian H_q (Lindh's
+force constants on the coordinates of :mod:`mftcalc.calculators.internal_coords`, diagonal at the start) is
+updated by BFGS from the last step's changes of q and g_q, projected on that subspace, and gives a Newton step
+inside a trust radius; the step is taken back to Cartesians by the usual iteration x ← x + B⁺ (Δq − (q(x) − q₀)).
+The trust radius follows the ratio of the actual to the predicted energy change (Fletcher). This is the scheme
+of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
+
+Molecules whose coordinate set misses a degree of freedom fall back to Cartesian BFGS from Lindh's Hessian
+(:class:`mftcalc.calculators.batched._BFGSState`); so do molecules whose bends or torsions become
+(nearly) singular on the way (a bend turning linear).
+
+Units: positions Å, forces eV/Å, energies eV; internal coordinates Å and radians, H_q eV/Å² · eV/rad².
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ase.units import Bohr, Hartree
+
+from mftcalc.calculators.internal_coords import (InternalCoordinates, build_internal_coordinates,
+                                                 CoordinateBatch, internal_rank_deficit, rigid_bases)
+from scipy.linalg.lapack import dpotrf, dpotrs
+
+
+@dataclass
+class InternalBFGSParams:
+    """Trust radius (norm of the internal step, Å/rad mixed as in Berny): ``trust0`` at the start, kept within
+    [``trust_min``, ``trust_max``]; ``maxstep`` Å caps the largest atomic displacement of a step; the torsion
+    force constants are at least ``k_torsion_min`` eV/rad². The trust radius is left alone after steps predicted to
+    lower the energy by less than ``energy_noise`` eV (float32 model energies of a few hundred eV are not resolved
+    better than ~1e-4 eV). The step is taken back to Cartesians in at most ``back_iterations`` rounds, until the
+    correction is below ``back_tolerance`` Å. Molecules that fall back to Cartesian BFGS start from Lindh's Hessian + ``lindh_shift``."""
+
+    trust0: float = 0.3
+    trust_min: float = 0.01
+    trust_max: float = 1.0
+    maxstep: float = 0.3
+    k_torsion_min: float = 0.05
+    lindh_shift: float = 10.0
+    energy_noise: float = 5e-4
+    back_iterations: int = 6
+    back_tolerance: float = 1e-5
+
+
+def _internal_hessian(coords: InternalCoordinates, positions: np.ndarray, numbers: np.ndarray,
+                      params: InternalBFGSParams) -> np.ndarray:
+    """Diagonal [n_coords, n_coords] model Hessian: Lindh's k_0 · Π ρ on each bond, bend and torsion
+    (ρ_ij = exp(α_ij (r_ref,ij² − r_ij²)), bohr), linear bends as bends through the arm lengths."""
+    from mftcalc.calculators.hessian_guess import _ALPHA, _R_REF, _K_BEND, _K_STRETCH, _K_TORSION, _table_row
+    x = np.asarray(positions, dtype=np.float64) / Bohr
+    row = _table_row(np.asarray(numbers))
+    r2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    rho = np.exp(_ALPHA[row[:, None], row[None, :]] * (_R_REF[row[:, None], row[None, :]] ** 2 - r2))
+    rho = np.minimum(rho, 1.0)
+    k = []
+    if len(coords.bonds):
+        i, j = coords.bonds.T
+        k.append(_K_STRETCH * rho[i, j] * Hartree / Bohr ** 2)
+    if len(coords.bends):
+        a, j, c = coords.bends.T
+        k.append(_K_BEND * rho[a, j] * rho[j, c] * Hartree)
+    if len(coords.torsions):
+        i, j, kk, l = coords.torsions.T
+        k.append(np.maximum(_K_TORSION * rho[i, j] * rho[j, kk] * rho[kk, l] * Hartree, params.k_torsion_min))
+    if len(coords.linear):
+        a, j, c = coords.linear.T
+        arm = 1.0 / np.sqrt(r2[a, j]) / Bohr + 1.0 / np.sqrt(r2[j, c]) / Bohr      # dθ/du, 1/Å
+        k.append(np.repeat(_K_BEND * rho[a, j] * rho[j, c] * Hartree * arm ** 2, 2))
+    return np.diag(np.concatenate(k)) if k else np.zeros((0, 0))
+
+
+class InternalBFGSState:
+    """Optimiser state of one molecule. :meth:`step` maps (positions, forces, energy) to the next positions;
+    :meth:`step_many` steps many molecules together (their coordinates evaluated in one pass)."""
+
+    def __init__(self, params: InternalBFGSParams, numbers: np.ndarray) -> None:
+        self.params = params
+        self.numbers = np.asarray(numbers)
+        self.coords: Optional[InternalCoordinates] = None
+        self.fallback = None                     # Cartesian BFGS state when internals cannot be used
+        self.hessian: Optional[np.ndarray] = None
+        self.trust = params.trust0
+        self.prev_q: Optional[np.ndarray] = None
+        self.prev_g: Optional[np.ndarray] = None
+        self.prev_energy: Optional[float] = None
+        self.predicted: float = 0.0
+        self.last_norm: float = 0.0
+
+    def _use_cartesian(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
+        if not self.fallback:
+            from mftcalc.calculators.batched import BFGSParams, _BFGSState
+            self.fallback = _BFGSState(BFGSParams(initial_hessian="lindh", lindh_shift=self.params.lindh_shift),
+                                       self.numbers)
+        return self.fallback.step(positions, forces)
+
+    def _start(self, x: np.ndarray) -> None:
+        """Build the coordinate set and the model Hessian at the first geometry (or choose the fallback)."""
+        if len(x) < 3:
+            self.fallback = False
+            return
+        self.coords = build_internal_coordinates(x, self.numbers)
+        if internal_rank_deficit(self.coords, x) > 0:
+            self.fallback = False
+            return
+        self.hessian = _internal_hessian(self.coords, x, self.numbers, self.params)
+
+    def step(self, positions: np.ndarray, forces: np.ndarray, energy: float) -> np.ndarray:
+        """New [n, 3] positions (Å) from the current ones, their forces (eV/Å) and energy (eV)."""
+        return self.step_many([self], [positions], [forces], [energy])[0]
+
+    @staticmethod
+    def step_many(states: Sequence["InternalBFGSState"], positions: Sequence[np.ndarray],
+                  forces: Sequence[np.ndarray], energies: Sequence[float]) -> List[np.ndarray]:
+        """One step of each molecule: ``positions`` / ``forces`` [n_k, 3], ``energies`` eV; new positions [n_k, 3]."""
+        out: List[Optional[np.ndarray]] = [None] * len(states)
+        inside: List[int] = []
+        for k, st in enumerate(states):
+            x = np.asarray(positions[k], dtype=np.float64)
+            if st.coords is None and st.fallback is None:
+                st._start(x)
+            if st.fallback is not None:
+                out[k] = st._use_cartesian(x, forces[k])
+            else:
+                inside.append(k)
+        if not inside:
+            return out
+        batch = CoordinateBatch([states[k].coords for k in inside])
+        xs = [np.asarray(positions[k], dtype=np.float64) for k in inside]
+        evaluated = batch.evaluate(xs)
+        rigids = rigid_bases(xs)
+        plans = []                 # (slot in batch, k, q0, dq, first-order positions, B, metric factor)
+        for slot, k in enumerate(inside):
+            plan = states[k]._plan(xs[slot], forces[k], float(energies[k]), *evaluated[slot], rigids[slot])
+            if plan is None:
+                out[k] = states[k]._use_cartesian(xs[slot], forces[k])
+            else:
+                plans.append((slot, k) + plan)
+        # back-transformation: all molecules iterate together, their coordinates evaluated in one pass per round
+        current = [p[4] for p in plans]
+        best = list(current)
+        best_err = [np.inf] * len(plans)
+        active = list(range(len(plans)))
+        for _ in range(states[0].params.back_iterations if states else 0):
+            if not active:
+                break
+            trial = [xs[slot] for slot in range(len(inside))]
+            for a in active:
+                trial[plans[a][0]] = current[a]
+            values = batch.evaluate(trial, with_b=False)
+            still = []
+            for a in active:
+                slot, k, q0, dq, _, b, metric = plans[a]
+                coords = states[k].coords
+                resid = dq - coords.difference(values[slot][0], q0)
+                correction = dpotrs(metric, b.T @ resid)[0]
+                err = float(np.abs(correction).max())
+                if err >= best_err[a]:
+                    continue
+                best[a], best_err[a] = current[a], err
+                if err < states[k].params.back_tolerance:
+                    continue
+                current[a] = current[a] + correction.reshape(-1, 3)
+                still.append(a)
+            active = still
+        for a, (slot, k, *_rest) in enumerate(plans):
+            x = xs[slot]
+            dx = best[a] - x
+            longest = float(np.sqrt((dx * dx).sum(1)).max())
+            cap = states[k].params.maxstep
+            out[k] = x + dx * (cap / longest) if longest > cap else best[a]
+        return out
+
+    def _plan(self, x: np.ndarray, forces: np.ndarray, energy: float, q: np.ndarray, b: np.ndarray,
+              rigid: np.ndarray) -> Optional[tuple]:
+        """Hessian and trust updates, then the internal step of this molecule: (q, Δq, first-order positions,
+        B, Cholesky factor of BᵀB + rigid) for the back-transformation, or ``None`` when B has become singular."""
+        coords = self.coords
+        if len(coords.linear):
+            b = b - (b @ rigid) @ rigid.T             # linear bends are not rotation invariant: keep rigid motions out
+        g_x = -np.asarray(forces, dtype=np.float64).ravel()
+        g_x = g_x - rigid @ (rigid.T @ g_x)
+        rr = rigid @ rigid.T
+        metric, info = dpotrf(b.T @ b + rr)            # positive definite iff B spans all internal motions
+        if info != 0:
+            return None
+        g_q = b @ dpotrs(metric, g_x)[0]              # (Bᵀ)⁺ g_x
+        if self.prev_q is not None:
+            dq = coords.difference(q, self.prev_q)
+            dg = g_q - self.prev_g
+            a = float(dq @ dg)
+            if a > 1e-12:
+                hdq = self.hessian @ dq
+                bb = float(dq @ hdq)
+                if bb > 1e-12:
+                    self.hessian += np.outer(dg, dg) / a - np.outer(hdq, hdq) / bb
+            if self.predicted < -self.params.energy_noise:   # float32 energies: smaller changes are noise
+                ratio = (energy - self.prev_energy) / self.predicted
+                if ratio < 0.25:
+                    self.trust = max(self.trust * 0.25, self.params.trust_min)
+                elif ratio > 0.75 and self.last_norm > 0.9 * self.trust:
+                    self.trust = min(self.trust * 2.0, self.params.trust_max)
+        h_x = b.T @ self.hessian @ b                                  # the internal Hessian seen in Cartesians
+        scale = float(np.trace(h_x)) / max(h_x.shape[0] - rigid.shape[1], 1)
+        factor, info = dpotrf(h_x + scale * rr)
+        if info == 0:
+            step = -dpotrs(factor, g_x)[0]
+        else:
+            w, vec = np.linalg.eigh(h_x + scale * rr)
+            step = -vec @ ((vec.T @ g_x) / np.maximum(np.abs(w), 1e-3 * scale))
+        dq = b @ step
+        norm = float(np.sqrt(dq @ dq))
+        if norm > self.trust:
+            step *= self.trust / norm
+            dq *= self.trust / norm
+            norm = self.trust
+        self.predicted = float(g_x @ step + 0.5 * step @ h_x @ step)
+        self.last_norm = norm
+        self.prev_q, self.prev_g, self.prev_energy = q, g_q, energy
+        return q, dq, x + step.reshape(-1, 3), b, metric

@@ -1,0 +1,123 @@
+"""Redundant internal coordinates (B-matrix, completeness, batching) and the "bfgs-internal" batched relaxation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.optimize import BFGS
+
+from mftcalc.calculators import MFTCalculator
+from mftcalc.calculators.batched import relax
+from mftcalc.calculators.internal_bfgs import InternalBFGSParams, InternalBFGSState
+from mftcalc.calculators.internal_coords import (CoordinateBatch, build_internal_coordinates,
+                                                 internal_rank_deficit, rigid_bases)
+from mftcalc.data import Structure
+
+
+def _butyne() -> Atoms:
+    """2-butyne, CH3−C≡C−CH3: its methyl twist is a torsion along a linear chain (no single bond carries it)."""
+    z_ch3, z_c = 2.06, 0.60
+    positions = [(0, 0, -z_ch3), (0, 0, -z_c), (0, 0, z_c), (0, 0, z_ch3)]
+    for sign, phase in ((-1, 0.0), (1, 60.0)):
+        for k in range(3):
+            angle = np.radians(phase + 120.0 * k)
+            positions.append((1.028 * np.cos(angle), 1.028 * np.sin(angle), sign * (z_ch3 + 0.363)))
+    return Atoms("C4H6", positions=positions)
+
+
+def _molecules():
+    out = {name: molecule(name) for name in ("CH3CH2OH", "HCOOH", "H2CCHCN", "C6H6", "HCN", "C2H2")}
+    out["butyne"] = _butyne()
+    for k, atoms in enumerate(out.values()):
+        atoms.rattle(0.02, seed=k)
+    return out
+
+
+@pytest.mark.parametrize("name", ["CH3CH2OH", "HCOOH", "H2CCHCN", "butyne", "HCN"])
+def test_b_matrix_is_the_derivative_of_the_coordinates(name):
+    atoms = _molecules()[name]
+    coords = build_internal_coordinates(atoms.positions, atoms.numbers)
+    q, b = coords.evaluate(atoms.positions)
+    x = atoms.positions.ravel()
+    numeric = np.zeros_like(b)
+    h = 1e-6
+    for k in range(len(x)):
+        plus, minus = x.copy(), x.copy()
+        plus[k] += h
+        minus[k] -= h
+        numeric[:, k] = coords.difference(coords.evaluate(plus.reshape(-1, 3), with_b=False)[0],
+                                          coords.evaluate(minus.reshape(-1, 3), with_b=False)[0]) / (2 * h)
+    np.testing.assert_allclose(b, numeric, atol=1e-7)
+    assert q.shape == (coords.n_coords,) and len(coords.torsions) > 0 or name == "HCN"
+
+
+def test_coordinate_sets_span_every_internal_motion():
+    mols = _molecules()
+    for name, atoms in mols.items():
+        coords = build_internal_coordinates(atoms.positions, atoms.numbers)
+        assert internal_rank_deficit(coords, atoms.positions) == 0, name
+    butyne = build_internal_coordinates(mols["butyne"].positions, mols["butyne"].numbers)
+    assert len(butyne.linear) == 2
+    assert any({0, 3} <= set(t[1:3]) for t in butyne.torsions.tolist())     # H−C(H3)···C(H3)−H about the chain
+    # without the chain torsions the methyl twist is missing
+    from dataclasses import replace
+    plain = replace(butyne, torsions=np.zeros((0, 4), dtype=np.int64))
+    assert internal_rank_deficit(plain, mols["butyne"].positions) == 1
+
+
+def test_batch_evaluation_equals_one_molecule_at_a_time():
+    mols = list(_molecules().values())
+    sets = [build_internal_coordinates(a.positions, a.numbers) for a in mols]
+    together = CoordinateBatch(sets).evaluate([a.positions for a in mols])
+    for c, a, (q, b) in zip(sets, mols, together):
+        q1, b1 = c.evaluate(a.positions)
+        np.testing.assert_array_equal(q, q1)
+        np.testing.assert_array_equal(b, b1)
+    mols.append(molecule("HCN"))                                  # exactly linear: 5 rigid motions
+    for basis, a in zip(rigid_bases([a.positions for a in mols]), mols):
+        k = 5 if a is mols[-1] else 6
+        assert basis.shape == (3 * len(a), k)
+        np.testing.assert_allclose(basis.T @ basis, np.eye(k), atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def shipped_model():
+    """The shipped model: a physical energy surface (a random tiny model's minima are not molecules)."""
+    from mftcalc.workflows.screening import default_model_path
+    return default_model_path()
+
+
+def test_internal_relaxation_reaches_the_minimum_ase_bfgs_finds(shipped_model):
+    names = ["CH3CH2OH", "HCOOH", "H2CCHCN", "butyne", "HCN"]
+    mols = _molecules()
+    structures = []
+    for k, name in enumerate(names):
+        atoms = mols[name].copy()
+        atoms.rattle(0.05, seed=10 + k)
+        structures.append(Structure.from_ase(atoms))
+    results = relax(structures, shipped_model, fmax=0.02, steps=300, optimizer="bfgs-internal", dtype=torch.float64)
+    steps_ase = []
+    for s, r in zip(structures, results):
+        atoms = s.to_ase()
+        atoms.calc = MFTCalculator(shipped_model, dtype=torch.float64)
+        opt = BFGS(atoms, logfile=None)
+        opt.run(fmax=0.02, steps=300)
+        steps_ase.append(opt.nsteps)
+        assert r.converged and r.fmax < 0.02
+        assert r.energy == pytest.approx(atoms.get_potential_energy(), abs=5e-3)
+        assert not InternalBFGSState(InternalBFGSParams(), s.numbers).fallback      # internals, no fallback
+    assert sum(r.steps for r in results) < 0.8 * sum(steps_ase)
+
+
+def test_internal_state_falls_back_to_cartesian_bfgs_for_diatomics():
+    state = InternalBFGSState(InternalBFGSParams(), np.array([1, 1]))
+    x = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.8]])
+    new = state.step(x, np.array([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]]), 0.0)
+    assert state.fallback and new[1, 2] - new[0, 2] > 0.8
+
+
+def test_internal_relaxation_rejects_periodic_structures(stiff_model_file):
+    with pytest.raises(ValueError, match="for molecules"):
+        relax([Structure.from_ase(bulk("Si", "diamond", a=5.43))], stiff_model_file, optimizer="bfgs-internal")
