@@ -131,3 +131,21 @@ def test_molecule_stress_is_zero_and_features_shapes(tiny_model, molecules):
     assert torch.all(out["stress"] == 0)
     assert out[K.NODE_FEATURES].shape == (sum(s.n_atoms for s in molecules), tiny_model.config.backbone.n_dim)
     assert out["edge_features"].shape[0] == out[K.EDGE_INDEX].shape[1]
+
+
+def test_last_layer_edge_update_is_skipped_only_when_nothing_reads_it(tiny_model, molecules, crystal):
+    """Without ``features`` the last layer skips its angle block and edge update: the outputs are the same, and
+    the edge features returned with ``features=True`` are the updated ones."""
+    batch = collate(molecules + [crystal], torch.float64)
+    full = tiny_model(batch, features=True)
+    lean = tiny_model(batch, features=False)
+    for name in ["energy", "forces", "stress", "gap", "mu", "r2"]:
+        torch.testing.assert_close(lean[name], full[name], rtol=0, atol=0)
+    graph_edges = tiny_model.backbone(batch[K.NUMBERS], full["edge_vectors"].detach(),
+                                      _graph(tiny_model, batch), edge_features=False)[1]
+    assert not torch.allclose(graph_edges, full["edge_features"])
+
+
+def _graph(model, batch):
+    from mftcalc.model.graph import build_graph
+    return build_graph(batch[K.POSITIONS], batch[K.CELL], batch[K.PBC], batch[K.BATCH], model.e_rcut, model.a_rcut)

@@ -81,7 +81,10 @@ class RepFlowLayer(nn.Module):
                           sym_n.reshape(n_nodes, self.axis * self.n_dim)], 1)
 
     def forward(self, node: Tensor, edge: Tensor, angle: Tensor, h2_pad: Tensor, sw: Tensor, a_sw: Tensor,
-                graph: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+                graph: Dict[str, Tensor], update_edges: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        """Updated (node, edge, angle) features. ``update_edges=False`` updates the nodes only and returns the
+        edge and angle features unchanged: the node update reads the incoming edges, so in the last layer, when
+        nothing reads the edges afterwards, the angle block and the edge update are dead work."""
         n, e = self.n_dim, self.e_dim
         edge_index = graph["edge_index"]
         a_edges, a_ij, a_ik = graph["a_edges"], graph["a_ij"], graph["a_ik"]
@@ -98,6 +101,9 @@ class RepFlowLayer(nn.Module):
                              + self.ee_edge(edge))                                              # [E, n+e]
         msg = edge_info[:, :n] * sw_col
         node_msg = segment_sum(msg, i, counts) * self.e_norm
+        node = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
+        if not update_edges:
+            return node, edge, angle
         edge_self = edge_info[:, n:]
 
         # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one segment sum)
@@ -117,7 +123,6 @@ class RepFlowLayer(nn.Module):
         padded = torch.zeros(edge.shape[0], e, dtype=node.dtype, device=node.device).index_copy(0, a_edges, red)
         edge_angle = self.act(self.edge_angle2(padded))
 
-        node = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
         edge = edge + self.res_edge[0] * edge_self + self.res_edge[1] * edge_angle
         return node, edge, angle_new
 
@@ -140,10 +145,13 @@ class Backbone(nn.Module):
         self.n_dim = cfg.n_dim
         self.e_dim = cfg.e_dim
 
-    def forward(self, numbers: Tensor, vectors: Tensor, graph: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+    def forward(self, numbers: Tensor, vectors: Tensor, graph: Dict[str, Tensor],
+                edge_features: bool = True) -> Tuple[Tensor, Tensor]:
         """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); ``graph`` from ``build_graph``.
 
-        Returns: node features [N, n_dim] and edge features [E, e_dim].
+        Returns: node features [N, n_dim] and edge features [E, e_dim]. With ``edge_features=False`` the last
+        layer skips its edge and angle updates (nothing downstream of it reads them) and the edge features
+        returned are those entering the last layer.
         """
         a_edges, a_ij, a_ik = graph["a_edges"], graph["a_ij"], graph["a_ik"]
         dist = torch.sqrt((vectors * vectors).sum(1) + 1e-12)                 # [E]
@@ -163,6 +171,7 @@ class Backbone(nn.Module):
         pad_edge = graph["pad_edge"]
         h2_pad = h2sw.index_select(0, pad_edge).view(n_nodes, pad_edge.shape[0] // max(n_nodes, 1), 3)
         h2_pad = h2_pad.transpose(1, 2).contiguous()                          # [N, 3, K]
-        for layer in self.layers:
-            node, edge, angle = layer(node, edge, angle, h2_pad, sw, a_sw, graph)
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            node, edge, angle = layer(node, edge, angle, h2_pad, sw, a_sw, graph, edge_features or k < last)
         return node, edge

@@ -76,7 +76,7 @@ class MFTModel(nn.Module):
             pos = pos + torch.bmm(pos.unsqueeze(1), sym[batch]).squeeze(1)
             cel = cell + torch.bmm(cell, sym)
         vectors = edge_vectors(pos, cel, batch, graph["edge_index"], graph["shifts"])
-        node, edge = self.backbone(numbers, vectors, graph)
+        node, edge = self.backbone(numbers, vectors, graph, features)
         if features:
             out[K.NODE_FEATURES] = node
             out["edge_features"] = edge
