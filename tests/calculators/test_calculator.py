@@ -217,10 +217,14 @@ def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
     handle = ModelHandle.load(stiff_model_file, dtype=torch.float64)
     finished = []
     with ModelWorkers(handle, workers=2) as pool:                      # reloads the file in each worker
-        spread = pool.relax(structures, chunk=2, on_done=finished.append, **kwargs)
+        spread = pool.relax(structures, **kwargs)
+        items = [(k, s, None) for k, s in enumerate(structures)]
+        from mftcalc.calculators.batched import FireParams
+        pool.relax_stream(items, lambda key, r: finished.append(key),
+                          dict(fmax=0.01, max_steps=6, fire=FireParams(), max_atoms=4096))
     from_object = relax(structures, load_model(stiff_model_file, torch.float64), dtype=torch.float64, workers=2,
                         **kwargs)                                      # a model object: via a temporary file
-    assert sorted(finished) == [1, 2, 2]
+    assert sorted(finished) == [0, 1, 2, 3, 4]                         # every key once, from a shared queue
     for results in (spread, from_object):
         assert [r.steps for r in results] == [r.steps for r in one]
         for a, b in zip(results, one):

@@ -149,3 +149,15 @@ def test_last_layer_edge_update_is_skipped_only_when_nothing_reads_it(tiny_model
 def _graph(model, batch):
     from mftcalc.model.graph import build_graph
     return build_graph(batch[K.POSITIONS], batch[K.CELL], batch[K.PBC], batch[K.BATCH], model.e_rcut, model.a_rcut)
+
+
+def test_outputs_pinned_to_a_reference_run(tiny_model):
+    """Regression pin: the tiny model (seed 0) on a fixed ethanol geometry, computed at commit cd10e06, before the
+    last-layer skip; any change to what the layers compute shows here (the invariance tests cannot see it)."""
+    from ase.build import molecule
+    atoms = molecule("CH3CH2OH")
+    atoms.positions += np.random.default_rng(0).normal(scale=0.05, size=atoms.positions.shape)
+    out = tiny_model(collate([Structure.from_ase(atoms)], torch.float64))
+    assert float(out["energy"][0].detach()) == pytest.approx(-0.05232741754367793, abs=1e-12)
+    assert float(out["gap"][0].detach()) == pytest.approx(-0.22703887252480456, abs=1e-12)
+    assert float(out["forces"][0, 0].detach()) == pytest.approx(0.0001627316713796329, abs=1e-12)

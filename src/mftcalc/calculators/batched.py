@@ -8,7 +8,7 @@ batch stays full until the queue runs dry (no tail of nearly empty batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -179,7 +179,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
           max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None,
           fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
           internal: Optional["InternalBFGSParams"] = None, progress: bool = False,
-          workers: int = 1, **load_kwargs: Any) -> List[RelaxResult]:
+          workers: int = 1, pool: Optional[Any] = None, **load_kwargs: Any) -> List[RelaxResult]:
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
@@ -193,7 +193,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
         workers: CPU processes to spread the structures over (each with its own model copy and
             ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.calculators.parallel`); 1: this
-            process only.
+            process only. pool: a running :class:`mftcalc.calculators.parallel.ModelWorkers` to use instead of
+            starting one (its model is used; ``model`` must be the same).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
@@ -205,8 +206,10 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         bfgs = replace(bfgs, initial_hessian="lindh")
     if (optimizer == "bfgs-internal" or (optimizer != "fire" and bfgs.initial_hessian == "lindh")) and (
             cell_filter is not None or any(s.pbc.any() for s in structures)):
-        raise ValueError("the Lindh model Hessian is for molecules: use optimizer='bfgs' (α·I start) for periodic "
-                         "structures or with a cell filter")
+        what = ("optimizer='bfgs-internal' (internal coordinates) is" if optimizer == "bfgs-internal"
+                else "the Lindh model Hessian is")
+        raise ValueError(f"{what} for molecules: use optimizer='bfgs' (α·I start) for periodic structures or with "
+                         "a cell filter")
     if cell_filter is not None and cell_filter not in CELL_FILTERS:
         raise ValueError(f"unknown cell_filter {cell_filter!r}; use None, 'unitcell' or 'frechet'")
     if cell_filter is not None and not all(s.pbc.all() for s in structures):
@@ -216,35 +219,46 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         raise ValueError("the model has no force-field head, so it cannot relax structures")
     for s in structures:
         handle.check_elements(s.numbers)
+    costs = angle_costs(handle.module, structures, max_angles)
+    stream_kwargs = dict(fmax=fmax, max_steps=steps, fire=fire, cell_filter=cell_filter, max_atoms=max_atoms,
+                         max_cost=max_angles if costs is not None else None,
+                         bfgs=None if optimizer in ("fire", "bfgs-internal") else bfgs,
+                         internal=internal if optimizer == "bfgs-internal" else None)
+    items = [(k, s, None if costs is None else float(costs[k])) for k, s in enumerate(structures)]
+    final: List[Optional[RelaxResult]] = [None] * len(items)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="relax", unit="structure")
-    if workers > 1:
-        from mftcalc.calculators.parallel import ModelWorkers
-        with ModelWorkers(handle, workers) as pool:
-            final = pool.relax(structures, on_done=None if bar is None else bar.update, fmax=fmax, steps=steps,
-                               optimizer=optimizer, cell_filter=cell_filter, max_atoms=max_atoms,
-                               max_angles=max_angles, properties=properties, fire=fire, bfgs=bfgs,
-                               internal=internal)
+
+    def emit(key: int, result: RelaxResult) -> None:
+        final[key] = result
         if bar is not None:
-            bar.close()
-        return final
-    costs = angle_costs(handle.module, structures, max_angles)
-    # The per-structure optimiser steps are small dense problems (BFGS: eigh of [3n, 3n]); a multi-threaded BLAS
-    # next to torch's OpenMP pool makes each one 10-40x slower on a busy 2-core machine, so keep BLAS on one thread.
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=1, user_api="blas"):
-        final = _relax_in_flight(list(structures), handle, fmax, steps, fire, cell_filter, max_atoms,
-                                 on_done=None if bar is None else (lambda: bar.update(1)), costs=costs,
-                                 max_cost=max_angles, bfgs=None if optimizer == "fire" else bfgs,
-                                 internal=internal if optimizer == "bfgs-internal" else None)
+            bar.update(1)
+
+    relaxed: List[RelaxResult]
+    if workers > 1 or pool is not None:
+        from contextlib import nullcontext
+        from mftcalc.calculators.parallel import ModelWorkers
+        with (nullcontext(pool) if pool is not None else ModelWorkers(handle, workers)) as workers_pool:
+            workers_pool.relax_stream(items, emit, stream_kwargs)
+            relaxed = [r for r in final if r is not None]
+            preds = workers_pool.predict([r.structure for r in relaxed], properties=properties, max_atoms=max_atoms,
+                                         max_angles=max_angles)
+    else:
+        # The per-structure optimiser steps are small dense problems (BFGS: a [3n, 3n] solve); a multi-threaded
+        # BLAS next to torch's OpenMP pool makes each one 10-40x slower on a busy 2-core machine: keep BLAS on one
+        # thread.
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=1, user_api="blas"):
+            relax_stream(items, emit, handle, **stream_kwargs)
+        relaxed = [r for r in final if r is not None]
+        preds = predict([r.structure for r in relaxed], handle, properties, max_atoms, max_angles=max_angles)
     if bar is not None:
         bar.close()
-    preds = predict([r.structure for r in final], handle, properties, max_atoms, max_angles=max_angles)
-    for r, p in zip(final, preds):
+    for r, p in zip(relaxed, preds):
         r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces")}
-    return final
+    return relaxed
 
 
 class _UnitCellState:
@@ -303,52 +317,77 @@ class _FrechetCellState(_UnitCellState):
 CELL_FILTERS = {"unitcell": _UnitCellState, "frechet": _FrechetCellState}
 
 
-def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: float, max_steps: int,
-                     fire: FireParams, cell_filter: Optional[str] = None, max_atoms: int = 4096,
-                     on_done: Optional[Callable[[], None]] = None, costs: Optional[np.ndarray] = None,
-                     max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None,
-                     internal: Optional["InternalBFGSParams"] = None) -> List[RelaxResult]:
-    """FIRE on an in-flight batch: structures leave when converged or out of steps, and queued structures (in
-    input order) join as soon as they fit under ``max_atoms`` and, with ``costs``, under ``max_cost`` summed costs
-    (a structure over a limit runs alone). Each structure moves by FIRE, or by BFGS when ``bfgs`` is given.
+def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None], handle: ModelHandle,
+                 fmax: float, max_steps: int, fire: FireParams, cell_filter: Optional[str] = None,
+                 max_atoms: int = 4096, max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None,
+                 internal: Optional["InternalBFGSParams"] = None) -> None:
+    """Relax a stream of structures on one in-flight batch: ``items`` yields ``(key, structure, cost)``
+    (cost: the structure's angle count, or ``None``), pulled only when the batch has room; ``emit(key, result)``
+    as each structure finishes. Structures leave when converged or out of steps, and the next ones join as soon
+    as they fit under ``max_atoms`` and, with costs, under ``max_cost`` summed costs (a structure over a limit
+    runs alone). Each structure moves by FIRE, by BFGS when ``bfgs`` is given, or by BFGS in internal
+    coordinates when ``internal`` is given.
 
     The optimiser state of each structure is an [m, 3] array: positions (m = n) or, with ``cell_filter``, the
-    ``UnitCellFilter`` / ``FrechetCellFilter`` coordinates (m = n + 3). Results come back in input order.
+    ``UnitCellFilter`` / ``FrechetCellFilter`` coordinates (m = n + 3). A stream fed by a queue lets worker
+    processes share one input (:mod:`mftcalc.calculators.parallel`): no worker drains its batch early.
     """
     with_cell = cell_filter is not None
-    filters = [CELL_FILTERS[cell_filter](s) for s in structures] if cell_filter is not None else None
-    cells = [s.cell.copy() for s in structures]
-    general = [filters[k].to_general(s.positions, s.cell) if filters else s.positions.copy()
-               for k, s in enumerate(structures)]
-    velocity = [np.zeros_like(g) for g in general]
-    dt = np.full(len(structures), fire.dt)
-    alpha = np.full(len(structures), fire.astart)
-    n_pos = np.zeros(len(structures), dtype=int)
-    steps_done = np.zeros(len(structures), dtype=int)
-    out: List[Optional[RelaxResult]] = [None] * len(structures)
-    first = np.ones(len(structures), dtype=bool)
+    keys: List[Any] = []
+    structures: List[Structure] = []
+    item_costs: List[float] = []
+    filters: List[Any] = []
+    cells: List[np.ndarray] = []
+    general: List[np.ndarray] = []
+    velocity: List[np.ndarray] = []
+    dt: List[float] = []
+    alpha: List[float] = []
+    n_pos: List[int] = []
+    steps_done: List[int] = []
+    first: List[bool] = []
+    bfgs_states: Optional[List[Any]] = [] if (internal is not None or bfgs is not None) else None
     if internal is not None:
         from mftcalc.calculators.internal_bfgs import InternalBFGSState
-        bfgs_states = [InternalBFGSState(internal, s.numbers) for s in structures]
-    else:
-        bfgs_states = [_BFGSState(bfgs, s.numbers) for s in structures] if bfgs is not None else None
-    waiting = 0                                    # next structure of the queue
+
+    def admit(key: Any, s: Structure, cost: Optional[float]) -> int:
+        keys.append(key)
+        structures.append(s)
+        item_costs.append(0.0 if cost is None else float(cost))
+        f = CELL_FILTERS[cell_filter](s) if with_cell else None
+        filters.append(f)
+        cells.append(s.cell.copy())
+        general.append(f.to_general(s.positions, s.cell) if f is not None else s.positions.copy())
+        velocity.append(np.zeros_like(general[-1]))
+        dt.append(fire.dt)
+        alpha.append(fire.astart)
+        n_pos.append(0)
+        steps_done.append(0)
+        first.append(True)
+        if internal is not None:
+            bfgs_states.append(InternalBFGSState(internal, s.numbers))
+        elif bfgs is not None:
+            bfgs_states.append(_BFGSState(bfgs, s.numbers))
+        return len(structures) - 1
+
+    source = iter(items)
+    ahead = next(source, None)                     # the next structure of the queue (looked at before it joins)
     active: List[int] = []
-    while active or waiting < len(structures):
+    while active or ahead is not None:
         atoms_in_flight = sum(structures[i].n_atoms for i in active)
-        cost_in_flight = float(sum(costs[i] for i in active)) if costs is not None else 0.0
-        while waiting < len(structures):
-            fits = atoms_in_flight + structures[waiting].n_atoms <= max_atoms and (
-                costs is None or max_cost is None or cost_in_flight + float(costs[waiting]) <= max_cost)
+        cost_in_flight = float(sum(item_costs[i] for i in active))
+        while ahead is not None:
+            key, s, cost = ahead
+            fits = atoms_in_flight + s.n_atoms <= max_atoms and (
+                cost is None or max_cost is None or cost_in_flight + float(cost) <= max_cost)
             if active and not fits:
                 break
-            active.append(waiting)
-            atoms_in_flight += structures[waiting].n_atoms
-            cost_in_flight += float(costs[waiting]) if costs is not None else 0.0
-            waiting += 1
+            active.append(admit(key, s, cost))
+            atoms_in_flight += s.n_atoms
+            cost_in_flight += 0.0 if cost is None else float(cost)
+            ahead = next(source, None)
         chunk = []
         for i in active:
-            if filters:
+            if with_cell:
                 pos, cells[i] = filters[i].from_general(general[i])
             else:
                 pos = general[i]
@@ -365,13 +404,14 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
         pending: List[tuple] = []                  # (structure, forces, energy) for the quasi-Newton optimisers
         for k, i in enumerate(active):
             f = forces_all[offsets[k]:offsets[k + 1]]
-            if filters:
+            if with_cell:
                 f = filters[i].general_forces(f, stress_all[k], cells[i])
             fm = float(np.sqrt((f * f).sum(1)).max())
             if fm < fmax or steps_done[i] >= max_steps:
-                out[i] = RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax)
-                if on_done is not None:
-                    on_done()
+                emit(keys[i], RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax))
+                general[i] = velocity[i] = None                 # a long stream keeps only what is in flight
+                if bfgs_states is not None:
+                    bfgs_states[i] = None
                 continue
             if bfgs_states is not None:
                 pending.append((i, f, float(energies[k])))
@@ -412,4 +452,3 @@ def _relax_in_flight(structures: List[Structure], handle: ModelHandle, fmax: flo
             for (i, _, _), g in zip(pending, new):
                 general[i] = g
         active = still
-    return [r for r in out if r is not None]

@@ -36,7 +36,8 @@ class InternalBFGSParams:
     force constants are at least ``k_torsion_min`` eV/rad². The trust radius is left alone after steps predicted to
     lower the energy by less than ``energy_noise`` eV (float32 model energies of a few hundred eV are not resolved
     better than ~1e-4 eV). The step is taken back to Cartesians in at most ``back_iterations`` rounds, until the
-    correction is below ``back_tolerance`` Å. Molecules that fall back to Cartesian BFGS start from Lindh's Hessian + ``lindh_shift``."""
+    correction is below ``back_tolerance`` Å. A B-matrix entry above ``max_b`` (1/Å: a bend within ~3° of
+    linear) sends the molecule to Cartesian BFGS for the rest of its relaxation. Molecules that fall back to Cartesian BFGS start from Lindh's Hessian + ``lindh_shift``."""
 
     trust0: float = 0.3
     trust_min: float = 0.01
@@ -46,6 +47,7 @@ class InternalBFGSParams:
     lindh_shift: float = 10.0
     energy_noise: float = 5e-4
     back_iterations: int = 6
+    max_b: float = 20.0
     back_tolerance: float = 1e-5
 
 
@@ -87,9 +89,9 @@ class InternalBFGSState:
         self.fallback = None                     # Cartesian BFGS state when internals cannot be used
         self.hessian: Optional[np.ndarray] = None
         self.trust = params.trust0
-        self.prev_q: Optional[np.ndarray] = None
-        self.prev_g: Optional[np.ndarray] = None
-        self.prev_energy: Optional[float] = None
+        self.prev: Optional[tuple] = None            # the point the last step started from (see _plan)
+        self.max_dx = params.maxstep                  # Å, largest atomic displacement of the next step
+        self.last_dx = 0.0                            # Å, largest atomic displacement of the last step
         self.predicted: float = 0.0
         self.last_norm: float = 0.0
 
@@ -135,7 +137,7 @@ class InternalBFGSState:
         xs = [np.asarray(positions[k], dtype=np.float64) for k in inside]
         evaluated = batch.evaluate(xs)
         rigids = rigid_bases(xs)
-        plans = []                 # (slot in batch, k, q0, dq, first-order positions, B, metric factor)
+        plans = []                 # (slot, k, start positions, q0, dq, first-order positions, B, metric factor)
         for slot, k in enumerate(inside):
             plan = states[k]._plan(xs[slot], forces[k], float(energies[k]), *evaluated[slot], rigids[slot])
             if plan is None:
@@ -143,7 +145,7 @@ class InternalBFGSState:
             else:
                 plans.append((slot, k) + plan)
         # back-transformation: all molecules iterate together, their coordinates evaluated in one pass per round
-        current = [p[4] for p in plans]
+        current = [p[5] for p in plans]
         best = list(current)
         best_err = [np.inf] * len(plans)
         active = list(range(len(plans)))
@@ -151,12 +153,14 @@ class InternalBFGSState:
             if not active:
                 break
             trial = [xs[slot] for slot in range(len(inside))]
+            for a in range(len(plans)):
+                trial[plans[a][0]] = plans[a][2]                  # start points (a rejected step restarts)
             for a in active:
                 trial[plans[a][0]] = current[a]
             values = batch.evaluate(trial, with_b=False)
             still = []
             for a in active:
-                slot, k, q0, dq, _, b, metric = plans[a]
+                slot, k, _, q0, dq, _, b, metric = plans[a]
                 coords = states[k].coords
                 resid = dq - coords.difference(values[slot][0], q0)
                 correction = dpotrs(metric, b.T @ resid)[0]
@@ -169,18 +173,26 @@ class InternalBFGSState:
                 current[a] = current[a] + correction.reshape(-1, 3)
                 still.append(a)
             active = still
-        for a, (slot, k, *_rest) in enumerate(plans):
-            x = xs[slot]
+        for a, (slot, k, x, _, _, first, *_rest) in enumerate(plans):
             dx = best[a] - x
+            # the iteration can land on a far solution (a bend through 180°, a torsion by 2π): keep the
+            # first-order step when the curvilinear one moves any atom much more than it does
+            linear = np.sqrt(((first - x) ** 2).sum(1)).max()
+            if np.sqrt((dx * dx).sum(1)).max() > 2.0 * linear + 0.01:
+                dx = first - x
+                best[a] = first
             longest = float(np.sqrt((dx * dx).sum(1)).max())
-            cap = states[k].params.maxstep
+            cap = states[k].max_dx
             out[k] = x + dx * (cap / longest) if longest > cap else best[a]
+            states[k].last_dx = min(longest, cap)
         return out
 
     def _plan(self, x: np.ndarray, forces: np.ndarray, energy: float, q: np.ndarray, b: np.ndarray,
               rigid: np.ndarray) -> Optional[tuple]:
-        """Hessian and trust updates, then the internal step of this molecule: (q, Δq, first-order positions,
-        B, Cholesky factor of BᵀB + rigid) for the back-transformation, or ``None`` when B has become singular."""
+        """Hessian and trust updates, then the internal step of this molecule: (start positions, q, Δq,
+        first-order positions, B, Cholesky factor of BᵀB + rigid) for the back-transformation, or ``None`` when B
+        has become singular. A step that raised the energy is rejected: its gradient still updates the Hessian,
+        and the next step starts again from the previous point, inside a smaller trust radius."""
         coords = self.coords
         if len(coords.linear):
             b = b - (b @ rigid) @ rigid.T             # linear bends are not rotation invariant: keep rigid motions out
@@ -188,26 +200,41 @@ class InternalBFGSState:
         g_x = g_x - rigid @ (rigid.T @ g_x)
         rr = rigid @ rigid.T
         metric, info = dpotrf(b.T @ b + rr)            # positive definite iff B spans all internal motions
-        if info != 0:
-            return None
+        if info != 0 or np.abs(b).max() > self.params.max_b:
+            return None                                   # singular, or a bend / torsion has turned (near) linear
         g_q = b @ dpotrs(metric, g_x)[0]              # (Bᵀ)⁺ g_x
-        if self.prev_q is not None:
-            dq = coords.difference(q, self.prev_q)
-            dg = g_q - self.prev_g
+        here = (x, q, b, rr, g_x, g_q, metric, energy)
+        base = here
+        prev = self.prev
+        if prev is not None:
+            dq = coords.difference(q, prev[1])
+            dg = g_q - prev[5]
             a = float(dq @ dg)
             if a > 1e-12:
                 hdq = self.hessian @ dq
                 bb = float(dq @ hdq)
                 if bb > 1e-12:
                     self.hessian += np.outer(dg, dg) / a - np.outer(hdq, hdq) / bb
+            rise = energy - prev[7]
             if self.predicted < -self.params.energy_noise:   # float32 energies: smaller changes are noise
-                ratio = (energy - self.prev_energy) / self.predicted
+                ratio = rise / self.predicted
                 if ratio < 0.25:
-                    self.trust = max(self.trust * 0.25, self.params.trust_min)
+                    self.trust = max(min(self.trust, self.last_norm) * 0.25, self.params.trust_min)
                 elif ratio > 0.75 and self.last_norm > 0.9 * self.trust:
                     self.trust = min(self.trust * 2.0, self.params.trust_max)
+            elif rise <= self.params.energy_noise and self.last_norm > 0.9 * self.trust:
+                self.trust = min(self.trust * 2.0, self.params.trust_max)   # too small a step to judge: grow
+            if rise > self.params.energy_noise:
+                base = prev                               # uphill: step again from the previous point,
+                self.trust = max(min(self.trust, 0.25 * self.last_norm), self.params.trust_min)   # shorter
+                self.max_dx = 0.25 * self.last_dx        # (and shorter in Cartesians too)
+            else:
+                self.max_dx = min(2.0 * self.max_dx, self.params.maxstep)
+        x, q, b, rr, g_x, g_q, metric, energy = base
+        self.prev = base
         h_x = b.T @ self.hessian @ b                                  # the internal Hessian seen in Cartesians
-        scale = float(np.trace(h_x)) / max(h_x.shape[0] - rigid.shape[1], 1)
+        n_rigid = int(round(float(np.trace(rr))))
+        scale = float(np.trace(h_x)) / max(h_x.shape[0] - n_rigid, 1)
         factor, info = dpotrf(h_x + scale * rr)
         if info == 0:
             step = -dpotrs(factor, g_x)[0]
@@ -222,5 +249,4 @@ class InternalBFGSState:
             norm = self.trust
         self.predicted = float(g_x @ step + 0.5 * step @ h_x @ step)
         self.last_norm = norm
-        self.prev_q, self.prev_g, self.prev_energy = q, g_q, energy
-        return q, dq, x + step.reshape(-1, 3), b, metric
+        return x, q, dq, x + step.reshape(-1, 3), b, metric

@@ -22,10 +22,11 @@ from ase.data import covalent_radii
 
 #: two atoms are bonded when closer than this factor times the sum of their covalent radii
 BOND_FACTOR = 1.3
-#: bends straighter than this (degrees) are linear: described by two linear-bend displacements instead
-LINEAR_DEG = 175.0
+#: bends straighter than this (degrees) are linear: described by two linear-bend displacements instead (a
+#: rattled C−C≡N is a few degrees off straight, and a bend's B-vector grows as 1/sin θ near 180°)
+LINEAR_DEG = 165.0
 #: torsions whose outer bend is straighter than this (degrees) are left out (their B-vectors grow as 1/sin θ)
-TORSION_MAX_BEND_DEG = 175.0
+TORSION_MAX_BEND_DEG = 165.0
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,14 @@ def build_internal_coordinates(positions: np.ndarray, numbers: np.ndarray) -> In
                     continue
                 key = (i, j, k, l) if (i, j) < (l, k) else (l, k, j, i)
                 torsions.add(key)
+    # out-of-plane motion of a three-coordinated atom moves its bends only to second order when it is planar:
+    # one improper torsion (a, j, b, c) about j−b carries it to first order
+    for j in range(n):
+        nb = neighbours[j]
+        if len(nb) == 3 and j not in apexes:
+            a, b_, c = (int(v) for v in nb)
+            if _bent(a, j, b_) and _bent(j, b_, c):
+                torsions.add((a, j, b_, c))
     torsions = sorted(torsions)
     as_array = lambda rows, p: np.asarray(rows, dtype=np.int64).reshape(-1, p)   # noqa: E731
     return InternalCoordinates(n_atoms=n, bonds=pairs.astype(np.int64), bends=as_array(bends, 3),

@@ -3,8 +3,10 @@
 On a CPU the batched model evaluation of small molecules scales poorly with torch threads (on 2 cores, 2 threads
 run a batched relaxation 1.4x faster than 1; two 1-thread processes run it about 1.8x faster), so screening many
 structures is faster with one single-threaded process per core, each running the in-flight batched relaxation of
-:func:`mftcalc.calculators.batched.relax` on its share. Chunks of the input go to whichever worker is free, so the
-load balances itself; results come back in input order.
+:func:`mftcalc.calculators.batched.relax_stream` on a shared input queue: a worker pulls the next structure
+whenever its batch has room, so every worker keeps a full batch until the input runs out, and the nearly empty
+batch at the end of a relaxation (its slowest structures alone) happens once per worker, not once per chunk.
+Predictions go out in chunks to whichever worker is free. Results come back in input order.
 
 Workers are started with the ``spawn`` method (safe next to torch's thread pools), so a script that uses them
 must keep its top-level code under ``if __name__ == "__main__":``. Each worker reloads the model from its file
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -24,17 +27,38 @@ from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.structure import Structure
 
 _WORKER_HANDLE: Optional[ModelHandle] = None
+_WORKER_QUEUES: Optional[tuple] = None
 
 
-def _init_worker(source: str, load_kwargs: Dict[str, Any], threads: int) -> None:
-    global _WORKER_HANDLE
+def _init_worker(source: str, load_kwargs: Dict[str, Any], threads: int, queues: tuple) -> None:
+    global _WORKER_HANDLE, _WORKER_QUEUES
     torch.set_num_threads(threads)
     _WORKER_HANDLE = ModelHandle.load(source, **load_kwargs)
+    _WORKER_QUEUES = queues
 
 
-def _relax_chunk(structures: List[Structure], relax_kwargs: Dict[str, Any]) -> list:
-    from mftcalc.calculators.batched import relax
-    return relax(structures, _WORKER_HANDLE, workers=1, **relax_kwargs)
+def _relax_stream_worker(stream_kwargs: Dict[str, Any]) -> int:
+    """Relax structures from the shared task queue until its end marker; each result goes to the result queue.
+    Returns how many this worker relaxed."""
+    from threadpoolctl import threadpool_limits
+    from mftcalc.calculators.batched import relax_stream
+    tasks, results = _WORKER_QUEUES
+    done = [0]
+
+    def items():
+        while True:
+            item = tasks.get()
+            if item is None:
+                return
+            yield item
+
+    def emit(key: Any, result: Any) -> None:
+        results.put((key, result))
+        done[0] += 1
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        relax_stream(items(), emit, _WORKER_HANDLE, **stream_kwargs)
+    return done[0]
 
 
 def _predict_chunk(structures: List[Structure], predict_kwargs: Dict[str, Any]) -> list:
@@ -60,18 +84,41 @@ class ModelWorkers:
             _write_model(handle.module, handle.metadata, source)
         threads = threads or max(1, torch.get_num_threads() // workers)
         self.workers = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker, initargs=(source, handle.load_kwargs(), threads))
+        self.handle = handle
+        context = multiprocessing.get_context("spawn")
+        self._tasks, self._results = context.Queue(), context.Queue()
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                         initargs=(source, handle.load_kwargs(), threads,
+                                                   (self._tasks, self._results)))
 
-    def relax(self, structures: Sequence[Structure], chunk: Optional[int] = None,
-              on_done: Optional[Callable[[int], None]] = None, **relax_kwargs: Any) -> list:
-        """:func:`mftcalc.calculators.batched.relax` of ``structures`` in chunks of ``chunk`` over the workers;
-        ``on_done(n)`` after each finished chunk of n structures. Results in input order.
+    def relax(self, structures: Sequence[Structure], **relax_kwargs: Any) -> list:
+        """:func:`mftcalc.calculators.batched.relax` of ``structures`` on these workers (same arguments)."""
+        from mftcalc.calculators.batched import relax
+        return relax(structures, self.handle, pool=self, **relax_kwargs)
 
-        ``chunk`` defaults to a quarter of each worker's share, at most 64 structures: small enough that the
-        workers finish together, large enough to keep each worker's in-flight batch full.
-        """
-        return self._map(_relax_chunk, structures, chunk, on_done, relax_kwargs)
+    def relax_stream(self, items: Sequence[tuple], emit: Callable[[Any, Any], None],
+                     stream_kwargs: Dict[str, Any]) -> None:
+        """:func:`mftcalc.calculators.batched.relax_stream` of ``items`` ``(key, structure, cost)`` on all workers
+        from one shared queue; ``emit(key, result)`` here, in this process, as each structure finishes."""
+        items = list(items)
+        for item in items:
+            self._tasks.put(item)
+        for _ in range(self.workers):
+            self._tasks.put(None)                        # one end marker per worker
+        futures = [self._pool.submit(_relax_stream_worker, stream_kwargs) for _ in range(self.workers)]
+        received = 0
+        while received < len(items):
+            try:
+                key, result = self._results.get(timeout=0.2)
+            except queue.Empty:
+                for future in futures:
+                    if future.done() and future.exception() is not None:
+                        raise future.exception()          # a worker failed: re-raise its error here
+                continue
+            emit(key, result)
+            received += 1
+        for future in futures:
+            future.result()
 
     def predict(self, structures: Sequence[Structure], chunk: Optional[int] = None,
                 on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:

@@ -101,9 +101,9 @@ class RepFlowLayer(nn.Module):
                              + self.ee_edge(edge))                                              # [E, n+e]
         msg = edge_info[:, :n] * sw_col
         node_msg = segment_sum(msg, i, counts) * self.e_norm
-        node = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
+        node_new = node + self.res_node[0] * node_self + self.res_node[1] * node_sym + self.res_node[2] * node_msg
         if not update_edges:
-            return node, edge, angle
+            return node_new, edge, angle
         edge_self = edge_info[:, n:]
 
         # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one segment sum)
@@ -124,7 +124,7 @@ class RepFlowLayer(nn.Module):
         edge_angle = self.act(self.edge_angle2(padded))
 
         edge = edge + self.res_edge[0] * edge_self + self.res_edge[1] * edge_angle
-        return node, edge, angle_new
+        return node_new, edge, angle_new
 
 
 class Backbone(nn.Module):
