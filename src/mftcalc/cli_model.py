@@ -92,8 +92,9 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
-                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, or BFGS started from "
-                   "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
+                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
+                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
+                   "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--workers", type=int, default=1,
@@ -107,8 +108,9 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
-                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, or BFGS started from "
-                   "Lindh's model Hessian (bfgs-lindh: molecules, about half the steps)")
+                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
+                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
+                   "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
     p.add_argument("--workers", type=int, default=1,

@@ -146,9 +146,16 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
         handle.check_elements(s.numbers)
     if workers > 1:
         from mftcalc.calculators.parallel import ModelWorkers
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(structures), desc="predict", unit="structure")
         with ModelWorkers(handle, workers) as pool:
-            return pool.predict(structures, properties=properties, max_atoms=max_atoms, forces=forces,
-                                max_angles=max_angles)
+            rows = pool.predict(structures, on_done=None if bar is None else bar.update, properties=properties,
+                                max_atoms=max_atoms, forces=forces, max_angles=max_angles)
+        if bar is not None:
+            bar.close()
+        return rows
     has_ff = bool(handle.forcefield_heads)
     out: List[Dict[str, Any]] = []
     groups = chunk_groups(handle.module, structures, max_atoms, max_angles)
