@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rattle", type=float, default=0.05, help="Å")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the batched path (all workers)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes of the batched path (each with threads / workers torch threads)")
+    parser.add_argument("--workers", default="1",
+                        help="processes of the batched path (each with threads / workers torch threads); a comma "
+                        "list runs every optimiser at each count")
     parser.add_argument("--loop-threads", type=int, default=1,
                         help="torch threads of the per-structure loop (1 is its fastest on 2 cores: small graphs)")
     parser.add_argument("--optimizers", default="fire,bfgs,bfgs-lindh",
@@ -75,10 +76,12 @@ def main() -> None:
 
     batched_runs = {}
     load_before = os.getloadavg()
-    for optimizer in args.optimizers.split(","):
-        start = time.perf_counter()
-        res = relax(structures, handle, fmax=args.fmax, steps=args.steps, optimizer=optimizer, workers=args.workers)
-        batched_runs[optimizer] = (time.perf_counter() - start, res)
+    worker_counts = [int(w) for w in str(args.workers).split(",")]
+    for workers in worker_counts:
+        for optimizer in args.optimizers.split(","):
+            start = time.perf_counter()
+            res = relax(structures, handle, fmax=args.fmax, steps=args.steps, optimizer=optimizer, workers=workers)
+            batched_runs[(optimizer, workers)] = (time.perf_counter() - start, res)
 
     torch.set_num_threads(args.loop_threads)
     calc = MFTCalculator(model_path, device=args.device)
@@ -108,14 +111,14 @@ def main() -> None:
     loop_energies = np.array(loop_energies)
 
     n = len(structures)
-    workers_note = f", workers={args.workers}" if args.workers > 1 else ""
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     table = [
         "| path | structures | wall s | structures/s | converged | mean steps | median |E − E(ASE BFGS)| meV | "
         "E below / above E(ASE BFGS) by > 10 meV | speed-up |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for optimizer, (t_b, res) in batched_runs.items():
+    for (optimizer, workers), (t_b, res) in batched_runs.items():
+        workers_note = f", workers={workers}" + ("" if workers > 1 else f", {args.threads} threads")
         diff = np.array([r.energy for r in res]) - loop_energies
         table.append(f"| batched {optimizer.upper()} (mftcalc relax, optimizer='{optimizer}'{workers_note}) | {n} | {t_b:.1f} | "
                      f"{n / t_b:.2f} | {sum(r.converged for r in res) / n:.1%} | "
@@ -130,7 +133,8 @@ def main() -> None:
               f"--device {args.device}"
               f"{' --input ' + args.input if args.input else ''}` with model `{model_path}`; {source}; torch "
               f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, device {device_name}.\n"
-              f"Batched path: {args.workers} process(es), {args.threads} torch thread(s) in all; per-structure loop: "
+              f"Batched path: {args.workers} process(es), {args.threads} torch thread(s) in all (one process: all "
+              f"{args.threads} threads); per-structure loop: "
               f"{args.loop_threads} torch thread(s).\n"
               f"Load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f}: above the thread count, "
               "other processes shared the cores (both paths ran under the same load).\n"
@@ -147,8 +151,8 @@ def _tight_check(args, batched_runs, loop_atoms, loop_energies, calc) -> str:
     """Do the batched and loop end points that differ by > 10 meV lie in one basin? Both continue with ASE BFGS
     to fmax 0.005 eV/Å; same basin when the tight energies agree within 5 meV."""
     from ase.optimize import BFGS
-    optimizer = list(batched_runs)[-1]
-    res = batched_runs[optimizer][1]
+    optimizer, _ = list(batched_runs)[-1]
+    res = batched_runs[list(batched_runs)[-1]][1]
     diff = np.array([r.energy for r in res]) - loop_energies
     picked = np.nonzero(np.abs(diff) > 0.01)[0][: args.tight_check]
     same, tight_diff = 0, []

@@ -115,7 +115,7 @@ def test_internal_state_falls_back_to_cartesian_bfgs_for_diatomics():
     state = InternalBFGSState(InternalBFGSParams(), np.array([1, 1]))
     x = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.8]])
     new = state.step(x, np.array([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]]), 0.0)
-    assert state.fallback and new[1, 2] - new[0, 2] > 0.8
+    assert state.use_cartesian and state.fallback is not None and new[1, 2] - new[0, 2] > 0.8
 
 
 def test_internal_relaxation_rejects_periodic_structures(shipped_model):

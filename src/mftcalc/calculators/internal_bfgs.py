@@ -1,13 +1,14 @@
 """Quasi-Newton relaxation of one molecule in redundant internal coordinates (the ``"bfgs-internal"`` optimiser
 of :func:`mftcalc.calculators.batched.relax`).
 
-Each step: the Wilson B-matrix at the current geometry gives the internal gradient g_q = (Bᵀ)⁺ g_x in the
-non-redundant subspace spanned by B (an eigendecomposition of BᵀB, [3n, 3n]); the model Hessian H_q (Lindh's
-force constants on the coordinates of :mod:`mftcalc.calculators.internal_coords`, diagonal at the start) is
-updated by BFGS from the last step's changes of q and g_q, projected on that subspace, and gives a Newton step
-inside a trust radius; the step is taken back to Cartesians by the usual iteration x ← x + B⁺ (Δq − (q(x) − q₀)).
-The trust radius follows the ratio of the actual to the predicted energy change (Fletcher). This is the scheme
-of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
+Each step: the Wilson B-matrix at the current geometry gives the internal gradient g_q = (Bᵀ)⁺ g_x (a Cholesky
+factor of BᵀB + R, [3n, 3n], with R the projector on rigid motions, which are B's null space); the model Hessian
+H_q (Lindh's force constants on the coordinates of :mod:`mftcalc.calculators.internal_coords`, diagonal at the
+start) is updated by BFGS from the last step's changes of q and g_q and, seen in Cartesians as Bᵀ H_q B, gives a
+Newton step inside a trust radius on |Δq|; the step is taken back to Cartesians by the usual iteration
+x ← x + B⁺ (Δq − (q(x) − q₀)). The trust radius follows the ratio of the actual to the predicted energy change
+(Fletcher); a step that raised the energy is rejected and retried, shorter, from the previous point. This is the
+scheme of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
 
 Molecules whose coordinate set misses a degree of freedom fall back to Cartesian BFGS from Lindh's Hessian
 (:class:`mftcalc.calculators.batched._BFGSState`); so do molecules whose bends or torsions become
@@ -24,9 +25,10 @@ import numpy as np
 
 from ase.units import Bohr, Hartree
 
-from mftcalc.calculators.internal_coords import (InternalCoordinates, build_internal_coordinates,
-                                                 CoordinateBatch, internal_rank_deficit, rigid_bases)
 from scipy.linalg.lapack import dpotrf, dpotrs
+
+from mftcalc.calculators.internal_coords import (CoordinateBatch, InternalCoordinates, build_internal_coordinates,
+                                                 internal_rank_deficit, rigid_bases)
 
 
 @dataclass
@@ -37,7 +39,8 @@ class InternalBFGSParams:
     lower the energy by less than ``energy_noise`` eV (float32 model energies of a few hundred eV are not resolved
     better than ~1e-4 eV). The step is taken back to Cartesians in at most ``back_iterations`` rounds, until the
     correction is below ``back_tolerance`` Å. A B-matrix entry above ``max_b`` (1/Å: a bend within ~3° of
-    linear) sends the molecule to Cartesian BFGS for the rest of its relaxation. Molecules that fall back to Cartesian BFGS start from Lindh's Hessian + ``lindh_shift``."""
+    linear) sends the molecule to Cartesian BFGS for the rest of its relaxation; molecules on Cartesian BFGS start
+    from Lindh's Hessian + ``lindh_shift`` · I."""
 
     trust0: float = 0.3
     trust_min: float = 0.01
@@ -86,7 +89,8 @@ class InternalBFGSState:
         self.params = params
         self.numbers = np.asarray(numbers)
         self.coords: Optional[InternalCoordinates] = None
-        self.fallback = None                     # Cartesian BFGS state when internals cannot be used
+        self.use_cartesian = False               # internals incomplete or singular: Cartesian BFGS from here on
+        self.fallback = None                     # that Cartesian BFGS state
         self.hessian: Optional[np.ndarray] = None
         self.trust = params.trust0
         self.prev: Optional[tuple] = None            # the point the last step started from (see _plan)
@@ -96,7 +100,8 @@ class InternalBFGSState:
         self.last_norm: float = 0.0
 
     def _use_cartesian(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
-        if not self.fallback:
+        self.use_cartesian = True
+        if self.fallback is None:
             from mftcalc.calculators.batched import BFGSParams, _BFGSState
             self.fallback = _BFGSState(BFGSParams(initial_hessian="lindh", lindh_shift=self.params.lindh_shift),
                                        self.numbers)
@@ -105,11 +110,11 @@ class InternalBFGSState:
     def _start(self, x: np.ndarray) -> None:
         """Build the coordinate set and the model Hessian at the first geometry (or choose the fallback)."""
         if len(x) < 3:
-            self.fallback = False
+            self.use_cartesian = True
             return
         self.coords = build_internal_coordinates(x, self.numbers)
         if internal_rank_deficit(self.coords, x) > 0:
-            self.fallback = False
+            self.use_cartesian = True
             return
         self.hessian = _internal_hessian(self.coords, x, self.numbers, self.params)
 
@@ -125,9 +130,9 @@ class InternalBFGSState:
         inside: List[int] = []
         for k, st in enumerate(states):
             x = np.asarray(positions[k], dtype=np.float64)
-            if st.coords is None and st.fallback is None:
+            if st.coords is None and not st.use_cartesian:
                 st._start(x)
-            if st.fallback is not None:
+            if st.use_cartesian:
                 out[k] = st._use_cartesian(x, forces[k])
             else:
                 inside.append(k)
