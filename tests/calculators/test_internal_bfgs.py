@@ -121,3 +121,41 @@ def test_internal_state_falls_back_to_cartesian_bfgs_for_diatomics():
 def test_internal_relaxation_rejects_periodic_structures(shipped_model):
     with pytest.raises(ValueError, match="for molecules"):
         relax([Structure.from_ase(bulk("Si", "diamond", a=5.43))], shipped_model, optimizer="bfgs-internal")
+
+
+def test_a_torsion_over_a_straightening_bend_sends_the_molecule_to_cartesian_bfgs():
+    """H−C−C−H with 150° bends has one torsion; when a bend straightens towards 180° the torsion's B-row grows as
+    1/sin θ, and Cartesian BFGS takes over for the rest of the relaxation."""
+    def hcch(outer_deg):
+        phi = np.radians(60.0)
+        a1, a2 = np.radians(180.0 - 150.0), np.radians(180.0 - outer_deg)
+        return np.array([[-1.1 * np.cos(a1), 1.1 * np.sin(a1), 0.0], [0.0, 0.0, 0.0], [1.2, 0.0, 0.0],
+                         [1.2 + 1.1 * np.cos(a2), 1.1 * np.sin(a2) * np.cos(phi), 1.1 * np.sin(a2) * np.sin(phi)]])
+    state = InternalBFGSState(InternalBFGSParams(), np.array([1, 6, 6, 1]))
+    state.step(hcch(150.0), np.full((4, 3), 1e-3), 0.0)
+    assert not state.use_cartesian and len(state.coords.torsions) == 1
+    state.step(hcch(179.8), np.full((4, 3), 1e-3), 0.0)
+    assert state.use_cartesian and state.fallback is not None
+
+
+def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_model):
+    """The stream reads its input lazily (a worker's shared queue is consumed as molecules finish) and emits each
+    result as its structure converges."""
+    from mftcalc.calculators.batched import FireParams, relax_stream
+    from mftcalc.calculators.model_handle import ModelHandle
+    handle = ModelHandle.load(shipped_model)
+    structures = [Structure.from_ase(molecule("H2O")) for _ in range(6)]
+    pulled, events = [], []
+
+    def items():
+        for k, s in enumerate(structures):
+            pulled.append(k)
+            events.append(("pull", k))
+            yield k, s, None
+
+    relax_stream(items(), lambda key, r: events.append(("done", key)), handle, fmax=0.05, max_steps=50,
+                 fire=FireParams(), max_atoms=6, internal=InternalBFGSParams())       # two waters in flight
+    assert pulled == list(range(6))
+    assert sorted(k for kind, k in events if kind == "done") == list(range(6))
+    first_done = events.index(next(e for e in events if e[0] == "done"))
+    assert [e for e in events[:first_done] if e[0] == "pull"] == [("pull", 0), ("pull", 1), ("pull", 2)]

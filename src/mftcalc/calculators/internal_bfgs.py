@@ -11,8 +11,8 @@ x ← x + B⁺ (Δq − (q(x) − q₀)). The trust radius follows the ratio of 
 scheme of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
 
 Molecules whose coordinate set misses a degree of freedom fall back to Cartesian BFGS from Lindh's Hessian
-(:class:`mftcalc.calculators.batched._BFGSState`); so do molecules whose bends or torsions become
-(nearly) singular on the way (a bend turning linear).
+(:class:`mftcalc.calculators.batched._BFGSState`); so do molecules whose torsions become
+(nearly) singular on the way (an outer bend turning linear).
 
 Units: positions Å, forces eV/Å, energies eV; internal coordinates Å and radians, H_q eV/Å² · eV/rad².
 """
@@ -38,8 +38,8 @@ class InternalBFGSParams:
     force constants are at least ``k_torsion_min`` eV/rad². The trust radius is left alone after steps predicted to
     lower the energy by less than ``energy_noise`` eV (float32 model energies of a few hundred eV are not resolved
     better than ~1e-4 eV). The step is taken back to Cartesians in at most ``back_iterations`` rounds, until the
-    correction is below ``back_tolerance`` Å. A B-matrix entry above ``max_b`` (1/Å: a bend within ~3° of
-    linear) sends the molecule to Cartesian BFGS for the rest of its relaxation; molecules on Cartesian BFGS start
+    correction is below ``back_tolerance`` Å. A B-matrix entry above ``max_b`` (1/Å: a torsion over a bend
+    within ~3° of linear, whose B-row grows as 1/sin θ) sends the molecule to Cartesian BFGS for the rest of its relaxation; molecules on Cartesian BFGS start
     from Lindh's Hessian + ``lindh_shift`` · I."""
 
     trust0: float = 0.3
@@ -206,7 +206,7 @@ class InternalBFGSState:
         rr = rigid @ rigid.T
         metric, info = dpotrf(b.T @ b + rr)            # positive definite iff B spans all internal motions
         if info != 0 or np.abs(b).max() > self.params.max_b:
-            return None                                   # singular, or a bend / torsion has turned (near) linear
+            return None                                   # singular, or a torsion's outer bend turned linear
         g_q = b @ dpotrs(metric, g_x)[0]              # (Bᵀ)⁺ g_x
         here = (x, q, b, rr, g_x, g_q, metric, energy)
         base = here
