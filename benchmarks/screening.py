@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--tight-check", type=int, default=0,
                         help="for up to this many molecules whose batched (last optimiser) and loop energies differ "
                         "by > 10 meV, continue both end points with ASE BFGS to fmax 0.005 and compare")
+    parser.add_argument("--plot", default=None,
+                        help="write a figure (PNG): steps per structure of every path, and the energy differences "
+                        "of the batched paths to the loop")
     parser.add_argument("--out", default="benchmarks/results/screening.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,12 +98,14 @@ def main() -> None:
     loop_steps = 0
     loop_energies = []
     loop_atoms = []
+    loop_step_counts = []
     for s in structures:
         atoms = s.to_ase()
         atoms.calc = calc
         opt = BFGS(atoms, logfile=None)
         loop_converged += bool(opt.run(fmax=args.fmax, steps=args.steps))
         loop_steps += opt.nsteps
+        loop_step_counts.append(opt.nsteps)
         loop_energies.append(atoms.get_potential_energy())
         loop_atoms.append(atoms)
         for name in handle.property_names:
@@ -140,11 +145,37 @@ def main() -> None:
               "other processes shared the cores (both paths ran under the same load).\n"
               f"numpy BLAS threads: 1 in the batched path (set by mftcalc), {args.loop_blas_threads} in the ASE loop.\n\n")
     text = header + "\n".join(table) + "\n"
+    if args.plot:
+        _plot(args.plot, batched_runs, loop_step_counts, loop_energies)
+        text += f"\nFigure: `{args.plot}` (steps per structure; batched − loop energies).\n"
     if args.tight_check:
         text += _tight_check(args, batched_runs, loop_atoms, loop_energies, calc)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+
+
+def _plot(path, batched_runs, loop_step_counts, loop_energies) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_steps, ax_energy) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.arange(0, max(max(loop_step_counts), *(max(r.steps for r in res) for _, res in batched_runs.values()))
+                     + 6, 5)
+    ax_steps.hist(loop_step_counts, bins=bins, histtype="step", lw=2, color="k", label="ASE BFGS loop")
+    for (optimizer, workers), (_, res) in batched_runs.items():
+        steps = [r.steps for r in res]
+        ax_steps.hist(steps, bins=bins, histtype="step", lw=1.5, label=f"batched {optimizer} (mean {np.mean(steps):.1f})")
+        diff = 1e3 * (np.array([r.energy for r in res]) - loop_energies)
+        ax_energy.hist(np.clip(diff, -200, 200), bins=np.linspace(-200, 200, 81), histtype="step", lw=1.5,
+                       label=f"{optimizer} (median {np.median(diff):+.1f} meV)")
+    ax_steps.set(xlabel="optimiser steps per structure", ylabel="structures", yscale="log")
+    ax_steps.legend(fontsize=8)
+    ax_energy.set(xlabel="E(batched) − E(ASE BFGS loop), meV (clipped to ±200)", ylabel="structures", yscale="log")
+    ax_energy.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def _tight_check(args, batched_runs, loop_atoms, loop_energies, calc) -> str:
