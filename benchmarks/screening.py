@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--plot", default=None,
                         help="write a figure (PNG): steps per structure of every path, and the energy differences "
                         "of the batched paths to the loop")
+    parser.add_argument("--save", default=None,
+                        help="write per-structure steps and energies of every path to this .npz")
     parser.add_argument("--out", default="benchmarks/results/screening.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -145,6 +147,13 @@ def main() -> None:
               "other processes shared the cores (both paths ran under the same load).\n"
               f"numpy BLAS threads: 1 in the batched path (set by mftcalc), {args.loop_blas_threads} in the ASE loop.\n\n")
     text = header + "\n".join(table) + "\n"
+    if args.save:
+        arrays = {"loop_energy": loop_energies, "loop_steps": np.array(loop_step_counts)}
+        for (optimizer, workers), (_, res) in batched_runs.items():
+            arrays[f"{optimizer}_w{workers}_energy"] = np.array([r.energy for r in res])
+            arrays[f"{optimizer}_w{workers}_steps"] = np.array([r.steps for r in res])
+            arrays[f"{optimizer}_w{workers}_converged"] = np.array([r.converged for r in res])
+        np.savez(args.save, **arrays)
     if args.plot:
         _plot(args.plot, batched_runs, loop_step_counts, loop_energies)
         text += f"\nFigure: `{args.plot}` (steps per structure; batched − loop energies).\n"
