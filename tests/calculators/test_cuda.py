@@ -40,7 +40,8 @@ def test_calculator_on_cuda_matches_cpu(kind: str) -> None:
         np.testing.assert_allclose(cuda, cpu, rtol=1e-9, atol=1e-9)
 
 
-def test_batched_predict_and_relax_on_cuda_match_cpu() -> None:
+@pytest.mark.parametrize("optimizer", ["bfgs", "bfgs-internal"])
+def test_batched_predict_and_relax_on_cuda_match_cpu(optimizer: str) -> None:
     model = make_tiny_model()
     structures = [Structure.from_ase(_atoms("molecule")), Structure.from_ase(molecule("CH4")),
                   Structure.from_ase(_atoms("crystal"))]
@@ -50,7 +51,7 @@ def test_batched_predict_and_relax_on_cuda_match_cpu() -> None:
         for key in cpu:
             np.testing.assert_allclose(cuda[key], cpu[key], rtol=1e-9, atol=1e-9)
     molecules = structures[:2]
-    relaxed = {d: relax(molecules, copy.deepcopy(model), fmax=0.05, steps=200, optimizer="bfgs", device=d,
+    relaxed = {d: relax(molecules, copy.deepcopy(model), fmax=0.05, steps=200, optimizer=optimizer, device=d,
                         dtype=torch.float64) for d in ("cpu", "cuda")}
     for cpu, cuda in zip(relaxed["cpu"], relaxed["cuda"]):
         assert cpu.converged and cuda.converged
