@@ -8,7 +8,7 @@ batch stays full until the queue runs dry (no tail of nearly empty batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs, chunk_groups
+
+if TYPE_CHECKING:
+    from mftcalc.calculators.internal_bfgs import InternalBFGSParams
 
 
 OPTIMIZERS = ("fire", "bfgs", "bfgs-lindh", "bfgs-internal")
