@@ -10,7 +10,7 @@ gather, never on a concatenated per-angle tensor.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn

@@ -7,7 +7,7 @@ Call it with gradients enabled (not under ``torch.no_grad()``) when forces or st
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,7 @@ from mftcalc import keys as K
 from mftcalc.model.backbone import Backbone
 from mftcalc.model.config import ModelConfig
 from mftcalc.model.graph import build_graph, edge_vectors
-from mftcalc.model.heads import make_head, scatter_sum
+from mftcalc.model.heads import make_head
 
 
 class MFTModel(nn.Module):

@@ -125,7 +125,6 @@ def internal_modes(numbers: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarr
         ``(stiffness, modes)``: [m] eigenvalues in eV/Å^2 (ascending) and [3n, m] orthonormal Cartesian mode
         vectors, m = 3n - 6 (3n - 5 if linear).
     """
-    n = len(numbers)
     rigid = rigid_body_basis(positions)
     u, _, _ = np.linalg.svd(rigid, full_matrices=True)
     internal = u[:, rigid.shape[1]:]  # orthonormal complement of the rigid-body space, [3n, m]

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 
 def run_demo(model: Optional[str], out_dir: Path) -> None:

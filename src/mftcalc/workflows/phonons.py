@@ -1,7 +1,7 @@
 """Phonons with phonopy from any ASE calculator (e.g. ``MFTCalculator``): force constants, bands, DOS, ZPE."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
