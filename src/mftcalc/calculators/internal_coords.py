@@ -60,11 +60,6 @@ class InternalCoordinates:
         mask[start:start + len(self.torsions)] = True
         return mask
 
-    def kinds(self) -> np.ndarray:
-        """[n_coords] int: 0 bond, 1 bend, 2 torsion, 3 linear bend (the row order of :meth:`evaluate`)."""
-        return np.concatenate([np.full(len(self.bonds), 0), np.full(len(self.bends), 1),
-                               np.full(len(self.torsions), 2), np.full(2 * len(self.linear), 3)]).astype(int)
-
     def difference(self, q1: np.ndarray, q0: np.ndarray) -> np.ndarray:
         """q1 − q0 [n_coords] with torsion differences wrapped into (−π, π]."""
         d = q1 - q0

@@ -12,6 +12,8 @@ from typing import Tuple
 
 import numpy as np
 
+from mftcalc.calculators.internal_coords import rigid_basis as rigid_body_basis  # the project's one rigid-motion basis
+
 HARTREE_EV = 27.211386245988
 BOHR_ANG = 0.529177210903
 _K_STRETCH, _K_BEND, _K_TORSION = 0.45, 0.15, 0.005  # Hartree/bohr^2, Hartree/rad^2, Hartree/rad^2
@@ -103,19 +105,6 @@ def _torsion_gradient(xi: np.ndarray, xj: np.ndarray, xk: np.ndarray, xl: np.nda
     gj = lg / a2 * a + fg * a - hg * b
     gk = -lg / b2 * b - fg * a + hg * b
     return gi, gj, gk, gl
-
-
-def rigid_body_basis(positions: np.ndarray) -> np.ndarray:
-    """[3n, r] orthonormal basis of rigid translations and rotations (r = 6, or 5 for a linear molecule)."""
-    x = np.asarray(positions, dtype=np.float64)
-    n = x.shape[0]
-    centred = x - x.mean(axis=0)
-    vectors = []
-    for axis in np.eye(3):
-        vectors.append(np.tile(axis, n))
-        vectors.append(np.cross(axis, centred).reshape(-1))
-    u, s, _ = np.linalg.svd(np.array(vectors).T, full_matrices=False)
-    return u[:, s > 1e-6 * s.max()]
 
 
 def internal_modes(numbers: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
