@@ -54,10 +54,13 @@ class InternalCoordinates:
 
     @property
     def periodic(self) -> np.ndarray:
-        """[n_coords] bool: the torsions, whose differences are taken modulo 2π."""
-        mask = np.zeros(self.n_coords, dtype=bool)
-        start = len(self.bonds) + len(self.bends)
-        mask[start:start + len(self.torsions)] = True
+        """[n_coords] bool: the torsions, whose differences are taken modulo 2π (cached: read every back-step)."""
+        mask = getattr(self, "_periodic", None)
+        if mask is None:
+            mask = np.zeros(self.n_coords, dtype=bool)
+            start = len(self.bonds) + len(self.bends)
+            mask[start:start + len(self.torsions)] = True
+            object.__setattr__(self, "_periodic", mask)
         return mask
 
     def difference(self, q1: np.ndarray, q0: np.ndarray) -> np.ndarray:
