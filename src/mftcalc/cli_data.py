@@ -27,7 +27,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     qm9.add_argument("--summary", action="store_true", help="also print a summary of the whole dataset")
     qm9.add_argument("--cache-dir", help="QM9 cache directory (default $MFTCALC_CACHE or ~/.cache/mftcalc)")
     qm9.add_argument("--splits-out", help="write the split(s) as JSON of QM9 indices (.json or .json.gz)")
-    qm9.add_argument("--seed", type=int, default=0, help="seed of the random ID-test/validation draw (default 0)")
+    qm9.add_argument("--seed", type=int, default=0, help="seed of the validation draw from BOOM's training set (the OOD and ID sets are BOOM's: no seed)")
     qm9.set_defaults(func=run_qm9)
     mb = sub.add_parser("matbench", help="MatBench folds (5 random or 50 OOD) with sizes and target ranges")
     mb.add_argument("dataset", choices=list(MATBENCH_DATASETS))

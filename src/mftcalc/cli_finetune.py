@@ -4,38 +4,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict
-
-import yaml
-
-
-def _overrides(pairs) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for pair in pairs or []:
-        key, _, value = pair.partition("=")
-        if not _:
-            raise SystemExit(f"override {pair!r} must look like key=value")
-        out[key] = yaml.safe_load(value)
-    return out
+from typing import Any
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from mftcalc.data.io import read_structures
-    from mftcalc.training.bench import BenchConfig, TaskSpec, _load_task, _pretrained_backbone
+    from mftcalc.schema import apply_overrides, from_mapping
+    from mftcalc.training.bench import BenchConfig, FinetuneConfig, _load_task, _pretrained_backbone
     from mftcalc.training.finetune import FinetuneSettings, finetune
-    data = yaml.safe_load(Path(args.config).read_text())
-    settings_dict = {**data.get("settings", {}), **_overrides(args.set)}
-    task_spec = TaskSpec(**data["task"])
-    cfg = BenchConfig(pretrained=data.get("pretrained", ""), out_dir=data["out_dir"], tasks=[task_spec],
-                      qm9_splits=data.get("qm9_splits"), qm9_max_eval=data.get("qm9_max_eval"),
-                      matbench_path=data.get("matbench_path"))
-    settings = FinetuneSettings(**settings_dict)
+    from mftcalc.training.pretrain import load_forcefield_set, read_yaml
+    # --set key=value: a bare key is a settings key (steps=500), a dotted key starts at the top (task.property=homo)
+    pairs = [p if "." in p.partition("=")[0] else f"settings.{p}" for p in (args.set or [])]
+    data = apply_overrides(read_yaml(args.config), pairs)
+    spec = from_mapping(FinetuneConfig, data, args.config)
+    settings = from_mapping(FinetuneSettings, spec.settings, f"{args.config}: settings")
+    task_spec = spec.task
+    cfg = BenchConfig(pretrained=spec.pretrained or "", out_dir=spec.out_dir, tasks=[task_spec],
+                      qm9_splits=spec.qm9_splits, qm9_max_eval=spec.qm9_max_eval, matbench_path=spec.matbench_path)
     fold = task_spec.fold_indices[0] if task_spec.kind == "matbench" else None
     task = _load_task(cfg, task_spec, task_spec.train_fraction, fold, settings.seed, {})
-    ff = None
-    if data.get("ff_data"):
-        ff = {name: read_structures(path) for name, path in data["ff_data"].items()}
-    result = finetune(task, settings, data["out_dir"], cfg.pretrained or None, ff_structures=ff,
+    ff = {name: load_forcefield_set(name, s) for name, s in spec.ff_data.items()} if spec.ff_data else None
+    result = finetune(task, settings, spec.out_dir, cfg.pretrained or None, ff_structures=ff,
                       backbone_cfg=_pretrained_backbone(cfg, {}) if settings.strategy == "scratch" else None)
     print(json.dumps(result, indent=1))
     return 0
@@ -44,7 +32,7 @@ def _finetune(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from mftcalc.training.bench import BenchConfig, parse_shard, run_bench
     from dataclasses import replace
-    cfg = BenchConfig.from_yaml(args.config)
+    cfg = BenchConfig.from_yaml(args.config, args.set or [])
     if args.strategies:
         cfg = replace(cfg, strategies=[v.strip() for v in args.strategies.split(",") if v.strip()])
     if args.seeds:
@@ -77,7 +65,9 @@ def add_finetune_parsers(subparsers: Any) -> None:
     """Register ``finetune``, ``bench`` and ``analyze``."""
     p = subparsers.add_parser("finetune", help="fine-tune a pretrained model on a property (scratch/ft/lp/mft)")
     p.add_argument("config", help="YAML: pretrained, out_dir, task, settings (FinetuneSettings), optional ff_data")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings keys")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys: a bare key is a settings key (steps=500), a dotted key starts at the "
+                        "top (task.property=homo)")
     p.set_defaults(func=_finetune)
     p = subparsers.add_parser("bench", help="strategies x tasks x seeds x fractions, resumable results + tables")
     p.add_argument("config")
@@ -86,6 +76,8 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--strategies", metavar="A,B", help="run only these strategies (names from the config's strategies "
                    "or variants), e.g. mft,ft first and the rest later; the summary covers every finished cell")
     p.add_argument("--seeds", metavar="0,1", help="run only these seeds")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, dotted for nested ones (settings.steps=500, tasks.0.property=homo)")
     p.set_defaults(func=_bench)
     p = subparsers.add_parser("analyze", help="representation drift and Davies-Bouldin indices vs the pretrained model")
     p.add_argument("pretrained")

@@ -4,18 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any, Dict, List
-
-
-def _parse_overrides(pairs: List[str]) -> Dict[str, Any]:
-    import yaml
-    out: Dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"override {pair!r} must look like key=value")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
+from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -24,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
     if distributed:
         import torch.distributed as dist
         dist.init_process_group("gloo")
-    cfg = PretrainConfig.from_yaml(args.config, _parse_overrides(args.set))
+    cfg = PretrainConfig.from_yaml(args.config, set_pairs=args.set or [])
     card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))

@@ -21,7 +21,7 @@ def tiny_config(tmp_path: Path) -> Path:
         "preset": "tiny", "ff_hidden": [8], "steps": 8, "decay_steps": 2, "log_every": 1, "val_every": 4,
         "checkpoint_every": 1, "dtype": "float64", "out_dir": str(tmp_path / "run"),
         "state_path": str(tmp_path / "run" / "state.pt"), "model_out": str(tmp_path / "model.pt"),
-        "replay_out": str(tmp_path / "replay.extxyz"), "progress": False,
+        "progress": False,
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -24,7 +24,7 @@ def tiny_pretrained(tmp_path_factory):
     cfg = {"datasets": [{"name": "cu", "path": str(tmp / "cu.extxyz"), "batch_size": 4, "replay": 8}],
            "preset": "tiny", "ff_hidden": [8], "steps": 4, "decay_steps": 2, "val_every": 4, "checkpoint_every": 4,
            "out_dir": str(tmp / "run"), "state_path": str(tmp / "run/state.pt"), "model_out": str(tmp / "pre.pt"),
-           "replay_out": str(tmp / "pre_replay.extxyz.gz"), "progress": False}
+           "progress": False}
     (tmp / "pre.yaml").write_text(yaml.safe_dump(cfg))
     pretrain(PretrainConfig.from_yaml(tmp / "pre.yaml"))
     return tmp / "pre.pt"
@@ -34,7 +34,8 @@ def _bench_config(tmp_path: Path, pretrained: Path, **extra) -> Path:
     cfg = {"pretrained": str(pretrained), "out_dir": str(tmp_path / "bench"),
            "tasks": [{"kind": "qm9", "property": "gap", "train_fraction": 0.0003}],
            "strategies": ["scratch", "ft", "lp", "mft"], "seeds": [0], "qm9_max_eval": 20,
-           "ff_eval": {"cu": str(pretrained.with_name("pre_replay.extxyz.gz"))},
+           "ff_eval": {"cu": str(pretrained.with_name("pre_replay_materials.extxyz.gz"))},
+           "ff_data": {"cu": str(pretrained.with_name("pre_replay_materials.extxyz.gz"))},
            "settings": {"steps": 4, "property_batch": 8, "ff_batch": 4, "val_every": 2, "checkpoint_every": 1,
                         "head_hidden": [8], "probe_size": 4}, **extra}
     path = tmp_path / "bench.yaml"
@@ -76,7 +77,7 @@ def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp
 
 def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
     variants = {"mft_fresh_head": {"strategy": "mft", "settings": {"reinit_ff_head": True}},
-                "mft_aux_cu": {"strategy": "mft", "ff_data": {"cu": str(tiny_pretrained.with_name("pre_replay.extxyz.gz"))}}}
+                "mft_aux_cu": {"strategy": "mft", "ff_data": {"cu": str(tiny_pretrained.with_name("pre_replay_materials.extxyz.gz"))}}}
     config = _bench_config(tmp_path, tiny_pretrained, variants=variants,
                            strategies=["ft", "mft", "mft_fresh_head", "mft_aux_cu"])
     procs = [subprocess.Popen([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--shard", f"{i}/2"],

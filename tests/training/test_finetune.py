@@ -34,7 +34,7 @@ def _write_cfg(tmp):
            "preset": "tiny", "ff_hidden": [8], "steps": 10, "decay_steps": 5, "val_every": 10,
            "checkpoint_every": 5, "dtype": "float64", "out_dir": str(tmp / "run"),
            "state_path": str(tmp / "run/state.pt"), "model_out": str(tmp / "pre.pt"),
-           "replay_out": str(tmp / "pre_replay.extxyz.gz"), "progress": False}
+           "progress": False}
     path = tmp / "pre.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -220,7 +220,8 @@ def test_cli_excludes_boom_test_sets(tmp_path, monkeypatch):
                              numbers=np.concatenate([m.numbers for m in mols]).astype(np.uint8),
                              offsets=np.concatenate([[0], np.cumsum([m.n_atoms for m in mols])]),
                              properties=np.zeros((6, len(qm9.QM9_PROPERTIES))),
-                             property_names=tuple(qm9.QM9_PROPERTIES), qm9_index=index)
+                             property_names=tuple(qm9.QM9_PROPERTIES), qm9_index=index,
+                             smiles=np.array(["O", "C", "N", "CC", "C#N", "CO"]))
     monkeypatch.setattr(qm9, "load_qm9", lambda cache_dir=None: dataset)
     empty = np.zeros(0, dtype=np.int64)
     splits = {p: BoomSplit(p, train=empty, val=empty, id_test=np.array([2]), ood_test=np.array([5 if i else 6]))

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from mftcalc.model.checkpoint import load_model, read_checkpoint
-from mftcalc.training.pretrain import PretrainConfig, pretrain
+from mftcalc.training.pretrain import PretrainConfig, pretrain, replay_path
 
 
 def _weights(path: Path) -> dict:
@@ -42,7 +42,8 @@ def test_pretraining_reduces_loss_and_writes_outputs(tiny_config):
     assert model.metadata["datasets"] == ["cu", "al"]
     assert model.metadata["elements"] == [13, 29]
     assert card["validation"]["val/cu/f_mae"] > 0
-    assert Path(cfg.replay_out).exists()
+    assert replay_path(cfg.model_out, "materials").exists()          # EMT Cu/Al cells are periodic
+    assert not replay_path(cfg.model_out, "molecules").exists()
 
 
 def test_resume_in_process_is_exact(tiny_config, tmp_path):

@@ -1,12 +1,24 @@
 """BOOM out-of-distribution splits of QM9 (Antoniuk et al., NeurIPS 2025 Datasets & Benchmarks).
 
-Per property: fit a 1-D Gaussian KDE with Scott's bandwidth ``h = std(ddof=1) * n**(-1/5)`` to the values of all
-molecules; the ``n_ood`` (10,000) molecules of lowest density form the OOD test set; from the rest a random
-``id_fraction`` (5 %) is the ID test set and a further ``val_fraction`` (5 %) the validation set; the remainder
-is the training set. The density is evaluated with linear binning on a fine grid, an FFT convolution with the
-Gaussian and linear interpolation back to the values (:func:`kde_density`): about 0.1 s per property for all of
-QM9, against minutes for the exact kernel sum, and the same OOD set to within a few boundary molecules.
-Split files store QM9 indices (not row positions).
+BOOM's procedure (reference code ``boom/data/prepare_splits_qm9.py`` of FLASK-LLNL/BOOM), per property:
+
+1. Molecules are keyed by SMILES (a repeated SMILES counts once, with the value of its last occurrence).
+2. A 1-D Gaussian KDE is fitted to the values with scikit-learn's ``bandwidth="scott"``, which is
+   ``h = n**(-1/5)`` **in the property's own unit** (scikit-learn does not multiply by the spread, unlike
+   scipy's ``gaussian_kde``): 0.095 Ha for the gap, about twice its standard deviation.
+3. The ``n_ood`` (10,000) molecules of lowest density are the OOD test set.
+4. Every other molecule, in QM9 order, is ID test when Python's ``random.random()`` (``random.seed(42)``, reset
+   per property) draws below 0.05, else training.
+
+BOOM has no validation set; here ``val_fraction`` (5 %) of BOOM's training molecules are drawn (numpy, seeded)
+as validation, the rest train. What differs from BOOM's files, and why: qm9pack ships 130,831 molecules, BOOM
+counts all 133,885, so the densities lack 3,054 values and Python's draw sequence meets other molecules; the OOD
+set is the procedure's, the ID set is a draw of the same law, not BOOM's exact molecules.
+
+The density is evaluated with linear binning on a fine grid, an FFT convolution with the Gaussian and linear
+interpolation back to the values (:func:`kde_density`): about 0.1 s per property for all of QM9, against minutes
+for the exact kernel sum, and the same OOD set (tested against scikit-learn on a subsample; the full-set overlap
+is in ``benchmarks/results/boom_splits.md``). Split files store QM9 indices (not row positions).
 """
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Sequence, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -37,9 +49,19 @@ class BoomSplit:
 
 
 def scott_bandwidth(values: np.ndarray) -> float:
-    """Scott's rule for a 1-D Gaussian KDE: ``std(values, ddof=1) * n**(-1/5)`` (as scipy's ``gaussian_kde``)."""
+    """scikit-learn's ``KernelDensity(bandwidth="scott")`` for 1-D data: ``n**(-1/5)``, in the unit of ``values``
+    (no spread factor). This is the bandwidth of BOOM's splits."""
+    return float(np.asarray(values).size ** (-0.2))
+
+
+def scott_bandwidth_scaled(values: np.ndarray) -> float:
+    """scipy's ``gaussian_kde`` Scott rule: ``std(values, ddof=1) * n**(-1/5)`` (mftcalc's splits before
+    2026-12, which selected a different OOD set than BOOM's; kept for comparison)."""
     values = np.asarray(values, dtype=np.float64)
     return float(np.std(values, ddof=1) * values.size ** (-0.2))
+
+
+BANDWIDTHS = {"scott": scott_bandwidth, "scott-scaled": scott_bandwidth_scaled}
 
 
 def kde_density(values: np.ndarray, bandwidth: float | None = None, grid_size: int = 2 ** 20,
@@ -53,7 +75,7 @@ def kde_density(values: np.ndarray, bandwidth: float | None = None, grid_size: i
 
     Args:
         values: [n] float, finite.
-        bandwidth: kernel width h in the unit of ``values`` (default :func:`scott_bandwidth`).
+        bandwidth: kernel width h in the unit of ``values`` (default :func:`scott_bandwidth`, BOOM's).
         grid_size: number of grid points.
         cutoff: kernel support in bandwidths.
 
@@ -67,7 +89,9 @@ def kde_density(values: np.ndarray, bandwidth: float | None = None, grid_size: i
         raise ValueError("kde_density needs a 1-D array of at least two finite values")
     h = scott_bandwidth(x) if bandwidth is None else float(bandwidth)
     lo, hi = x.min(), x.max()
-    if h <= 0 or hi == lo:
+    if hi == lo:
+        raise ValueError("kde_density: all values are equal, so the density is undefined; check the property")
+    if not h > 0:
         raise ValueError("kde_density: all values are equal, so the density is undefined; check the property")
     step = (hi - lo) / (grid_size - 1)
     t = (x - lo) / step
@@ -82,41 +106,82 @@ def kde_density(values: np.ndarray, bandwidth: float | None = None, grid_size: i
 
 
 def boom_split(values: np.ndarray, qm9_index: np.ndarray, name: str = "", n_ood: int = 10_000,
-               id_fraction: float = 0.05, val_fraction: float = 0.05, seed: int = 0) -> BoomSplit:
-    """BOOM split of one property.
+               id_fraction: float = 0.05, val_fraction: float = 0.05, seed: int = 0,
+               keys: Optional[Sequence[str]] = None, bandwidth: Union[str, float] = "scott",
+               id_seed: int = 42) -> BoomSplit:
+    """BOOM split of one property (the procedure in the module docstring).
 
     Args:
-        values: [M] property values of all molecules.
-        qm9_index: [M] QM9 index of each molecule.
+        values: [M] property values of all molecules, in QM9 order.
+        qm9_index: [M] QM9 index of each molecule (ascending).
         name: property name recorded in the split.
-        n_ood: size of the OOD test set (the lowest-density molecules; ties broken by position).
-        id_fraction, val_fraction: fractions of the non-OOD molecules drawn for ID test and validation.
-        seed: seed of the random draw (same seed -> same split).
+        n_ood: size of the OOD test set, in keys (the lowest-density keys).
+        id_fraction: probability of a non-OOD key to be ID test (BOOM: 0.05, Python ``random`` seeded ``id_seed``).
+        val_fraction: fraction of BOOM's training keys drawn (numpy, ``seed``) as validation.
+        seed: seed of the validation draw only; the OOD and ID sets do not depend on it.
+        keys: [M] molecule keys (SMILES); molecules sharing a key count once in the density (with the last
+            value) and fall in the same set. Default: every molecule its own key.
+        bandwidth: ``"scott"`` (BOOM's, :func:`scott_bandwidth`), ``"scott-scaled"`` or a width in the
+            property's unit.
+        id_seed: seed of Python's ``random`` for the ID draw (BOOM: 42).
     """
+    import random
+
     values = np.asarray(values, dtype=np.float64)
     qm9_index = np.asarray(qm9_index, dtype=np.int64)
     if values.shape != qm9_index.shape or values.ndim != 1:
         raise ValueError(f"values {values.shape} and qm9_index {qm9_index.shape} must be 1-D of equal length")
-    if not 0 < n_ood < values.size:
-        raise ValueError(f"n_ood={n_ood} must be between 1 and the number of molecules ({values.size})")
-    order = np.argsort(kde_density(values), kind="stable")
-    ood, rest = order[:n_ood], order[n_ood:]
-    rest = np.random.default_rng(seed).permutation(np.sort(rest))
-    n_id, n_val = round(id_fraction * rest.size), round(val_fraction * rest.size)
-    if n_id + n_val >= rest.size:
+    if keys is None:
+        first, group = np.arange(values.size), np.arange(values.size)
+        key_values = values
+    else:
+        if len(keys) != values.size:
+            raise ValueError(f"keys has {len(keys)} entries for {values.size} values")
+        _, first, group = np.unique(np.asarray(keys), return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")           # keys in order of first appearance (BOOM's dict order)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        group = rank[group]
+        first = first[order]
+        key_values = np.empty(first.size)
+        key_values[group] = values                         # the last occurrence wins, as in BOOM's dict
+    n_keys = key_values.size
+    if not 0 < n_ood < n_keys:
+        raise ValueError(f"n_ood={n_ood} must be between 1 and the number of molecules ({n_keys})")
+    if isinstance(bandwidth, str):
+        if bandwidth not in BANDWIDTHS:
+            raise ValueError(f"unknown bandwidth {bandwidth!r}; use one of {sorted(BANDWIDTHS)} or a number")
+        h = BANDWIDTHS[bandwidth](key_values)
+    else:
+        h = float(bandwidth)
+    density = kde_density(key_values, bandwidth=h)
+    ood_keys = np.argsort(density, kind="stable")[:n_ood]
+    is_ood = np.zeros(n_keys, dtype=bool)
+    is_ood[ood_keys] = True
+    draw = random.Random(id_seed)
+    is_id = np.zeros(n_keys, dtype=bool)
+    for k in np.flatnonzero(~is_ood).tolist():            # BOOM's loop: one draw per non-OOD key, in order
+        is_id[k] = draw.random() < id_fraction
+    boom_train = np.flatnonzero(~is_ood & ~is_id)
+    n_val = round(val_fraction * (n_keys - n_ood))
+    if n_val >= boom_train.size:
         raise ValueError(f"id_fraction + val_fraction = {id_fraction + val_fraction} leaves no training set")
-    def qm9(rows: np.ndarray) -> np.ndarray:
-        return np.sort(qm9_index[rows])
+    is_val = np.zeros(n_keys, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(boom_train)[:n_val]] = True
 
-    return BoomSplit(property=name, train=qm9(rest[n_id + n_val:]), val=qm9(rest[n_id:n_id + n_val]),
-                     id_test=qm9(rest[:n_id]), ood_test=qm9(ood))
+    def qm9(key_mask: np.ndarray) -> np.ndarray:
+        return np.sort(qm9_index[key_mask[group]])
+
+    return BoomSplit(property=name, train=qm9(~is_ood & ~is_id & ~is_val), val=qm9(is_val), id_test=qm9(is_id),
+                     ood_test=qm9(is_ood))
 
 
 def boom_splits(dataset, properties: Sequence[str] | None = None, seed: int = 0, **kwargs) -> Dict[str, BoomSplit]:
-    """BOOM splits of several properties of a :class:`~mftcalc.data.qm9.QM9Dataset` (default: all of them);
-    ``kwargs`` go to :func:`boom_split`."""
+    """BOOM splits of several properties of a :class:`~mftcalc.data.qm9.QM9Dataset` (default: all of them),
+    keyed by its SMILES; ``kwargs`` go to :func:`boom_split`."""
     names = list(dataset.property_names if properties is None else properties)
-    return {n: boom_split(dataset.property(n), dataset.qm9_index, name=n, seed=seed, **kwargs) for n in names}
+    return {n: boom_split(dataset.property(n), dataset.qm9_index, name=n, seed=seed, keys=dataset.smiles, **kwargs)
+            for n in names}
 
 
 def test_union(splits: Mapping[str, BoomSplit]) -> np.ndarray:

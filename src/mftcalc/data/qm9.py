@@ -33,7 +33,7 @@ _COLUMNS = {
     "alpha": "Polarizability_bohr3", "mu": "Dipole_debye", "cv": "Heatcapacity_Cv_cal_mol_K",
 }
 _SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
-CACHE_NAME = "qm9_v1.npz"
+CACHE_NAME = "qm9_v2.npz"
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class QM9Dataset:
         properties: [M, P] float64, one column per name in ``property_names`` (units in :data:`QM9_PROPERTIES`).
         property_names: the P property names, in column order.
         qm9_index: [M] int64, the QM9 index of each molecule (1..133885, ascending; failed molecules absent).
+        smiles: [M] str, the GDB SMILES of each molecule (qm9pack's ``SMILES``; BOOM keys molecules by it).
     """
 
     positions: np.ndarray
@@ -55,6 +56,7 @@ class QM9Dataset:
     properties: np.ndarray
     property_names: Tuple[str, ...]
     qm9_index: np.ndarray
+    smiles: np.ndarray
 
     def __len__(self) -> int:
         return int(self.qm9_index.shape[0])
@@ -139,7 +141,7 @@ def load_qm9(cache_dir: Optional[PathLike] = None, data_dir: Optional[PathLike] 
             if str(z["signature"]) == signature:
                 return QM9Dataset(positions=z["positions"], numbers=z["numbers"], offsets=z["offsets"],
                                   properties=z["properties"], property_names=tuple(z["property_names"].tolist()),
-                                  qm9_index=z["qm9_index"])
+                                  qm9_index=z["qm9_index"], smiles=z["smiles"])
     dataset = parse_qm9_csv(files, progress=progress)
     _write_cache(dataset, cache, signature)
     return dataset
@@ -149,18 +151,20 @@ def parse_qm9_csv(files: Sequence[PathLike], progress: bool = True) -> QM9Datase
     """Parse qm9pack CSV files (columns ``Index``, ``N_atoms``, ``Elements``, ``XYZ_Ang`` and the property
     columns) into a :class:`QM9Dataset`; the files must hold ascending QM9 indices (as qm9pack ships them)."""
     csv.field_size_limit(sys.maxsize)
-    index, n_atoms, elements, xyz, values = [], [], [], [], []
+    index, n_atoms, elements, xyz, values, smiles = [], [], [], [], [], []
     for path in tqdm(files, desc="parsing QM9 CSV", unit="file", disable=not progress):
         with open(path, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader)
-            missing = [c for c in ("Index", "N_atoms", "Elements", "XYZ_Ang", *_COLUMNS.values()) if c not in header]
+            missing = [c for c in ("Index", "SMILES", "N_atoms", "Elements", "XYZ_Ang", *_COLUMNS.values())
+                       if c not in header]
             if missing:
                 raise ValueError(f"{path}: columns {missing} missing; this is not a qm9pack QM9 CSV")
             col = {name: header.index(name) for name in header}
             prop_cols = [col[_COLUMNS[p]] for p in QM9_PROPERTIES]
             for row in reader:
                 index.append(row[col["Index"]])
+                smiles.append(row[col["SMILES"]])
                 n_atoms.append(row[col["N_atoms"]])
                 elements.append(row[col["Elements"]])
                 xyz.append(row[col["XYZ_Ang"]])
@@ -183,7 +187,7 @@ def parse_qm9_csv(files: Sequence[PathLike], progress: bool = True) -> QM9Datase
                          "qm9_part*.csv files in order, each once")
     offsets = np.concatenate([[0], np.cumsum(counts)])
     return QM9Dataset(positions=positions.reshape(-1, 3), numbers=numbers, offsets=offsets, properties=properties,
-                      property_names=tuple(QM9_PROPERTIES), qm9_index=qm9_index)
+                      property_names=tuple(QM9_PROPERTIES), qm9_index=qm9_index, smiles=np.array(smiles))
 
 
 def _write_cache(dataset: QM9Dataset, cache: Path, signature: str) -> None:
@@ -194,7 +198,7 @@ def _write_cache(dataset: QM9Dataset, cache: Path, signature: str) -> None:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, positions=dataset.positions, numbers=dataset.numbers, offsets=dataset.offsets,
                      properties=dataset.properties, property_names=np.array(dataset.property_names),
-                     qm9_index=dataset.qm9_index, signature=np.array(signature))
+                     qm9_index=dataset.qm9_index, smiles=dataset.smiles, signature=np.array(signature))
         os.replace(tmp, cache)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

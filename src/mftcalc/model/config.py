@@ -40,7 +40,8 @@ class HeadConfig:
 
     ``extensive`` (scalar heads): sum over atoms, else mean. ``element_bias``: add a per-element bias fitted by
     least squares. ``unit``: unit of the head's output. ``n_datasets``: size of the dataset (case) embedding of a
-    force-field head.
+    force-field head. ``resnet_dt``: hidden layers with deepmd-kit's timestep residuals (``MLP``); False for
+    checkpoints written before the option existed.
     """
 
     kind: str = "scalar"
@@ -50,6 +51,7 @@ class HeadConfig:
     extensive: bool = False
     element_bias: bool = True
     n_datasets: int = 1
+    resnet_dt: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)

@@ -49,17 +49,49 @@ def smooth_switch(r: Tensor, r_inner: float, r_cut: float) -> Tensor:
     return 1.0 + u * u * u * (-10.0 + u * (15.0 - 6.0 * u))
 
 
+class ResNetDtLayer(nn.Module):
+    """One hidden layer of deepmd-kit's fitting net with ``resnet_dt``: ``y = act(W x + b) ⊙ idt``, plus ``x``
+    when the widths are equal, or ``[x, x]`` when the output is twice as wide (no skip otherwise).
+
+    ``idt`` [n_out] (the "timestep") starts near 0.1 (normal, mean 0.1, std 0.001), as in deepmd-kit, so a
+    fresh layer is close to the identity on square layers. Shapes: x [..., n_in] -> [..., n_out].
+    """
+
+    def __init__(self, n_in: int, n_out: int, activation: str) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.act = make_activation(activation)
+        self.idt = nn.Parameter(torch.empty(n_out).normal_(0.1, 0.001))
+        self.skip = 1 if n_out == n_in else (2 if n_out == 2 * n_in else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act(self.linear(x)) * self.idt
+        if self.skip == 1:
+            y = y + x
+        elif self.skip == 2:
+            y = y + torch.cat([x, x], -1)
+        return y
+
+
 class MLP(nn.Module):
-    """Fully connected network ``in -> hidden... -> out`` with an activation between layers (none at the end)."""
+    """Fully connected network ``in -> hidden... -> out`` with an activation between layers (none at the end).
+
+    ``resnet_dt=True``: the hidden layers are :class:`ResNetDtLayer` (deepmd-kit's fitting net, the authors'
+    property and force-field heads); the last layer stays linear.
+    """
 
     def __init__(self, n_in: int, hidden: Sequence[int], n_out: int, activation: str = "tanh",
-                 bias_out: bool = True) -> None:
+                 bias_out: bool = True, resnet_dt: bool = False) -> None:
         super().__init__()
         sizes: List[int] = [n_in] + list(hidden) + [n_out]
         layers: List[nn.Module] = []
         for k in range(len(sizes) - 1):
-            layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias_out or k < len(sizes) - 2))
-            if k < len(sizes) - 2:
+            last = k == len(sizes) - 2
+            if resnet_dt and not last:
+                layers.append(ResNetDtLayer(sizes[k], sizes[k + 1], activation))
+                continue
+            layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias_out or not last))
+            if not last:
                 layers.append(make_activation(activation))
         self.net = nn.Sequential(*layers)
 

@@ -13,10 +13,9 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import yaml
 
 from mftcalc.training.finetune import STRATEGIES, FinetuneSettings, finetune
 
@@ -42,12 +41,16 @@ class BenchConfig:
     tasks: List[TaskSpec]
     strategies: List[str] = field(default_factory=lambda: ["scratch", "ft", "lp", "mft"])
     seeds: List[int] = field(default_factory=lambda: [0, 1])
+    strategy_seeds: Dict[str, List[int]] = field(default_factory=dict)   # per-strategy seeds (else ``seeds``)
     fractions: Optional[List[float]] = None        # data-efficiency mode: overrides each task's train_fraction
     settings: Dict[str, Any] = field(default_factory=dict)
     qm9_splits: Optional[str] = None
     qm9_max_eval: Optional[int] = None
     matbench_path: Optional[str] = None
     ff_eval: Dict[str, str] = field(default_factory=dict)   # dataset name -> held-out file (filtered by info["dataset"])
+    #: MFT's auxiliary force-field data, ``{dataset: path or spec}`` (``pretrain.load_forcefield_set``); default:
+    #: the domain-matched replay set beside the pretrained checkpoint
+    ff_data: Dict[str, Any] = field(default_factory=dict)
     #: named strategy variants usable in ``strategies`` (ablations): ``{name: {strategy: mft, settings: {...},
     #: ff_data: {dataset: file}}}``; ``settings`` override the bench settings, ``ff_data`` replaces the replay set
     variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -61,12 +64,47 @@ class BenchConfig:
         for name in self.strategies:
             if name not in self.variants and name not in STRATEGIES:
                 raise ValueError(f"unknown strategy {name!r}: use {STRATEGIES} or a name under variants")
+        stray = set(self.strategy_seeds) - set(self.strategies)
+        if stray:
+            raise ValueError(f"strategy_seeds names {sorted(stray)}, which are not in strategies {self.strategies}")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "BenchConfig":
-        data = yaml.safe_load(Path(path).read_text())
-        data["tasks"] = [TaskSpec(**t) for t in data["tasks"]]
-        return cls(**data)
+    def from_yaml(cls, path: str | Path, set_pairs: Sequence[str] = ()) -> "BenchConfig":
+        """Load strictly (:mod:`mftcalc.schema`) and validate the whole grid (every strategy's and variant's
+        fine-tuning settings, every force-field data spec) before any data is read."""
+        from mftcalc.schema import apply_overrides, from_mapping
+        from mftcalc.training.pretrain import read_yaml
+        cfg = from_mapping(cls, apply_overrides(read_yaml(path), set_pairs), str(path))
+        cfg.validate(str(path))
+        return cfg
+
+    def validate(self, where: str = "bench config") -> None:
+        """Build the fine-tuning settings of every strategy once, so a typo fails now, not hours in."""
+        from mftcalc.schema import ConfigError, from_mapping
+        for name in self.strategies:
+            variant = self.variants.get(name, {"strategy": name})
+            merged = {**self.settings, **variant.get("settings", {}), "strategy": variant["strategy"]}
+            from_mapping(FinetuneSettings, merged, f"{where}: settings of strategy {name!r}")
+            for ds, spec in (variant.get("ff_data") or self.ff_data).items():
+                if isinstance(spec, dict) and "path" not in spec:
+                    raise ConfigError(f"{where}: ff_data.{ds} needs a path")
+        for task in self.tasks:
+            if task.kind not in ("qm9", "matbench"):
+                raise ConfigError(f"{where}: task kind {task.kind!r}; use qm9 or matbench")
+
+
+@dataclass
+class FinetuneConfig:
+    """The YAML of ``mftcalc finetune``: one task, its settings (``FinetuneSettings`` keys), inputs, outputs."""
+
+    out_dir: str
+    task: TaskSpec
+    pretrained: Optional[str] = None
+    settings: Dict[str, Any] = field(default_factory=dict)
+    qm9_splits: Optional[str] = None
+    qm9_max_eval: Optional[int] = None
+    matbench_path: Optional[str] = None
+    ff_data: Dict[str, Any] = field(default_factory=dict)
 
 
 def _cells(cfg: BenchConfig):
@@ -76,7 +114,7 @@ def _cells(cfg: BenchConfig):
             folds = task.fold_indices if task.kind == "matbench" else [None]
             for fold in folds:
                 for strategy in cfg.strategies:
-                    for seed in cfg.seeds:
+                    for seed in cfg.strategy_seeds.get(strategy, cfg.seeds):
                         name = task.property if task.kind == "qm9" else f"{task.dataset}-{task.folds}-{fold}"
                         key = f"{task.kind}:{name}|{strategy}|seed{seed}|frac{frac:g}"
                         yield key, task, frac, fold, strategy, seed
@@ -134,6 +172,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
     ``shard=(i, n)`` runs only cells number i, i+n, i+2n, … (in config order), so n processes, e.g. one per core,
     can share one ``out_dir``: each finished cell is merged into ``results.json`` under a file lock.
     """
+    from mftcalc.schema import from_mapping
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -145,12 +184,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
         task = _load_task(cfg, task_spec, frac, fold, seed, cache)
         variant = cfg.variants.get(strategy, {"strategy": strategy})
         base = variant["strategy"]
-        settings = FinetuneSettings(**{**cfg.settings, **variant.get("settings", {}), "strategy": base, "seed": seed,
-                                       "progress": progress})
+        settings = from_mapping(FinetuneSettings, {**cfg.settings, **variant.get("settings", {}), "strategy": base,
+                                                   "seed": seed, "progress": progress}, f"settings of {key}")
         ff = None
-        if variant.get("ff_data"):
-            from mftcalc.data.io import read_structures
-            ff = {name: read_structures(path) for name, path in variant["ff_data"].items()}
+        ff_spec = variant.get("ff_data") or (cfg.ff_data if base == "mft" else None)
+        if ff_spec:
+            ff = {name: _cached_ff(name, spec, cache) for name, spec in ff_spec.items()}
         cell_dir = out / "cells" / key.replace("|", "__").replace(":", "_")
         result = finetune(task, settings, cell_dir, cfg.pretrained if base != "scratch" else None, ff_structures=ff,
                           backbone_cfg=_pretrained_backbone(cfg, cache) if base == "scratch" else None)
@@ -170,6 +209,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
         if cfg.fractions:
             plot_data_efficiency(results, out / "data_efficiency.png")
     return results
+
+
+def _cached_ff(name: str, spec: Any, cache: Dict[str, Any]):
+    """Force-field set ``name`` read once per bench process (``pretrain.load_forcefield_set``)."""
+    from mftcalc.training.pretrain import load_forcefield_set
+    key = f"ffdata:{name}:{json.dumps(spec, sort_keys=True)}"
+    if key not in cache:
+        cache[key] = load_forcefield_set(name, spec)
+    return cache[key]
 
 
 def _pretrained_backbone(cfg: BenchConfig, cache: Dict[str, Any]):

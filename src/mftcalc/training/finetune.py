@@ -24,6 +24,7 @@ from mftcalc.model.fitting import fit_property_head
 from mftcalc.model.mft_model import MFTModel
 from mftcalc.training.evaluate import property_errors, property_predictions
 from mftcalc.training.loop import Trainer, TrainSettings
+from mftcalc.training.pretrain import replay_path, task_domain
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
@@ -40,7 +41,7 @@ class FinetuneSettings:
     steps: int = 2000
     lr0: float = 1e-3
     lr_end: float = 1e-5
-    decay_steps: Optional[int] = None          # default: steps / 20
+    decay_steps: Optional[int] = None          # default: steps / 100 (the authors: 1,000 of 100,000)
     property_batch: Any = "auto:512"
     ff_batch: Any = "auto:128"
     mode: str = "alternate"                   # mft: "alternate" or "sum"
@@ -50,8 +51,14 @@ class FinetuneSettings:
     task_optimizers: bool = False             # mft alternate: one Adam state per task (property, force field)
     head_hidden: Sequence[int] = (240, 240, 240)
     head_activation: str = "tanh"
-    grad_clip: float = 10.0
-    normalize_property_loss: bool = True      # property errors / label std in the loss (O(1) beside force losses)
+    head_resnet_dt: bool = True               # deepmd-kit's fitting net (the authors' property head)
+    grad_clip: float = 5.0                    # the authors' gradient_max_norm
+    normalize_property_loss: bool = True      # property errors / label std in the loss (as deepmd-kit's out_std)
+    property_reduction: str = "sum"           # "sum" over the batch (deepmd-kit PropertyLoss) or "mean"
+    energy_norm: str = "deepmd"               # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
+    curve_probe: int = 0                      # > 0: fixed probes of this size (train, val, each test part) scored at
+                                              # every validation (curve/<part>/rmse in val.csv); the val probe is
+                                              # also the best-on-validation set
     seed: int = 0
     val_every: int = 200
     checkpoint_every: int = 100
@@ -68,6 +75,12 @@ class FinetuneSettings:
             raise ValueError("model_prob must be in (0, 1]")
         if self.task_optimizers and (self.strategy != "mft" or self.mode != "alternate"):
             raise ValueError("task_optimizers applies to strategy 'mft' in mode 'alternate'")
+        if self.property_reduction not in ("sum", "mean"):
+            raise ValueError(f"property_reduction must be 'sum' or 'mean', got {self.property_reduction!r}")
+        if self.energy_norm not in ("deepmd", "per_atom"):
+            raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
+        if self.curve_probe < 0:
+            raise ValueError(f"curve_probe must be >= 0, got {self.curve_probe}")
 
 
 def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, settings: FinetuneSettings,
@@ -76,7 +89,7 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
     recipe = task.recipe
     head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
-                      element_bias=recipe["element_bias"])
+                      element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt)
     torch.manual_seed(settings.seed)
     if settings.strategy == "scratch" or pretrained is None:
         if pretrained is None and settings.strategy != "scratch":
@@ -135,7 +148,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         pretrained_path: pretrained checkpoint (all strategies but ``scratch``; for ``scratch`` it only gives
             the backbone size unless ``backbone_cfg`` is passed).
         ff_structures: force-field data for ``mft`` by dataset name (names must be datasets of the pretrained
-            model); default: its replay set (``<checkpoint stem>_replay.extxyz.gz`` beside it).
+            model; see :func:`mftcalc.training.pretrain.load_forcefield_set`); default: the replay set of the
+            task's domain beside the checkpoint (:func:`replay_structures`).
     """
     out_dir = Path(out_dir)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
@@ -149,9 +163,10 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     loss_scale = label_std(task.train, task.property) if settings.normalize_property_loss else 1.0
     sources = [Source(task.name, task.train, "property", 0, prop_batch,
                       settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"],
-                      loss_scale)]
+                      loss_scale, settings.property_reduction)]
     if settings.strategy == "mft":
-        ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path)
+        ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
+                                                                                task_domain(task.train))
         names = list(model.config.datasets)
         n_ff = sum(len(v) for v in ff.values())
         for name, structures in ff.items():
@@ -160,21 +175,28 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
             prob = (1.0 - settings.model_prob) * len(structures) / n_ff
             sources.append(Source(f"ff:{name}", structures, "forcefield", names.index(name),
                                   resolve_batch_size(settings.ff_batch, structures), prob))
-    val_sources = [Source(task.name, task.val, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
-                          loss_scale)]
+    curve_sets = curve_probes(task, settings.curve_probe, settings.seed) if settings.curve_probe else {}
+    val_structures = curve_sets.get("val", task.val)
+    val_sources = [Source(task.name, val_structures, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
+                          loss_scale, settings.property_reduction)]
     probe = task.val[: settings.probe_size]
     drift = DriftMonitor(model, probe, settings.seed) if settings.strategy != "scratch" else None
 
     def on_validate(step: int, metrics: Dict[str, float]) -> Dict[str, float]:
-        return {"drift_w1": drift(model)} if drift is not None else {}
+        out = {"drift_w1": drift(model)} if drift is not None else {}
+        for part, structures in curve_sets.items():
+            errs = property_errors(model, structures, task.property)
+            out[f"curve/{part}/rmse"] = errs["rmse"]
+            out[f"curve/{part}/mae"] = errs["mae"]
+        return out
 
-    decay = settings.decay_steps or max(1, settings.steps // 20)
+    decay = settings.decay_steps or max(1, settings.steps // 100)
     train_settings = TrainSettings(
         num_steps=settings.steps, lr=ExponentialLR(settings.lr0, settings.lr_end, settings.steps, decay),
         prefactors=ForceFieldPrefactors(), grad_clip=settings.grad_clip, seed=settings.seed, mode=settings.mode,
         sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
         dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress,
-        optimizer_per_kind=settings.task_optimizers)
+        optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm)
     metadata = model_metadata(model, _elements(model, task), finetuning={
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
@@ -239,15 +261,33 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
     return sorted(seen)
 
 
-def replay_structures(pretrained_path: Optional[str | Path]) -> Dict[str, List[Structure]]:
-    """The replay set shipped beside a pretrained checkpoint, grouped by ``info["dataset"]``."""
+def curve_probes(task, size: int, seed: int) -> Dict[str, List[Structure]]:
+    """Fixed probe sets scored at every validation: ``train`` (of this run's training set), ``val`` and each test
+    part, at most ``size`` structures each. The val and test probes use seed 0 whatever the run's seed, so every
+    run of a task is scored on the same molecules; the train probe is drawn with the run's seed."""
+    def pick(structures: List[Structure], draw_seed: int) -> List[Structure]:
+        if len(structures) <= size:
+            return list(structures)
+        keep = np.sort(np.random.default_rng(draw_seed).choice(len(structures), size, replace=False))
+        return [structures[i] for i in keep]
+
+    probes = {"train": pick(task.train, seed), "val": pick(task.val, 0)}
+    probes.update({part: pick(structures, k + 1) for k, (part, structures) in enumerate(task.test_parts.items())})
+    return probes
+
+
+def replay_structures(pretrained_path: Optional[str | Path], domain: str = "molecules"
+                      ) -> Dict[str, List[Structure]]:
+    """The domain-matched replay set shipped beside a pretrained checkpoint (``molecules``: the GFN2-xTB
+    conformers; ``materials``: the periodic DFT sets), grouped by ``info["dataset"]``."""
     if pretrained_path is None:
         raise ValueError("mft needs a pretrained checkpoint (its replay set is the default force-field data)")
     from mftcalc.data.io import read_structures
     path = Path(pretrained_path)
-    replay = path.with_name(path.stem + "_replay.extxyz.gz")
+    replay = replay_path(path, domain)
     if not replay.exists():
-        raise FileNotFoundError(f"no replay set {replay} beside {path}; pass force-field data explicitly")
+        raise FileNotFoundError(f"no {domain} replay set {replay} beside {path}; pass force-field data "
+                                "explicitly (ff_data in the config)")
     groups: Dict[str, List[Structure]] = {}
     for s in read_structures(replay):
         groups.setdefault(str(s.info.get("dataset", "default")), []).append(s)

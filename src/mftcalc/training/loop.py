@@ -48,6 +48,7 @@ class TrainSettings:
     best_metric: Optional[str] = None     # e.g. "val/gap/mae": keep the best-on-validation weights
     progress: bool = True
     optimizer_per_kind: bool = False
+    energy_norm: str = "deepmd"           # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
 
 
 def _global_rank() -> tuple:
@@ -112,7 +113,23 @@ class Trainer:
         return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self._optimizer_state(), "samplers": [s.state_dict() for s in self.samplers],
                 "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
-                "sources": [s.name for s in self.sources]}
+                "sources": [s.name for s in self.sources], "settings": self.settings_record()}
+
+    def settings_record(self) -> Dict[str, str]:
+        """The run's settings and source mixture as strings, stored with the state so that a resume under
+        changed settings is stated (printed and appended to ``<out_dir>/resume.log``)."""
+        record = {name: str(getattr(self.settings, name)) for name in self.settings.__dataclass_fields__
+                  if name not in ("progress", "log_every")}
+        for s in self.sources:
+            record[f"source/{s.name}"] = f"kind={s.kind} prob={s.prob} batch_size={s.batch_size} n={len(s.structures)}"
+        return record
+
+    def _state_changes(self, old: Optional[Dict[str, str]]) -> List[str]:
+        if old is None:
+            return ["the state predates settings records: its settings cannot be compared"]
+        new = self.settings_record()
+        return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
     def _load_state(self) -> None:
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
@@ -129,6 +146,14 @@ class Trainer:
         self.best_value = float(state["best_value"])
         self.wall = float(state["wall"])
         torch.set_rng_state(state["torch_rng"])
+        changes = self._state_changes(state.get("settings"))
+        if changes and self.rank == 0:
+            import sys
+            message = (f"resuming {self.state_path} at step {self.step} with changed settings:\n  "
+                       + "\n  ".join(changes))
+            print(message, file=sys.stderr)
+            with open(self.out_dir / "resume.log", "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def _optimizer_state(self) -> Dict:
         if list(self.optimizers) == ["all"]:
@@ -163,13 +188,13 @@ class Trainer:
             norm_v = float(sum(s.stress is not None for s in global_structures))
             return forcefield_loss(pred, batch, lr, self.settings.lr.lr0, self.settings.prefactors,
                                    norm_structures=norm_e, norm_force_components=norm_f,
-                                   norm_virial_structures=norm_v)
+                                   norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm)
         assert source.property is not None
         batch = collate(local, dtype=dtype, properties=[source.property])
         pred = self.model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
         norm = float(sum(source.property in s.properties for s in global_structures))
         return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
-                             scale=source.loss_scale)
+                             scale=source.loss_scale, reduction=source.reduction)
 
     def _train_step(self) -> Dict[str, float]:
         settings = self.settings

@@ -31,11 +31,18 @@ class ForceFieldPrefactors:
 def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float, lr0: float,
                     pref: ForceFieldPrefactors = ForceFieldPrefactors(),
                     norm_structures: Optional[float] = None, norm_force_components: Optional[float] = None,
-                    norm_virial_structures: Optional[float] = None) -> Tuple[Tensor, Dict[str, float]]:
-    """λ_E·MSE(E/N) + λ_F·MSE(F) + λ_V·MSE(W/N) over the labels present (``has_*`` masks).
+                    norm_virial_structures: Optional[float] = None, energy_norm: str = "deepmd"
+                    ) -> Tuple[Tensor, Dict[str, float]]:
+    """Energy, force and virial terms over the labels present (``has_*`` masks).
 
-    Energies eV, forces eV/Å, virial W = −stress·V in eV. Norms default to the local counts.
+    ``energy_norm="deepmd"`` (default, deepmd-kit's ``EnergyStdLoss``): λ_E·⟨(E−Ê)²/N⟩ + λ_F·MSE(F) +
+    λ_V·⟨|W−Ŵ|²/(9N)⟩, the mean over structures of the squared total-energy (virial) error divided by the atom
+    count N. ``energy_norm="per_atom"`` (mftcalc before 2026-12): λ_E·MSE(E/N) + λ_V·MSE(W/N), N× weaker.
+    Energies eV, forces eV/Å, virial W = −stress·V in eV. Norms default to the local counts. The logged
+    ``rmse_e_per_atom``/``rmse_v_per_atom`` are per-atom errors in both modes.
     """
+    if energy_norm not in ("deepmd", "per_atom"):
+        raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {energy_norm!r}")
     n_atoms = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
     parts: Dict[str, float] = {}
     total = pred[K.ENERGY].new_zeros(())
@@ -45,7 +52,8 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
         count = norm_structures if norm_structures is not None else float(mask.sum())
         if count > 0:
             mse = (diff * diff).sum() / count
-            total = total + prefactor(pref.start_e, pref.limit_e, lr, lr0) * mse
+            term = ((diff * diff) * n_atoms[mask]).sum() / count if energy_norm == "deepmd" else mse
+            total = total + prefactor(pref.start_e, pref.limit_e, lr, lr0) * term
             parts["rmse_e_per_atom"] = float(mse.detach()) ** 0.5
     if K.FORCES in batch and K.FORCES in pred:
         atom_mask = batch[K.HAS_FORCES][batch[K.BATCH]]
@@ -63,19 +71,26 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
         count = norm_virial_structures if norm_virial_structures is not None else float(mask.sum())
         if count > 0:
             mse = (diff * diff).sum() / (9.0 * count)
-            total = total + prefactor(pref.start_v, pref.limit_v, lr, lr0) * mse
+            term = ((diff * diff) * n_atoms[mask].view(-1, 1, 1)).sum() / (9.0 * count) \
+                if energy_norm == "deepmd" else mse
+            total = total + prefactor(pref.start_v, pref.limit_v, lr, lr0) * term
             parts["rmse_v_per_atom"] = float(mse.detach()) ** 0.5
     parts["loss"] = float(total.detach())
     return total, parts
 
 
 def property_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], name: str, kind: str = "mse",
-                  norm_structures: Optional[float] = None, beta: float = 1.0, scale: float = 1.0
-                  ) -> Tuple[Tensor, Dict[str, float]]:
-    """MSE or smooth-L1 (``kind="smooth_l1"``, threshold ``beta``) of property ``name`` over labelled structures.
+                  norm_structures: Optional[float] = None, beta: float = 1.0, scale: float = 1.0,
+                  reduction: str = "mean") -> Tuple[Tensor, Dict[str, float]]:
+    """Squared (``kind="mse"``) or smooth-L1 (``kind="smooth_l1"``, threshold ``beta``) errors of property
+    ``name`` over the labelled structures of the batch.
 
-    The errors enter the loss divided by ``scale`` (property units); the logged ``mae`` is in property units.
+    The errors enter the loss divided by ``scale`` (property units). ``reduction="sum"``: summed over the
+    structures, as deepmd-kit's ``PropertyLoss`` (``F.mse_loss(..., reduction="sum")``, the authors' recipe);
+    ``"mean"``: divided by ``norm_structures`` (default the local count). The logged ``mae`` is in property units.
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"property loss reduction must be 'sum' or 'mean', got {reduction!r}")
     label_key = K.property_key(name)
     if label_key not in batch:
         raise KeyError(f"batch has no labels for property {name!r}; it carries "
@@ -84,6 +99,8 @@ def property_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], name: str, 
     diff = (pred[name] - batch[label_key])[mask]
     scaled = diff / scale
     count = norm_structures if norm_structures is not None else float(mask.sum())
+    if reduction == "sum":
+        count = 1.0
     if kind == "mse":
         loss = (scaled * scaled).sum() / max(count, 1.0)
     elif kind == "smooth_l1":

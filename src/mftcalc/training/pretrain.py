@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class DatasetSpec:
     max_val: int = 200
     replay: int = 500          # structures of the training part copied into the replay set
     max_force: Optional[float] = None   # drop structures with an atomic force above this (eV/Å)
+    exclude_splits: Optional[str] = None   # BOOM split file: drop molecules (info["qm9_index"]) in its test sets
+    exclude_properties: Optional[List[str]] = None   # ... of these properties (default: every split in the file)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class PretrainConfig:
     lr_start_step: int = 0     # the decay starts here (lr0 before): set it to restart the decay of a resumed run
     prefactors: Dict[str, float] = field(default_factory=dict)
     grad_clip: float = 10.0
+    energy_norm: str = "deepmd"   # "deepmd": λ_E·MSE(E)/N as deepmd-kit; "per_atom": λ_E·MSE(E/N) (N× weaker)
     seed: int = 0
     log_every: int = 10
     val_every: int = 500
@@ -68,23 +71,51 @@ class PretrainConfig:
     out_dir: str = "runs/pretrain"
     state_path: str = "runs/pretrain/state.pt"
     model_out: str = "models/pretrained.pt"
-    replay_out: Optional[str] = "models/pretrained_replay.extxyz.gz"
+    replay: bool = True        # write the replay subsets beside model_out, one file per domain (replay_path)
     heldout_out: Optional[str] = None      # validation structures of every dataset (info["dataset"]), for retention tests
     progress: bool = True
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> "PretrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    def from_yaml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None,
+                  set_pairs: Sequence[str] = ()) -> "PretrainConfig":
+        """Load strictly (:mod:`mftcalc.schema`): top-level ``overrides`` and ``--set`` pairs (``a.b=value``,
+        ``datasets.0.prob=0.9``) applied first; unknown keys and wrong types are refused naming the key."""
+        from mftcalc.schema import ConfigError, apply_overrides, from_mapping
+        data = read_yaml(path)
         data.update(overrides or {})
-        if "datasets" not in data or not data["datasets"]:
-            raise ValueError(f"{path}: the config needs a non-empty 'datasets' list")
-        data["datasets"] = [DatasetSpec(**d) for d in data["datasets"]]
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        if "ff_hidden" in data:
-            data["ff_hidden"] = tuple(data["ff_hidden"])
-        return cls(**data)
+        data = apply_overrides(data, set_pairs)
+        if not data.get("datasets"):
+            raise ConfigError(f"{path}: the config needs a non-empty 'datasets' list")
+        return from_mapping(cls, data, str(path))
+
+
+def read_yaml(path: str | Path) -> Dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file, a parse error or a non-mapping names the file."""
+    from mftcalc.schema import ConfigError
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}")
+    return data
+
+
+def task_domain(structures: Sequence[Structure]) -> str:
+    """``materials`` when any structure is periodic, else ``molecules``: which replay set matches a task."""
+    return "materials" if any(bool(np.any(s.pbc)) for s in structures) else "molecules"
+
+
+def replay_path(model_path: str | Path, domain: str) -> Path:
+    """``<checkpoint stem>_replay_<domain>.extxyz.gz`` beside a pretrained checkpoint (``domain``: molecules or
+    materials), where pretraining writes its replay subsets and MFT looks for its default auxiliary data."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}_replay_{domain}.extxyz.gz")
 
 
 def read_dataset(path: str) -> List[Structure]:
@@ -122,6 +153,72 @@ def split_train_val(structures: List[Structure], val_fraction: float, max_val: i
     return train, val
 
 
+def drop_test_molecules(structures: List[Structure], splits_path: str, properties: Optional[List[str]],
+                        name: str = "") -> List[Structure]:
+    """Structures whose ``info["qm9_index"]`` is in no ID/OOD test set of ``properties`` in a BOOM split file.
+
+    Raises when a structure has no ``qm9_index`` (it could not be checked) or a property has no split."""
+    from mftcalc.data.boom import load_splits, test_union
+
+    splits = load_splits(splits_path)
+    names = list(splits) if properties is None else list(properties)
+    unknown = [p for p in names if p not in splits]
+    if unknown:
+        raise ValueError(f"dataset {name!r}: exclude_properties {unknown} have no split in {splits_path} "
+                         f"(it has {sorted(splits)})")
+    excluded = set(test_union({p: splits[p] for p in names}).tolist())
+    unkeyed = sum("qm9_index" not in s.info for s in structures)
+    if unkeyed:
+        raise ValueError(f"dataset {name!r}: {unkeyed} structures have no info['qm9_index'], so exclude_splits "
+                         "cannot check them; drop exclude_splits for this dataset or label it with mftcalc label")
+    return [s for s in structures if int(s.info["qm9_index"]) not in excluded]
+
+
+def load_forcefield_set(name: str, spec: Any) -> List[Structure]:
+    """Force-field structures of dataset ``name`` for fine-tuning (MFT's auxiliary task).
+
+    ``spec`` is a path (any reader, or a glob) or a mapping with ``path`` and optionally ``exclude_splits`` and
+    ``exclude_properties`` (drop molecules in BOOM test sets), ``max_force`` (eV/Å), ``max_structures`` and
+    ``holdout: {val_fraction, max_val, seed}`` (drop the validation molecules of pretraining: use the pretraining
+    config's values, ``seed`` = its seed + 100 + the dataset's position). ``max_structures`` (with
+    ``subsample_seed``; pretraining's is its seed + the dataset's position) subsamples before the holdout, as
+    pretraining does. Structures carrying ``info["dataset"]`` are kept only when it equals ``name`` (a mixed file
+    never lends one dataset's structures to another's embedding); none left is an error.
+    """
+    if isinstance(spec, (str, Path)):
+        spec = {"path": str(spec)}
+    if not isinstance(spec, dict) or "path" not in spec:
+        raise ValueError(f"force-field data {name!r}: give a path or a mapping with 'path', got {spec!r}")
+    allowed = {"path", "exclude_splits", "exclude_properties", "max_force", "max_structures", "subsample_seed",
+               "holdout"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"force-field data {name!r}: unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
+    structures = read_dataset(spec["path"])
+    tagged = [s for s in structures if "dataset" in s.info]
+    if tagged:
+        structures = [s for s in structures if s.info.get("dataset", name) == name]
+        if not structures:
+            raise ValueError(f"{spec['path']} holds no structures of dataset {name!r} (info['dataset'] values: "
+                             f"{sorted({str(s.info['dataset']) for s in tagged})})")
+    if spec.get("exclude_splits"):
+        structures = drop_test_molecules(structures, spec["exclude_splits"], spec.get("exclude_properties"), name)
+    if spec.get("max_force") is not None:
+        structures = [s for s in structures
+                      if s.forces is None or np.sqrt((s.forces ** 2).sum(1)).max() <= float(spec["max_force"])]
+    if spec.get("max_structures") is not None and len(structures) > int(spec["max_structures"]):
+        rng = np.random.default_rng(int(spec.get("subsample_seed", 0)))
+        keep = np.sort(rng.permutation(len(structures))[: int(spec["max_structures"])])
+        structures = [structures[i] for i in keep]
+    if spec.get("holdout"):
+        h = dict(spec["holdout"])
+        structures, _ = split_train_val(structures, float(h.get("val_fraction", 0.05)), int(h.get("max_val", 200)),
+                                        int(h["seed"]))
+    if not structures:
+        raise ValueError(f"force-field data {name!r}: no structures left after the filters of {spec}")
+    return structures
+
+
 def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[Structure]]:
     """Read every dataset; return training sources, validation sources and the replay subset."""
     sources: List[Source] = []
@@ -129,6 +226,8 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     replay: List[Structure] = []
     for k, spec in enumerate(cfg.datasets):
         structures = read_dataset(spec.path)
+        if spec.exclude_splits is not None:
+            structures = drop_test_molecules(structures, spec.exclude_splits, spec.exclude_properties, spec.name)
         if spec.max_force is not None:
             structures = [s for s in structures
                           if s.forces is None or np.sqrt((s.forces ** 2).sum(1)).max() <= spec.max_force]
@@ -169,6 +268,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     settings = TrainSettings(
         num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps, cfg.lr_start_step),
         prefactors=ForceFieldPrefactors(**cfg.prefactors), grad_clip=cfg.grad_clip, seed=cfg.seed,
+        energy_norm=cfg.energy_norm,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources)
@@ -182,8 +282,12 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
             "validation": metrics, "elapsed_this_call_s": time.time() - started}
     if trainer.rank == 0:
         save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card))
-        if cfg.replay_out:
-            write_extxyz(replay, cfg.replay_out)
+        if cfg.replay:
+            by_domain: Dict[str, List[Structure]] = {}
+            for s in replay:
+                by_domain.setdefault(task_domain([s]), []).append(s)
+            for domain, structures in by_domain.items():
+                write_extxyz(structures, replay_path(cfg.model_out, domain))
         if cfg.heldout_out:
             write_extxyz([s.with_labels(info={**s.info, "dataset": src.name}) for src in val_sources
                           for s in src.structures], cfg.heldout_out)

@@ -64,6 +64,8 @@ class EpochSampler:
     def load_state_dict(self, state: Dict[str, int]) -> None:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+        if self.position >= self.n_items:     # the source shrank since the state was written: next epoch
+            self.epoch, self.position = self.epoch + 1, 0
         self._perm = None
 
 
@@ -86,8 +88,11 @@ class Source:
     property: Optional[str] = None
     loss: str = "mse"
     loss_scale: float = 1.0
+    reduction: str = "sum"
 
     def __post_init__(self) -> None:
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"source {self.name!r}: reduction must be 'sum' or 'mean', got {self.reduction!r}")
         if not self.loss_scale > 0:
             raise ValueError(f"source {self.name!r}: loss_scale must be positive, got {self.loss_scale}")
         if not self.structures:

@@ -1,0 +1,200 @@
+"""Issue 15's figure of merit: each strategy's OOD error at matched ID, from a protocol bench directory.
+
+For every (task, training fraction) of ``<out_dir>/results.json`` (written by ``mftcalc bench`` with
+``curve_probe`` > 0, e.g. ``configs/protocol/*.yaml``):
+
+1. The OOD–ID line of FT: a least-squares line ``OOD = a + b · ID`` through every checkpoint of FT's curves
+   (``curve/id_test/rmse``, ``curve/ood_test/rmse`` in each cell's ``val.csv``, fixed 2,000-molecule probes,
+   all FT seeds).
+2. Each cell's matched-ID residual: ``(OOD − line(ID)) / line(ID)`` at its best-on-validation checkpoint (probe
+   values) and for its final full-set ID/OOD RMSE (the line fitted on probes). Negative = better OOD than FT
+   at the same ID. The paper's claim is about −15 % for MFT.
+3. Overfitting: train/val probe RMSE at the best checkpoint and at the end (FT overfits when < ~0.7).
+
+Prints a Markdown table (paper layout plus residual, drift W1, force-field retention) and writes it to
+``benchmarks/results/mft_protocol_<name>.md``, with the plots ``..._curves.png`` (OOD vs ID trajectories with
+FT's line, and probe learning curves) beside it.
+
+    python benchmarks/mft_protocol.py checkpoints/protocol_gate [--name gate]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+PARTS = ("train", "val", "id_test", "ood_test")
+
+
+def read_curve(cell_dir: Path) -> Dict[str, np.ndarray]:
+    """Columns of a cell's ``val.csv`` as float arrays (empty when the cell logged no curves)."""
+    path = cell_dir / "val.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "curve/id_test/rmse" not in rows[-1]:
+        return {}
+    return {k: np.array([float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]) for k in rows[-1]}
+
+
+def cell_dir(out_dir: Path, key: str) -> Path:
+    return out_dir / "cells" / key.replace("|", "__").replace(":", "_")
+
+
+def fit_line(ids: np.ndarray, oods: np.ndarray) -> Tuple[float, float]:
+    """Least-squares ``OOD = a + b · ID``; returns (a, b)."""
+    b, a = np.polyfit(ids, oods, 1)
+    return float(a), float(b)
+
+
+def residual(line: Tuple[float, float], id_rmse: float, ood_rmse: float) -> float:
+    """Relative distance of (ID, OOD) from the line at the same ID: negative is below (better OOD)."""
+    expected = line[0] + line[1] * id_rmse
+    return (ood_rmse - expected) / expected
+
+
+def analyse(out_dir: Path, reference: str = "ft") -> List[Dict]:
+    """One record per cell with curves: strategy, seed, group, best-step and final values, residuals."""
+    results = json.loads((out_dir / "results.json").read_text())
+    cells = []
+    for key, r in results.items():
+        if key.startswith("_"):
+            continue
+        task, strategy, seed, frac = key.split("|")
+        curve = read_curve(cell_dir(out_dir, key))
+        if not curve:
+            continue
+        val_key = next(k for k in curve if k.startswith("val/") and k.endswith("/mae"))
+        best = int(np.nanargmin(curve[val_key]))
+        cells.append({"key": key, "group": f"{task} {frac}", "strategy": strategy, "seed": seed, "curve": curve,
+                      "best": best, "result": r})
+    groups = sorted({c["group"] for c in cells})
+    for group in groups:
+        ref = [c for c in cells if c["group"] == group and c["strategy"] == reference]
+        if not ref:
+            continue
+        ids = np.concatenate([c["curve"]["curve/id_test/rmse"] for c in ref])
+        oods = np.concatenate([c["curve"]["curve/ood_test/rmse"] for c in ref])
+        line = fit_line(ids, oods)
+        for c in cells:
+            if c["group"] != group:
+                continue
+            cv, b = c["curve"], c["best"]
+            c["line"] = line
+            c["probe_id"], c["probe_ood"] = cv["curve/id_test/rmse"][b], cv["curve/ood_test/rmse"][b]
+            c["res_best"] = residual(line, c["probe_id"], c["probe_ood"])
+            c["res_final"] = residual(line, c["result"]["id_test"]["rmse"], c["result"]["ood_test"]["rmse"])
+            c["train_val_best"] = cv["curve/train/rmse"][b] / cv["curve/val/rmse"][b]
+            c["train_val_end"] = cv["curve/train/rmse"][-1] / cv["curve/val/rmse"][-1]
+    return [c for c in cells if "line" in c]
+
+
+def _ms(values: List[float], fmt: str = "{:.4f}") -> str:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return "–"
+    return (fmt.format(arr.mean()) + (" ± " + fmt.format(arr.std()) if arr.size > 1 else ""))
+
+
+def table(cells: List[Dict]) -> List[str]:
+    lines = ["| task, fraction | strategy | runs | ID RMSE | OOD RMSE | residual at matched ID (best ckpt) | "
+             "residual (final, full sets) | train/val (best / end) | drift W1 | FF force MAE (eV/Å) |",
+             "|---|---|---:|---|---|---|---|---|---|---|"]
+    for group in sorted({c["group"] for c in cells}):
+        for strategy in ("scratch", "lp", "ft", "mft", *sorted({c["strategy"] for c in cells} -
+                                                                {"scratch", "lp", "ft", "mft"})):
+            cs = [c for c in cells if c["group"] == group and c["strategy"] == strategy]
+            if not cs:
+                continue
+            ff = [next(iter(c["result"].get("forcefield", {}).values()), {}).get("f_mae") for c in cs]
+            lines.append(
+                f"| {group} | {strategy} | {len(cs)} | {_ms([c['result']['id_test']['rmse'] for c in cs])} | "
+                f"{_ms([c['result']['ood_test']['rmse'] for c in cs])} | "
+                f"{_ms([100 * c['res_best'] for c in cs], '{:+.1f}')} % | "
+                f"{_ms([100 * c['res_final'] for c in cs], '{:+.1f}')} % | "
+                f"{_ms([c['train_val_best'] for c in cs], '{:.2f}')} / {_ms([c['train_val_end'] for c in cs], '{:.2f}')} | "
+                f"{_ms([c['result'].get('drift_w1') for c in cs], '{:.3f}')} | {_ms(ff, '{:.3f}')} |")
+    return lines
+
+
+def verdicts(cells: List[Dict]) -> List[str]:
+    """MFT vs FT per group: the issue's test (OOD ≤ 0.9 × FT with ID within ±5 %)."""
+    out = []
+    for group in sorted({c["group"] for c in cells}):
+        mft = [c for c in cells if c["group"] == group and c["strategy"] == "mft"]
+        ft = [c for c in cells if c["group"] == group and c["strategy"] == "ft"]
+        if not (mft and ft):
+            continue
+        r_id = np.mean([c["result"]["id_test"]["rmse"] for c in mft]) / np.mean([c["result"]["id_test"]["rmse"] for c in ft])
+        r_ood = np.mean([c["result"]["ood_test"]["rmse"] for c in mft]) / np.mean([c["result"]["ood_test"]["rmse"] for c in ft])
+        ok = r_ood <= 0.9 and abs(r_id - 1) <= 0.05
+        out.append(f"- {group}: MFT/FT ID {r_id:.3f}, OOD {r_ood:.3f} ({len(mft)} vs {len(ft)} runs): "
+                   f"{'meets' if ok else 'does not meet'} OOD ≤ 0.9× FT with ID within ±5 %.")
+    return out
+
+
+def plot(cells: List[Dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = sorted({c["group"] for c in cells})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
+    colors = {"ft": "tab:red", "mft": "tab:blue", "lp": "tab:green", "scratch": "tab:gray"}
+    for row, group in enumerate(groups):
+        ax, ax2 = axes[row]
+        cs = [c for c in cells if c["group"] == group]
+        for c in cs:
+            cv, color = c["curve"], colors.get(c["strategy"], "tab:purple")
+            ax.plot(cv["curve/id_test/rmse"], cv["curve/ood_test/rmse"], "-", lw=0.8, alpha=0.6, color=color)
+            ax.plot(c["probe_id"], c["probe_ood"], "o", ms=6, color=color,
+                    label=f"{c['strategy']} {c['seed']} (best)")
+            if c["seed"] == "seed0":
+                steps = cv["step"]
+                ax2.semilogy(steps, cv["curve/ood_test/rmse"], "-", color=color, label=f"{c['strategy']} OOD")
+                ax2.semilogy(steps, cv["curve/id_test/rmse"], "--", color=color, label=f"{c['strategy']} ID")
+                ax2.semilogy(steps, cv["curve/train/rmse"], ":", color=color, label=f"{c['strategy']} train")
+        a, b = cs[0]["line"]
+        xs = np.linspace(*ax.get_xlim(), 50)
+        ax.plot(xs, a + b * xs, "k--", lw=1, label=f"FT line: OOD = {a:.4f} + {b:.2f}·ID")
+        ax.set(xlabel="ID RMSE (probe)", ylabel="OOD RMSE (probe)", title=f"{group}: OOD vs ID over training")
+        ax.legend(fontsize=6)
+        ax2.set(xlabel="step", ylabel="RMSE (probe)", title=f"{group}: learning curves (seed 0)")
+        ax2.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", help="bench output directory (results.json, cells/*/val.csv)")
+    parser.add_argument("--name", default=None, help="result name (default: the directory name)")
+    parser.add_argument("--results-dir", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    out_dir = Path(args.out_dir)
+    name = args.name or out_dir.name
+    cells = analyse(out_dir)
+    if not cells:
+        raise SystemExit(f"{out_dir}: no finished cell with curves and an FT reference yet")
+    target = Path(args.results_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    plot(cells, target / f"mft_protocol_{name}_curves.png")
+    lines = [f"# MFT protocol: {name}", "", f"Command: `python benchmarks/mft_protocol.py {args.out_dir}`", "",
+             *table(cells), "", *verdicts(cells), "",
+             "Residual: (OOD − line(ID)) / line(ID) against the least-squares OOD–ID line through every FT "
+             "checkpoint (fixed probes); best ckpt = best on the validation probe; final = full ID/OOD sets. "
+             "train/val: probe RMSE ratio (FT overfits when it drops below ~0.7). Drift: sliced W1 of backbone "
+             "features against the pretrained model. FF force MAE: held-out xTB (or first ff_eval set).",
+             f"Plot: `mft_protocol_{name}_curves.png`."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (target / f"mft_protocol_{name}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
