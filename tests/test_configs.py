@@ -1,0 +1,55 @@
+"""Every shipped config loads under the strict loader; the user configs in configs/ run from a clone (every path
+they name exists in the repository, nothing under ../shared)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mftcalc.schema import from_mapping
+from mftcalc.training.bench import BenchConfig, FinetuneConfig
+from mftcalc.training.finetune import FinetuneSettings
+from mftcalc.training.pretrain import PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL = sorted((ROOT / "configs").rglob("*.yaml"))
+USER = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _kind(data: dict) -> str:
+    if "datasets" in data:
+        return "pretrain"
+    if "tasks" in data:
+        return "bench"
+    return "finetune"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_loads_strictly(path):
+    data = yaml.safe_load(path.read_text())
+    kind = _kind(data)
+    if kind == "pretrain":
+        PretrainConfig.from_yaml(path)
+    elif kind == "bench":
+        BenchConfig.from_yaml(path)
+    else:
+        spec = from_mapping(FinetuneConfig, data, str(path))
+        from_mapping(FinetuneSettings, spec.settings, f"{path}: settings")
+
+
+def test_there_are_user_configs():
+    assert USER, "configs/ should hold at least one user config"
+
+
+@pytest.mark.parametrize("path", USER, ids=lambda p: p.name)
+def test_user_config_runs_from_a_clone(path):
+    """A user config names only files inside the repository, and they exist."""
+    data = yaml.safe_load(path.read_text())
+    assert _kind(data) == "finetune", f"{path.name}: pretraining and bench configs belong in configs/dev"
+    for key in ("pretrained", "qm9_splits", "matbench_path"):
+        if data.get(key):
+            target = (ROOT / data[key]).resolve()
+            assert ROOT in target.parents, f"{path.name}: {key} points outside the clone ({data[key]})"
+            assert target.exists(), f"{path.name}: {key} {data[key]} does not exist in the clone"
+    assert not data.get("ff_data") or all("../" not in str(v) for v in data["ff_data"].values())
