@@ -14,6 +14,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from mftcalc.training.pretrain import load_forcefield_set, read_yaml
     # --set key=value: a bare key is a settings key (steps=500), a dotted key starts at the top (task.property=homo)
     pairs = [p if "." in p.partition("=")[0] else f"settings.{p}" for p in (args.set or [])]
+    pairs += [f"settings.device={args.device}"] if args.device else []
     data = apply_overrides(read_yaml(args.config), pairs)
     spec = from_mapping(FinetuneConfig, data, args.config)
     settings = from_mapping(FinetuneSettings, spec.settings, f"{args.config}: settings")
@@ -32,7 +33,8 @@ def _finetune(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from mftcalc.training.bench import BenchConfig, parse_shard, run_bench
     from dataclasses import replace
-    cfg = BenchConfig.from_yaml(args.config, args.set or [])
+    cfg = BenchConfig.from_yaml(args.config, list(args.set or []) + (
+        [f"settings.device={args.device}"] if args.device else []))
     if args.strategies:
         cfg = replace(cfg, strategies=[v.strip() for v in args.strategies.split(",") if v.strip()])
     if args.seeds:
@@ -68,6 +70,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys: a bare key is a settings key (steps=500), a dotted key starts at the "
                         "top (task.property=homo)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else cpu)")
     p.set_defaults(func=_finetune)
     p = subparsers.add_parser("bench", help="strategies x tasks x seeds x fractions, resumable results + tables")
     p.add_argument("config")
@@ -78,6 +81,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--seeds", metavar="0,1", help="run only these seeds")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (settings.steps=500, tasks.0.property=homo)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else cpu)")
     p.set_defaults(func=_bench)
     p = subparsers.add_parser("analyze", help="representation drift and Davies-Bouldin indices vs the pretrained model")
     p.add_argument("pretrained")

@@ -13,7 +13,8 @@ def _train(args: argparse.Namespace) -> int:
     if distributed:
         import torch.distributed as dist
         dist.init_process_group("gloo")
-    cfg = PretrainConfig.from_yaml(args.config, set_pairs=args.set or [])
+    pairs = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
+    cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
     card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
@@ -33,7 +34,9 @@ def add_train_parsers(subparsers: Any) -> None:
     """Register ``train`` and ``evaluate``."""
     p = subparsers.add_parser("train", help="pretrain a force field on several datasets (YAML config)")
     p.add_argument("config", help="YAML file mapped onto mftcalc.training.pretrain.PretrainConfig")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, dotted for nested ones (steps=1000, datasets.0.prob=0.9)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's device, else cpu)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop (with a checkpoint and the model written) after this many minutes; rerun to resume")
     p.set_defaults(func=_train)

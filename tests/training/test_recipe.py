@@ -148,3 +148,12 @@ def _molecules(n):
         atoms.rattle(0.05, seed=k)
         out.append(Structure.from_ase(atoms).with_labels(energy=-1.0 * k, forces=np.zeros((5, 3))))
     return out
+
+
+def test_device_auto_is_cpu_here_and_missing_cuda_is_refused():
+    from mftcalc.training.loop import resolve_device
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")

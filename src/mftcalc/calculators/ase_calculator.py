@@ -7,24 +7,10 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from mftcalc.calculators.checks import MIN_DISTANCE, check_overlaps  # noqa: F401  (re-exported: public names)
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
-from mftcalc.kernels import neighbor_list
-
-MIN_DISTANCE = 0.5  # Å; closer atoms are rejected as overlapping
-
-
-def check_overlaps(structure: Structure, min_distance: float = MIN_DISTANCE) -> None:
-    """Raise ``ValueError`` naming the first pair of atoms closer than ``min_distance`` Å (periodic images too)."""
-    pos = torch.as_tensor(structure.positions)
-    edge_index, _, dist = neighbor_list(pos, min_distance, None, torch.as_tensor(structure.cell).unsqueeze(0),
-                                        torch.as_tensor(structure.pbc).unsqueeze(0))
-    if dist.numel():
-        k = int(torch.argmin(dist))
-        i, j = int(edge_index[0, k]), int(edge_index[1, k])
-        raise ValueError(f"overlapping atoms: atoms {i} and {j} are {float(dist[k]):.3f} Å apart "
-                         f"(minimum {min_distance} Å); check the coordinates and the cell")
 
 
 class MFTCalculator(Calculator):
@@ -37,8 +23,16 @@ class MFTCalculator(Calculator):
     Args:
         model: path to a checkpoint/export, or a model object.
         device: torch device. dtype: torch.float32 (default) or torch.float64.
-        head: force-field head to use (default: the first). dataset: force-field dataset name (default: first).
+        head: force-field head to use (default: the first).
+        dataset: force-field dataset name for every structure; default: ``atoms.info["dataset"]``, else inferred
+            from the elements and periodicity where unambiguous, else an error naming the candidates (the rule of
+            :mod:`mftcalc.calculators.domains`).
         allow_untrained_elements: warn instead of raising for elements absent from the training data.
+
+    Every calculation checks the structure first (elements, overlapping atoms, dataset: ``ModelHandle.
+    check_structure``, the same check as ``predict``/``relax``/``screen``); ``get_property`` of a property head warns
+    once when the head is applied outside its training domain (:class:`~mftcalc.calculators.model_handle.
+    DomainWarning`).
     """
 
     implemented_properties: List[str] = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -60,15 +54,21 @@ class MFTCalculator(Calculator):
         if name not in self.implemented_properties:
             raise PropertyNotImplementedError(
                 f"{name!r} is not provided by this model; it provides {self.implemented_properties}")
-        return super().get_property(name, atoms, allow_calculation)
+        if atoms is None and self.atoms is None and allow_calculation:
+            raise ValueError(f"MFTCalculator has no atoms to compute {name!r} for: pass them, "
+                             f"calc.get_property({name!r}, atoms), or attach the calculator (atoms.calc = calc) "
+                             "and ask the atoms (atoms.get_potential_energy(), atoms.get_forces(), ...)")
+        value = super().get_property(name, atoms, allow_calculation)
+        if name in self.handle.property_names and self.atoms is not None:   # a head's value is handed out
+            self.handle.warn_outside_domain([Structure.from_ase(self.atoms)], [name])
+        return value
 
     def calculate(self, atoms: Any = None, properties: Optional[List[str]] = None,
                   system_changes: List[str] = all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         structure = Structure.from_ase(self.atoms)
-        self.handle.check_elements(structure.numbers)
-        check_overlaps(structure)
-        batch = collate([structure], dtype=self.handle.dtype, dataset=self.handle.dataset, properties=[],
+        dataset = self.handle.check_structure(structure)
+        batch = collate([structure], dtype=self.handle.dtype, dataset=dataset, properties=[],
                         device=self.handle.device)
         has_ff = bool(self.handle.forcefield_heads)
         periodic = bool(structure.pbc.all())

@@ -40,17 +40,21 @@ def chunk_groups(model: torch.nn.Module, structures: Sequence[Structure], max_at
 
 def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], dataset: int | Sequence[int] = 0,
                        compute_forces: bool = True, compute_stress: bool = True, max_atoms: int = 4096,
-                       max_angles: Optional[int] = DEFAULT_MAX_ANGLES, dtype: Optional[torch.dtype] = None, device: str | torch.device = "cpu",
-                       features: bool = False, progress: bool = False) -> List[Dict[str, np.ndarray]]:
+                       max_angles: Optional[int] = DEFAULT_MAX_ANGLES, dtype: Optional[torch.dtype] = None,
+                       device: Optional[str | torch.device] = None, features: bool = False,
+                       progress: bool = False) -> List[Dict[str, np.ndarray]]:
     """Predictions for each structure (model in eval mode): ``energy`` (eV), ``forces`` [n,3], ``stress`` [3,3] and
-    each property by name.
+    each property by name. ``dtype``/``device`` default to those of the model's parameters.
 
     Structures are grouped in order into chunks of at most ``max_atoms`` atoms and ``max_angles`` angles (one
     forward each; see :func:`chunk_groups`).
     ``features=True`` adds ``node_features`` [n, n_dim]. Works with an eager ``MFTModel`` or a scripted one.
     """
+    first = next(iter(model.parameters()), None)
     if dtype is None:
-        dtype = next(iter(model.parameters())).dtype if any(True for _ in model.parameters()) else torch.float32
+        dtype = first.dtype if first is not None else torch.float32
+    if device is None:
+        device = first.device if first is not None else "cpu"
     datasets = [dataset] * len(structures) if isinstance(dataset, (int, np.integer)) else list(dataset)
     groups = chunk_groups(model, structures, max_atoms, max_angles)
     results: List[Dict[str, np.ndarray]] = []

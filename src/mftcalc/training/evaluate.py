@@ -10,6 +10,17 @@ from mftcalc.data.structure import Structure
 from mftcalc.model.inference import predict_structures
 
 
+def require_forcefield_labels(structures: Sequence[Structure], source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` (a file) when none of ``structures`` carries an energy or a force
+    label: force-field errors need at least one of the two, and without them every error would be NaN."""
+    if any(s.energy is not None or s.forces is not None for s in structures):
+        return
+    raise ValueError(f"{source}: none of its {len(structures)} structures has an energy or a force label "
+                     "(missing labels: energy, forces), so there is nothing to compare the model with; give a "
+                     "labelled file (extxyz: energy=... on each comment line and a forces:R:3 column), or use "
+                     "`mftcalc predict` for unlabelled structures")
+
+
 def forcefield_errors(model: torch.nn.Module, structures: Sequence[Structure], dataset: int = 0,
                       max_atoms: int = 4096) -> Dict[str, float]:
     """Energy MAE/RMSE per atom (eV/atom), force MAE/RMSE per component (eV/Å), stress MAE (eV/Å³) if labelled."""

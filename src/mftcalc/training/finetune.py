@@ -63,6 +63,7 @@ class FinetuneSettings:
     val_every: int = 200
     checkpoint_every: int = 100
     dtype: str = "float32"
+    device: str = "cpu"                       # "cpu", "cuda[:k]" or "auto" (CUDA when available)
     probe_size: int = 64                      # molecules of the drift probe set
     progress: bool = True
 
@@ -196,7 +197,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         prefactors=ForceFieldPrefactors(), grad_clip=settings.grad_clip, seed=settings.seed, mode=settings.mode,
         sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
         dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress,
-        optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm)
+        optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm, device=settings.device)
     metadata = model_metadata(model, _elements(model, task), finetuning={
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
@@ -208,7 +209,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     trainer = Trainer(model, sources, train_settings, out_dir, out_dir / "state.pt", val_sources,
                       on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
     trainer.run()
-    best = load_model(out_dir / "model.pt", dtype)
+    best = load_model(out_dir / "model.pt", dtype).to(trainer.device)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": trainer.step,
                               "train_wall_s": trainer.wall, "n_train": len(task.train)}
     parity: Dict[str, np.ndarray] = {}

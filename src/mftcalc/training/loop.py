@@ -49,6 +49,19 @@ class TrainSettings:
     progress: bool = True
     optimizer_per_kind: bool = False
     energy_norm: str = "deepmd"           # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
+    device: str = "cpu"                   # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; other names as torch reads them. An unavailable CUDA device
+    is refused with the fix instead of failing inside the first step."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: this torch ({torch.__version__}) sees no CUDA device; use device cpu "
+                         "or auto, or install a CUDA build of torch")
+    return device
 
 
 def _global_rank() -> tuple:
@@ -84,7 +97,8 @@ class Trainer:
             raise ValueError("mode 'sum' needs a property source")
         if settings.mode == "sum" and settings.optimizer_per_kind:
             raise ValueError("optimizer_per_kind needs mode 'alternate' (sum mode takes one step on both tasks)")
-        self.model = model.to(settings.dtype)
+        self.device = resolve_device(settings.device)
+        self.model = model.to(device=self.device, dtype=settings.dtype)
         self.sources = list(sources)
         self.val_sources = list(val_sources)
         self.settings = settings
@@ -119,7 +133,7 @@ class Trainer:
         """The run's settings and source mixture as strings, stored with the state so that a resume under
         changed settings is stated (printed and appended to ``<out_dir>/resume.log``)."""
         record = {name: str(getattr(self.settings, name)) for name in self.settings.__dataclass_fields__
-                  if name not in ("progress", "log_every")}
+                  if name not in ("progress", "log_every", "device")}      # a resume may move to another device
         for s in self.sources:
             record[f"source/{s.name}"] = f"kind={s.kind} prob={s.prob} batch_size={s.batch_size} n={len(s.structures)}"
         return record
@@ -132,7 +146,8 @@ class Trainer:
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
     def _load_state(self) -> None:
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        from mftcalc.model.checkpoint import load_training_state   # errors name the file and how to restart
+        state = load_training_state(self.state_path)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"{self.state_path} is not an mftcalc training state; delete it or pick another path")
         if state["sources"] != [s.name for s in self.sources]:
@@ -181,7 +196,7 @@ class Trainer:
         dtype = self.settings.dtype
         if source.kind == "forcefield":
             with_stress = any(s.stress is not None for s in global_structures)
-            batch = collate(local, dtype=dtype, dataset=source.dataset_index, properties=[])
+            batch = collate(local, dtype=dtype, dataset=source.dataset_index, properties=[], device=self.device)
             pred = self.model(batch, compute_forces=True, compute_stress=with_stress, compute_properties=False)
             norm_e = float(sum(s.energy is not None for s in global_structures))
             norm_f = float(3 * sum(s.n_atoms for s in global_structures if s.forces is not None))
@@ -190,7 +205,7 @@ class Trainer:
                                    norm_structures=norm_e, norm_force_components=norm_f,
                                    norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm)
         assert source.property is not None
-        batch = collate(local, dtype=dtype, properties=[source.property])
+        batch = collate(local, dtype=dtype, properties=[source.property], device=self.device)
         pred = self.model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
         norm = float(sum(source.property in s.properties for s in global_structures))
         return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,

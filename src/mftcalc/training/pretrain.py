@@ -63,6 +63,7 @@ class PretrainConfig:
     prefactors: Dict[str, float] = field(default_factory=dict)
     grad_clip: float = 10.0
     energy_norm: str = "deepmd"   # "deepmd": λ_E·MSE(E)/N as deepmd-kit; "per_atom": λ_E·MSE(E/N) (N× weaker)
+    device: str = "cpu"           # "cpu", "cuda[:k]" or "auto"
     seed: int = 0
     log_every: int = 10
     val_every: int = 500
@@ -268,7 +269,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     settings = TrainSettings(
         num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps, cfg.lr_start_step),
         prefactors=ForceFieldPrefactors(**cfg.prefactors), grad_clip=cfg.grad_clip, seed=cfg.seed,
-        energy_norm=cfg.energy_norm,
+        energy_norm=cfg.energy_norm, device=cfg.device,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources)
