@@ -157,3 +157,13 @@ def test_device_auto_is_cpu_here_and_missing_cuda_is_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device"):
             resolve_device("cuda")
+
+
+def test_progress_shows_one_running_loss_per_task_kind():
+    from types import SimpleNamespace
+    from mftcalc.training.loop import Trainer
+    fake = SimpleNamespace(sources=[SimpleNamespace(kind="property"), SimpleNamespace(kind="forcefield")])
+    fields = {}
+    for step, (k, loss) in enumerate([(0, 1.0), (1, 100.0), (0, 1.0), (1, 100.0)]):
+        fields = Trainer._running_losses(fake, {"source": float(k), "loss": loss, "lr": 1e-3, "step": step})
+    assert fields["loss_prop"] == "1" and fields["loss_ff"] == "100" and fields["lr"] == "0.001"

@@ -290,7 +290,7 @@ class Trainer:
                     _append_csv(train_csv, log)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{log['loss']:.3g}", lr=f"{log['lr']:.2g}")
+                    bar.set_postfix(self._running_losses(log), refresh=False)
             is_val = self.val_sources and (self.step % settings.val_every == 0 or self.step == settings.num_steps)
             if is_val and self.rank == 0:
                 last_val = {"step": float(self.step), "wall_s": self.wall, **self.validate()}
@@ -304,6 +304,18 @@ class Trainer:
         if bar is not None:
             bar.close()
         return last_val
+
+    def _running_losses(self, log: Dict[str, float]) -> Dict[str, str]:
+        """Progress-bar fields: one running mean (EMA over ~50 of its steps) of the loss per source kind, so that
+        alternating property and force-field steps do not show as one jumping number; and the learning rate."""
+        ema = self.__dict__.setdefault("_loss_ema", {})
+        if "source" in log:
+            kind = self.sources[int(log["source"])].kind
+            label = "loss_prop" if kind == "property" else "loss_ff"
+            ema[label] = log["loss"] if label not in ema else 0.98 * ema[label] + 0.02 * log["loss"]
+        else:
+            ema["loss"] = log["loss"] if "loss" not in ema else 0.98 * ema["loss"] + 0.02 * log["loss"]
+        return {**{k: f"{v:.3g}" for k, v in sorted(ema.items())}, "lr": f"{log['lr']:.2g}"}
 
     def _maybe_save_best(self, metrics: Dict[str, float]) -> None:
         key = self.settings.best_metric
