@@ -4,7 +4,43 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
+
+
+def _shipped_pretrained() -> str:
+    """``models/pretrained.pt`` of the source tree this package is installed from (``$MFTCALC_PRETRAINED``
+    overrides)."""
+    import os
+    if os.environ.get("MFTCALC_PRETRAINED"):
+        return os.environ["MFTCALC_PRETRAINED"]
+    path = Path(__file__).resolve().parents[2] / "models" / "pretrained.pt"
+    if not path.exists():
+        raise SystemExit(f"no shipped pretrained model at {path}; pass --pretrained PATH")
+    return str(path)
+
+
+def _data_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config of a ``--data FILE --property NAME`` run (no YAML): a file task, the strategy and budget."""
+    if not args.property:
+        raise SystemExit("--data needs --property NAME (the info key holding the value in each frame)")
+    if not args.output:
+        raise SystemExit("--data needs -o OUT.pt (where the fine-tuned model goes)")
+    out = Path(args.output)
+    settings: Dict[str, Any] = {"strategy": args.strategy}
+    if args.steps:
+        settings["steps"] = args.steps
+    return {"pretrained": args.pretrained or _shipped_pretrained(), "out_dir": str(out.with_name(out.stem + "_run")),
+            "task": {"kind": "file", "path": args.data, "property": args.property, "unit": args.unit,
+                     "intensive": not args.extensive, "val_path": args.val, "val_fraction": args.val_fraction,
+                     "test_path": args.test},
+            "settings": settings}
+
+
+def default_steps(n_train: int, batch: int) -> int:
+    """Steps sized from the data: about 200 passes over it, at least 1,000 and at most 20,000 (the protocol's
+    converged budget), rounded to hundreds."""
+    per_epoch = -(-n_train // max(batch, 1))
+    return int(min(20_000, max(1_000, round(200 * per_epoch, -2))))
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -12,10 +48,13 @@ def _finetune(args: argparse.Namespace) -> int:
     from mftcalc.training.bench import BenchConfig, FinetuneConfig, _load_task, _pretrained_backbone
     from mftcalc.training.finetune import FinetuneSettings, finetune
     from mftcalc.training.pretrain import load_forcefield_set, read_yaml
+    from mftcalc.training.sampler import resolve_batch_size
+    if bool(args.config) == bool(args.data):
+        raise SystemExit("give a CONFIG.yaml or --data FILE --property NAME -o OUT.pt (not both)")
     # --set key=value: a bare key is a settings key (steps=500), a dotted key starts at the top (task.property=homo)
     pairs = [p if "." in p.partition("=")[0] else f"settings.{p}" for p in (args.set or [])]
     pairs += [f"settings.device={args.device}"] if args.device else []
-    data = apply_overrides(read_yaml(args.config), pairs)
+    data = apply_overrides(read_yaml(args.config) if args.config else _data_config(args), pairs)
     spec = from_mapping(FinetuneConfig, data, args.config)
     settings = from_mapping(FinetuneSettings, spec.settings, f"{args.config}: settings")
     task_spec = spec.task
@@ -23,9 +62,21 @@ def _finetune(args: argparse.Namespace) -> int:
                       qm9_splits=spec.qm9_splits, qm9_max_eval=spec.qm9_max_eval, matbench_path=spec.matbench_path)
     fold = task_spec.fold_indices[0] if task_spec.kind == "matbench" else None
     task = _load_task(cfg, task_spec, task_spec.train_fraction, fold, settings.seed, {})
+    if args.data and "steps" not in spec.settings:
+        from dataclasses import replace
+        steps = default_steps(len(task.train), resolve_batch_size(settings.property_batch, task.train))
+        settings = replace(settings, steps=steps)
+        print(f"{len(task.train)} training and {len(task.val)} validation structures: {steps} steps "
+              "(about 200 passes, within 1,000-20,000; --steps to change)")
     ff = {name: load_forcefield_set(name, s) for name, s in spec.ff_data.items()} if spec.ff_data else None
     result = finetune(task, settings, spec.out_dir, cfg.pretrained or None, ff_structures=ff,
                       backbone_cfg=_pretrained_backbone(cfg, {}) if settings.strategy == "scratch" else None)
+    if args.output:
+        import shutil
+        tmp = Path(args.output).with_suffix(".tmp")
+        shutil.copyfile(Path(spec.out_dir) / "model.pt", tmp)
+        tmp.replace(args.output)
+        result["model"] = str(args.output)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -65,8 +116,29 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def add_finetune_parsers(subparsers: Any) -> None:
     """Register ``finetune``, ``bench`` and ``analyze``."""
-    p = subparsers.add_parser("finetune", help="fine-tune a pretrained model on a property (scratch/ft/lp/mft)")
-    p.add_argument("config", help="YAML: pretrained, out_dir, task, settings (FinetuneSettings), optional ff_data")
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a pretrained model on a property (scratch/ft/lp/mft)",
+        description="Fine-tune from a YAML config, or on your own data with no YAML: "
+                    "mftcalc finetune --data train.extxyz --property homo --unit eV -o homo.pt. The output is one "
+                    "model that relaxes (its force field) and predicts the property.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML: pretrained, out_dir, task, settings (FinetuneSettings), ff_data")
+    p.add_argument("--data", help="your labelled structures (extxyz, ASE db, DeePMD npy, ...), the property in "
+                   "each frame's info")
+    p.add_argument("--property", help="with --data: the info key of the property")
+    p.add_argument("--unit", default="", help="with --data: the property's unit (stored in the model, shown in "
+                   "every output column)")
+    p.add_argument("--extensive", action="store_true", help="with --data: the property grows with the structure "
+                   "(summed per-atom terms); default intensive (averaged)")
+    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch"], help="with --data")
+    p.add_argument("--val", help="with --data: validation file (default: --val-fraction of the data)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: seeded validation share")
+    p.add_argument("--test", help="with --data: a test file, scored at the end")
+    p.add_argument("--steps", type=int, help="with --data: training steps (default: about 200 passes over the "
+                   "data, 1,000-20,000)")
+    p.add_argument("--pretrained", help="with --data: pretrained model (default: the shipped models/pretrained.pt)")
+    p.add_argument("-o", "--output", help="write the fine-tuned model here (the run's state, curves and parity "
+                   "plot go to OUT_run/ beside it)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys: a bare key is a settings key (steps=500), a dotted key starts at the "
                         "top (task.property=homo)")

@@ -234,12 +234,11 @@ def _from_atoms(atoms: Any, properties: PropertySpec, where: str) -> Structure:
     if properties is not None:
         requested = properties if isinstance(properties, Mapping) else {name: "" for name in properties}
         units.update({k: v for k, v in requested.items() if v or k not in units})
-    props = {}
-    for name in units:
-        if name not in atoms.info:
-            raise StructureError(f"{where}: property {name!r} is missing from the comment line / key-value pairs; "
-                                 f"available keys: {sorted(atoms.info)}")
-        props[name] = atoms.info.pop(name)
+    missing = [name for name in units if name not in atoms.info]
+    if missing:
+        raise StructureError(f"{where}: property {missing[0]!r} is missing from the comment line / key-value pairs; "
+                             f"available keys: {sorted(atoms.info)}")
+    props = {name: atoms.info.pop(name) for name in units}
     try:
         return Structure.from_ase(atoms, properties=props, property_units={k: u for k, u in units.items() if u})
     except (TypeError, ValueError) as exc:  # StructureError is a ValueError

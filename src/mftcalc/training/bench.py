@@ -22,7 +22,9 @@ from mftcalc.training.finetune import STRATEGIES, FinetuneSettings, finetune
 
 @dataclass
 class TaskSpec:
-    """A task: ``kind`` qm9 (``property``) or matbench (``dataset``, ``folds`` kind, ``fold_indices``)."""
+    """A task: ``kind`` qm9 (``property``), matbench (``dataset``, ``folds`` kind, ``fold_indices``) or file (the
+    user's own labelled structures: ``path``, ``property``, ``unit``, ``intensive``, ``val_path`` or
+    ``val_fraction``, optional ``test_path``)."""
 
     kind: str
     property: Optional[str] = None
@@ -30,6 +32,18 @@ class TaskSpec:
     folds: str = "random"
     fold_indices: List[int] = field(default_factory=lambda: [0])
     train_fraction: float = 1.0
+    path: Optional[str] = None
+    unit: str = ""
+    intensive: bool = True
+    val_path: Optional[str] = None
+    val_fraction: float = 0.1
+    test_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("qm9", "matbench", "file"):
+            raise ValueError(f"task kind {self.kind!r}; use qm9, matbench or file")
+        if self.kind == "file" and not (self.path and self.property):
+            raise ValueError("a file task needs path and property")
 
 
 @dataclass
@@ -88,9 +102,7 @@ class BenchConfig:
             for ds, spec in (variant.get("ff_data") or self.ff_data).items():
                 if isinstance(spec, dict) and "path" not in spec:
                     raise ConfigError(f"{where}: ff_data.{ds} needs a path")
-        for task in self.tasks:
-            if task.kind not in ("qm9", "matbench"):
-                raise ConfigError(f"{where}: task kind {task.kind!r}; use qm9 or matbench")
+
 
 
 @dataclass
@@ -115,7 +127,8 @@ def _cells(cfg: BenchConfig):
             for fold in folds:
                 for strategy in cfg.strategies:
                     for seed in cfg.strategy_seeds.get(strategy, cfg.seeds):
-                        name = task.property if task.kind == "qm9" else f"{task.dataset}-{task.folds}-{fold}"
+                        name = (f"{task.dataset}-{task.folds}-{fold}" if task.kind == "matbench"
+                                else task.property)
                         key = f"{task.kind}:{name}|{strategy}|seed{seed}|frac{frac:g}"
                         yield key, task, frac, fold, strategy, seed
 
@@ -238,6 +251,10 @@ def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int
             cache["qm9"] = ds
             cache["splits"] = load_splits(cfg.qm9_splits) if cfg.qm9_splits else boom_splits(ds)
         return qm9_task(cache["qm9"], cache["splits"], spec.property, frac, seed, cfg.qm9_max_eval)
+    if spec.kind == "file":
+        from mftcalc.training.tasks import file_task
+        return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
+                         spec.test_path, seed, train_fraction=frac)
     if spec.kind == "matbench":
         from mftcalc.data.matbench import load_folds, load_matbench
         if cfg.matbench_path is None:
@@ -249,7 +266,7 @@ def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int
         if fkey not in cache:
             cache[fkey] = load_folds(spec.dataset, spec.folds, cfg.matbench_path)
         return matbench_task(cache[key], spec.dataset, cache[fkey][fold], frac, seed)
-    raise ValueError(f"unknown task kind {spec.kind!r}; use qm9 or matbench")
+    raise ValueError(f"unknown task kind {spec.kind!r}; use qm9, matbench or file")
 
 
 def _ff_retention(model_path: Path, cfg: BenchConfig, cache: Dict) -> Dict[str, Dict[str, float]]:

@@ -155,6 +155,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     out_dir = Path(out_dir)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
+    if pretrained is not None and settings.strategy != "scratch":
+        check_elements(pretrained, task, pretrained_path)
     model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
     fit_property_head(model.property_heads[task.property], task.train, task.property, recipe["kind"],
@@ -260,6 +262,24 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
     seen = set(getattr(model, "metadata", {}).get("elements", []))
     seen.update(int(z) for s in task.train for z in np.unique(s.numbers))
     return sorted(seen)
+
+
+def check_elements(pretrained: MFTModel, task, path) -> None:
+    """Refuse a task whose structures hold elements the pretrained model never saw (its metadata ``elements``):
+    their type embeddings are untrained, so fine-tuning would start from noise for them. Names the elements."""
+    from ase.data import chemical_symbols
+    known = set(getattr(pretrained, "metadata", {}).get("elements", []))
+    if not known:
+        return
+    parts = {"train": task.train, "val": task.val, **task.test_parts}
+    for part, structures in parts.items():
+        seen = {int(z) for s in structures for z in np.unique(s.numbers)}
+        unknown = sorted(seen - known)
+        if unknown:
+            raise ValueError(f"the {part} data of {task.name} holds elements the pretrained model {path} was not "
+                             f"trained on: {', '.join(chemical_symbols[z] for z in unknown)} (it knows "
+                             f"{', '.join(chemical_symbols[z] for z in sorted(known))}); drop those structures or "
+                             "use strategy scratch")
 
 
 def curve_probes(task, size: int, seed: int) -> Dict[str, List[Structure]]:

@@ -93,3 +93,51 @@ def matbench_task(structures: List[Structure], dataset: str, fold, train_fractio
                         test_parts={"test": [structures[i] for i in fold.test]},
                         recipe=dict(PROPERTY_RECIPES[meta.property]),
                         description=f"MatBench {dataset}, {fold.kind} fold {fold.index}")
+
+
+def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_path: Optional[str] = None,
+              val_fraction: float = 0.1, test_path: Optional[str] = None, seed: int = 0,
+              element_bias: bool = True, loss: str = "mse", train_fraction: float = 1.0) -> PropertyTask:
+    """A property task from the user's own labelled structures (any format ``read_structures`` reads).
+
+    The property is a per-structure scalar in each frame's ``info`` (extxyz comment line, ASE database key-value
+    pairs); ``unit`` is declared by the user (stored in the model metadata and every output column). The
+    validation set is ``val_path`` or a seeded ``val_fraction`` of the data; ``test_path`` adds a ``test`` part.
+    ``intensive``: the head averages per-atom terms (a gap, a refractive index); else it sums them (an energy,
+    a polarisability). Raises, naming the file and the fix, when the property is missing from a frame, is not
+    finite, or the data mixes periodic and non-periodic structures (one task has one force-field domain).
+    """
+    from mftcalc.data.io import read_structures
+
+    def read(part_path: str, what: str) -> List[Structure]:
+        structures = read_structures(part_path, properties={prop: unit})   # raises naming a frame without it
+        values = np.array([s.properties[prop] for s in structures], dtype=float)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{part_path} ({what}): frame {bad} has a non-finite {prop!r} ({values[bad]}); "
+                             "drop or fix that frame")
+        return [s.with_labels(property_units={**s.property_units, prop: unit}) for s in structures]
+
+    data = read(path, "training data")
+    periodic = {bool(np.any(s.pbc)) for s in data}
+    if len(periodic) > 1:
+        n_pbc = sum(bool(np.any(s.pbc)) for s in data)
+        raise ValueError(f"{path}: {n_pbc} periodic and {len(data) - n_pbc} non-periodic structures in one task; "
+                         "fine-tune molecules and crystals as separate tasks (each gets the force-field dataset "
+                         "and replay set of its own domain)")
+    if val_path:
+        train, val = data, read(val_path, "validation data")
+    else:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        perm = np.random.default_rng(seed + 17).permutation(len(data))
+        n_val = max(1, int(round(val_fraction * len(data))))
+        if n_val >= len(data):
+            raise ValueError(f"{path}: {len(data)} structures are too few to split off validation; give --val FILE")
+        val = [data[i] for i in np.sort(perm[:n_val])]
+        train = [data[i] for i in np.sort(perm[n_val:])]
+    train = [train[i] for i in _subsample(np.arange(len(train)), train_fraction, seed)]
+    test_parts = {"test": read(test_path, "test data")} if test_path else {}
+    recipe = dict(kind="scalar", extensive=not intensive, element_bias=element_bias, loss=loss)
+    return PropertyTask(name=f"file-{prop}", property=prop, unit=unit, train=train, val=val, test_parts=test_parts,
+                        recipe=recipe, description=f"{prop} ({unit or 'no unit'}) from {path}")

@@ -1,0 +1,76 @@
+"""Fine-tuning on the user's own labelled structures: `mftcalc finetune --data FILE --property NAME -o OUT.pt`
+gives one model that relaxes and predicts; bad data is refused naming the problem."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+
+from mftcalc.data.io import write_extxyz
+from mftcalc.data.structure import Structure
+from mftcalc.training.tasks import file_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _molecules(n: int, prop: str = "my_gap") -> list:
+    names = ["H2O", "CH4", "NH3", "C2H6", "CH3OH", "HCN", "C2H4", "CH3CH2OH", "HCOOH", "CH3CN"]
+    out = []
+    for k in range(n):
+        atoms = molecule(names[k % len(names)])
+        atoms.rattle(0.02, seed=k)
+        s = Structure.from_ase(atoms)
+        value = 5.0 + 0.1 * len(atoms) + 0.01 * k            # a smooth made-up property, eV
+        out.append(s.with_labels(properties={prop: value}, property_units={prop: "eV"}))
+    return out
+
+
+def test_file_task_reads_splits_and_refuses_bad_data(tmp_path):
+    write_extxyz(_molecules(30), tmp_path / "d.extxyz")
+    task = file_task(str(tmp_path / "d.extxyz"), "my_gap", "eV", val_fraction=0.2)
+    assert (len(task.train), len(task.val)) == (24, 6) and task.unit == "eV" and not task.recipe["extensive"]
+    with pytest.raises(ValueError, match="frame 0: property 'gap' is missing.*available keys: .*my_gap"):
+        file_task(str(tmp_path / "d.extxyz"), "gap", "eV")
+    si = Structure.from_ase(bulk("Si", "diamond", 5.43)).with_labels(properties={"my_gap": 1.1})
+    write_extxyz(_molecules(5) + [si], tmp_path / "mixed.extxyz")
+    with pytest.raises(ValueError, match="1 periodic and 5 non-periodic structures in one task"):
+        file_task(str(tmp_path / "mixed.extxyz"), "my_gap", "eV")
+
+
+def test_finetune_cli_on_own_data_gives_a_relax_and_predict_model(tmp_path):
+    write_extxyz(_molecules(30), tmp_path / "train.extxyz")
+    write_extxyz(_molecules(6), tmp_path / "test.extxyz")
+    out = tmp_path / "mine.pt"
+    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "finetune", "--data", str(tmp_path / "train.extxyz"),
+                           "--property", "my_gap", "--unit", "eV", "--test", str(tmp_path / "test.extxyz"),
+                           "--steps", "4", "--strategy", "mft", "--set", "val_every=2", "head_hidden=[16]",
+                           "-o", str(out)], capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    from mftcalc.calculators import MFTCalculator
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = MFTCalculator(str(out), dataset="xtb_qm9")
+    assert np.isfinite(atoms.get_potential_energy()) and atoms.get_forces().shape == (9, 3)
+    assert np.isfinite(atoms.calc.get_property("my_gap", atoms))
+    from mftcalc.model.checkpoint import read_checkpoint
+    meta = read_checkpoint(out)["metadata"]
+    assert meta["heads"]["my_gap"]["unit"] == "eV" and meta["heads"]["my_gap"]["extensive"] is False
+
+
+def test_unknown_elements_are_refused_before_training(tmp_path):
+    from ase import Atoms
+    odd = [Structure.from_ase(Atoms("UO2", positions=[[0, 0, 0], [1.8, 0, 0], [-1.8, 0, 0]])).with_labels(
+        properties={"my_gap": 1.0})] * 12
+    write_extxyz(odd, tmp_path / "u.extxyz")
+    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "finetune", "--data", str(tmp_path / "u.extxyz"),
+                           "--property", "my_gap", "--steps", "2", "-o", str(tmp_path / "u.pt")],
+                          capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+    assert done.returncode != 0
+    assert "elements the pretrained model" in done.stderr and "U" in done.stderr
