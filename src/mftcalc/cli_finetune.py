@@ -130,7 +130,8 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    "every output column)")
     p.add_argument("--extensive", action="store_true", help="with --data: the property grows with the structure "
                    "(summed per-atom terms); default intensive (averaged)")
-    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch"], help="with --data")
+    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch", "frozen-sklearn"],
+                   help="with --data; frozen-sklearn: a ridge fit on pooled pretrained features, no training")
     p.add_argument("--val", help="with --data: validation file (default: --val-fraction of the data)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: seeded validation share")
     p.add_argument("--test", help="with --data: a test file, scored at the end")

@@ -74,3 +74,29 @@ def test_unknown_elements_are_refused_before_training(tmp_path):
                                "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
     assert done.returncode != 0
     assert "elements the pretrained model" in done.stderr and "U" in done.stderr
+
+
+def test_frozen_sklearn_is_a_ridge_fit_served_as_a_linear_head(tmp_path):
+    """The frozen-sklearn head reproduces scikit-learn's ridge predictions on pooled features, keeps the pretrained
+    force field bit for bit, and takes no optimiser step."""
+    import torch
+    from mftcalc.model.checkpoint import load_model
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    from mftcalc.training.frozen import pooled_features
+    write_extxyz(_molecules(40), tmp_path / "d.extxyz")
+    task = file_task(str(tmp_path / "d.extxyz"), "my_gap", "eV", val_fraction=0.25)
+    result = finetune(task, FinetuneSettings(strategy="frozen-sklearn", progress=False), tmp_path / "run",
+                      REPO / "models" / "pretrained.pt")
+    assert result["steps"] == 0 and result["val"]["rmse"] < 0.2
+    model = load_model(tmp_path / "run" / "model.pt")
+    pretrained = load_model(REPO / "models" / "pretrained.pt")
+    for key, value in pretrained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+    x = pooled_features(model, task.val, extensive=False)
+    head = model.property_heads["my_gap"]
+    w = head.mlp.net[0].weight.detach().double().numpy()[0]
+    b = float(head.mlp.net[0].bias.detach())
+    bias = head.bias.detach().double().numpy()
+    expected = x @ w + b + np.array([bias[s.numbers].mean() for s in task.val])
+    from mftcalc.training.evaluate import property_predictions
+    np.testing.assert_allclose(property_predictions(model, task.val, "my_gap"), expected, rtol=1e-4, atol=1e-4)

@@ -30,7 +30,7 @@ from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
 from mftcalc.training.tasks import PropertyTask
 
-STRATEGIES = ("scratch", "ft", "lp", "mft")
+STRATEGIES = ("scratch", "ft", "lp", "mft", "frozen-sklearn")
 
 
 @dataclass
@@ -88,7 +88,10 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
                          backbone_cfg=None) -> MFTModel:
     """Model for a strategy: (pretrained or random) backbone + force-field head + a new property head."""
     recipe = task.recipe
-    head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=tuple(settings.head_hidden),
+    frozen = settings.strategy == "frozen-sklearn"
+    if frozen and recipe["kind"] != "scalar":
+        raise ValueError(f"frozen-sklearn fits scalar properties; {task.property!r} has a {recipe['kind']} head")
+    head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=() if frozen else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
                       element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt)
     torch.manual_seed(settings.seed)
@@ -114,7 +117,7 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
 def _freeze(model: MFTModel, settings: FinetuneSettings, task: PropertyTask) -> None:
     for name, p in model.named_parameters():
         trainable = True
-        if settings.strategy == "lp":
+        if settings.strategy in ("lp", "frozen-sklearn"):
             trainable = name.startswith(f"property_heads.{task.property}.")
         elif settings.strategy in ("ft", "scratch"):
             trainable = not name.startswith("ff_heads.")
@@ -208,12 +211,23 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     def save_best(m: torch.nn.Module, path: Path) -> None:
         save_model(m, path, metadata)
 
-    trainer = Trainer(model, sources, train_settings, out_dir, out_dir / "state.pt", val_sources,
-                      on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
-    trainer.run()
-    best = load_model(out_dir / "model.pt", dtype).to(trainer.device)
-    result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": trainer.step,
-                              "train_wall_s": trainer.wall, "n_train": len(task.train)}
+    if settings.strategy == "frozen-sklearn":                                   # no optimiser: a ridge fit written into the linear head
+        import time
+        from mftcalc.training.frozen import fit_frozen_head
+        out_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        fit = fit_frozen_head(model, task.property, task.train, recipe["extensive"])
+        metadata["finetuning"]["ridge"] = fit
+        save_best(model, out_dir / "model.pt")
+        steps, wall, device = 0, time.perf_counter() - started, next(model.parameters()).device
+    else:
+        trainer = Trainer(model, sources, train_settings, out_dir, out_dir / "state.pt", val_sources,
+                          on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
+        trainer.run()
+        steps, wall, device = trainer.step, trainer.wall, trainer.device
+    best = load_model(out_dir / "model.pt", dtype).to(device)
+    result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
+                              "train_wall_s": wall, "n_train": len(task.train)}
     parity: Dict[str, np.ndarray] = {}
     for part, structures in {"val": task.val, **task.test_parts}.items():
         labelled = [s for s in structures if task.property in s.properties]

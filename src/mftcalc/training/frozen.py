@@ -1,0 +1,57 @@
+"""The ``frozen-sklearn`` strategy: a ridge regression on pooled pretrained backbone features, written into an
+ordinary linear property head, so the result is one checkpoint that the calculator serves like any other.
+
+The backbone and force field stay exactly the pretrained ones (like LP), and no optimiser step is taken: the
+per-element biases are fitted by least squares (as every property head's), then scikit-learn's ``RidgeCV`` fits
+the residual on the structure's pooled node features (mean for an intensive property, sum for an extensive one),
+with the regularisation chosen by efficient leave-one-out cross-validation. A linear head on per-atom features
+pooled the same way is exactly that regression, so nothing but a ``Linear(n_dim, 1)`` is stored.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.data.structure import Structure
+from mftcalc.model.inference import predict_structures
+
+ALPHAS = np.logspace(-4, 4, 17)
+
+
+def pooled_features(model: torch.nn.Module, structures: Sequence[Structure], extensive: bool) -> np.ndarray:
+    """[B, n_dim] per-structure sum (``extensive``) or mean of the backbone's node features."""
+    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True)
+    pool = np.sum if extensive else np.mean
+    return np.stack([pool(r["node_features"].astype(np.float64), axis=0) for r in rows])
+
+
+def fit_frozen_head(model: torch.nn.Module, name: str, train: List[Structure], extensive: bool) -> Dict[str, float]:
+    """Fit property head ``name`` of ``model`` (built with ``hidden=()``: one ``Linear``) by ridge regression on the
+    pooled features of ``train``; its element ``bias`` must already hold the least-squares element fit
+    (:func:`mftcalc.model.fitting.fit_property_head`). Returns the chosen ``alpha`` and the training RMSE."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    head = model.property_heads[name]
+    linear = head.mlp.net[0]
+    if len(head.mlp.net) != 1 or not isinstance(linear, torch.nn.Linear):
+        raise ValueError(f"frozen-sklearn needs a linear property head (head_hidden: []), got {head.mlp}")
+    y = np.array([s.properties[name] for s in train], dtype=np.float64)
+    bias = head.bias.detach().cpu().double().numpy()
+    per_structure_bias = np.array([bias[s.numbers].sum() if extensive else bias[s.numbers].mean() for s in train])
+    residual = y - per_structure_bias
+    x = pooled_features(model, train, extensive)
+    scaler = StandardScaler(with_mean=not extensive).fit(x)     # extensive: no per-structure intercept exists
+    std = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    centre = scaler.mean_ if not extensive else np.zeros(x.shape[1])
+    ridge = RidgeCV(alphas=ALPHAS, fit_intercept=not extensive).fit((x - centre) / std, residual)
+    weight = ridge.coef_ / std                                   # on raw pooled features
+    intercept = float(ridge.intercept_ - np.dot(weight, centre)) if not extensive else 0.0
+    with torch.no_grad():
+        head.scale.fill_(1.0)
+        linear.weight.copy_(torch.as_tensor(weight[None, :], dtype=linear.weight.dtype))
+        linear.bias.fill_(intercept)                             # per atom; the mean over atoms adds it once
+    fitted = x @ weight + intercept + per_structure_bias
+    return {"alpha": float(ridge.alpha_), "train_rmse": float(np.sqrt(np.mean((fitted - y) ** 2)))}
