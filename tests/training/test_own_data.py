@@ -82,7 +82,7 @@ def test_frozen_sklearn_is_a_ridge_fit_served_as_a_linear_head(tmp_path):
     import torch
     from mftcalc.model.checkpoint import load_model
     from mftcalc.training.finetune import FinetuneSettings, finetune
-    from mftcalc.training.frozen import pooled_features
+    from mftcalc.model.applicability import pooled_features
     write_extxyz(_molecules(40), tmp_path / "d.extxyz")
     task = file_task(str(tmp_path / "d.extxyz"), "my_gap", "eV", val_fraction=0.25)
     result = finetune(task, FinetuneSettings(strategy="frozen-sklearn", progress=False), tmp_path / "run",

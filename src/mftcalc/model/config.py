@@ -55,8 +55,8 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
-        if self.kind not in ("forcefield", "scalar", "dipole", "r2"):
-            raise ValueError(f"unknown head kind {self.kind!r}; use forcefield, scalar, dipole or r2")
+        if self.kind not in ("forcefield", "scalar", "dipole", "r2", "knn_ood"):
+            raise ValueError(f"unknown head kind {self.kind!r}; use forcefield, scalar, dipole, r2 or knn_ood")
 
 
 @dataclass

@@ -113,4 +113,7 @@ def make_head(n_dim: int, cfg: HeadConfig) -> nn.Module:
         return ScalarHead(n_dim, cfg)
     if cfg.kind == "dipole":
         return DipoleHead(n_dim, cfg)
+    if cfg.kind == "knn_ood":
+        from mftcalc.model.applicability import KnnApplicabilityHead
+        return KnnApplicabilityHead(n_dim)
     return R2Head(n_dim, cfg)

@@ -1,7 +1,7 @@
 """Error metrics of a model on labelled structures (energy per atom, forces, stress, properties)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -63,10 +63,13 @@ def property_errors(model: torch.nn.Module, structures: Sequence[Structure], nam
     return {"mae": float(np.abs(diff).mean()), "rmse": float(np.sqrt((diff * diff).mean())), "n": float(len(y))}
 
 
-def property_predictions(model: torch.nn.Module, structures: Sequence[Structure], name: str,
-                         max_atoms: int = 4096) -> np.ndarray:
-    """Predicted values [B] of property ``name``."""
+def property_predictions(model: torch.nn.Module, structures: Sequence[Structure], name: Union[str, Sequence[str]],
+                         max_atoms: int = 4096) -> Union[np.ndarray, List[np.ndarray]]:
+    """Predicted values [B] of property ``name``; one array per name, from one pass, for a list of names."""
+    names = [name] if isinstance(name, str) else list(name)
     preds = predict_structures(model, structures, 0, compute_forces=False, compute_stress=False, max_atoms=max_atoms)
-    if name not in preds[0]:
-        raise KeyError(f"model has no property head {name!r}")
-    return np.array([float(p[name]) for p in preds])
+    for n in names:
+        if preds and n not in preds[0]:
+            raise KeyError(f"model has no property head {n!r}")
+    arrays = [np.array([float(p[n]) for p in preds]) for n in names]
+    return arrays[0] if isinstance(name, str) else arrays

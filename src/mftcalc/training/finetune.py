@@ -18,6 +18,7 @@ import torch
 
 from mftcalc.analysis.metrics import sliced_drift
 from mftcalc.data.structure import Structure
+from mftcalc.model.applicability import fit_applicability, pooled_features
 from mftcalc.model.checkpoint import load_model, model_metadata, save_model
 from mftcalc.model.config import HeadConfig, ModelConfig
 from mftcalc.model.fitting import fit_property_head
@@ -31,6 +32,7 @@ from mftcalc.training.schedule import ExponentialLR
 from mftcalc.training.tasks import PropertyTask
 
 STRATEGIES = ("scratch", "ft", "lp", "mft", "frozen-sklearn")
+OOD_HEAD = "ood_score"     # the applicability head every fine-tuned model carries (mftcalc.model.applicability)
 
 
 @dataclass
@@ -99,10 +101,12 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
         if pretrained is None and settings.strategy != "scratch":
             raise ValueError(f"strategy {settings.strategy!r} needs a pretrained model")
         cfg_backbone = backbone_cfg if backbone_cfg is not None else pretrained.config.backbone
-        model = MFTModel(ModelConfig(backbone=cfg_backbone, heads={task.property: head}))
+        model = MFTModel(ModelConfig(backbone=cfg_backbone, heads={task.property: head,
+                                                                   OOD_HEAD: HeadConfig(kind="knn_ood", unit="")}))
         return model
     heads = {k: v for k, v in pretrained.config.heads.items() if v.kind == "forcefield"}
     heads[task.property] = head
+    heads[OOD_HEAD] = HeadConfig(kind="knn_ood", unit="")
     dtype = next(pretrained.parameters()).dtype
     model = MFTModel(ModelConfig(backbone=pretrained.config.backbone, heads=heads,
                                  datasets=list(pretrained.config.datasets))).to(dtype)
@@ -226,15 +230,20 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         trainer.run()
         steps, wall, device = trainer.step, trainer.wall, trainer.device
     best = load_model(out_dir / "model.pt", dtype).to(device)
+    fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, task.train),
+                      [s.numbers for s in task.train], seed=settings.seed)
+    save_model(best, out_dir / "model.pt", metadata)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
                               "train_wall_s": wall, "n_train": len(task.train)}
     parity: Dict[str, np.ndarray] = {}
     for part, structures in {"val": task.val, **task.test_parts}.items():
         labelled = [s for s in structures if task.property in s.properties]
-        pred = property_predictions(best, labelled, task.property)
+        pred, score = property_predictions(best, labelled, [task.property, OOD_HEAD])
         result[part] = property_errors(best, labelled, task.property, predictions=pred)
         parity[f"{part}_true"] = np.array([s.properties[task.property] for s in labelled])
         parity[f"{part}_pred"] = pred
+        parity[f"{part}_ood_score"] = score
+    result["ood_score"] = applicability_report(parity)
     np.savez_compressed(out_dir / "parity.npz", **parity)
     plot_parity(parity, out_dir / "parity.png", f"{task.description}: {settings.strategy}", task.unit)
     if drift is not None:
@@ -276,6 +285,30 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
     seen = set(getattr(model, "metadata", {}).get("elements", []))
     seen.update(int(z) for s in task.train for z in np.unique(s.numbers))
     return sorted(seen)
+
+
+def applicability_report(parity: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """How well ``ood_score`` flags trouble: its median per part, the AUROC of telling ``ood_test`` from
+    ``id_test`` structures by it, and per part its Spearman correlation with the absolute error."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+    out: Dict[str, float] = {}
+    for key in parity:
+        if not key.endswith("_ood_score"):
+            continue
+        part = key[: -len("_ood_score")]
+        score = parity[key]
+        finite = np.isfinite(score)
+        out[f"{part}_median"] = float(np.median(score[finite])) if finite.any() else float("nan")
+        err = np.abs(parity[f"{part}_pred"] - parity[f"{part}_true"])
+        if finite.sum() > 2:
+            out[f"{part}_spearman_abs_error"] = float(spearmanr(score[finite], err[finite]).statistic)
+    if "id_test_ood_score" in parity and "ood_test_ood_score" in parity:
+        s_id, s_ood = parity["id_test_ood_score"], parity["ood_test_ood_score"]
+        labels = np.concatenate([np.zeros(len(s_id)), np.ones(len(s_ood))])
+        scores = np.nan_to_num(np.concatenate([s_id, s_ood]), posinf=np.finfo(float).max)
+        out["auroc_id_vs_ood"] = float(roc_auc_score(labels, scores))
+    return out
 
 
 def check_elements(pretrained: MFTModel, task, path) -> None:

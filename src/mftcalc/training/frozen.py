@@ -9,22 +9,15 @@ pooled the same way is exactly that regression, so nothing but a ``Linear(n_dim,
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
 
 from mftcalc.data.structure import Structure
-from mftcalc.model.inference import predict_structures
+from mftcalc.model.applicability import pooled_features
 
 ALPHAS = np.logspace(-4, 4, 17)
-
-
-def pooled_features(model: torch.nn.Module, structures: Sequence[Structure], extensive: bool) -> np.ndarray:
-    """[B, n_dim] per-structure sum (``extensive``) or mean of the backbone's node features."""
-    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True)
-    pool = np.sum if extensive else np.mean
-    return np.stack([pool(r["node_features"].astype(np.float64), axis=0) for r in rows])
 
 
 def fit_frozen_head(model: torch.nn.Module, name: str, train: List[Structure], extensive: bool) -> Dict[str, float]:
