@@ -103,8 +103,9 @@ def _ms(values: List[float], fmt: str = "{:.4f}") -> str:
 
 def table(cells: List[Dict]) -> List[str]:
     lines = ["| task, fraction | strategy | runs | ID RMSE | OOD RMSE | residual at matched ID (best ckpt) | "
-             "residual (final, full sets) | train/val (best / end) | drift W1 | FF force MAE (eV/Å) |",
-             "|---|---|---:|---|---|---|---|---|---|---|"]
+             "residual (final, full sets) | train/val (best / end) | drift W1 | FF force MAE (eV/Å) | "
+             "ood_score AUROC (ID vs OOD) | ood_score vs \\|error\\| (Spearman, OOD) |",
+             "|---|---|---:|---|---|---|---|---|---|---|---|---|"]
     for group in sorted({c["group"] for c in cells}):
         for strategy in ("scratch", "lp", "ft", "mft", *sorted({c["strategy"] for c in cells} -
                                                                 {"scratch", "lp", "ft", "mft"})):
@@ -118,7 +119,9 @@ def table(cells: List[Dict]) -> List[str]:
                 f"{_ms([100 * c['res_best'] for c in cs], '{:+.1f}')} % | "
                 f"{_ms([100 * c['res_final'] for c in cs], '{:+.1f}')} % | "
                 f"{_ms([c['train_val_best'] for c in cs], '{:.2f}')} / {_ms([c['train_val_end'] for c in cs], '{:.2f}')} | "
-                f"{_ms([c['result'].get('drift_w1') for c in cs], '{:.3f}')} | {_ms(ff, '{:.3f}')} |")
+                f"{_ms([c['result'].get('drift_w1') for c in cs], '{:.3f}')} | {_ms(ff, '{:.3f}')} | "
+                f"{_ms([c['result'].get('ood_score', {}).get('auroc_id_vs_ood') for c in cs], '{:.3f}')} | "
+                f"{_ms([c['result'].get('ood_score', {}).get('ood_test_spearman_abs_error') for c in cs], '{:.3f}')} |")
     return lines
 
 
