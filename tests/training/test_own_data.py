@@ -100,3 +100,24 @@ def test_frozen_sklearn_is_a_ridge_fit_served_as_a_linear_head(tmp_path):
     expected = x @ w + b + np.array([bias[s.numbers].mean() for s in task.val])
     from mftcalc.training.evaluate import property_predictions
     np.testing.assert_allclose(property_predictions(model, task.val, "my_gap"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_smiles_csv_becomes_relaxed_labelled_molecules(tmp_path):
+    """SMILES rows are embedded (RDKit), relaxed with the model's force field, labelled; a bad row is skipped and
+    counted; the geometries are reused when the CSV and model come again; a missing column names the columns."""
+    csv_path = tmp_path / "mols.csv"
+    csv_path.write_text("smiles,my_prop\nCCO,1.0\nC1CC1N,1.5\nnot_a_smiles,3.0\nCC(=O)O,0.7\nCC#N,0.9\nOCCO,1.2\n")
+    task = file_task(str(csv_path), "my_prop", "eV", val_fraction=0.2, model_path=str(REPO / "models" /
+                                                                                       "pretrained.pt"))
+    molecules = task.train + task.val
+    assert len(molecules) == 5 and {m.info["smiles"] for m in molecules} == {"CCO", "C1CC1N", "CC(=O)O", "CC#N",
+                                                                              "OCCO"}
+    ethanol = next(m for m in molecules if m.info["smiles"] == "CCO")
+    assert ethanol.n_atoms == 9 and ethanol.properties["my_prop"] == 1.0 and ethanol.info["converged"]
+    relaxed = tmp_path / "mols_relaxed.extxyz"
+    stamp = relaxed.stat().st_mtime_ns
+    file_task(str(csv_path), "my_prop", "eV", model_path=str(REPO / "models" / "pretrained.pt"))
+    assert relaxed.stat().st_mtime_ns == stamp                                 # reused, not recomputed
+    (tmp_path / "bad.csv").write_text("SMILES,my_prop\nCCO,1.0\n")
+    with pytest.raises(ValueError, match="no column 'smiles'.*columns: \\['SMILES', 'my_prop'\\]"):
+        file_task(str(tmp_path / "bad.csv"), "my_prop", model_path=str(REPO / "models" / "pretrained.pt"))

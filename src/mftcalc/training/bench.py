@@ -65,6 +65,7 @@ class BenchConfig:
     #: MFT's auxiliary force-field data, ``{dataset: path or spec}`` (``pretrain.load_forcefield_set``); default:
     #: the domain-matched replay set beside the pretrained checkpoint
     ff_data: Dict[str, Any] = field(default_factory=dict)
+    keep_states: bool = False      # keep each finished cell's training state (deleted by default: a few MB each)
     #: named strategy variants usable in ``strategies`` (ablations): ``{name: {strategy: mft, settings: {...},
     #: ff_data: {dataset: file}}}``; ``settings`` override the bench settings, ``ff_data`` replaces the replay set
     variants: Dict[str, Dict[str, Any]] = field(default_factory=dict)
@@ -210,6 +211,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
             result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
         result.update(train_fraction=frac, seed=seed, fold=fold)
         results = _merge_result(results_path, key, result)
+        if not cfg.keep_states:       # a finished cell is skipped on restart: its optimiser state is dead weight
+            (cell_dir / "state.pt").unlink(missing_ok=True)
     results = _read_results(results_path)
     if cfg.ff_eval and "pretrained" not in results.get("_forcefield_reference", {}):
         results = _merge_result(results_path, "_forcefield_reference",
@@ -254,7 +257,7 @@ def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int
     if spec.kind == "file":
         from mftcalc.training.tasks import file_task
         return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
-                         spec.test_path, seed, train_fraction=frac)
+                         spec.test_path, seed, train_fraction=frac, model_path=cfg.pretrained or None)
     if spec.kind == "matbench":
         from mftcalc.data.matbench import load_folds, load_matbench
         if cfg.matbench_path is None:

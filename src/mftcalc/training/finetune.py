@@ -66,6 +66,8 @@ class FinetuneSettings:
     checkpoint_every: int = 100
     dtype: str = "float32"
     device: str = "cpu"                       # "cpu", "cuda[:k]" or "auto" (CUDA when available)
+    allow_new_elements: bool = False          # fine-tune on elements the pretrained model never saw (their type
+                                              # embeddings start untrained); refused by default
     probe_size: int = 64                      # molecules of the drift probe set
     progress: bool = True
 
@@ -162,7 +164,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     out_dir = Path(out_dir)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
-    if pretrained is not None and settings.strategy != "scratch":
+    if pretrained is not None and settings.strategy != "scratch" and not settings.allow_new_elements:
         check_elements(pretrained, task, pretrained_path)
     model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
@@ -325,8 +327,8 @@ def check_elements(pretrained: MFTModel, task, path) -> None:
         if unknown:
             raise ValueError(f"the {part} data of {task.name} holds elements the pretrained model {path} was not "
                              f"trained on: {', '.join(chemical_symbols[z] for z in unknown)} (it knows "
-                             f"{', '.join(chemical_symbols[z] for z in sorted(known))}); drop those structures or "
-                             "use strategy scratch")
+                             f"{', '.join(chemical_symbols[z] for z in sorted(known))}); drop those structures, "
+                             "use strategy scratch, or set allow_new_elements: true to train them from scratch")
 
 
 def curve_probes(task, size: int, seed: int) -> Dict[str, List[Structure]]:

@@ -97,7 +97,8 @@ def matbench_task(structures: List[Structure], dataset: str, fold, train_fractio
 
 def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_path: Optional[str] = None,
               val_fraction: float = 0.1, test_path: Optional[str] = None, seed: int = 0,
-              element_bias: bool = True, loss: str = "mse", train_fraction: float = 1.0) -> PropertyTask:
+              element_bias: bool = True, loss: str = "mse", train_fraction: float = 1.0,
+              model_path: Optional[str] = None, smiles_dataset: str = "xtb_qm9") -> PropertyTask:
     """A property task from the user's own labelled structures (any format ``read_structures`` reads).
 
     The property is a per-structure scalar in each frame's ``info`` (extxyz comment line, ASE database key-value
@@ -106,11 +107,23 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     ``intensive``: the head averages per-atom terms (a gap, a refractive index); else it sums them (an energy,
     a polarisability). Raises, naming the file and the fix, when the property is missing from a frame, is not
     finite, or the data mixes periodic and non-periodic structures (one task has one force-field domain).
+
+    A ``.csv`` file is a table of SMILES (column ``smiles``) and the property: its molecules are embedded with
+    RDKit and relaxed with ``model_path``'s force field under dataset ``smiles_dataset``
+    (:mod:`mftcalc.data.smiles`); the relaxed geometries go to ``<csv>_relaxed.extxyz`` and are reused.
     """
     from mftcalc.data.io import read_structures
 
     def read(part_path: str, what: str) -> List[Structure]:
-        structures = read_structures(part_path, properties={prop: unit})   # raises naming a frame without it
+        if str(part_path).lower().endswith(".csv"):
+            from mftcalc.data.smiles import smiles_structures
+            if model_path is None:
+                raise ValueError(f"{part_path}: a SMILES CSV needs a pretrained model to relax its molecules")
+            out = str(part_path)[:-4] + "_relaxed.extxyz"
+            structures, report = smiles_structures(part_path, prop, unit, model_path, smiles_dataset, out)
+            print(f"{part_path} ({what}): {report.summary()}; geometries in {out}")
+        else:
+            structures = read_structures(part_path, properties={prop: unit})   # raises naming a frame without it
         values = np.array([s.properties[prop] for s in structures], dtype=float)
         if not np.all(np.isfinite(values)):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
