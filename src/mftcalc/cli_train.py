@@ -14,6 +14,7 @@ def _train(args: argparse.Namespace) -> int:
         import torch.distributed as dist
         dist.init_process_group("gloo")
     pairs = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
+    pairs += [f"init={args.init}"] if args.init else []
     cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
     card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
     if not distributed or int(os.environ.get("RANK", "0")) == 0:
@@ -37,6 +38,10 @@ def add_train_parsers(subparsers: Any) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (steps=1000, datasets.0.prob=0.9)")
     p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's device, else cpu)")
+    p.add_argument("--init", default=None, metavar="MODEL.pt",
+                   help="fine-tune the force field of a trained model on the config's datasets: its datasets keep "
+                        "their embeddings (add them with prob 0 to report their retention, or > 0 to replay them), "
+                        "new ones are appended (init_from: start from a named one)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop (with a checkpoint and the model written) after this many minutes; rerun to resume")
     p.set_defaults(func=_train)

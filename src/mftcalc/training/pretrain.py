@@ -45,6 +45,7 @@ class DatasetSpec:
     max_force: Optional[float] = None   # drop structures with an atomic force above this (eV/Å)
     exclude_splits: Optional[str] = None   # BOOM split file: drop molecules (info["qm9_index"]) in its test sets
     exclude_properties: Optional[List[str]] = None   # ... of these properties (default: every split in the file)
+    init_from: Optional[str] = None     # with PretrainConfig.init, a NEW dataset starts from this one's embedding
 
 
 @dataclass
@@ -64,6 +65,8 @@ class PretrainConfig:
     grad_clip: float = 10.0
     energy_norm: str = "deepmd"   # "deepmd": λ_E·MSE(E)/N as deepmd-kit; "per_atom": λ_E·MSE(E/N) (N× weaker)
     device: str = "cpu"           # "cpu", "cuda[:k]" or "auto"
+    init: Optional[str] = None    # start from this trained model: its datasets keep their embeddings, new ones are
+                                  # appended (force-field fine-tuning on your own DFT data)
     seed: int = 0
     log_every: int = 10
     val_every: int = 500
@@ -227,6 +230,12 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     replay: List[Structure] = []
     for k, spec in enumerate(cfg.datasets):
         structures = read_dataset(spec.path)
+        tagged = [s for s in structures if "dataset" in s.info]
+        if tagged:                        # a mixed file (e.g. a replay set): only this dataset's structures
+            structures = [s for s in structures if s.info.get("dataset", spec.name) == spec.name]
+            if not structures:
+                raise ValueError(f"{spec.path} holds no structures of dataset {spec.name!r} (its info['dataset'] "
+                                 f"values: {sorted({str(s.info['dataset']) for s in tagged})})")
         if spec.exclude_splits is not None:
             structures = drop_test_molecules(structures, spec.exclude_splits, spec.exclude_properties, spec.name)
         if spec.max_force is not None:
@@ -262,8 +271,22 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     writes the model checkpoint (also when stopped early) and returns the card data stored in its metadata."""
     started = time.time()
     sources, val_sources, replay = load_sources(cfg)
-    model = build_model(cfg)
-    for source in sources:
+    base_elements: List[int] = []
+    if cfg.init:
+        from mftcalc.model.checkpoint import load_model
+        from mftcalc.model.datasets import extend_datasets
+        base = load_model(cfg.init, DTYPES[cfg.dtype])
+        base_elements = list(getattr(base, "metadata", {}).get("elements", []))
+        model = extend_datasets(base, [d.name for d in cfg.datasets],
+                                {d.name: d.init_from for d in cfg.datasets if d.init_from})
+        names = list(model.config.datasets)
+        for source in sources + val_sources:          # embedding index = position in the extended model
+            source.dataset_index = names.index(source.name)
+        refit = [s for s in sources if s.name not in base.config.datasets]   # old datasets keep their shifts
+    else:
+        model = build_model(cfg)
+        refit = sources
+    for source in refit:
         fit_forcefield_shift(model.ff_heads["forcefield"], source.structures,
                              [source.dataset_index] * len(source.structures))
     settings = TrainSettings(
@@ -276,7 +299,8 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     metrics = trainer.run(stop_at=stop_at, time_budget_s=time_budget_s)
     if not metrics and val_sources and trainer.rank == 0:   # stopped between validations: validate now
         metrics = {"step": float(trainer.step), **trainer.validate()}
-    elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)})
+    elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
+                      | set(base_elements))
     card = {"config": {**asdict(cfg), "datasets": [asdict(d) for d in cfg.datasets]},
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),
             "datasets": {s.name: {"train": len(s.structures), "batch_size": s.batch_size} for s in sources},
