@@ -95,6 +95,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cv(args: argparse.Namespace) -> int:
+    from mftcalc.schema import from_mapping
+    from mftcalc.training.cv import cross_validate
+    from mftcalc.training.finetune import FinetuneSettings
+    from mftcalc.training.tasks import read_property_file
+    pretrained = args.pretrained or _shipped_pretrained()
+    structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
+    overrides = {"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})}
+    for pair in args.set or []:
+        key, _, value = pair.partition("=")
+        import yaml
+        overrides[key] = yaml.safe_load(value)
+    settings = from_mapping(FinetuneSettings, overrides, "cv settings")
+    summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings,
+                             None if args.strategy == "scratch" and not args.pretrained else pretrained,
+                             args.out_dir, args.folds, args.group_by, seed=args.seed)
+    print((Path(args.out_dir) / "report.md").read_text())
+    print(json.dumps({k: v for k, v in summary.items() if k != "folds"}))
+    return 0
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from mftcalc.analysis.report import analyze, markdown_table
     from mftcalc.data.boom import load_splits
@@ -145,6 +166,23 @@ def add_finetune_parsers(subparsers: Any) -> None:
                         "top (task.property=homo)")
     p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else cpu)")
     p.set_defaults(func=_finetune)
+    p = subparsers.add_parser("cv", help="k-fold cross-validation of a strategy on your own labelled data",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="labelled structures (any format) or a SMILES CSV")
+    p.add_argument("--property", required=True, help="the property's info key (or CSV column)")
+    p.add_argument("--unit", default="", help="the property's unit")
+    p.add_argument("--extensive", action="store_true", help="summed per-atom terms (default intensive)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--group-by", choices=["formula", "scaffold"], default=None,
+                   help="keep groups together (GroupKFold): formula, or the Murcko scaffold of info['smiles']")
+    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch", "frozen-sklearn"],
+                   help="fine-tuning strategy of every fold")
+    p.add_argument("--steps", type=int, help="training steps per fold (default: the strategy's default)")
+    p.add_argument("--pretrained", help="pretrained model (default: the shipped models/pretrained.pt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and validation draws")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other FinetuneSettings keys")
+    p.add_argument("--out-dir", required=True, help="one run directory per fold, report.md and parity.png")
+    p.set_defaults(func=_cv)
     p = subparsers.add_parser("bench", help="strategies x tasks x seeds x fractions, resumable results + tables")
     p.add_argument("config")
     p.add_argument("--shard", metavar="I/N", help="run only cells I, I+N, I+2N, ... (start N processes, e.g. one per "

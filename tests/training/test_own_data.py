@@ -121,3 +121,27 @@ def test_smiles_csv_becomes_relaxed_labelled_molecules(tmp_path):
     (tmp_path / "bad.csv").write_text("SMILES,my_prop\nCCO,1.0\n")
     with pytest.raises(ValueError, match="no column 'smiles'.*columns: \\['SMILES', 'my_prop'\\]"):
         file_task(str(tmp_path / "bad.csv"), "my_prop", model_path=str(REPO / "models" / "pretrained.pt"))
+
+
+def test_cross_validation_groups_and_reports(tmp_path):
+    from mftcalc.training.cv import fold_indices, group_keys
+    molecules = _molecules(30)
+    keys = group_keys(molecules, "formula")
+    tests = fold_indices(len(molecules), 3, keys, seed=0)
+    assert sorted(np.concatenate(tests).tolist()) == list(range(30))
+    for test in tests:                                    # a formula never straddles two folds
+        inside = {keys[i] for i in test}
+        assert not inside & {keys[i] for i in np.setdiff1d(np.arange(30), test)}
+    write_extxyz(molecules, tmp_path / "d.extxyz")
+    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "cv", "--data", str(tmp_path / "d.extxyz"),
+                           "--property", "my_gap", "--unit", "eV", "--folds", "3", "--group-by", "formula",
+                           "--strategy", "frozen-sklearn", "--out-dir", str(tmp_path / "cv")],
+                          capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "cv" / "report.md").read_text()
+    assert "3-fold cross-validation of my_gap (frozen-sklearn, grouped by formula)" in report
+    assert (tmp_path / "cv" / "parity.png").exists()
+    with pytest.raises(ValueError, match="needs info\\['smiles'\\]"):
+        group_keys(molecules, "scaffold")

@@ -112,24 +112,8 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     RDKit and relaxed with ``model_path``'s force field under dataset ``smiles_dataset``
     (:mod:`mftcalc.data.smiles`); the relaxed geometries go to ``<csv>_relaxed.extxyz`` and are reused.
     """
-    from mftcalc.data.io import read_structures
-
     def read(part_path: str, what: str) -> List[Structure]:
-        if str(part_path).lower().endswith(".csv"):
-            from mftcalc.data.smiles import smiles_structures
-            if model_path is None:
-                raise ValueError(f"{part_path}: a SMILES CSV needs a pretrained model to relax its molecules")
-            out = str(part_path)[:-4] + "_relaxed.extxyz"
-            structures, report = smiles_structures(part_path, prop, unit, model_path, smiles_dataset, out)
-            print(f"{part_path} ({what}): {report.summary()}; geometries in {out}")
-        else:
-            structures = read_structures(part_path, properties={prop: unit})   # raises naming a frame without it
-        values = np.array([s.properties[prop] for s in structures], dtype=float)
-        if not np.all(np.isfinite(values)):
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise ValueError(f"{part_path} ({what}): frame {bad} has a non-finite {prop!r} ({values[bad]}); "
-                             "drop or fix that frame")
-        return [s.with_labels(property_units={**s.property_units, prop: unit}) for s in structures]
+        return read_property_file(part_path, prop, unit, what, model_path, smiles_dataset)
 
     data = read(path, "training data")
     periodic = {bool(np.any(s.pbc)) for s in data}
@@ -154,3 +138,26 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     recipe = dict(kind="scalar", extensive=not intensive, element_bias=element_bias, loss=loss)
     return PropertyTask(name=f"file-{prop}", property=prop, unit=unit, train=train, val=val, test_parts=test_parts,
                         recipe=recipe, description=f"{prop} ({unit or 'no unit'}) from {path}")
+
+
+def read_property_file(path: str, prop: str, unit: str = "", what: str = "data", model_path: Optional[str] = None,
+                       smiles_dataset: str = "xtb_qm9") -> List[Structure]:
+    """Labelled structures of ``path`` with property ``prop`` (any ``read_structures`` format, or a SMILES CSV
+    relaxed with ``model_path``, see :func:`file_task`); every value must be present and finite."""
+    from mftcalc.data.io import read_structures
+
+    if str(path).lower().endswith(".csv"):
+        from mftcalc.data.smiles import smiles_structures
+        if model_path is None:
+            raise ValueError(f"{path}: a SMILES CSV needs a pretrained model to relax its molecules")
+        out = str(path)[:-4] + "_relaxed.extxyz"
+        structures, report = smiles_structures(path, prop, unit, model_path, smiles_dataset, out)
+        print(f"{path} ({what}): {report.summary()}; geometries in {out}")
+    else:
+        structures = read_structures(path, properties={prop: unit})   # raises naming a frame without it
+    values = np.array([s.properties[prop] for s in structures], dtype=float)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(f"{path} ({what}): frame {bad} has a non-finite {prop!r} ({values[bad]}); "
+                         "drop or fix that frame")
+    return [s.with_labels(property_units={**s.property_units, prop: unit}) for s in structures]
