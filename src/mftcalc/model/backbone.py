@@ -6,19 +6,28 @@ edge-to-node message), an edge update (self MLP and an angle-to-edge reduction) 
 added with learnable per-channel residual scales (DPA3's ``res_residual``, init 0.1). All linears that take a
 concatenation of node/edge/angle features are split by input so that they run per node or per edge before the
 gather, never on a concatenated per-angle tensor.
+
+Options that reproduce deepmd-kit's DPA3 exactly (``BackboneConfig``; their defaults keep mftcalc's first
+numerics): ``switch`` (``exp`` = ``use_exp_switch``), ``edge_std``/``h2_std`` (``fix_stat_std``, constant buffers
+that divide the edge input and h2, not folded into weights), ``a_compress``/``a_compress_e`` (separate node and edge
+widths of the angle block) and ``a_compress_linear`` (``a_compress_use_split: false``). None of them changes the
+angle block's interface, so the fused C++ operator serves them all.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from mftcalc.model.config import BackboneConfig
 from mftcalc.kernels.angle import AngleBlock
-from mftcalc.model.layers import SiLUT, make_activation, smooth_switch
+from mftcalc.model.layers import SiLUT, make_activation, switch_function
 from mftcalc.model.segment import segment_sum, sorted_gather, transposed_gather
+
+log = logging.getLogger(__name__)
 
 
 def _residual(width: int, value: float) -> nn.Parameter:
@@ -33,8 +42,7 @@ class RepFlowLayer(nn.Module):
         n, e, a = cfg.n_dim, cfg.e_dim, cfg.a_dim
         self.n_dim, self.e_dim, self.a_dim = n, e, a
         self.axis = cfg.axis_neuron
-        self.nc = n if cfg.a_compress == 0 else min(cfg.a_compress, n)   # node channels seen by the angle block
-        self.ec = e if cfg.a_compress == 0 else min(cfg.a_compress, e)   # edge channels seen by the angle block
+        self.nc, self.ec = angle_widths(cfg)      # node and edge channels seen by the angle block
         self.e_scale = cfg.e_sel_norm ** -0.5
         self.e_norm = 1.0 / cfg.e_sel_norm
         self.a_norm = cfg.a_sel_norm ** -0.5
@@ -49,6 +57,10 @@ class RepFlowLayer(nn.Module):
         self.ee_edge = nn.Linear(e, n + e)
         # angle-info linears for [angle | node_i | edge_ik | edge_ij] -> (edge-angle e, angle self a)
         self.aa_angle = nn.Linear(a, e + a)
+        # deepmd-kit's a_compress_use_split: false -> bias-free compression maps (only built when asked for, so the
+        # random initialisation of models without them is unchanged)
+        self.compress_node: Optional[nn.Linear] = nn.Linear(n, self.nc, bias=False) if cfg.a_compress_linear else None
+        self.compress_edge: Optional[nn.Linear] = nn.Linear(e, self.ec, bias=False) if cfg.a_compress_linear else None
         self.aa_node = nn.Linear(self.nc, e + a, bias=False)
         self.aa_edge_ik = nn.Linear(self.ec, e + a, bias=False)
         self.aa_edge_ij = nn.Linear(self.ec, e + a, bias=False)
@@ -108,9 +120,16 @@ class RepFlowLayer(nn.Module):
 
         # ---- angle block (per-angle work: one small matmul, two gathers, one activation, one segment sum)
         edge_a = edge[a_edges]
-        p_ij = self.aa_edge_ij(edge_a[:, : self.ec]) + sorted_gather(self.aa_node(node[:, : self.nc]), i[a_edges],
-                                                                     a_node_counts)            # [Ea, e+a]
-        p_ik = self.aa_edge_ik(edge_a[:, : self.ec])                                            # [Ea, e+a]
+        compress_node = self.compress_node
+        compress_edge = self.compress_edge
+        if compress_node is not None and compress_edge is not None:
+            node_c = compress_node(node)                                                       # [N, nc]
+            edge_c = compress_edge(edge_a)                                                     # [Ea, ec]
+        else:
+            node_c = node[:, : self.nc]
+            edge_c = edge_a[:, : self.ec]
+        p_ij = self.aa_edge_ij(edge_c) + sorted_gather(self.aa_node(node_c), i[a_edges], a_node_counts)  # [Ea, e+a]
+        p_ik = self.aa_edge_ik(edge_c)                                                          # [Ea, e+a]
         if self.angle_block is not None:
             red, angle_new = self.angle_block(angle, p_ij, p_ik, self.aa_angle.weight.t(), self.aa_angle.bias, a_sw,
                                               self.res_angle, a_ij, a_ik)                       # [Ea, e], [A, a]
@@ -141,7 +160,16 @@ class Backbone(nn.Module):
         self.edge_embedding = nn.Linear(1, cfg.e_dim)
         self.angle_embedding = nn.Linear(1, cfg.a_dim, bias=False)
         self.act = make_activation(cfg.activation)
+        self.switch = str(cfg.switch)
+        # environment normalisation (DPA3's fix_stat_std): constants from the config, kept out of the state dict
+        # (non-persistent) so that checkpoints written before the option load unchanged; float64 so that a
+        # float64 model divides by exactly the configured value
+        self.register_buffer("edge_std", torch.tensor(float(cfg.edge_std), dtype=torch.float64), persistent=False)
+        self.register_buffer("h2_std", torch.tensor(float(cfg.h2_std), dtype=torch.float64), persistent=False)
         self.layers = nn.ModuleList([RepFlowLayer(cfg) for _ in range(cfg.n_layers)])
+        if cfg.n_layers and not isinstance(self.act, SiLUT) and cfg.angle_backend != "reference":
+            log.info("angle block: activation %r is not SiLUT, so the fused C++ operator does not apply; the "
+                     "plain-torch angle block runs (requested backend %r)", cfg.activation, cfg.angle_backend)
         self.n_dim = cfg.n_dim
         self.e_dim = cfg.e_dim
 
@@ -155,12 +183,13 @@ class Backbone(nn.Module):
         """
         a_edges, a_ij, a_ik = graph["a_edges"], graph["a_ij"], graph["a_ik"]
         dist = torch.sqrt((vectors * vectors).sum(1) + 1e-12)                 # [E]
-        sw = smooth_switch(dist, self.e_rcut_smth, self.e_rcut)              # [E]
+        sw = switch_function(self.switch, dist, self.e_rcut_smth, self.e_rcut)   # [E]
         s = sw / dist
-        h2 = vectors * (s / dist).unsqueeze(1)                               # [E, 3]
+        h2 = vectors * (s / dist).unsqueeze(1) / self.h2_std.to(vectors.dtype)   # [E, 3] 1/Å
+        s = s / self.edge_std.to(vectors.dtype)                              # [E] 1/Å
         edge = self.act(self.edge_embedding(s.unsqueeze(1)))                 # [E, e]
         d_a = dist[a_edges]
-        sw_a = smooth_switch(d_a, self.a_rcut_smth, self.a_rcut)
+        sw_a = switch_function(self.switch, d_a, self.a_rcut_smth, self.a_rcut)
         unit = vectors[a_edges] / (d_a + 1e-6).unsqueeze(1)
         cos = (unit[a_ij] * unit[a_ik]).sum(1) * (1.0 - 1e-6)
         angle = self.angle_embedding((cos / math.sqrt(math.pi)).unsqueeze(1))   # [A, a]
@@ -175,3 +204,15 @@ class Backbone(nn.Module):
         for k, layer in enumerate(self.layers):
             node, edge, angle = layer(node, edge, angle, h2_pad, sw, a_sw, graph, edge_features or k < last)
         return node, edge
+
+
+def angle_widths(cfg: BackboneConfig) -> Tuple[int, int]:
+    """(node, edge) channel counts fed to the angle block: all channels when ``a_compress`` (``a_compress_e``) is
+    0, else those widths; with split compression (``a_compress_linear`` False) at most ``n_dim`` (``e_dim``)."""
+    n, e = cfg.n_dim, cfg.e_dim
+    nc = n if cfg.a_compress == 0 else cfg.a_compress
+    ec_wanted = cfg.a_compress_e if cfg.a_compress_e > 0 else cfg.a_compress
+    ec = e if ec_wanted == 0 else ec_wanted
+    if not cfg.a_compress_linear:
+        nc, ec = min(nc, n), min(ec, e)
+    return nc, ec

@@ -10,10 +10,18 @@ class BackboneConfig:
     """DPA3-style backbone sizes and cutoffs (lengths in Å).
 
     ``n_dim``/``e_dim``/``a_dim``: widths of node, edge and angle features. ``e_rcut``/``a_rcut``: edge and angle
-    cutoffs, with the switch starting at ``*_rcut_smth``. ``a_compress``: number of node and edge channels fed to
-    the angle block (DPA3's ``a_compress_use_split``; 0 = all). ``e_sel_norm``/``a_sel_norm``: normalisation
-    constants of the edge->node and angle->edge sums (DPA3's ``sel / sel_reduce_factor``). ``angle_backend``:
-    implementation of the angle block (``auto`` takes the fused C++ operator when it builds, on CPU).
+    cutoffs, with the switch starting at ``*_rcut_smth``. ``a_compress``: number of node channels (and, unless
+    ``a_compress_e`` is set, edge channels) fed to the angle block (DPA3's ``a_compress_use_split``; 0 = all).
+    ``a_compress_e``: number of edge channels fed to the angle block when it differs from ``a_compress`` (0 = as
+    ``a_compress``; DPA3's ``a_dim / (2 c) · c_e``). ``a_compress_linear``: compress with bias-free linear maps to
+    those widths instead of taking the first channels (DPA3 with ``a_compress_use_split: false``).
+    ``e_sel_norm``/``a_sel_norm``: normalisation constants of the edge->node and angle->edge sums (DPA3's
+    ``sel / sel_reduce_factor``). ``switch``: ``poly`` (quintic, 1 below ``*_rcut_smth``) or ``exp`` (deepmd-kit's
+    ``use_exp_switch``), for the edge, angle and environment weights. ``edge_std``/``h2_std``: the edge input
+    ``s/r`` and the equivariant ``s·r⃗/r²`` are divided by these constants (DPA3's ``fix_stat_std``, 0.3 there; 1 =
+    no normalisation). ``activation``: ``silut:T`` (also ``custom_silu:T``), ``silu`` or ``tanh``.
+    ``angle_backend``: implementation of the angle block (``auto`` takes the fused C++ operator when it builds,
+    on CPU).
     """
 
     n_dim: int = 64
@@ -32,6 +40,24 @@ class BackboneConfig:
     a_sel_norm: float = 4.0
     n_types: int = 119
     angle_backend: str = "auto"   # "auto" | "fused" (C++ op) | "reference" (plain torch); same values
+    switch: str = "poly"          # "poly" | "exp"
+    edge_std: float = 1.0
+    h2_std: float = 1.0
+    a_compress_e: int = 0
+    a_compress_linear: bool = False
+
+    def __post_init__(self) -> None:
+        if self.switch not in ("poly", "exp"):
+            raise ValueError(f"backbone switch {self.switch!r} is not known; use 'poly' (quintic) or 'exp' "
+                             "(deepmd-kit's use_exp_switch)")
+        if not (self.edge_std > 0 and self.h2_std > 0):
+            raise ValueError(f"backbone edge_std and h2_std must be > 0 (got {self.edge_std}, {self.h2_std}); "
+                             "1.0 means no environment normalisation, DPA3's fix_stat_std is 0.3")
+        if self.a_compress < 0 or self.a_compress_e < 0:
+            raise ValueError("backbone a_compress and a_compress_e must be >= 0 (0 = all channels / as a_compress)")
+        if self.a_compress_linear and self.a_compress == 0:
+            raise ValueError("backbone a_compress_linear needs a_compress > 0 (the width the linear map compresses "
+                             "node features to)")
 
 
 @dataclass
@@ -41,7 +67,9 @@ class HeadConfig:
     ``extensive`` (scalar heads): sum over atoms, else mean. ``element_bias``: add a per-element bias fitted by
     least squares. ``unit``: unit of the head's output. ``n_datasets``: size of the dataset (case) embedding of a
     force-field head. ``resnet_dt``: hidden layers with deepmd-kit's timestep residuals (``MLP``); False for
-    checkpoints written before the option existed.
+    checkpoints written before the option existed. ``deepmd_fitting``: hidden layers exactly as deepmd-kit's
+    fitting net (skip on equal/doubled widths always, ``idt`` only on those layers when ``resnet_dt``); False keeps
+    mftcalc's first layout (``idt`` on every hidden layer with ``resnet_dt``, no skip without it).
     """
 
     kind: str = "scalar"
@@ -52,6 +80,7 @@ class HeadConfig:
     element_bias: bool = True
     n_datasets: int = 1
     resnet_dt: bool = False
+    deepmd_fitting: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -86,13 +115,22 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "dpa3-small": dict(n_dim=64, e_dim=32, a_dim=16, n_layers=6, a_rcut=4.0, a_rcut_smth=3.5),
     # DPA3 paper size
     "paper": dict(n_dim=128, e_dim=64, a_dim=32, n_layers=16, a_rcut=4.0, a_rcut_smth=3.5),
+    # DPA-3.1-3M (deepmd-kit v3.1, the OpenLAM foundation model of the paper), as published in deepmd-kit's
+    # dpa_adapt defaults: 128/64/32 x 16, e_rcut 6 (smth 5.3), a_rcut 4 (smth 3.5), split compression
+    # a_compress_rate 1 / a_compress_e_rate 2 (32 node and 32 edge channels), dynamic sel 1200/300 with
+    # sel_reduce_factor 10 (norms 120/30), silut:3.0, exp switch, fix_stat_std 0.3; head: deepmd_forcefield_head()
+    "dpa3-3.1-3m": dict(n_dim=128, e_dim=64, a_dim=32, n_layers=16, e_rcut=6.0, e_rcut_smth=5.3, a_rcut=4.0,
+                        a_rcut_smth=3.5, axis_neuron=4, a_compress=32, a_compress_e=32, update_residual=0.1,
+                        activation="silut:3.0", e_sel_norm=120.0, a_sel_norm=30.0, switch="exp", edge_std=0.3,
+                        h2_std=0.3),
     # tiny, for tests
     "tiny": dict(n_dim=16, e_dim=8, a_dim=8, n_layers=2, e_rcut=4.0, e_rcut_smth=3.0, a_rcut=3.0, a_rcut_smth=2.5),
 }
 
 
 def backbone_preset(name: str, **overrides: Any) -> BackboneConfig:
-    """Backbone config of a named preset (``cpu``, ``paper``, ``tiny``) with optional overrides."""
+    """Backbone config of a named preset (``cpu``, ``dpa3-small``, ``paper``, ``dpa3-3.1-3m``, ``tiny``) with
+    optional overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     values: Dict[str, Any] = dict(PRESETS[name])
@@ -104,3 +142,11 @@ def default_forcefield_head(n_datasets: int = 1, hidden: Optional[Tuple[int, ...
     """Force-field head config (energy in eV)."""
     return HeadConfig(kind="forcefield", unit="eV", hidden=hidden or (128, 128), activation="silu",
                       extensive=True, element_bias=True, n_datasets=n_datasets)
+
+
+def deepmd_forcefield_head(n_datasets: int = 1, hidden: Tuple[int, ...] = (240, 240, 240),
+                           activation: str = "silut:3.0") -> HeadConfig:
+    """Force-field head shaped as deepmd-kit's energy fitting net (energy in eV): by default DPA-3.1-3M's
+    ``neuron [240, 240, 240]``, ``resnet_dt``, ``silut:3.0``, with the dataset one-hot as its case embedding."""
+    return HeadConfig(kind="forcefield", unit="eV", hidden=hidden, activation=activation, extensive=True,
+                      element_bias=True, n_datasets=n_datasets, resnet_dt=True, deepmd_fitting=True)

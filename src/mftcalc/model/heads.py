@@ -34,7 +34,8 @@ class ForceFieldHead(nn.Module):
     def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.n_datasets = int(cfg.n_datasets)
-        self.mlp = MLP(n_dim + self.n_datasets, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt)
+        self.mlp = MLP(n_dim + self.n_datasets, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+                       deepmd_fitting=cfg.deepmd_fitting)
         self.register_buffer("shift", torch.zeros(self.n_datasets, N_TYPES))
         self.register_buffer("scale", torch.ones(1))
 
@@ -52,7 +53,8 @@ class ScalarHead(nn.Module):
     def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.extensive = bool(cfg.extensive)
-        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt)
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+                       deepmd_fitting=cfg.deepmd_fitting)
         self.register_buffer("bias", torch.zeros(N_TYPES))
         self.register_buffer("scale", torch.ones(1))
 
@@ -71,7 +73,8 @@ class DipoleHead(nn.Module):
 
     def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
         super().__init__()
-        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt)
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+                       deepmd_fitting=cfg.deepmd_fitting)
         self.to_debye = E_ANGSTROM_TO_DEBYE
         self.register_buffer("bias", torch.zeros(N_TYPES))   # unused (charges are made neutral); kept for fitting
         self.register_buffer("scale", torch.ones(1))
@@ -90,7 +93,8 @@ class R2Head(nn.Module):
 
     def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
         super().__init__()
-        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt)
+        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+                       deepmd_fitting=cfg.deepmd_fitting)
         self.inv_bohr2 = 1.0 / (BOHR * BOHR)
         self.register_buffer("bias", torch.zeros(N_TYPES))
         self.register_buffer("scale", torch.ones(1))

@@ -97,7 +97,8 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
         raise ValueError(f"frozen-sklearn fits scalar properties; {task.property!r} has a {recipe['kind']} head")
     head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=() if frozen else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
-                      element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt)
+                      element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt,
+                      deepmd_fitting=settings.head_resnet_dt)
     torch.manual_seed(settings.seed)
     if settings.strategy == "scratch" or pretrained is None:
         if pretrained is None and settings.strategy != "scratch":
