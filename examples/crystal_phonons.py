@@ -15,7 +15,7 @@ from mftcalc.workflows.phonons import phonons, plot_phonons, zero_point_energy
 from mftcalc.workflows.screening import default_model_path
 
 model = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
-calc = MFTCalculator(model, dataset="mlearn_si") if "pretrained" in str(model) else MFTCalculator(model)
+calc = MFTCalculator(model)      # force-field dataset: inferred per structure (bulk Si -> mlearn_si), not guessed
 
 atoms = bulk("Si", "diamond", a=5.55)                  # start from a strained cell
 atoms.calc = calc

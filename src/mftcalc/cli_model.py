@@ -1,4 +1,4 @@
-"""``mftcalc export | predict | relax | screen | demo``: the model and calculator commands."""
+"""``mftcalc export | info | predict | relax | screen | demo``: the model and calculator commands."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,13 @@ import torch
 from mftcalc.calculators.batched import OPTIMIZERS
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+DATASET_HELP = ("force-field dataset (energy reference) for every structure; default: each structure's "
+                "info['dataset'], else the unique dataset whose elements and periodicity cover it, else an error "
+                "naming the candidates (mftcalc info MODEL lists the datasets)")
+OPTIMIZER_HELP = ("per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
+                  "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
+                  "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -28,95 +35,93 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mftcalc.workflows.screening import screen
+    from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=False, properties=args.properties,
-                  workers=args.workers, dtype=DTYPES[args.dtype])
-    print(f"wrote {len(rows)} predictions to {args.out}")
+                  workers=args.workers, dtype=DTYPES[args.dtype], dataset=args.dataset)
+    print(f"{summary(rows, relaxed=False)}\nwrote {args.out}")
     return 0
 
 
 def _relax(args: argparse.Namespace) -> int:
-    from mftcalc.workflows.screening import screen
+    from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
                   optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
-                  dtype=DTYPES[args.dtype])
-    converged = sum(str(r["converged"]) == "True" for r in rows)
-    print(f"relaxed {len(rows)} structures ({converged} converged) -> {args.out}")
+                  dtype=DTYPES[args.dtype], dataset=args.dataset)
+    print(f"{summary(rows, relaxed=True)}\nwrote {args.out}")
     return 0
 
 
 def _screen(args: argparse.Namespace) -> int:
-    from mftcalc.workflows.screening import default_model_path, screen
+    from mftcalc.workflows.screening import default_model_path, screen, summary
     model = args.model or default_model_path()
     rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
                   optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
-                  dtype=DTYPES[args.dtype])
-    print(f"screened {len(rows)} structures -> {args.out}")
+                  dtype=DTYPES[args.dtype], dataset=args.dataset)
+    print(f"{summary(rows, relaxed=args.relax)}\nwrote {args.out}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from mftcalc.workflows.demo import run_demo
-    run_demo(args.model, Path(args.out_dir))
+    from mftcalc.workflows.screening import summary
+    rows = run_demo(args.model, Path(args.out_dir), dataset=args.dataset)
+    print(summary(rows, relaxed=True))
     return 0
 
 
-def _common(p: Any, model_required: bool = True) -> None:
+def _inputs(p: Any, model_required: bool = True) -> None:
     if model_required:
         p.add_argument("model", help="checkpoint (.pt) or TorchScript export")
     p.add_argument("input", help="structures: extxyz, ASE db, DeePMD dir, any ASE-readable file")
-    p.add_argument("--out", required=True, help="results: .csv (resumable), .extxyz or .db")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--out", required=True, help="results: .csv (resumable), .extxyz or .db; column names carry "
+                   "their unit (energy_eV, fmax_eV_per_A, gap_Hartree, ...)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the model")
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
+
+
+def _relax_options(p: Any) -> None:
+    p.add_argument("--fmax", type=float, default=0.05, help="convergence threshold on the largest atomic force, eV/Å")
+    p.add_argument("--steps", type=int, default=500, help="maximum optimiser steps per structure")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire", help=OPTIMIZER_HELP)
+    p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
+                   help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures; "
+                   "default: fixed cell)")
+    p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each (e.g. one per core)")
 
 
 def add_model_parsers(subparsers: Any) -> None:
-    """Register ``export``, ``predict``, ``relax``, ``screen`` and ``demo``."""
+    """Register ``export``, ``info``, ``predict``, ``relax``, ``screen`` and ``demo``."""
     p = subparsers.add_parser("export", help="TorchScript export of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("checkpoint", help="mftcalc checkpoint (.pt) to export")
+    p.add_argument("-o", "--output", required=True, help="TorchScript file to write")
     p.add_argument("--fused", action="store_true", help="use the fused C++ angle operator (fast, needs mftcalc)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the export")
     p.set_defaults(func=_export)
     p = subparsers.add_parser("info", help="model card of a checkpoint: heads, units, elements, size, training, "
                               "validation errors (Markdown)")
-    p.add_argument("model")
+    p.add_argument("model", help="mftcalc checkpoint (.pt)")
     p.set_defaults(func=_info)
     p = subparsers.add_parser("predict", help="energies and properties of many structures (batched)")
-    _common(p)
-    p.add_argument("--properties", nargs="*", default=None)
-    p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each (default 1)")
+    _inputs(p)
+    p.add_argument("--properties", nargs="*", default=None, help="property heads to predict (default: all)")
+    p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each")
     p.set_defaults(func=_predict)
-    p = subparsers.add_parser("relax", help="batched FIRE relaxation, then properties")
-    _common(p)
-    p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
-                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
-                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
-                   "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
-    p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
-                   help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="CPU processes, one model copy each (e.g. one per core; default 1)")
+    p = subparsers.add_parser("relax", help="batched relaxation, then properties")
+    _inputs(p)
+    _relax_options(p)
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")
-    p.add_argument("input")
-    p.add_argument("--model", default=None, help="default: the shipped model")
-    p.add_argument("--relax", action="store_true")
-    p.add_argument("--out", required=True)
-    p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire",
-                   help="per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
-                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
-                   "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
-    p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
-                   help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="CPU processes, one model copy each (e.g. one per core; default 1)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("input", help="structures: extxyz, ASE db, DeePMD dir, any ASE-readable file")
+    p.add_argument("--model", default=None, help="checkpoint or TorchScript export (default: the shipped model)")
+    p.add_argument("--relax", action="store_true", help="relax each structure before predicting")
+    p.add_argument("--out", required=True, help="results: .csv (resumable), .extxyz or .db")
+    _relax_options(p)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the model")
+    p.add_argument("--dataset", default=None, help=DATASET_HELP)
     p.set_defaults(func=_screen)
     p = subparsers.add_parser("demo", help="relax-then-predict the bundled example molecules with the shipped model")
-    p.add_argument("--model", default=None, help="default: the shipped model")
-    p.add_argument("--out-dir", default="mftcalc-demo")
+    p.add_argument("--model", default=None, help="checkpoint or TorchScript export (default: the shipped model)")
+    p.add_argument("--out-dir", default="mftcalc-demo", help="folder for results.csv and demo.png")
+    p.add_argument("--dataset", default=None, help="force-field dataset (default: xtb_qm9 when the model has it: the "
+                   "bundled molecules are QM9 molecules; else inferred per molecule)")
     p.set_defaults(func=_demo)

@@ -48,7 +48,10 @@ def add_train_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser("evaluate", help="energy/force errors of a model on labelled data, with parity plot")
     p.add_argument("model", help="checkpoint (.pt) or TorchScript export")
     p.add_argument("data", nargs="+", help="labelled structure files (extxyz, db, deepmd dirs)")
-    p.add_argument("--dataset", default=None, help="dataset name of the force-field head (default: first)")
+    p.add_argument("--dataset", default=None, help="force-field dataset for every structure (default: the model's "
+                   "only one, the structure's info['dataset'], or the unique dataset covering it; ambiguous "
+                   "structures are refused naming the candidates)")
     p.add_argument("--plot", default="parity.png", help="parity plot output path")
-    p.add_argument("--max-structures", type=int, default=None)
+    p.add_argument("--max-structures", type=int, default=None, help="evaluate only the first N structures of "
+                   "each file (default: all)")
     p.set_defaults(func=_evaluate)

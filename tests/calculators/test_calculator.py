@@ -20,11 +20,15 @@ from mftcalc.model.checkpoint import export_torchscript, model_metadata, save_mo
 from mftcalc.model.inference import predict_structures
 
 
+# the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
+TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
+
+
 @pytest.fixture
 def model_file(tmp_path):
     model = make_tiny_model()
     path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
     return path
 
 
@@ -80,7 +84,7 @@ def test_clear_errors(model_file):
     cl.calc = _calc(model_file)
     with pytest.raises(ValueError, match="Cl"):
         cl.get_potential_energy()
-    cl.calc = _calc(model_file, allow_untrained_elements=True)
+    cl.calc = _calc(model_file, allow_untrained_elements=True, dataset="a")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cl.get_potential_energy()
@@ -129,7 +133,7 @@ def stiff_model_file(tmp_path):
     with torch.no_grad():                       # stiffer energy surface so that relaxations take many steps
         model.ff_heads["ff"].scale.fill_(40.0)
     path = tmp_path / "stiff.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
     return path
 
 

@@ -33,7 +33,7 @@ def test_calculator_on_cuda_matches_cpu(kind: str) -> None:
     out = {}
     for device in ("cpu", "cuda"):
         atoms = _atoms(kind)
-        atoms.calc = MFTCalculator(copy.deepcopy(model), device=device, dtype=torch.float64)
+        atoms.calc = MFTCalculator(copy.deepcopy(model), device=device, dtype=torch.float64, dataset="a")
         out[device] = (atoms.get_potential_energy(), atoms.get_forces(),
                        atoms.get_stress() if kind == "crystal" else np.zeros(6), atoms.calc.get_property("gap", atoms))
     for cpu, cuda in zip(out["cpu"], out["cuda"]):
@@ -45,14 +45,15 @@ def test_batched_predict_and_relax_on_cuda_match_cpu(optimizer: str) -> None:
     model = make_tiny_model()
     structures = [Structure.from_ase(_atoms("molecule")), Structure.from_ase(molecule("CH4")),
                   Structure.from_ase(_atoms("crystal"))]
-    preds = {d: predict(structures, copy.deepcopy(model), device=d, dtype=torch.float64) for d in ("cpu", "cuda")}
+    preds = {d: predict(structures, copy.deepcopy(model), device=d, dtype=torch.float64, dataset="a")
+             for d in ("cpu", "cuda")}
     for cpu, cuda in zip(preds["cpu"], preds["cuda"]):
         assert cpu.keys() == cuda.keys()
         for key in cpu:
             np.testing.assert_allclose(cuda[key], cpu[key], rtol=1e-9, atol=1e-9)
     molecules = structures[:2]
     relaxed = {d: relax(molecules, copy.deepcopy(model), fmax=0.05, steps=200, optimizer=optimizer, device=d,
-                        dtype=torch.float64) for d in ("cpu", "cuda")}
+                        dtype=torch.float64, dataset="a") for d in ("cpu", "cuda")}
     for cpu, cuda in zip(relaxed["cpu"], relaxed["cuda"]):
         assert cpu.converged and cuda.converged
         assert abs(cpu.steps - cuda.steps) <= 2          # the same path up to round-off in the last digits

@@ -100,10 +100,11 @@ def test_internal_relaxation_reaches_the_minimum_ase_bfgs_finds(shipped_model):
         atoms = mols[name].copy()
         atoms.rattle(0.05, seed=10 + k)
         structures.append(Structure.from_ase(atoms))
-    results = relax(structures, shipped_model, fmax=0.02, steps=300, optimizer="bfgs-internal", dtype=torch.float64)
+    results = relax(structures, shipped_model, fmax=0.02, steps=300, optimizer="bfgs-internal", dtype=torch.float64,
+                    dataset="xtb_qm9")
     for name, s, r in zip(names, structures, results):
         atoms = s.to_ase()
-        atoms.calc = MFTCalculator(shipped_model, dtype=torch.float64)
+        atoms.calc = MFTCalculator(shipped_model, dtype=torch.float64, dataset="xtb_qm9")
         BFGS(atoms, logfile=None).run(fmax=0.02, steps=300)
         assert r.converged and r.fmax < 0.02, name
         assert r.energy < atoms.get_potential_energy() + 2e-3, name
@@ -143,7 +144,7 @@ def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_mode
     result as its structure converges."""
     from mftcalc.calculators.batched import FireParams, relax_stream
     from mftcalc.calculators.model_handle import ModelHandle
-    handle = ModelHandle.load(shipped_model)
+    handle = ModelHandle.load(shipped_model, dataset="xtb_qm9")
     structures = [Structure.from_ase(molecule("H2O")) for _ in range(6)]
     pulled, events = [], []
 

@@ -163,7 +163,7 @@ def test_float32_model_is_translation_invariant_far_from_the_origin(tmp_path):
 def test_calculator_is_translation_invariant_far_from_the_origin():
     """Through the user path (MFTCalculator -> collate, float64 positions) ethanol at +1e6 Å gets the same forces."""
     from mftcalc.calculators import MFTCalculator
-    calc = MFTCalculator(str(REPO / "models" / "pretrained.pt"))
+    calc = MFTCalculator(str(REPO / "models" / "pretrained.pt"), dataset="xtb_qm9")
     near = molecule("CH3CH2OH")
     far = near.copy()
     far.positions += 1e6
@@ -193,7 +193,7 @@ def test_evaluate_refuses_files_without_labels_or_with_a_bad_header(tmp_path, ca
 
 def test_calculator_without_atoms_says_atoms_are_needed():
     from mftcalc.calculators import MFTCalculator
-    calc = MFTCalculator(make_tiny_model(dtype=torch.float32))
+    calc = MFTCalculator(make_tiny_model(dtype=torch.float32), dataset="a")
     with pytest.raises(ValueError, match="has no atoms.*get_property\\('energy', atoms\\)"):
         calc.get_property("energy")
     assert calc.get_property("energy", allow_calculation=False) is None     # ASE: nothing computed, nothing asked

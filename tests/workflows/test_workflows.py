@@ -17,32 +17,36 @@ from mftcalc.workflows.phonons import phonons, zero_point_energy
 from mftcalc.workflows.screening import example_path, screen
 
 
+# the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
+TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
+
+
 @pytest.fixture
 def model_file(tmp_path):
     model = make_tiny_model()
     path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
     return path
 
 
 def test_screen_resumes_without_redoing_rows(model_file, tmp_path):
     out = tmp_path / "results.csv"
     rows = screen(example_path(), model_file, out, do_relax=True, steps=5, chunk=3, progress=False)
-    assert len(rows) == 8 and {"gap", "mu", "r2", "energy_eV", "converged"} <= set(rows[0])
+    assert len(rows) == 8 and {"gap_Hartree", "mu_Debye", "r2_bohr2", "energy_eV", "converged"} <= set(rows[0])
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:4]) + "\n")           # as if killed after the first chunk
     again = screen(example_path(), model_file, out, do_relax=True, steps=5, chunk=3, progress=False)
     with open(out, newline="") as fh:
         written = list(csv.DictReader(fh))
     assert [int(r["index"]) for r in written] == list(range(8))
-    assert [float(r["gap"]) for r in again] == pytest.approx([float(r["gap"]) for r in rows])
+    assert [float(r["gap_Hartree"]) for r in again] == pytest.approx([float(r["gap_Hartree"]) for r in rows])
 
 
 def test_screen_writes_extxyz_with_results(model_file, tmp_path):
     out = tmp_path / "relaxed.extxyz"
     screen(example_path(), model_file, out, do_relax=True, steps=3, progress=False)
-    relaxed = read_structures(out, properties=["gap"])
-    assert len(relaxed) == 8 and "gap" in relaxed[0].properties
+    relaxed = read_structures(out, properties=["gap_Hartree"])
+    assert len(relaxed) == 8 and "gap_Hartree" in relaxed[0].properties
 
 
 def test_phonons_of_silicon(model_file, tmp_path):

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from mftcalc.calculators.checks import MIN_DISTANCE, check_overlaps  # noqa: F401  (re-exported: public names)
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure

@@ -131,22 +131,32 @@ def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
 
 def predict(structures: Sequence[Structure], model: Any, properties: Optional[Sequence[str]] = None,
             max_atoms: int = 4096, forces: bool = False, progress: bool = False,
-            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, workers: int = 1,
+            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, workers: int = 1, check: bool = True,
             **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Energies and properties (and forces if asked) of many structures, batched by atom and angle count
     (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`); ``workers`` > 1 spreads
     them over that many CPU processes (:mod:`mftcalc.calculators.parallel`).
 
     Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
-    (all property heads by default) and ``forces`` [n, 3] eV/Å when ``forces=True``.
+    (all property heads by default, in the head's unit) and ``forces`` [n, 3] eV/Å when ``forces=True``.
+
+    Every structure is checked first (``ModelHandle.check_structure``: elements, overlapping atoms, force-field
+    dataset; the first bad one raises ``ValueError`` naming it), and property heads applied outside their training
+    domain warn once. ``check=False`` skips both (for :func:`relax`, whose inputs were checked: its relaxed
+    structures only get their datasets). ``load_kwargs`` (model given as a path): ``dtype``, ``device``, ``head``,
+    ``dataset`` (one force-field dataset for every structure; default: per structure by the rule of
+    :mod:`mftcalc.calculators.domains`), ``allow_untrained_elements``.
     """
     handle = _as_handle(model, **load_kwargs)
     names = list(handle.property_names if properties is None else properties)
     unknown = [p for p in names if p not in handle.property_names]
     if unknown:
         raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
-    for s in structures:
-        handle.check_elements(s.numbers)
+    if check:
+        datasets = handle.check_structures(structures)
+        handle.warn_outside_domain(structures, names)
+    else:
+        datasets = [handle.dataset_index(s) if handle.forcefield_heads else 0 for s in structures]
     if workers > 1:
         from mftcalc.calculators.parallel import ModelWorkers
         bar = None
@@ -155,7 +165,7 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
             bar = tqdm(total=len(structures), desc="predict", unit="structure")
         with ModelWorkers(handle, workers) as pool:
             rows = pool.predict(structures, on_done=None if bar is None else bar.update, properties=properties,
-                                max_atoms=max_atoms, forces=forces, max_angles=max_angles)
+                                max_atoms=max_atoms, forces=forces, max_angles=max_angles, check=False)
         if bar is not None:
             bar.close()
         return rows
@@ -167,7 +177,8 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
         groups = tqdm(groups, desc="predict", unit="batch")
     for group in groups:
         chunk = [structures[i] for i in group]
-        batch = collate(chunk, handle.dtype, dataset=handle.dataset, properties=[], device=handle.device)
+        batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in group], properties=[],
+                        device=handle.device)
         want_forces = forces and has_ff
         context = torch.enable_grad() if want_forces else torch.no_grad()
         with context:
@@ -209,6 +220,9 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.calculators.parallel`); 1: this
             process only. pool: a running :class:`mftcalc.calculators.parallel.ModelWorkers` to use instead of
             starting one (its model is used; ``model`` must be the same).
+        load_kwargs: as for :func:`predict` (``dataset``: one force-field dataset for every structure).
+
+    The structures are checked first, as in :func:`predict` (the first bad one raises ``ValueError`` naming it).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
@@ -231,8 +245,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     handle = _as_handle(model, **load_kwargs)
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so it cannot relax structures")
-    for s in structures:
-        handle.check_elements(s.numbers)
+    handle.check_structures(structures)
+    handle.warn_outside_domain(structures, properties)
     costs = angle_costs(handle.module, structures, max_angles)
     stream_kwargs = dict(fmax=fmax, max_steps=steps, fire=fire, cell_filter=cell_filter, max_atoms=max_atoms,
                          max_cost=max_angles if costs is not None else None,
@@ -258,7 +272,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             workers_pool.relax_stream(items, emit, stream_kwargs)
             relaxed = [r for r in final if r is not None]
             preds = workers_pool.predict([r.structure for r in relaxed], properties=properties, max_atoms=max_atoms,
-                                         max_angles=max_angles)
+                                         max_angles=max_angles, check=False)
     else:
         # The per-structure optimiser steps are small dense problems (BFGS: a [3n, 3n] solve); a multi-threaded
         # BLAS next to torch's OpenMP pool makes each one 10-40x slower on a busy 2-core machine: keep BLAS on one
@@ -267,7 +281,8 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         with threadpool_limits(limits=1, user_api="blas"):
             relax_stream(items, emit, handle, **stream_kwargs)
         relaxed = [r for r in final if r is not None]
-        preds = predict([r.structure for r in relaxed], handle, properties, max_atoms, max_angles=max_angles)
+        preds = predict([r.structure for r in relaxed], handle, properties, max_atoms, max_angles=max_angles,
+                        check=False)
     if bar is not None:
         bar.close()
     for r, p in zip(relaxed, preds):
@@ -344,11 +359,13 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
 
     The optimiser state of each structure is an [m, 3] array: positions (m = n) or, with ``cell_filter``, the
     ``UnitCellFilter`` / ``FrechetCellFilter`` coordinates (m = n + 3). A stream fed by a queue lets worker
-    processes share one input (:mod:`mftcalc.calculators.parallel`): no worker drains its batch early.
+    processes share one input (:mod:`mftcalc.calculators.parallel`): no worker drains its batch early. The
+    force-field dataset of each structure is ``handle.dataset_index`` (the callers have checked the structures).
     """
     with_cell = cell_filter is not None
     keys: List[Any] = []
     structures: List[Structure] = []
+    datasets: List[int] = []
     item_costs: List[float] = []
     filters: List[Any] = []
     cells: List[np.ndarray] = []
@@ -366,6 +383,7 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
     def admit(key: Any, s: Structure, cost: Optional[float]) -> int:
         keys.append(key)
         structures.append(s)
+        datasets.append(handle.dataset_index(s) if handle.forcefield_heads else 0)
         item_costs.append(0.0 if cost is None else float(cost))
         f = CELL_FILTERS[cell_filter](s) if with_cell else None
         filters.append(f)
@@ -407,7 +425,8 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
                 pos = general[i]
             chunk.append(structures[i].with_labels(positions=pos, cell=cells[i], energy=None, forces=None,
                                                    stress=None, properties={}))
-        batch = collate(chunk, handle.dtype, dataset=handle.dataset, properties=[], device=handle.device)
+        batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in active], properties=[],
+                        device=handle.device)
         res = handle.module(batch, compute_forces=True, compute_stress=with_cell, compute_properties=False,
                             features=False)
         forces_all = res["forces"].detach().cpu().double().numpy()

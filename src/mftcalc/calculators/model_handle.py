@@ -1,6 +1,8 @@
-"""A loaded model plus what callers need to address it: head, dataset index, properties, elements, dtype."""
+"""A loaded model plus what callers need to address it: head, dataset choice, properties, elements, dtype, and
+the one structure check every path applies (trained elements, overlapping atoms, force-field dataset)."""
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +11,16 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mftcalc.calculators.checks import check_overlaps
+from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains
+from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_any
+
+_log = logging.getLogger(__name__)
+
+
+class DomainWarning(UserWarning):
+    """A property head is applied outside the domain (periodicity, elements) it was trained on."""
 
 
 @dataclass
@@ -19,7 +30,8 @@ class ModelHandle:
     Attributes:
         module: the model, eval mode, on ``device`` in ``dtype``.
         metadata: the checkpoint metadata (heads, datasets, elements, units).
-        dataset: index of the force-field dataset used for energies.
+        dataset: index of the force-field dataset chosen by the caller for every structure, or None: chosen per
+            structure by the rule of :mod:`mftcalc.calculators.domains` (:meth:`dataset_index`).
         source: the file the model was loaded from (None for a model object); worker processes reload it.
     """
 
@@ -27,10 +39,11 @@ class ModelHandle:
     metadata: Dict[str, Any]
     device: torch.device
     dtype: torch.dtype
-    dataset: int = 0
+    dataset: Optional[int] = None
     allow_untrained_elements: bool = False
     source: Optional[str] = None
     _checked: set = field(default_factory=set, repr=False)
+    _said: set = field(default_factory=set, repr=False)          # dataset choices logged, domain warnings given
 
     @classmethod
     def load(cls, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -66,7 +79,7 @@ class ModelHandle:
     def load_kwargs(self) -> Dict[str, Any]:
         """Arguments of :meth:`load` that rebuild this handle from its model file (head, dataset, dtype, ...)."""
         return {"device": str(self.device), "dtype": self.dtype, "head": getattr(self.module, "active_ff_head", None) or None,
-                "dataset": self.dataset_names[self.dataset] if self.forcefield_heads else None,
+                "dataset": self.dataset_names[self.dataset] if self.dataset is not None else None,
                 "allow_untrained_elements": self.allow_untrained_elements}
 
     @property
@@ -109,3 +122,70 @@ class ModelHandle:
             raise ValueError(msg + "; pass allow_untrained_elements=True to predict anyway")
         warnings.warn(msg, stacklevel=3)
         self._checked.update(unseen)
+
+    @property
+    def dataset_domains(self) -> Dict[str, Domain]:
+        """Elements and periodicity of each force-field dataset whose domain is known (see ``domains``)."""
+        return dataset_domains(self.metadata)
+
+    @property
+    def head_domains(self) -> Dict[str, Domain]:
+        """Training domain of each property head that records or implies one (see ``domains``)."""
+        return head_domains(self.metadata)
+
+    def dataset_index(self, structure: Structure, position: Optional[int] = None) -> int:
+        """Force-field dataset index of ``structure`` (rule of :mod:`mftcalc.calculators.domains`); each distinct
+        choice is logged once (logger ``mftcalc.calculators.model_handle``, INFO). ``position``: for messages.
+        Raises :class:`~mftcalc.calculators.domains.DatasetChoiceError` when the choice is ambiguous."""
+        names = self.dataset_names
+        explicit = names[self.dataset] if self.dataset is not None else None
+        index, reason = choose_dataset(structure, names, self.dataset_domains, explicit, position,
+                                       self.metadata.get("default_datasets"))
+        tag = structure.info.get("dataset")
+        if explicit is not None and len(names) > 1 and tag is not None and tag != explicit \
+                and ("override", tag) not in self._said:
+            self._said.add(("override", tag))
+            warnings.warn(f"structures tagged info['dataset'] = {tag!r} are evaluated with the dataset {explicit!r} "
+                          "chosen with dataset= / --dataset", stacklevel=3)
+        if ("dataset", index, reason) not in self._said:
+            self._said.add(("dataset", index, reason))
+            _log.info("force-field dataset %r (%s)", names[index], reason)
+        return index
+
+    def check_structure(self, structure: Structure, position: Optional[int] = None) -> int:
+        """The check of every path into the model: elements seen in training (:meth:`check_elements`), no
+        overlapping atoms (:func:`~mftcalc.calculators.checks.check_overlaps`) and an unambiguous force-field
+        dataset. Returns the dataset index; raises ``ValueError`` whose message starts with the structure."""
+        try:
+            self.check_elements(structure.numbers)
+            check_overlaps(structure)
+        except ValueError as exc:
+            label = structure.info.get("name")
+            where = "structure" if position is None else f"structure {position}"
+            raise type(exc)(f"{where}{f' ({label})' if label else ''}: {exc}") from None
+        return self.dataset_index(structure, position) if self.forcefield_heads else 0
+
+    def check_structures(self, structures: Sequence[Structure]) -> List[int]:
+        """:meth:`check_structure` of each structure (raising at the first bad one); their dataset indices."""
+        return [self.check_structure(s, k) for k, s in enumerate(structures)]
+
+    def warn_outside_domain(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None) -> None:
+        """Warn (:class:`DomainWarning`, once per head per handle, i.e. once per run) when a property head in
+        ``names`` (default: all) is applied to a structure outside its training domain; the warning names the
+        head, the first such structure and every reason (periodicity, elements)."""
+        domains = self.head_domains
+        for name in (self.property_names if names is None else names):
+            domain = domains.get(name)
+            if domain is None or ("domain", name) in self._said:
+                continue
+            for s in structures:
+                reasons = domain.outside(s)
+                if reasons:
+                    self._said.add(("domain", name))
+                    label = s.info.get("name")
+                    where = f"{formula(s)}{f' ({label})' if label else ''}"
+                    warnings.warn(f"property head {name!r} ({self.unit(name)}) is applied outside its training "
+                                  f"domain, {domain.describe()} ({domain.source}): {where} is outside it: "
+                                  f"{'; '.join(reasons.values())}. Its values there are extrapolations; further "
+                                  "structures outside the domain are not reported", DomainWarning, stacklevel=3)
+                    break

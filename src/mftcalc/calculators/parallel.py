@@ -32,6 +32,9 @@ _WORKER_QUEUES: Optional[tuple] = None
 
 def _init_worker(source: str, load_kwargs: Dict[str, Any], threads: int, queues: tuple) -> None:
     global _WORKER_HANDLE, _WORKER_QUEUES
+    import warnings
+    from mftcalc.calculators.model_handle import DomainWarning
+    warnings.simplefilter("ignore", DomainWarning)   # the parent process has checked the inputs and warned once
     torch.set_num_threads(threads)
     _WORKER_HANDLE = ModelHandle.load(source, **load_kwargs)
     _WORKER_QUEUES = queues

@@ -8,22 +8,11 @@ import numpy as np
 
 from mftcalc.data.io import read_structures
 from mftcalc.data.structure import Structure, StructureError
-from mftcalc.model.checkpoint import load_any
 from mftcalc.model.inference import predict_structures
 from mftcalc.training.evaluate import require_forcefield_labels
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
             "(types S, R, I, L), e.g. Properties=species:S:1:pos:R:3:forces:R:3")
-
-
-def dataset_index(metadata: Dict, name: Optional[str]) -> int:
-    """Index of the force-field dataset ``name`` in the model metadata (default 0); errors list what exists."""
-    names: List[str] = list(metadata.get("datasets", ["default"]))
-    if name is None:
-        return 0
-    if name not in names:
-        raise KeyError(f"model has no force-field dataset {name!r}; it has {names}")
-    return names.index(name)
 
 
 def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Structure]:
@@ -55,13 +44,20 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     file stops the command (``SystemExit``, status 1) with a message naming it. A column a file has no labels for
     is printed as ``-``.
     """
+    from mftcalc.calculators.model_handle import ModelHandle
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
-    model, meta = load_any(model_path)
-    ds = dataset_index(meta, dataset)
+    try:
+        handle = ModelHandle.load(model_path, dataset=dataset)
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"{model_path}: {exc}") from None
     table: Dict[str, Dict] = {}
     parity = []
     for path, structures in files:
-        preds = predict_structures(model, structures, ds, compute_forces=True, compute_stress=False)
+        try:            # the calculator's structure check and dataset rule, on every structure
+            datasets = handle.check_structures(structures)
+        except ValueError as exc:
+            raise SystemExit(f"{path}: {exc}") from None
+        preds = predict_structures(handle.module, structures, datasets, compute_forces=True, compute_stress=False)
         e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
         e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
         f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])

@@ -214,6 +214,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "pretrained": str(pretrained_path) if pretrained_path else None})
+    record_domains(metadata, pretrained, task, ff if settings.strategy == "mft" else None)
 
     def save_best(m: torch.nn.Module, path: Path) -> None:
         save_model(m, path, metadata)
@@ -288,6 +289,21 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
     seen = set(getattr(model, "metadata", {}).get("elements", []))
     seen.update(int(z) for s in task.train for z in np.unique(s.numbers))
     return sorted(seen)
+
+
+def record_domains(metadata: Dict[str, Any], pretrained: Optional[MFTModel], task, ff: Optional[Dict]) -> None:
+    """Write into the fine-tuned model's metadata where it is meant to be used (read by the calculator's dataset
+    rule and domain warnings, :mod:`mftcalc.calculators.domains`): the pretrained datasets' domains, the property
+    head's domain (the task's elements and periodicity) and, for MFT with one auxiliary dataset, that dataset as
+    the model's default for structures of the task's kind."""
+    base = getattr(pretrained, "metadata", {}) if pretrained is not None else {}
+    if base.get("dataset_domains"):
+        metadata["dataset_domains"] = base["dataset_domains"]
+    periodic = task_domain(task.train) == "materials"
+    elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
+    metadata["heads"][task.property]["domain"] = {"elements": elements, "periodic": periodic}
+    if ff is not None and len(ff) == 1:
+        metadata["default_datasets"] = {"crystal" if periodic else "molecule": next(iter(ff))}
 
 
 def applicability_report(parity: Dict[str, np.ndarray]) -> Dict[str, float]:

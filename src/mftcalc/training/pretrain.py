@@ -256,6 +256,18 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     return sources, val_sources, replay
 
 
+def source_domains(sources: Sequence[Source]) -> Dict[str, Dict[str, Any]]:
+    """``{dataset: {"elements": [Z...], "periodic": bool}}`` of the training sources (``metadata["dataset_domains"]``,
+    which the calculator's dataset rule reads); a source mixing molecules and crystals is left out."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for src in sources:
+        kinds = {"crystal" if s.pbc.all() else ("molecule" if not s.pbc.any() else "partial") for s in src.structures}
+        if len(kinds) == 1 and "partial" not in kinds:
+            elements = sorted({int(z) for s in src.structures for z in np.unique(s.numbers)})
+            out[src.name] = {"elements": elements, "periodic": kinds == {"crystal"}}
+    return out
+
+
 def build_model(cfg: PretrainConfig) -> MFTModel:
     """A fresh model of the configured size with one force-field head over the configured datasets."""
     torch.manual_seed(cfg.seed)
@@ -301,12 +313,14 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         metrics = {"step": float(trainer.step), **trainer.validate()}
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
                       | set(base_elements))
+    domains = dict(getattr(base, "metadata", {}).get("dataset_domains", {})) if cfg.init else {}
+    domains.update(source_domains(sources))
     card = {"config": {**asdict(cfg), "datasets": [asdict(d) for d in cfg.datasets]},
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),
             "datasets": {s.name: {"train": len(s.structures), "batch_size": s.batch_size} for s in sources},
             "validation": metrics, "elapsed_this_call_s": time.time() - started}
     if trainer.rank == 0:
-        save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card))
+        save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card, dataset_domains=domains))
         if cfg.replay:
             by_domain: Dict[str, List[Structure]] = {}
             for s in replay:

@@ -3,37 +3,47 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 
-
-def run_demo(model: Optional[str], out_dir: Path) -> None:
-    """Relax-then-predict the bundled molecules; prints a table, writes ``results.csv`` and ``demo.png``."""
+def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Relax-then-predict the bundled molecules; prints a table, writes ``results.csv`` and ``demo.png``; returns
+    the rows. ``dataset``: force-field dataset (default: ``xtb_qm9`` when the model has it, since the bundled
+    molecules are QM9 molecules, else the per-structure rule of :mod:`mftcalc.calculators.domains`)."""
     from mftcalc.calculators.model_handle import ModelHandle
-    from mftcalc.workflows.screening import default_model_path, example_path, screen
+    from mftcalc.workflows.screening import (ENERGY, FMAX, default_model_path, example_path, property_column,
+                                             results_files, screen)
 
     model_path = Path(model) if model else default_model_path()
     out_dir.mkdir(parents=True, exist_ok=True)
-    handle = ModelHandle.load(model_path)
+    handle = ModelHandle.load(model_path, dataset=dataset)
+    if dataset is None and "xtb_qm9" in handle.dataset_names:
+        handle.dataset = handle.dataset_names.index("xtb_qm9")
+    chosen = "inferred per molecule" if handle.dataset is None else handle.dataset_names[handle.dataset]
     csv_path = out_dir / "results.csv"
-    if csv_path.exists():
-        csv_path.unlink()
+    for path in results_files(csv_path):                 # the demo starts over every time
+        if path.exists():
+            path.unlink()
     start = time.perf_counter()
     rows = screen(example_path(), handle, csv_path, do_relax=True, fmax=0.05, steps=300, progress=False)
     wall = time.perf_counter() - start
     props = handle.property_names
-    print(f"model: {model_path} (heads: {', '.join(handle.heads)}); relax-then-predict of "
-          f"{len(rows)} bundled molecules in {wall:.1f} s")
+    print(f"model: {model_path} (heads: {', '.join(handle.heads)}; force-field dataset: {chosen}); "
+          f"relax-then-predict of {len(rows)} bundled molecules in {wall:.1f} s")
     header = f"{'molecule':10s} {'formula':8s} {'energy (eV)':>12s} {'fmax (eV/Å)':>12s} {'steps':>6s} {'conv':>5s}"
     header += "".join(f" {p + ' (' + handle.unit(p) + ')':>18s}" for p in props)
     print(header)
     for r in rows:
-        line = (f"{str(r['name']):10s} {str(r['formula']):8s} {float(r['energy_eV']):12.3f} "
-                f"{float(r['fmax_eV_A']):12.3f} {int(r['steps']):6d} {str(r['converged']):>5s}")
-        line += "".join(f" {float(r[p]):18.4f}" for p in props)
+        if r["error"]:
+            print(f"{str(r['name']):10s} {str(r['formula']):8s} failed: {r['error']}")
+            continue
+        line = (f"{str(r['name']):10s} {str(r['formula']):8s} {float(r[ENERGY]):12.3f} "
+                f"{float(r[FMAX]):12.3f} {int(r['steps']):6d} {str(r['converged']):>5s}")
+        line += "".join(f" {float(r[property_column(handle, p)]):18.4f}" for p in props)
         print(line)
-    _plot(rows, props, handle, out_dir / "demo.png")
+    _plot([r for r in rows if not r["error"]], props, handle, out_dir / "demo.png")
     print(f"wrote {csv_path} and {out_dir / 'demo.png'}")
+    return rows
 
 
 def _plot(rows, props, handle, path: Path) -> None:
@@ -46,8 +56,9 @@ def _plot(rows, props, handle, path: Path) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
     axes[0, 0].bar(names, [int(r["steps"]) for r in rows], color="tab:blue")
     axes[0, 0].set_ylabel("FIRE steps to fmax 0.05 eV/Å")
+    from mftcalc.workflows.screening import property_column
     for k, p in enumerate(props, start=1):
-        axes[0, k].bar(names, [float(r[p]) for r in rows], color="tab:orange")
+        axes[0, k].bar(names, [float(r[property_column(handle, p)]) for r in rows], color="tab:orange")
         axes[0, k].set_ylabel(f"{p} ({handle.unit(p)})")
     for ax in axes[0]:
         ax.tick_params(axis="x", rotation=60, labelsize=8)

@@ -1,16 +1,32 @@
-"""Relax-then-predict screening of a structure file, writing CSV/extxyz/ASE-db results, resumable."""
+"""Relax-then-predict screening of a structure file, writing CSV/extxyz/ASE-db results, resumable (CSV).
+
+Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry their unit in their name,
+``<quantity>_<unit>``, the unit spelled in ASCII letters and digits (:func:`unit_tag`: ``Å`` -> ``A``, ``/`` ->
+``_per_``, powers as plain digits, ``unitless`` for dimensionless heads): ``energy_eV``, ``fmax_eV_per_A``,
+``gap_Hartree``, ``mu_Debye``, ``r2_bohr2``. Counts and labels have none: ``index``, ``name``, ``formula``,
+``n_atoms``, ``dataset`` (the force-field dataset used), ``steps``, ``converged``, ``error`` (empty, or why the
+structure has no results: it failed the structure check, or its relaxation ended with overlapping atoms).
+"""
 from __future__ import annotations
 
-import csv
+import contextlib
+import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from mftcalc.calculators.batched import predict, relax
+from mftcalc.calculators.checks import check_overlaps
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.io import read_structures, write_extxyz
 from mftcalc.data.structure import Structure
+from mftcalc.workflows.results_store import ResultsCSV, acquire_lock, file_sha256, make_provenance
+
+ENERGY, FMAX = "energy_eV", "fmax_eV_per_A"
+LEADING = ["index", "name", "formula", "n_atoms", "dataset", ENERGY, FMAX, "steps", "converged"]
 
 
 def default_model_path() -> Path:
@@ -34,11 +50,40 @@ def example_path(name: str = "molecules.extxyz") -> Path:
     return path
 
 
-def _done_rows(out: Path) -> Dict[int, Dict[str, str]]:
-    if not out.exists() or out.suffix != ".csv":
-        return {}
-    with open(out, newline="") as fh:
-        return {int(row["index"]): row for row in csv.DictReader(fh)}
+def unit_tag(unit: str) -> str:
+    """A unit as the suffix of a column name: ``eV/Å`` -> ``eV_per_A``, ``bohr^2`` -> ``bohr2``, ``""`` ->
+    ``unitless``."""
+    if not unit or unit.lower() in ("unitless", "dimensionless", "1"):
+        return "unitless"
+    tag = unit.replace("Å", "A").replace("/", "_per_").replace("^", "")
+    return re.sub(r"[^0-9A-Za-z_]+", "_", tag).strip("_")
+
+
+def property_column(handle: ModelHandle, name: str) -> str:
+    """Column of property head ``name``: ``<name>_<unit>`` (e.g. ``gap_Hartree``)."""
+    return f"{name}_{unit_tag(handle.unit(name))}"
+
+
+def result_columns(handle: ModelHandle, properties: Sequence[str]) -> List[str]:
+    """The header of a screen's results: see the module docs."""
+    return LEADING + [property_column(handle, p) for p in properties] + ["error"]
+
+
+def results_files(out: str | Path) -> List[Path]:
+    """A CSV output and its provenance record (what to delete to start a screen over)."""
+    out = Path(out)
+    return [out, out.with_name(out.name + ".provenance.json")]
+
+
+def _model_sha256(handle: ModelHandle) -> str:
+    """SHA-256 of the model file, or of the weights of a model object without one."""
+    if handle.source is not None:
+        return file_sha256(handle.source)
+    digest = hashlib.sha256()                    # a model object: its weights
+    for key, value in sorted(handle.module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool = True, fmax: float = 0.05,
@@ -47,102 +92,198 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
            **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Relax (optionally) and predict every structure of ``input_path``; results go to ``out``.
 
-    ``out`` ending in ``.csv`` gets one row per structure (index, name, formula, n_atoms, energy, fmax, steps,
-    converged, properties) and is appended chunk by chunk, so a killed run resumes with the unfinished entries;
-    ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in ``info``. ``workers`` > 1
-    relaxes (or predicts) on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started once for the
-    whole file.
+    ``out`` ending in ``.csv`` gets one row per structure (columns: module docs), appended chunk by chunk in whole
+    lines, so a killed run resumes with the unfinished entries (:mod:`mftcalc.workflows.results_store`: a resume
+    with another model, input, option or mftcalc version is refused; a second run on the same output is refused
+    while the first holds its lock). ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in
+    ``info``. Each structure is checked first (elements, overlapping atoms, force-field dataset); one that fails
+    gets a row with its ``error`` and the others carry on. ``workers`` > 1 relaxes (or predicts) on that many CPU
+    processes (:mod:`mftcalc.calculators.parallel`), started once for the whole file. ``load_kwargs``: as for
+    :meth:`ModelHandle.load` (``dtype``, ``dataset``, ``head``, ...), when ``model`` is a path.
     """
     out = Path(out)
     handle = model if isinstance(model, ModelHandle) else ModelHandle.load(model, **load_kwargs)
+    names = list(handle.property_names if properties is None else properties)
+    unknown = [p for p in names if p not in handle.property_names]
+    if unknown:
+        raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
     structures = read_structures(input_path)
-    done = _done_rows(out)
-    todo = [k for k in range(len(structures)) if k not in done]
-    rows: List[Dict[str, Any]] = [dict(r) for r in done.values()]
-    final_structures: Dict[int, Structure] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
-    pool = None
-    if workers > 1 and todo:
-        from mftcalc.calculators.parallel import ModelWorkers
-        pool = ModelWorkers(handle, workers)
-    try:
-        _screen_chunks(structures, todo, chunk, handle, pool, do_relax, fmax, steps, properties, optimizer,
-                       cell_filter, out, rows, final_structures, bar)
-    finally:
-        if pool is not None:
-            pool.close()
-    if bar is not None:
-        bar.close()
-    if out.suffix != ".csv":
-        by_index = {int(r["index"]): r for r in rows}
-        ordered = [final_structures[k].with_labels(info={**final_structures[k].info, **_info(by_index[k])})
-                   for k in sorted(final_structures)]
-        if out.suffix == ".db":
-            from ase.db import connect
-            with connect(out) as db:
-                for s in ordered:
-                    db.write(s.to_ase(), key_value_pairs={k: v for k, v in s.info.items()
-                                                          if isinstance(v, (int, float, str, bool))})
-        else:
-            write_extxyz(ordered, out)
+    columns = result_columns(handle, names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _results(out, handle, input_path, columns, structures, do_relax, fmax, steps, optimizer, cell_filter,
+                  names) as store:
+        done = store.done if store is not None else {}
+        todo = [k for k in range(len(structures)) if k not in done]
+        rows: List[Dict[str, Any]] = [dict(r) for r in done.values()]
+        final_structures: Dict[int, Structure] = {}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
+        pool = None
+        if workers > 1 and todo:
+            from mftcalc.calculators.parallel import ModelWorkers
+            pool = ModelWorkers(handle, workers)
+        try:
+            for start in range(0, len(todo), chunk):
+                new_rows = _screen_chunk(structures, todo[start:start + chunk], handle, pool, do_relax, fmax, steps,
+                                         names, optimizer, cell_filter, final_structures)
+                new_rows = [{c: r.get(c, "") for c in columns} for r in new_rows]     # failures: empty values
+                rows.extend(new_rows)
+                if store is not None:
+                    store.append(new_rows)
+                if bar is not None:
+                    bar.update(len(new_rows))
+        finally:
+            if pool is not None:
+                pool.close()
+            if bar is not None:
+                bar.close()
+        if out.suffix != ".csv":
+            _write_structures(out, rows, final_structures)
     return sorted(rows, key=lambda r: int(r["index"]))
 
 
-def _screen_chunks(structures: List[Structure], todo: List[int], chunk: int, handle: ModelHandle, pool: Any,
-                   do_relax: bool, fmax: float, steps: int, properties: Optional[Sequence[str]], optimizer: str,
-                   cell_filter: Optional[str], out: Path, rows: List[Dict[str, Any]],
-                   final_structures: Dict[int, Structure], bar: Any) -> None:
-    """The chunk loop of :func:`screen`: relax (or predict) each chunk, append its rows (CSV: to ``out``)."""
-    for start in range(0, len(todo), chunk):
-        idx = todo[start:start + chunk]
-        batch = [structures[k] for k in idx]
-        new_rows = []
-        if do_relax:
-            kwargs = dict(fmax=fmax, steps=steps, properties=properties, optimizer=optimizer, cell_filter=cell_filter)
-            results = pool.relax(batch, **kwargs) if pool is not None else relax(batch, handle, **kwargs)
-            for k, r in zip(idx, results):
-                final_structures[k] = r.structure
-                new_rows.append(_row(k, structures[k], r.energy, r.fmax, r.steps, r.converged, r.properties))
-        else:
-            kwargs = dict(properties=properties, forces=bool(handle.forcefield_heads))
-            preds = pool.predict(batch, **kwargs) if pool is not None else predict(batch, handle, **kwargs)
-            for k, p in zip(idx, preds):
-                final_structures[k] = structures[k]
-                f = p.get("forces")
-                fm = float(np.sqrt((f * f).sum(1)).max()) if f is not None else float("nan")
-                props = {n: v for n, v in p.items() if n not in ("energy", "forces")}
-                new_rows.append(_row(k, structures[k], p.get("energy", float("nan")), fm, 0, False, props))
-        rows.extend(new_rows)
-        if out.suffix == ".csv":
-            _append_rows(out, new_rows)
-        if bar is not None:
-            bar.update(len(idx))
+@contextlib.contextmanager
+def _results(out: Path, handle: ModelHandle, input_path: str | Path, columns: List[str],
+             structures: List[Structure], do_relax: bool, fmax: float, steps: int, optimizer: str,
+             cell_filter: Optional[str], names: List[str]):
+    """The locked output: a :class:`ResultsCSV` for ``.csv`` (with its provenance record), else None (the lock
+    only; other formats are written at the end)."""
+    if out.suffix != ".csv":
+        fd = acquire_lock(out.with_name(out.name + ".lock"), out)
+        try:
+            yield None
+        finally:
+            os.close(fd)
+        return
+    options: Dict[str, Any] = {"relax": do_relax, "properties": names, "dtype": str(handle.dtype).replace("torch.", ""),
+                               "head": getattr(handle.module, "active_ff_head", None) or None,
+                               "dataset": handle.dataset_names[handle.dataset] if handle.dataset is not None else None,
+                               "allow_untrained_elements": handle.allow_untrained_elements}
+    if do_relax:
+        options.update(fmax=fmax, steps=steps, optimizer=optimizer, cell_filter=cell_filter)
+    provenance = make_provenance(_model_sha256(handle), handle.source, input_path, options, columns)
+    with ResultsCSV(out, columns, provenance, _row_validator(structures, columns)) as store:
+        yield store
 
 
-def _row(k: int, s: Structure, energy: float, fmax: float, steps: int, converged: bool,
-         props: Dict[str, float]) -> Dict[str, Any]:
-    from ase.formula import Formula
+def _row_validator(structures: List[Structure], columns: List[str]):
+    """``validate(row) -> None or reason`` for rows read back on resume."""
+    numbers = [ENERGY, FMAX] + columns[len(LEADING):-1]
+
+    def validate(row: Dict[str, str]) -> Optional[str]:
+        try:
+            k = int(row["index"])
+        except ValueError:
+            return f"index {row['index']!r} is not an integer"
+        if not 0 <= k < len(structures):
+            return f"index {k} is outside the input's 0..{len(structures) - 1}"
+        if row["n_atoms"] != str(structures[k].n_atoms):
+            return f"structure {k} has {row['n_atoms']!r} atoms, the input has {structures[k].n_atoms}"
+        if row["error"]:
+            return None                                    # a recorded failure
+        for column in numbers:
+            try:
+                float(row[column])
+            except ValueError:
+                return f"{column} = {row[column]!r} is not a number"
+        if not row["steps"].isdigit():
+            return f"steps = {row['steps']!r} is not a count"
+        if row["converged"] not in ("True", "False"):
+            return f"converged = {row['converged']!r} is not True or False"
+        return None
+
+    return validate
+
+
+def _screen_chunk(structures: List[Structure], idx: List[int], handle: ModelHandle, pool: Any, do_relax: bool,
+                  fmax: float, steps: int, names: List[str], optimizer: str, cell_filter: Optional[str],
+                  final_structures: Dict[int, Structure]) -> List[Dict[str, Any]]:
+    """Check, relax (or predict) one chunk of input indices ``idx``; its rows in input order."""
+    rows: Dict[int, Dict[str, Any]] = {}
+    datasets: Dict[int, str] = {}
+    ok: List[int] = []
+    for k in idx:
+        try:
+            index = handle.check_structure(structures[k], k)
+            datasets[k] = handle.dataset_names[index] if handle.forcefield_heads else ""
+            ok.append(k)
+        except ValueError as exc:                # elements, overlaps, dataset: recorded, the rest carry on
+            rows[k] = _row(handle, k, structures[k], "", error=str(exc))
+            final_structures[k] = structures[k]
+    batch = [structures[k] for k in ok]
+    if batch and do_relax:
+        kwargs = dict(fmax=fmax, steps=steps, properties=names, optimizer=optimizer, cell_filter=cell_filter)
+        results = pool.relax(batch, **kwargs) if pool is not None else relax(batch, handle, **kwargs)
+        for k, r in zip(ok, results):
+            final_structures[k] = r.structure
+            try:
+                check_overlaps(r.structure)
+            except ValueError as exc:
+                rows[k] = _row(handle, k, structures[k], datasets[k], error=f"after relaxation: {exc}")
+                continue
+            rows[k] = _row(handle, k, structures[k], datasets[k], r.energy, r.fmax, r.steps, r.converged, r.properties)
+    elif batch:
+        kwargs = dict(properties=names, forces=bool(handle.forcefield_heads))
+        preds = pool.predict(batch, **kwargs) if pool is not None else predict(batch, handle, **kwargs)
+        for k, p in zip(ok, preds):
+            final_structures[k] = structures[k]
+            f = p.get("forces")
+            fm = float(np.sqrt((f * f).sum(1)).max()) if f is not None else float("nan")
+            props = {n: v for n, v in p.items() if n not in ("energy", "forces")}
+            rows[k] = _row(handle, k, structures[k], datasets[k], p.get("energy", float("nan")), fm, 0, False, props)
+    return [rows[k] for k in idx]
+
+
+def _row(handle: ModelHandle, k: int, s: Structure, dataset: str, energy: float = float("nan"),
+         fmax: float = float("nan"), steps: int = 0, converged: bool = False,
+         props: Optional[Dict[str, float]] = None, error: str = "") -> Dict[str, Any]:
+    """One result row (columns: module docs); a failed structure has ``error`` set and no values."""
     from ase.data import chemical_symbols
+    from ase.formula import Formula
     formula = str(Formula("".join(chemical_symbols[z] for z in s.numbers)).format("hill"))
     row: Dict[str, Any] = {"index": k, "name": s.info.get("name", ""), "formula": formula, "n_atoms": s.n_atoms,
-                           "energy_eV": energy, "fmax_eV_A": fmax, "steps": steps, "converged": converged}
-    row.update(props)
+                           "dataset": dataset}
+    if error:
+        return {**row, "error": error}
+    row.update({ENERGY: energy, FMAX: fmax, "steps": steps, "converged": converged})
+    row.update({property_column(handle, n): v for n, v in (props or {}).items()})
+    row["error"] = ""
     return row
 
 
+def summary(rows: Sequence[Dict[str, Any]], relaxed: bool) -> str:
+    """End-of-run summary: how many converged, did not converge, failed (with the first reasons)."""
+    failed = [r for r in rows if r.get("error")]
+    if relaxed:
+        converged = sum(str(r.get("converged")) == "True" for r in rows if not r.get("error"))
+        text = (f"{len(rows)} structures: {converged} converged, {len(rows) - len(failed) - converged} not converged "
+                f"(out of steps), {len(failed)} failed")
+    else:
+        text = f"{len(rows)} structures: {len(rows) - len(failed)} predicted, {len(failed)} failed"
+    if failed:
+        text += "\n" + "\n".join(f"  failed: {r['error']}" for r in failed[:5])
+        if len(failed) > 5:
+            text += f"\n  ... and {len(failed) - 5} more (the error column)"
+    return text
+
+
+def _write_structures(out: Path, rows: List[Dict[str, Any]], final_structures: Dict[int, Structure]) -> None:
+    """extxyz / ASE-db output: the (relaxed) structures in input order with their row in ``info``."""
+    by_index = {int(r["index"]): r for r in rows}
+    ordered = [final_structures[k].with_labels(info={**final_structures[k].info, **_info(by_index[k])})
+               for k in sorted(final_structures)]
+    if out.suffix == ".db":
+        from ase.db import connect
+        with connect(out) as db:
+            for s in ordered:
+                db.write(s.to_ase(), key_value_pairs={k: v for k, v in s.info.items()
+                                                      if isinstance(v, (int, float, str, bool))})
+    else:
+        write_extxyz(ordered, out)
+
+
 def _info(row: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in row.items() if k not in ("index", "name", "formula", "n_atoms")}
-
-
-def _append_rows(path: Path, rows: List[Dict[str, Any]]) -> None:
-    if not rows:
-        return
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """A row as ``info`` entries: no reserved ASE-db keys (formula, ...), no empty ``error``."""
+    return {k: v for k, v in row.items() if k not in ("index", "name", "formula", "n_atoms") and v != ""}

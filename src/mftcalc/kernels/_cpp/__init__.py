@@ -13,6 +13,7 @@ that hashes the source, flags and torch version; later processes load the cached
 import hashlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -64,6 +65,8 @@ def available() -> bool:
     directory = _build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     _LOG.info("building the C++ neighbour-list kernel in %s (once per source version)", directory)
+    print(f"mftcalc: building the C++ neighbour-list operator (first use, about 30-60 s) in {directory}",
+          file=sys.stderr, flush=True)
     try:
         from torch.utils.cpp_extension import load
 

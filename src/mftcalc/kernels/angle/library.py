@@ -44,6 +44,9 @@ def _build_and_load() -> None:
 
     build_directory = cache_dir()
     _log.info("loading the fused angle-block library from %s (compiled on first use, ~0.5-1 min)", build_directory)
+    if not (build_directory / f"{LIBRARY_NAME}.so").exists():
+        print(f"mftcalc: building the C++ angle-block operator (first use, about 30-60 s) in {build_directory}",
+              file=sys.stderr, flush=True)
     start = time.perf_counter()
     cpp_extension.load(name=LIBRARY_NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CFLAGS,
                        extra_ldflags=LDFLAGS, extra_include_paths=[str(CSRC)], build_directory=str(build_directory),

@@ -1,0 +1,241 @@
+"""Training domains (elements, periodicity) of force-field datasets and property heads, and the force-field
+dataset chosen for each structure.
+
+The force-field head has one dataset embedding per pretraining dataset (``metadata["datasets"]``), each fitted
+to its own reference method (xTB, DFT with different functionals), so the same structure gets different
+energies under different datasets. The dataset of a structure is chosen by this rule, in order:
+
+1. the model has one dataset: that one;
+2. an explicit choice (``dataset=`` of the calculator / batched API, ``--dataset`` on the command line), for
+   every structure (a structure whose ``info["dataset"]`` names another dataset is warned about once);
+3. ``info["dataset"]`` of the structure (as training files carry it); it must name a dataset of the model;
+4. the model's own default for the structure's kind, ``metadata["default_datasets"]`` (``{"molecule": ...,
+   "crystal": ...}``), when that dataset covers the structure: fine-tuning writes the dataset of its auxiliary
+   force-field task there (``xtb_qm9`` for a QM9 property), so ``MFTCalculator("models/mft_gap.pt")`` relaxes
+   ethanol with the force field it kept;
+5. inferred: the unique dataset whose periodicity matches the structure (molecule: no periodic direction;
+   crystal: periodic in all three) and whose elements cover the structure's elements. No such dataset, several
+   of them, or a dataset of the model whose domain is unknown, raise :class:`DatasetChoiceError` naming the
+   candidates and the fix. Example with the shipped models: bulk Si -> ``mlearn_si``; a molecule containing N
+   or F -> ``xtb_qm9`` (the only molecular dataset with N and F); a C/H/O molecule such as ethanol is covered
+   by ``xtb_qm9``, ``md17_ethanol`` and ``deepmd_nopbc`` and raises; Cu (``mlearn_cu``, ``cu_ace21``) raises.
+
+Domains come from the checkpoint metadata where it carries them (``metadata["dataset_domains"][name] =
+{"elements": [Z...], "periodic": bool}``; a head's ``metadata["heads"][name]["domain"]`` likewise). The shipped
+checkpoints do not, so the domains of the known pretraining datasets are listed in
+:data:`KNOWN_DATASET_DOMAINS`, measured on the pretraining data (every structure of the files the pretraining
+config names; for xtb_qm9, QM9's elements). :func:`domains_from_structures` of the replay sets shipped beside the
+model (``models/pretrained_replay_molecules.extxyz.gz`` and ``..._materials.extxyz.gz``) gives the same table,
+which a test checks; ``pretrain`` could store that dict as ``metadata["dataset_domains"]``.
+
+A property head without a recorded domain gets one derived from the fine-tuning task stored in the checkpoint
+(``metadata["finetuning"]["task"]``): ``qm9-<property>`` -> molecules of H, C, N, O, F (the QM9 elements);
+``matbench-<dataset>-...`` -> crystals (periodicity only: the elements of the fine-tuning data are not recorded).
+Heads with neither (e.g. fine-tuned on a user's file, ``file-<property>``, or the ``ood_score`` head, whose job is
+to score the domain) are not checked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
+
+from mftcalc.data.structure import Structure
+
+
+class DatasetChoiceError(ValueError):
+    """The force-field dataset of a structure is ambiguous, unknown or matches no dataset of the model."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where a dataset or head was trained: ``elements`` (atomic numbers; None: not recorded) and ``periodic``
+    (True: crystals periodic in all three directions; False: molecules, no periodic direction)."""
+
+    elements: Optional[FrozenSet[int]]
+    periodic: bool
+    source: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str) -> "Domain":
+        elements = data.get("elements")
+        return cls(None if elements is None else frozenset(int(z) for z in elements), bool(data["periodic"]), source)
+
+    def describe(self) -> str:
+        kind = "crystals (periodic in 3 directions)" if self.periodic else "molecules (no periodic direction)"
+        if self.elements is None:
+            return kind
+        return f"{kind} of {_symbols(self.elements)}"
+
+    def outside(self, structure: Structure) -> Dict[str, str]:
+        """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements": phrase}`` (empty: inside)."""
+        reasons = {}
+        kind = _periodicity(structure)
+        if kind != ("crystal" if self.periodic else "molecule"):
+            reasons["periodicity"] = f"it is {_kind_phrase(kind)}"
+        if self.elements is not None:
+            foreign = sorted(set(int(z) for z in np.unique(structure.numbers)) - self.elements)
+            if foreign:
+                reasons["elements"] = (f"it contains {_symbols(foreign)}, outside the training elements "
+                                       f"{_symbols(self.elements)}")
+        return reasons
+
+
+def _symbols(numbers: Iterable[int]) -> str:
+    return " ".join(chemical_symbols[int(z)] for z in sorted(numbers))
+
+
+def _periodicity(structure: Structure) -> str:
+    """``molecule`` (no periodic direction), ``crystal`` (all three) or ``partial`` (a slab or a wire)."""
+    if structure.pbc.all():
+        return "crystal"
+    return "partial" if structure.pbc.any() else "molecule"
+
+
+def _kind_phrase(kind: str) -> str:
+    return {"crystal": "a crystal", "molecule": "a molecule", "partial": "periodic in only some directions"}[kind]
+
+
+def _domain(symbols: str, periodic: bool) -> Domain:
+    return Domain(frozenset(atomic_numbers[s] for s in symbols.split()), periodic, "mftcalc's table of the "
+                  "pretraining datasets (domains.KNOWN_DATASET_DOMAINS)")
+
+
+#: Elements and periodicity of the pretraining datasets (measured over all their structures, see module docs).
+KNOWN_DATASET_DOMAINS: Dict[str, Domain] = {
+    "xtb_qm9": _domain("H C N O F", False),
+    "md17_ethanol": _domain("H C O", False),
+    "deepmd_nopbc": _domain("H C O", False),
+    "deepmd_water": _domain("H O", True),
+    "dpgen_mapbi3": _domain("H C N I Pb", True),
+    "mlearn_si": _domain("Si", True),
+    "mlearn_ge": _domain("Ge", True),
+    "mlearn_li": _domain("Li", True),
+    "mlearn_mo": _domain("Mo", True),
+    "mlearn_cu": _domain("Cu", True),
+    "mlearn_ni": _domain("Ni", True),
+    "cu_ace21": _domain("Cu", True),
+    "fitsnap_ta": _domain("Ta", True),
+    "fitsnap_inp": _domain("In P", True),
+    "fitsnap_fe": _domain("Fe", True),
+    "fitsnap_wbe": _domain("Be W", True),
+}
+
+#: QM9's elements (the domain of a head fine-tuned on a ``qm9-<property>`` task).
+QM9_ELEMENTS = frozenset(atomic_numbers[s] for s in "H C N O F".split())
+
+
+def domains_from_structures(structures: Iterable[Structure]) -> Dict[str, Dict[str, Any]]:
+    """``{info["dataset"]: {"elements": [Z...], "periodic": bool}}`` of labelled training structures (the form
+    of ``metadata["dataset_domains"]``); raises when a dataset mixes molecules and crystals."""
+    elements: Dict[str, set] = {}
+    kinds: Dict[str, set] = {}
+    for s in structures:
+        name = s.info.get("dataset")
+        if name is None:
+            raise ValueError("a structure has no info['dataset']; domains are measured on tagged training data")
+        elements.setdefault(name, set()).update(int(z) for z in np.unique(s.numbers))
+        kinds.setdefault(name, set()).add(_periodicity(s))
+    out = {}
+    for name in elements:
+        if len(kinds[name]) != 1 or "partial" in kinds[name]:
+            raise ValueError(f"dataset {name!r} mixes {sorted(kinds[name])}: it has no single periodicity")
+        out[name] = {"elements": sorted(elements[name]), "periodic": kinds[name] == {"crystal"}}
+    return out
+
+
+def dataset_domains(metadata: Mapping[str, Any]) -> Dict[str, Domain]:
+    """Domain of every force-field dataset of a model whose domain is known: from the metadata, else from
+    :data:`KNOWN_DATASET_DOMAINS`; datasets in neither are left out."""
+    recorded = metadata.get("dataset_domains") or {}
+    out: Dict[str, Domain] = {}
+    for name in metadata.get("datasets", []):
+        if name in recorded:
+            out[name] = Domain.from_dict(recorded[name], "checkpoint metadata")
+        elif name in KNOWN_DATASET_DOMAINS:
+            out[name] = KNOWN_DATASET_DOMAINS[name]
+    return out
+
+
+def head_domains(metadata: Mapping[str, Any]) -> Dict[str, Domain]:
+    """Training domain of every property head for which the checkpoint records or implies one (module docs)."""
+    out: Dict[str, Domain] = {}
+    task = str((metadata.get("finetuning") or {}).get("task") or "")
+    for name, head in (metadata.get("heads") or {}).items():
+        if head.get("kind") == "forcefield":
+            continue
+        if head.get("domain"):
+            out[name] = Domain.from_dict(head["domain"], "head metadata")
+        elif task == f"qm9-{name}":
+            out[name] = Domain(QM9_ELEMENTS, False, f"derived from the fine-tuning task {task}")
+        elif task.startswith("matbench-") and _matbench_property(task) == name:
+            out[name] = Domain(None, True, f"derived from the fine-tuning task {task}")
+    return out
+
+
+def _matbench_property(task: str) -> Optional[str]:
+    from mftcalc.data.matbench import MATBENCH_DATASETS
+    parts = task.split("-")
+    meta = MATBENCH_DATASETS.get(parts[1]) if len(parts) > 1 else None
+    return meta.property if meta is not None else None
+
+
+def _where(structure: Structure, position: Optional[int]) -> str:
+    label = structure.info.get("name")
+    where = "structure" if position is None else f"structure {position}"
+    hill = formula(structure)
+    return f"{where} ({label}, {hill})" if label else f"{where} ({hill})"
+
+
+def formula(structure: Structure) -> str:
+    """Hill formula of a structure (``C2H6O``)."""
+    from ase.formula import Formula
+    return str(Formula("".join(chemical_symbols[int(z)] for z in structure.numbers)).format("hill"))
+
+
+def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[str, Domain],
+                   explicit: Optional[str] = None, position: Optional[int] = None,
+                   defaults: Optional[Mapping[str, str]] = None) -> tuple:
+    """``(index into names, reason)`` of the force-field dataset of ``structure`` by the rule of the module docs.
+
+    ``explicit``: the dataset chosen by the caller (already checked to be one of ``names``), or None.
+    ``position``: index of the structure in its input, for messages. ``defaults``: the model's own default
+    dataset per kind (``{"molecule": name, "crystal": name}``, ``metadata["default_datasets"]``, written by
+    fine-tuning: the dataset of its auxiliary force-field task), used before inference when it covers the
+    structure. Raises :class:`DatasetChoiceError`.
+    """
+    if len(names) == 1:
+        return 0, "the model's only dataset"
+    if explicit is not None:
+        return names.index(explicit), "chosen with dataset= / --dataset"
+    tag = structure.info.get("dataset")
+    if tag is not None:
+        if tag not in names:
+            raise DatasetChoiceError(f"{_where(structure, position)} has info['dataset'] = {tag!r}, which is not a "
+                                     f"dataset of this model ({', '.join(names)}); fix the tag or choose one with "
+                                     "dataset= (Python) / --dataset (command line)")
+        return names.index(str(tag)), "info['dataset'] of the structure"
+    fix = ("choose one with dataset= (MFTCalculator, predict, relax, screen) or --dataset (command line), or set "
+           "info['dataset'] of the structure")
+    unknown = [n for n in names if n not in domains]
+    if unknown:
+        raise DatasetChoiceError(f"cannot infer the force-field dataset of {_where(structure, position)}: the "
+                                 f"model's dataset(s) {', '.join(unknown)} record no elements or periodicity; "
+                                 f"{fix} (datasets: {', '.join(names)})")
+    kind = _periodicity(structure)
+    present = frozenset(int(z) for z in np.unique(structure.numbers))
+    default = (defaults or {}).get(kind)
+    if default in names and default in domains and not domains[default].outside(structure):
+        return names.index(default), f"the model's default dataset for a {kind} (metadata default_datasets)"
+    candidates = [n for n in names if not domains[n].outside(structure)]
+    if len(candidates) == 1:
+        return names.index(candidates[0]), (f"the only {'periodic' if kind == 'crystal' else 'molecular'} dataset "
+                                            f"of the model whose elements cover {_symbols(present)}")
+    what = f"{_kind_phrase(kind)} of {_symbols(present)}"
+    if not candidates:
+        raise DatasetChoiceError(f"no force-field dataset of the model covers {_where(structure, position)}, "
+                                 f"{what}; {fix} (datasets: {', '.join(names)})")
+    raise DatasetChoiceError(f"ambiguous force-field dataset for {_where(structure, position)}, {what}: "
+                             f"{', '.join(candidates)} all cover it (and give different energies); {fix}")

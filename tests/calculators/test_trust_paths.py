@@ -1,0 +1,155 @@
+"""Issue 18: the force-field dataset of each structure (inferred, explicit, tagged, or refused), property heads
+outside their training domain, and one structure check on every path (calculator, predict, relax)."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from _helpers import make_tiny_model
+from mftcalc.calculators import MFTCalculator
+from mftcalc.calculators.batched import predict, relax
+from mftcalc.calculators.domains import KNOWN_DATASET_DOMAINS, DatasetChoiceError, domains_from_structures
+from mftcalc.calculators.model_handle import DomainWarning, ModelHandle
+from mftcalc.data import Structure
+from mftcalc.model.checkpoint import model_metadata, save_model
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return ModelHandle.load(MODELS / "pretrained.pt")
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    model = make_tiny_model()
+    path = tmp_path / "tiny.pt"
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
+    return path
+
+
+def _silicon() -> Structure:
+    return Structure.from_ase(bulk("Si", "diamond", a=5.43))
+
+
+# ------------------------------------------------------------------------------------------ force-field dataset
+def test_silicon_gets_the_silicon_dataset_not_the_first(pretrained):
+    """Bulk Si used to be computed with xtb_qm9 (the first dataset); the unique periodic Si dataset is mlearn_si."""
+    si = _silicon()
+    assert pretrained.dataset_names[pretrained.dataset_index(si)] == "mlearn_si"
+    inferred = predict([si], pretrained)[0]["energy"] / 2
+    explicit = predict([si], MODELS / "pretrained.pt", dataset="mlearn_si")[0]["energy"] / 2
+    first = predict([si], MODELS / "pretrained.pt", dataset="xtb_qm9")[0]["energy"] / 2
+    assert inferred == pytest.approx(explicit, abs=1e-6) and inferred < -4.0 and abs(first - inferred) > 1.0
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.calc = MFTCalculator(MODELS / "pretrained.pt")
+    assert atoms.get_potential_energy() / 2 == pytest.approx(explicit, abs=1e-5)
+
+
+def test_molecule_dataset_is_inferred_only_when_unique(pretrained):
+    acetonitrile = Structure.from_ase(molecule("CH3CN"))        # N: only xtb_qm9 among molecular datasets
+    assert pretrained.dataset_names[pretrained.dataset_index(acetonitrile)] == "xtb_qm9"
+    ethanol = Structure.from_ase(molecule("CH3CH2OH"))           # H C O: three molecular datasets
+    with pytest.raises(DatasetChoiceError, match="ambiguous.*xtb_qm9, md17_ethanol, deepmd_nopbc.*--dataset"):
+        pretrained.dataset_index(ethanol)
+    with pytest.raises(DatasetChoiceError, match="ambiguous"):
+        predict([ethanol], pretrained)
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = MFTCalculator(MODELS / "pretrained.pt")
+    with pytest.raises(DatasetChoiceError, match="dataset="):
+        atoms.get_potential_energy()
+    copper = Structure.from_ase(bulk("Cu", "fcc", a=3.6))        # mlearn_cu and cu_ace21
+    with pytest.raises(DatasetChoiceError, match="mlearn_cu, cu_ace21"):
+        pretrained.dataset_index(copper)
+    slab = Structure.from_ase(bulk("Si", "diamond", a=5.43)).with_labels(pbc=[True, True, False])
+    with pytest.raises(DatasetChoiceError, match="no force-field dataset.*periodic in only some directions"):
+        pretrained.dataset_index(slab)
+
+
+def test_info_dataset_and_explicit_choice(pretrained):
+    tagged = Structure.from_ase(molecule("CH3CH2OH")).with_labels(info={"dataset": "md17_ethanol"})
+    assert pretrained.dataset_names[pretrained.dataset_index(tagged)] == "md17_ethanol"
+    wrong = tagged.with_labels(info={"dataset": "qm7"})
+    with pytest.raises(DatasetChoiceError, match="'qm7', which is not a dataset of this model"):
+        pretrained.dataset_index(wrong)
+    explicit = ModelHandle.load(MODELS / "pretrained.pt", dataset="deepmd_nopbc")
+    with pytest.warns(UserWarning, match="md17_ethanol.*deepmd_nopbc"):
+        assert explicit.dataset_names[explicit.dataset_index(tagged)] == "deepmd_nopbc"
+    with pytest.raises(KeyError, match="datasets"):
+        ModelHandle.load(MODELS / "pretrained.pt", dataset="nope")
+
+
+def test_models_without_dataset_domains_need_a_choice(tmp_path):
+    model = make_tiny_model()                                     # datasets "a", "b", no recorded domains
+    with pytest.raises(DatasetChoiceError, match="a, b record no elements or periodicity"):
+        predict([Structure.from_ase(molecule("H2O"))], model)
+    assert np.isfinite(predict([Structure.from_ase(molecule("H2O"))], model, dataset="b")[0]["energy"])
+
+
+def test_known_dataset_domains_match_the_shipped_replay_data():
+    from mftcalc.data.io import read_structures
+    measured = domains_from_structures([s for part in ("molecules", "materials")
+                                        for s in read_structures(MODELS / f"pretrained_replay_{part}.extxyz.gz")])
+    assert set(measured) == set(KNOWN_DATASET_DOMAINS)
+    for name, domain in KNOWN_DATASET_DOMAINS.items():
+        assert measured[name]["periodic"] == domain.periodic, name
+        assert set(measured[name]["elements"]) == set(domain.elements), name
+
+
+# ------------------------------------------------------------------------------------- property-head domains
+def test_gap_head_warns_once_outside_its_training_domain():
+    gap_model = ModelHandle.load(MODELS / "mft_gap.pt")
+    assert gap_model.head_domains["gap"].periodic is False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict([_silicon(), _silicon()], gap_model)
+        predict([_silicon()], gap_model)
+    domain = [w for w in caught if issubclass(w.category, DomainWarning)]
+    assert len(domain) == 1
+    text = str(domain[0].message)
+    assert "'gap'" in text and "Hartree" in text and "crystal" in text and "Si" in text and "training domain" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DomainWarning)
+        predict([Structure.from_ase(molecule("CH3CN"))], MODELS / "mft_gap.pt")     # in the domain: no warning
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.calc = MFTCalculator(MODELS / "mft_gap.pt")
+        atoms.get_potential_energy()                                                  # no head value handed out
+        with pytest.raises(DomainWarning, match="'gap'"):
+            atoms.calc.get_property("gap", atoms)
+
+
+def test_head_domain_from_metadata(tiny_file, tmp_path):
+    model = make_tiny_model()
+    meta = model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS)
+    meta["heads"]["mu"]["domain"] = {"elements": [1, 6, 8], "periodic": False}
+    save_model(model, tmp_path / "m.pt", meta)
+    with pytest.warns(DomainWarning, match="'mu'.*contains N, outside the training elements H C O"):
+        predict([Structure.from_ase(molecule("CH3CN"))], tmp_path / "m.pt", properties=["mu"])
+
+
+# ---------------------------------------------------------------------------------- one check on every path
+def _overlapping() -> Structure:
+    atoms = molecule("H2O")
+    atoms.positions[1] = atoms.positions[0] + [0.1, 0.0, 0.0]
+    return Structure.from_ase(atoms)
+
+
+def test_overlapping_atoms_and_untrained_elements_are_refused_on_every_path(tiny_file):
+    good = Structure.from_ase(molecule("CH4"))
+    chlorine = Structure.from_ase(molecule("CH3Cl"))
+    for bad, match in ((_overlapping(), "structure 1: overlapping atoms"), (chlorine, "structure 1: .*Cl")):
+        with pytest.raises(ValueError, match=match):
+            predict([good, bad], tiny_file, dtype=torch.float64)
+        with pytest.raises(ValueError, match=match):
+            relax([good, bad], tiny_file, steps=2, dtype=torch.float64)
+        atoms = bad.to_ase()
+        atoms.calc = MFTCalculator(tiny_file, dtype=torch.float64)
+        with pytest.raises(ValueError, match=match.replace("structure 1", "structure")):
+            atoms.get_potential_energy()
