@@ -145,3 +145,19 @@ def test_cross_validation_groups_and_reports(tmp_path):
     assert (tmp_path / "cv" / "parity.png").exists()
     with pytest.raises(ValueError, match="needs info\\['smiles'\\]"):
         group_keys(molecules, "scaffold")
+
+
+def test_mft_model_records_its_domains_and_default_dataset(tmp_path):
+    """The MFT model remembers the dataset that dominated its auxiliary task as its default for molecules, so the
+    calculator needs no dataset= for the molecules it was made for; the head's domain is the task's."""
+    from mftcalc.calculators.model_handle import ModelHandle
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    write_extxyz(_molecules(20), tmp_path / "d.extxyz")
+    task = file_task(str(tmp_path / "d.extxyz"), "my_gap", "eV", val_fraction=0.2)
+    finetune(task, FinetuneSettings(strategy="mft", steps=2, val_every=2, head_hidden=(8,), progress=False),
+             tmp_path / "run", REPO / "models" / "pretrained.pt")
+    handle = ModelHandle.load(tmp_path / "run" / "model.pt")
+    assert handle.metadata["default_datasets"] == {"molecule": "xtb_qm9"}
+    assert handle.metadata["heads"]["my_gap"]["domain"] == {"elements": [1, 6, 7, 8], "periodic": False}
+    ethanol = Structure.from_ase(molecule("CH3CH2OH"))
+    assert handle.dataset_names[handle.check_structure(ethanol, 0)] == "xtb_qm9"

@@ -294,16 +294,19 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
 def record_domains(metadata: Dict[str, Any], pretrained: Optional[MFTModel], task, ff: Optional[Dict]) -> None:
     """Write into the fine-tuned model's metadata where it is meant to be used (read by the calculator's dataset
     rule and domain warnings, :mod:`mftcalc.calculators.domains`): the pretrained datasets' domains, the property
-    head's domain (the task's elements and periodicity) and, for MFT with one auxiliary dataset, that dataset as
-    the model's default for structures of the task's kind."""
+    head's domain (the task's elements and periodicity) and, for MFT, the dataset holding most (over half) of its
+    auxiliary structures as the model's default for structures of the task's kind (the force field it kept)."""
     base = getattr(pretrained, "metadata", {}) if pretrained is not None else {}
     if base.get("dataset_domains"):
         metadata["dataset_domains"] = base["dataset_domains"]
     periodic = task_domain(task.train) == "materials"
     elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
     metadata["heads"][task.property]["domain"] = {"elements": elements, "periodic": periodic}
-    if ff is not None and len(ff) == 1:
-        metadata["default_datasets"] = {"crystal" if periodic else "molecule": next(iter(ff))}
+    if ff:
+        sizes = {name: len(structures) for name, structures in ff.items()}
+        main = max(sizes, key=sizes.get)
+        if sizes[main] > 0.5 * sum(sizes.values()):
+            metadata["default_datasets"] = {"crystal" if periodic else "molecule": main}
 
 
 def applicability_report(parity: Dict[str, np.ndarray]) -> Dict[str, float]:
