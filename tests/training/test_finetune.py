@@ -120,3 +120,17 @@ def test_task_optimizers_keep_one_adam_state_per_task(pretrained, tmp_path):
     assert not torch.equal(prop[some]["exp_avg_sq"], ff[some]["exp_avg_sq"])
     with pytest.raises(ValueError, match="task_optimizers applies"):
         _settings("ft", task_optimizers=True)
+
+
+def test_mft_with_auxiliary_data_of_a_new_dataset(pretrained, tmp_path):
+    """Auxiliary data under a dataset the model lacks: refused without new_dataset_from, else a new embedding
+    column (copied from the named dataset) carries it; the old datasets keep theirs."""
+    task = _task()
+    aux = {"al_new": emt_structures("Al", 8, 11)}
+    with pytest.raises(KeyError, match="set new_dataset_from"):
+        finetune(task, _settings("mft"), tmp_path / "refused", pretrained, ff_structures=aux)
+    finetune(task, _settings("mft", new_dataset_from="al"), tmp_path / "mft", pretrained, ff_structures=aux)
+    from mftcalc.model.checkpoint import load_model
+    model = load_model(tmp_path / "mft" / "model.pt", torch.float64)
+    assert model.config.datasets == ["cu", "al", "al_new"]
+    assert model.metadata["dataset_domains"]["al_new"] == {"elements": [13], "periodic": True}

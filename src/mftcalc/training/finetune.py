@@ -68,6 +68,9 @@ class FinetuneSettings:
     device: str = "cpu"                       # "cpu", "cuda[:k]" or "auto" (CUDA when available)
     allow_new_elements: bool = False          # fine-tune on elements the pretrained model never saw (their type
                                               # embeddings start untrained); refused by default
+    new_dataset_from: Optional[str] = None    # mft: auxiliary data of a dataset the model lacks (e.g. our xTB set on
+                                              # an imported DPA-3.1-3M) gets a new embedding column copied from this
+                                              # dataset, its energy shift fitted by least squares
     probe_size: int = 64                      # molecules of the drift probe set
     progress: bool = True
 
@@ -167,6 +170,11 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
     if pretrained is not None and settings.strategy != "scratch" and not settings.allow_new_elements:
         check_elements(pretrained, task, pretrained_path)
+    ff = None
+    if settings.strategy == "mft":
+        ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
+                                                                                task_domain(task.train))
+        pretrained = add_aux_datasets(pretrained, ff, settings.new_dataset_from)
     model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
     fit_property_head(model.property_heads[task.property], task.train, task.property, recipe["kind"],
@@ -178,8 +186,6 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
                       settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"],
                       loss_scale, settings.property_reduction)]
     if settings.strategy == "mft":
-        ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
-                                                                                task_domain(task.train))
         names = list(model.config.datasets)
         n_ff = sum(len(v) for v in ff.values())
         for name, structures in ff.items():
@@ -291,14 +297,40 @@ def _elements(model: MFTModel, task: PropertyTask) -> List[int]:
     return sorted(seen)
 
 
+def add_aux_datasets(pretrained: MFTModel, ff: Dict[str, List[Structure]], new_from: Optional[str]) -> MFTModel:
+    """The pretrained model, extended by an embedding column for each auxiliary dataset it lacks (copied from
+    ``new_from``; energy shift fitted on the auxiliary data). Without ``new_from`` such a dataset is refused."""
+    missing = [name for name in ff if name not in pretrained.config.datasets]
+    if not missing:
+        return pretrained
+    if new_from is None:
+        raise KeyError(f"force-field data {missing} are not datasets of the pretrained model "
+                       f"({list(pretrained.config.datasets)}); name them as one of those, or set new_dataset_from to "
+                       "the dataset whose embedding a new one should start from")
+    from mftcalc.model.datasets import extend_datasets
+    from mftcalc.model.fitting import fit_forcefield_shift
+    extended = extend_datasets(pretrained, list(pretrained.config.datasets) + missing,
+                               {name: new_from for name in missing})
+    names = list(extended.config.datasets)
+    for name in missing:
+        fit_forcefield_shift(extended.ff_heads["forcefield"], ff[name], [names.index(name)] * len(ff[name]))
+    return extended
+
+
 def record_domains(metadata: Dict[str, Any], pretrained: Optional[MFTModel], task, ff: Optional[Dict]) -> None:
     """Write into the fine-tuned model's metadata where it is meant to be used (read by the calculator's dataset
     rule and domain warnings, :mod:`mftcalc.calculators.domains`): the pretrained datasets' domains, the property
     head's domain (the task's elements and periodicity) and, for MFT, the dataset holding most (over half) of its
     auxiliary structures as the model's default for structures of the task's kind (the force field it kept)."""
+    from types import SimpleNamespace
+    from mftcalc.training.pretrain import source_domains
     base = getattr(pretrained, "metadata", {}) if pretrained is not None else {}
-    if base.get("dataset_domains"):
-        metadata["dataset_domains"] = base["dataset_domains"]
+    domains = dict(base.get("dataset_domains") or {})
+    for name, structures in (ff or {}).items():           # auxiliary datasets, new ones included
+        domains.setdefault(name, source_domains([SimpleNamespace(name=name, structures=structures)]).get(name))
+    domains = {k: v for k, v in domains.items() if v is not None}
+    if domains:
+        metadata["dataset_domains"] = domains
     periodic = task_domain(task.train) == "materials"
     elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
     metadata["heads"][task.property]["domain"] = {"elements": elements, "periodic": periodic}
