@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -85,7 +84,7 @@ def main() -> None:
         f"after fine-tuning: {', '.join(tuned.config.datasets)}",
         f"- CPU cost: **{per_step:.1f} s per MFT step** (mean over the run, {C.THREADS} thread(s), float32, forces in the "
         f"force-field loss); whole fine-tune call incl. evaluation and the ood_score fit: {t_total:.0f} s",
-        f"- TorchScript export of the fine-tuned model vs eager, max relative difference: "
+        "- TorchScript export of the fine-tuned model vs eager, max relative difference: "
         + ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) + f": **{'PASS' if ok else 'FAIL'}** (< 1e-4)",
         "", "Toy property labels: this measures the pipeline and its cost, not an accuracy."])
     C.write_report(args.out, text)

@@ -17,7 +17,6 @@ from _helpers import emt_structures
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     from pathlib import Path
-    import yaml
     tmp = tmp_path_factory.mktemp("pre")
     from mftcalc.data.io import write_extxyz
     write_extxyz(emt_structures("Cu", 24, 0), tmp / "cu.extxyz")

@@ -2,8 +2,6 @@
 ResNet-dt heads, domain-matched auxiliary force-field data, and a resume that states changed settings."""
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from pathlib import Path
 
@@ -11,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import emt_structures
 from mftcalc import keys as K
-from mftcalc.data.batch import collate
 from mftcalc.data.boom import BoomSplit, save_splits
 from mftcalc.data.io import write_extxyz
 from mftcalc.model.config import HeadConfig
@@ -27,7 +23,6 @@ from mftcalc.training.sampler import EpochSampler
 
 def _ff_pair(n_atoms=(3, 12)):
     """A batch of two structures with known energy errors 1 and 2 eV and no force/virial labels."""
-    structures = [s.with_labels(energy=0.0) for s in emt_structures("Cu", 2, 0)]
     batch = {K.N_ATOMS: torch.tensor(n_atoms), K.ENERGY: torch.zeros(2), K.HAS_ENERGY: torch.tensor([True, True])}
     pred = {K.ENERGY: torch.tensor([1.0, 2.0])}
     return pred, batch
