@@ -161,3 +161,22 @@ def test_mft_model_records_its_domains_and_default_dataset(tmp_path):
     assert handle.metadata["heads"]["my_gap"]["domain"] == {"elements": [1, 6, 7, 8], "periodic": False}
     ethanol = Structure.from_ase(molecule("CH3CH2OH"))
     assert handle.dataset_names[handle.check_structure(ethanol, 0)] == "xtb_qm9"
+
+
+def test_pymatgen_json_list_is_a_data_file(tmp_path):
+    """A JSON list of pymatgen Structure/Molecule dicts with the property in their properties is read like any file."""
+    import json
+    from pymatgen.core import Lattice, Molecule
+    from pymatgen.core import Structure as PmgStructure
+    items = []
+    for k in range(6):
+        si = PmgStructure(Lattice.cubic(5.43 + 0.01 * k), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])
+        si.properties = {"band_gap": 1.1 + 0.01 * k}
+        items.append(si.as_dict())
+    (tmp_path / "si.json").write_text(json.dumps(items))
+    task = file_task(str(tmp_path / "si.json"), "band_gap", "eV", val_fraction=0.34)
+    assert len(task.train) == 4 and task.train[0].pbc.all() and task.train[0].properties["band_gap"] > 1.0
+    water = Molecule(["O", "H", "H"], [[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    (tmp_path / "bad.json").write_text(json.dumps([water.as_dict()]))
+    with pytest.raises(ValueError, match="item 0: property 'band_gap' is missing"):
+        file_task(str(tmp_path / "bad.json"), "band_gap", "eV")

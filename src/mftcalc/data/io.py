@@ -60,6 +60,8 @@ def read_structures(path: PathLike, format: Optional[str] = None, index: Union[s
         structures = _select(read_deepmd(path, type_map=type_map), index)
     elif fmt == "db":
         structures = _read_db(path, index, properties)
+    elif fmt == "pymatgen-json":
+        structures = _select(read_pymatgen_json(path, properties), index)
     else:
         structures = _read_ase(path, fmt, index, properties)
     if not structures:
@@ -176,6 +178,40 @@ def to_pymatgen(structure: Structure) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- ASE formats
+def read_pymatgen_json(path: Path, properties: PropertySpec = None) -> List[Structure]:
+    """A JSON list of pymatgen ``Structure``/``Molecule`` dicts (``[s.as_dict() for s in structures]``, e.g. from
+    ``monty.serialization.dumpfn``), one object also accepted; their numeric ``properties`` become named
+    properties (units from ``properties`` when a mapping)."""
+    import json
+    from pymatgen.core import Molecule
+    from pymatgen.core import Structure as PmgStructure
+
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise StructureError(f"{path}: not valid JSON ({exc}); write it with [s.as_dict() for s in structures]") \
+            from None
+    items = data if isinstance(data, list) else [data]
+    units = dict(properties) if isinstance(properties, Mapping) else {}
+    out = []
+    for k, item in enumerate(items):
+        kind = item.get("@class") if isinstance(item, dict) else None
+        if kind not in ("Structure", "Molecule"):
+            raise StructureError(f"{path}, item {k}: not a pymatgen Structure or Molecule dict (@class {kind!r})")
+        obj = (PmgStructure if kind == "Structure" else Molecule).from_dict(item)
+        try:
+            structure = from_pymatgen(obj, units)
+        except (TypeError, ValueError) as exc:
+            raise StructureError(f"{path}, item {k}: {exc}") from None
+        wanted = list(properties) if properties is not None else []
+        missing = [name for name in wanted if name not in structure.properties]
+        if missing:
+            raise StructureError(f"{path}, item {k}: property {missing[0]!r} is missing from its properties; "
+                                 f"available keys: {sorted(structure.properties)}")
+        out.append(structure)
+    return out
+
+
 def _guess_format(path: Path, format: Optional[str]) -> str:
     if format is not None:
         return format
@@ -186,6 +222,8 @@ def _guess_format(path: Path, format: Optional[str]) -> str:
         return "extxyz"
     if path.suffix == ".db":
         return "db"
+    if suffixes and suffixes[0] == ".json":
+        return "pymatgen-json"
     return ""  # let ASE decide
 
 
