@@ -38,7 +38,7 @@ def _build_directory() -> Path:
     )
     key = hashlib.sha256(
         b"".join(path.read_bytes() for path in [_SOURCE, *_HEADERS])
-        + " ".join(_CFLAGS + _LDFLAGS + [torch.__version__]).encode()
+        + " ".join(_CFLAGS + _LDFLAGS + [torch.__version__, torch.__file__, sys.executable]).encode()
     ).hexdigest()[:16]
     return Path(root) / "extensions" / f"neighbors-{key}"
 

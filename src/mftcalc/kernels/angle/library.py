@@ -7,6 +7,7 @@ separate translation unit chosen at run time from the CPU's features.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -33,7 +34,10 @@ def cache_dir() -> Path:
     """Build directory for this torch/Python combination (created if missing)."""
     root = Path(os.environ["MFTCALC_CACHE"]) if os.environ.get("MFTCALC_CACHE") else \
         Path.home() / ".cache" / "mftcalc"
-    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}".replace("+", "_")
+    # one build per torch installation: two environments (say a project venv and a peer's) sharing the cache would
+    # otherwise overwrite each other's build.ninja and rebuild on every alternation (25-40 s each)
+    where = hashlib.sha256(f"{torch.__file__}|{sys.executable}".encode()).hexdigest()[:8]
+    tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{where}".replace("+", "_")
     path = root / "torch_extensions" / tag
     path.mkdir(parents=True, exist_ok=True)
     return path
