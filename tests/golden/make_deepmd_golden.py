@@ -1,5 +1,6 @@
 """Writes the deepmd-kit golden files of tests/model/test_deepmd_import.py: small random-weight DPA3 checkpoints in
-deepmd-kit's own training-checkpoint format, and deepmd-kit's energies, forces and virials for them.
+deepmd-kit's own training-checkpoint format, and deepmd-kit's energies, forces, virials and training gradients for
+them.
 
 Run it with a Python that has deepmd-kit (never mftcalc's environment; see ../shared/notes/peer-install.md):
 
@@ -15,18 +16,31 @@ tanh branch is exercised), per-branch ``out_bias`` and ``bias_atom_e`` too, and 
 (``{"model": wrapper.state_dict()}`` with ``_extra_state``). References come from loading each saved file with
 ``deepmd.infer.DeepPot`` (one head at a time), i.e. from the file, not from the objects in memory.
 
-Output (tests/golden/deepmd/): ``<case>.pt`` per case and ``references.json`` (deepmd-kit and torch versions, the
+Training gradients: per case and branch, deepmd-kit's gradients of the training-like loss
+``L = sum over the two structures of (E + sum(F * R))`` with respect to every model parameter (``R``: fixed
+seeded random tensors of the forces' shape, one per structure), computed with the model loaded from the saved file
+(``DeepPot(..., no_jit=True)``'s model) in training mode, where deepmd-kit builds the force graph with
+``create_graph=True``: the force term takes the double backward that force training takes. Parameters the loss does
+not reach (autograd gives None: e.g. the last repflow layer's angle and edge updates) are stored as zeros and listed.
+
+Output (tests/golden/deepmd/): ``<case>.pt`` per case; ``references.json`` (deepmd-kit and torch versions, the
 options of each case, the structures, and per case, branch and structure: energy [eV], forces [N, 3] eV/Å and
-virial [3, 3] eV, float64 written as exact round-trip decimals).
+virial [3, 3] eV, float64 written as exact round-trip decimals; per case ``gradient_layout`` {parameter name:
+shape}, names as ``named_parameters()`` of deepmd-kit's model gives them (``atomic_model.…``), and per branch the
+loss value and the parameters not reached); ``gradients.npz`` (float64: ``R/<structure>`` [N, 3] and
+``<case>/<branch>``, the gradients of all parameters flattened and concatenated in ``gradient_layout`` order),
+written with fixed zip timestamps so that a rerun gives byte-identical files.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import platform
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
+import zipfile
 
 import numpy as np
 import torch
@@ -225,10 +239,55 @@ def silut_fraction_above(wrapper, branch: str, coord: np.ndarray, atype: np.ndar
     return counts
 
 
+LOSS = "sum over the structures of energy + sum(forces * R); R = gradients.npz R/<structure>"
+
+
+def force_weights(structures: Dict[str, Dict[str, Any]], seed: int) -> Dict[str, np.ndarray]:
+    """The fixed random tensors R [N, 3] of the loss, one per structure (standard normal, seeded)."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal((len(st["positions"]), 3)) for name, st in structures.items()}
+
+
+def loss_gradients(path: Path, branch: str, multi_task: bool, structures: Dict[str, Dict[str, Any]],
+                   weights: Dict[str, np.ndarray], ntypes: int) -> Tuple[float, Dict[str, np.ndarray], List[str]]:
+    """(L, {parameter name: dL/dparameter}, names the loss does not reach) of one branch of a saved checkpoint, for
+    ``L = sum_s E_s + sum(F_s * R_s)``: deepmd-kit's model as ``DeepPot`` loads it (not scripted), in training mode
+    (forces with ``create_graph=True``, as ``dp train`` computes them), float64."""
+    from deepmd.infer import DeepPot
+    model = DeepPot(str(path), head=branch if multi_task else None, no_jit=True).deep_eval.dp.model["Default"]
+    model.train()
+    named = list(model.named_parameters())
+    loss = torch.zeros((), dtype=torch.float64)
+    for name, st in structures.items():
+        atype = torch.tensor([[s % ntypes for s in st["slots"]]])
+        coord = torch.tensor(st["positions"].reshape(1, -1))
+        box = None if st["cell"] is None else torch.tensor(st["cell"].reshape(1, 9))
+        pred = model(coord, atype, box=box)
+        loss = loss + pred["energy"].sum() + (pred["force"].reshape(-1, 3) * torch.tensor(weights[name])).sum()
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    out = {n: (g if g is not None else torch.zeros_like(p)).detach().numpy().copy()
+           for (n, p), g in zip(named, grads)}
+    model.eval()
+    return float(loss.detach()), out, [n for (n, _), g in zip(named, grads) if g is None]
+
+
+def write_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed zip timestamps and no compression (byte-identical on a rerun); ``np.load`` reads it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
 def generate(out: Path, seed: int = 20261204, cases: Dict[str, Dict[str, Any]] = CASES,
-             structures: Dict[str, Dict[str, Any]] = None, weight_scale: float = 1.6) -> Dict[str, Any]:
-    """Write ``<case>.pt`` and ``references.json`` for ``cases`` on ``structures`` (default
-    :func:`make_structures`) into ``out``; return the references."""
+             structures: Dict[str, Dict[str, Any]] = None, weight_scale: float = 1.6,
+             gradients: bool = True) -> Dict[str, Any]:
+    """Write ``<case>.pt``, ``references.json`` and ``gradients.npz`` for ``cases`` on ``structures`` (default
+    :func:`make_structures`) into ``out``; return the references. ``gradients=False`` leaves out the training
+    gradients (and ``gradients.npz``)."""
     import deepmd
     from deepmd.infer import DeepPot
 
@@ -244,6 +303,12 @@ def generate(out: Path, seed: int = 20261204, cases: Dict[str, Dict[str, Any]] =
                            "cell": None if v["cell"] is None else v["cell"].tolist(), "slots": v["slots"]}
                        for k, v in structures.items()},
         "cases": {}}
+    arrays: Dict[str, np.ndarray] = {}
+    if gradients:
+        weights = force_weights(structures, seed + 1)
+        refs["gradients"] = {"file": "gradients.npz", "loss": LOSS, "R_seed": seed + 1, "dtype": "float64",
+                             "mode": "deepmd-kit model in training mode (create_graph=True), not scripted"}
+        arrays.update({f"R/{name}": w for name, w in weights.items()})
     gen = torch.Generator().manual_seed(seed)
     for name, case in cases.items():
         wrapper, _ = build_case(name, case, gen, weight_scale)
@@ -271,12 +336,22 @@ def generate(out: Path, seed: int = 20261204, cases: Dict[str, Dict[str, Any]] =
                 c = silut_fraction_above(wrapper, branch, st["positions"], atype, st["cell"])
                 above = {k: above[k] + c[k] for k in above}
             entry["silut_inputs_above_threshold"][branch] = above
+            if gradients:
+                loss, grads, unused = loss_gradients(path, branch, case["multi_task"], structures, weights, ntypes)
+                layout = {k: list(g.shape) for k, g in grads.items()}
+                if entry.setdefault("gradient_layout", layout) != layout:
+                    raise RuntimeError(f"{name}: branches {case['branches']} have different parameters")
+                entry.setdefault("loss_gradients", {})[branch] = {"loss": loss, "not_reached": unused}
+                arrays[f"{name}/{branch}"] = np.concatenate([g.reshape(-1) for g in grads.values()])
         refs["cases"][name] = entry
         fractions = {b: round(x["above"] / max(x["total"], 1), 4)
                      for b, x in entry["silut_inputs_above_threshold"].items()}
         print(f"{name}: {path.stat().st_size / 1024:.1f} kB, SiLUT inputs above T: {fractions}")
     text = json.dumps(refs, indent=1)
     (out / "references.json").write_text(text + "\n")
+    if gradients:
+        write_npz(out / "gradients.npz", arrays)
+        print(f"gradients.npz: {(out / 'gradients.npz').stat().st_size / 1024:.1f} kB, {len(arrays)} arrays")
     print(f"references.json: {len(text) / 1024:.1f} kB; deepmd-kit {deepmd.__version__}, torch {torch.__version__}")
     return refs
 
@@ -292,6 +367,8 @@ def main() -> None:
                         help="JSON {name: {positions [N][3] Å, cell [3][3] Å or null, slots [N]}} to use instead "
                              "of the built-in cluster and crystal (types = slots mod ntypes)")
     parser.add_argument("--weight-scale", type=float, default=1.6, help="std x sqrt(fan_in) of the random matrices")
+    parser.add_argument("--no-gradients", action="store_true",
+                        help="leave out the training gradients (gradients.npz); always left out with --full-size")
     args = parser.parse_args()
     structures = None
     if args.structures:
@@ -299,7 +376,8 @@ def main() -> None:
         structures = {k: dict(positions=np.array(v["positions"], dtype=np.float64),
                               cell=None if v["cell"] is None else np.array(v["cell"], dtype=np.float64),
                               slots=list(v["slots"])) for k, v in raw.items()}
-    generate(Path(args.out), args.seed, FULL_SIZE_CASES if args.full_size else CASES, structures, args.weight_scale)
+    generate(Path(args.out), args.seed, FULL_SIZE_CASES if args.full_size else CASES, structures, args.weight_scale,
+             gradients=not (args.full_size or args.no_gradients))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ column of the one force-field head, and ``out_bias + bias_atom_e`` of the branch
 ``shift``. The numerics are deepmd-kit's (exp switch, ``fix_stat_std``, split or linear angle compression, the
 ResNet-dt fitting net), so the imported model gives deepmd-kit's energies, forces and virials (float64: ~1e-15
 relative; tests/model/test_deepmd_import.py). Weights are written in float64 (a float32 source is upcast exactly).
+:func:`pull_back_gradients` carries gradients with respect to the imported model back to deepmd-kit's tensors by
+the chain rule through this mapping (the test of training-gradient parity with deepmd-kit uses it).
 
 Weight mapping (deepmd ``matrix`` is [in, out], an ``nn.Linear.weight`` is its transpose; D = descriptor,
 L = ``repflows.layers.k``):
@@ -33,7 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -65,11 +67,16 @@ def _f64(t: Tensor) -> Tensor:
 
 class _Tensors:
     """Float64 tensors of one branch by name relative to ``model.<branch>.atomic_model.``; missing names raise;
-    ``used`` collects the names read."""
+    ``used`` collects the names read. ``values`` (full checkpoint names) replace the file's tensors of those names
+    and are returned without detaching, so that the mapping is differentiable in them."""
 
-    def __init__(self, ckpt: DeepmdCheckpoint, branch: str) -> None:
-        self.ckpt, self.prefix = ckpt, f"model.{branch}.atomic_model."
+    def __init__(self, ckpt: DeepmdCheckpoint, branch: str, values: Optional[Mapping[str, Tensor]] = None) -> None:
+        self.ckpt, self.prefix, self.values = ckpt, f"model.{branch}.atomic_model.", values
         self.used: set = set()
+
+    def other(self, branch: str) -> "_Tensors":
+        """The same reader for another branch."""
+        return _Tensors(self.ckpt, branch, self.values)
 
     def has(self, name: str) -> bool:
         return self.prefix + name in self.ckpt.tensors
@@ -80,6 +87,8 @@ class _Tensors:
             raise DeepmdImportError(f"{self.ckpt.path}: tensor {key!r} is missing; the checkpoint does not match "
                                     "its own model parameters (or is not a DPA3 energy model)")
         self.used.add(name)
+        if self.values is not None and key in self.values:
+            return self.values[key].to(torch.float64)
         return _f64(self.ckpt.tensors[key])
 
 
@@ -229,7 +238,7 @@ def map_head(sd: _Target, t: _Tensors, ckpt: DeepmdCheckpoint, branches: Sequenc
     base = "fitting_net.filter_layers.networks.0.layers."
     n_hidden = len(fit.hidden)
     dim_case = fit.dim_case_embd
-    cases = [(t if b == branches[0] else _Tensors(ckpt, b))("fitting_net.case_embd") if dim_case > 0 else None
+    cases = [(t if b == branches[0] else t.other(b))("fitting_net.case_embd") if dim_case > 0 else None
              for b in branches]
     in_dp, in_mft, h0 = n + dim_case, n + len(branches), fit.hidden[0] if fit.hidden else 1
     if n_hidden and any(h0 in (width, 2 * width) for width in (in_dp, in_mft)):
@@ -261,7 +270,7 @@ def map_head(sd: _Target, t: _Tensors, ckpt: DeepmdCheckpoint, branches: Sequenc
         raise DeepmdImportError(f"the fitting net has more layers than its neuron list {list(fit.hidden)} says")
     shift = torch.zeros(len(branches), sd.sd[f"ff_heads.{HEAD}.shift"].shape[1], dtype=torch.float64)
     for d, b in enumerate(branches):
-        tb = t if b == branches[0] else _Tensors(ckpt, b)
+        tb = t if b == branches[0] else t.other(b)
         bias_atom_e, out_bias = tb("fitting_net.bias_atom_e"), tb("out_bias")
         n_types = len(spec.type_map)
         if tuple(bias_atom_e.shape) != (n_types, 1) or tuple(out_bias.shape) != (1, n_types, 1):
@@ -276,6 +285,45 @@ def map_head(sd: _Target, t: _Tensors, ckpt: DeepmdCheckpoint, branches: Sequenc
 def build_imported_model(ckpt: DeepmdCheckpoint, branches: Optional[Sequence[str]] = None
                          ) -> Tuple[MFTModel, BranchSpec, List[str]]:
     """(model in float64, eval mode; the branch spec; the branches imported, in dataset order)."""
+    model, spec, chosen, state = _map_weights(ckpt, branches)
+    model.load_state_dict(state)
+    return model.eval(), spec, chosen
+
+
+def pull_back_gradients(ckpt: DeepmdCheckpoint, grads: Mapping[str, Optional[Tensor]], names: Sequence[str],
+                        branches: Optional[Sequence[str]] = None) -> Dict[str, Optional[Tensor]]:
+    """Gradients of a loss with respect to deepmd-kit tensors, from its gradients with respect to the imported model.
+
+    ``grads``: {state-dict name of the model :func:`build_imported_model` gives for ``branches``: dL/d that entry}
+    (absent or None: zero). ``names``: deepmd-kit tensors of the first imported branch, relative to
+    ``model.<branch>.`` (``named_parameters()`` names of deepmd-kit's model, e.g.
+    ``atomic_model.descriptor.repflows.edge_embd.matrix``). Returns {name: dL/d that tensor} (float64), None for a
+    tensor the mapping does not use (no imported entry depends on it).
+
+    This is the chain rule through the weight mapping, evaluated exactly (the vector-Jacobian product of the
+    mapping, by autograd): a copied or transposed tensor gets the gradient of its image (transposed back); the row
+    blocks of the concatenated node-edge / angle linears are stacked back; the type-embedding net's matrix and bias
+    get the gradients of the table rows ``type_embedding.weight[Z_t]`` they make; the case-embedding rows of the
+    first fitting layer get ``sum_d case_embd_d ⊗ (gradient of dataset column d)``. The branches' per-type biases
+    and case embeddings (buffers, not trained by deepmd-kit) are constants of the mapping.
+    """
+    ckpt_branches = list(branches) if branches else list(ckpt.branch_params)
+    prefix = f"model.{ckpt_branches[0]}."
+    leaves = {prefix + n: ckpt.tensors[prefix + n].detach().to(torch.float64).clone().requires_grad_(True)
+              for n in names}
+    _, _, _, state = _map_weights(ckpt, branches, leaves)
+    outputs = [(v, grads[k] if grads.get(k) is not None else torch.zeros_like(v))
+               for k, v in state.items() if v.requires_grad]
+    found = torch.autograd.grad([o for o, _ in outputs], list(leaves.values()), [g for _, g in outputs],
+                                allow_unused=True)
+    return {n: g for n, g in zip(names, found)}
+
+
+def _map_weights(ckpt: DeepmdCheckpoint, branches: Optional[Sequence[str]] = None,
+                 values: Optional[Mapping[str, Tensor]] = None
+                 ) -> Tuple[MFTModel, BranchSpec, List[str], Dict[str, Tensor]]:
+    """(the model in float64 with its initial weights, the branch spec, the branches in dataset order, the mapped
+    state dict); ``values``: see :class:`_Tensors`."""
     available = list(ckpt.branch_params)
     chosen = list(branches) if branches else available
     unknown = [b for b in chosen if b not in available]
@@ -296,15 +344,14 @@ def build_imported_model(ckpt: DeepmdCheckpoint, branches: Optional[Sequence[str
     sd = _Target(model.state_dict())
     layer0 = model.backbone.layers[0] if len(model.backbone.layers) else None
     nc, ec = (layer0.nc, layer0.ec) if layer0 is not None else (0, 0)
-    tensors = _Tensors(ckpt, chosen[0])
+    tensors = _Tensors(ckpt, chosen[0], values)
     map_backbone(sd, tensors, spec, nc, ec)
     map_head(sd, tensors, ckpt, chosen, spec)
     check_all_read(tensors)
     unfilled = sorted(set(sd.sd) - sd.filled)
     if unfilled:
         raise DeepmdImportError(f"internal mapping error: mftcalc parameters left unset: {unfilled}")
-    model.load_state_dict(sd.sd)
-    return model.eval(), spec, chosen
+    return model, spec, chosen, sd.sd
 
 
 def import_deepmd(source: Any, output: Any, branches: Optional[Sequence[str]] = None,
