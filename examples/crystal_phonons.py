@@ -1,6 +1,7 @@
 """Relax a crystal with MFTCalculator, compute its phonons with phonopy, and predict its properties.
 
-Usage: python examples/crystal_phonons.py [MODEL] (default: the shipped model)
+Usage: python examples/crystal_phonons.py [MODEL] (default: the shipped model). Writes si_phonons.png (bands along
+ASE's standard path of the fcc lattice, so seekpath is not needed, and the DOS on a Γ-centred q-mesh).
 """
 import sys
 
@@ -27,9 +28,9 @@ pmg = to_pymatgen(Structure.from_ase(atoms))           # pymatgen out ...
 print(f"pymatgen: {pmg.composition.reduced_formula}, space group {pmg.get_space_group_info()[0]}")
 atoms = from_pymatgen(pmg).to_ase()                     # ... and back in
 atoms.calc = calc
-ph = phonons(atoms, calc, supercell=(3, 3, 3))
+ph = phonons(atoms, calc, supercell=(3, 3, 3), mesh=(12, 12, 12))   # Γ-centred q-mesh: DOS and zero-point energy
 print(f"zero-point energy: {zero_point_energy(ph) * 1000:.1f} meV per cell")
-plot_phonons(ph, "si_phonons.png")
+plot_phonons(ph, "si_phonons.png")                     # band path: ASE's Cell.bandpath (GXWKGLUWLK,UX)
 print("wrote si_phonons.png")
 
 for name in calc.handle.property_names:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mftcalc.calculators.batched import OPTIMIZERS
+from mftcalc.workflows.screening import OUTPUT_HELP
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -73,8 +74,7 @@ def _inputs(p: Any, model_required: bool = True) -> None:
     if model_required:
         p.add_argument("model", help="checkpoint (.pt) or TorchScript export")
     p.add_argument("input", help="structures: extxyz, ASE db, DeePMD dir, any ASE-readable file")
-    p.add_argument("--out", required=True, help="results: .csv (resumable), .extxyz or .db; column names carry "
-                   "their unit (energy_eV, fmax_eV_per_A, gap_Hartree, ...)")
+    p.add_argument("--out", required=True, help=OUTPUT_HELP)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the model")
     p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
@@ -114,7 +114,7 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("input", help="structures: extxyz, ASE db, DeePMD dir, any ASE-readable file")
     p.add_argument("--model", default=None, help="checkpoint or TorchScript export (default: the shipped model)")
     p.add_argument("--relax", action="store_true", help="relax each structure before predicting")
-    p.add_argument("--out", required=True, help="results: .csv (resumable), .extxyz or .db")
+    p.add_argument("--out", required=True, help=OUTPUT_HELP)
     _relax_options(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the model")
     p.add_argument("--dataset", default=None, help=DATASET_HELP)

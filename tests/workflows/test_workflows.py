@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import runpy
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +16,11 @@ from mftcalc.calculators import MFTCalculator
 from mftcalc.cli import main
 from mftcalc.data.io import read_structures
 from mftcalc.model.checkpoint import model_metadata, save_model
-from mftcalc.workflows.phonons import phonons, zero_point_energy
+from mftcalc.workflows.phonons import band_path, phonons, plot_phonons, zero_point_energy
 from mftcalc.workflows.screening import example_path, screen
 
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
 TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
@@ -49,12 +54,33 @@ def test_screen_writes_extxyz_with_results(model_file, tmp_path):
     assert len(relaxed) == 8 and "gap_Hartree" in relaxed[0].properties
 
 
-def test_phonons_of_silicon(model_file, tmp_path):
+@pytest.fixture
+def no_seekpath(monkeypatch):
+    """A fresh install: seekpath (phonopy's and pymatgen's optional band-path helper) cannot be imported."""
+    monkeypatch.setitem(sys.modules, "seekpath", None)
+
+
+def test_phonons_of_silicon(model_file, tmp_path, no_seekpath):
     atoms = bulk("Si", "diamond", a=5.43)
     ph = phonons(atoms, MFTCalculator(model_file, dtype=torch.float64), supercell=(2, 2, 2), mesh=(4, 4, 4))
     fc = ph.force_constants
     assert fc.shape[0] == 16 and np.isfinite(fc).all()
     assert np.isfinite(zero_point_energy(ph))
+    assert np.abs(ph.mesh.qpoints).sum(axis=1).min() == 0.0          # a Γ-centred mesh (Γ is one of its points)
+    qpoints, connections, labels = band_path(ph, npoints=11)         # fcc: ASE's GXWKGLUWLK,UX
+    assert labels[0] == r"$\Gamma$" and len(labels) == 12 and connections.count(False) == 2
+    assert np.allclose(qpoints[0][0], 0.0) and np.allclose(qpoints[0][-1], [0.5, 0.0, 0.5])   # Γ -> X
+    plot = tmp_path / "si_phonons.png"
+    plot_phonons(ph, str(plot), npoints=11)
+    assert plot.stat().st_size > 10_000
+
+
+def test_crystal_phonons_example_runs_without_seekpath(model_file, tmp_path, monkeypatch, no_seekpath, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["crystal_phonons.py", str(model_file)])
+    runpy.run_path(str(EXAMPLES / "crystal_phonons.py"), run_name="__main__")
+    assert "wrote si_phonons.png" in capsys.readouterr().out
+    assert (tmp_path / "si_phonons.png").stat().st_size > 10_000
 
 
 def test_cli_export_predict_relax(model_file, tmp_path):

@@ -1,9 +1,11 @@
 """Batched prediction and batched FIRE relaxation of many structures in one graph (relax-then-predict).
 
-Prediction groups structures by atom count into batches. Relaxation keeps one in-flight batch of at most
-``max_atoms`` atoms: each step is one forward pass over the structures in flight, FIRE (ASE's parameters and
-update rule) moves each of them, converged ones leave, and waiting structures take their places at once, so the
-batch stays full until the queue runs dry (no tail of nearly empty batches).
+Both take a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
+(:func:`mftcalc.calculators.inputs.as_structures`). Prediction groups structures by atom count into batches.
+Relaxation keeps one in-flight batch of at most ``max_atoms`` atoms: each step is one forward pass over the
+structures in flight, FIRE (ASE's parameters and update rule) moves each of them, converged ones leave, and waiting
+structures take their places at once, so the batch stays full until the queue runs dry (no tail of nearly empty
+batches).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 import numpy as np
 import torch
 
+from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
@@ -115,7 +118,13 @@ class _BFGSState:
 
 @dataclass
 class RelaxResult:
-    """One relaxed structure with its energy (eV), max force (eV/Å), steps, convergence flag and properties."""
+    """One relaxed structure with the model's results there.
+
+    ``structure``: the relaxed geometry (no labels); ``energy`` eV; ``fmax`` eV/Å (largest force, with a cell
+    filter also over the filter's cell forces); ``steps``; ``converged``; ``properties``: property heads by name, in
+    their units; ``forces`` [n, 3] eV/Å; ``stress`` [3, 3] eV/Å³ (ASE sign) for structures periodic in all three
+    directions, else None.
+    """
 
     structure: Structure
     energy: float
@@ -123,22 +132,39 @@ class RelaxResult:
     steps: int
     converged: bool
     properties: Dict[str, float] = field(default_factory=dict)
+    forces: Optional[np.ndarray] = None
+    stress: Optional[np.ndarray] = None
+
+    def labelled(self) -> Structure:
+        """The relaxed structure with the model's energy, forces and stress as its labels (for writers: ASE
+        calculator fields in extxyz and ASE db)."""
+        return self.structure.with_labels(energy=self.energy, forces=self.forces, stress=self.stress)
+
+    def to_ase(self) -> Any:
+        """The relaxed ``ase.Atoms`` with energy, forces (and stress) as a ``SinglePointCalculator``'s results, so
+        ``atoms.get_potential_energy()`` works, and the predicted properties in ``info`` by head name."""
+        atoms = self.labelled().to_ase()
+        atoms.info.update(self.properties)
+        return atoms
 
 
 def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
     return model if isinstance(model, ModelHandle) else ModelHandle.load(model, **kwargs)
 
 
-def predict(structures: Sequence[Structure], model: Any, properties: Optional[Sequence[str]] = None,
+def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence[str]] = None,
             max_atoms: int = 4096, forces: bool = False, progress: bool = False,
             max_angles: Optional[int] = DEFAULT_MAX_ANGLES, workers: int = 1, check: bool = True,
-            **load_kwargs: Any) -> List[Dict[str, Any]]:
-    """Energies and properties (and forces if asked) of many structures, batched by atom and angle count
+            stress: bool = False, **load_kwargs: Any) -> List[Dict[str, Any]]:
+    """Energies and properties (and forces or stress if asked) of many structures, batched by atom and angle count
     (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`); ``workers`` > 1 spreads
     them over that many CPU processes (:mod:`mftcalc.calculators.parallel`).
 
+    ``structures``: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
+    (:func:`mftcalc.calculators.inputs.as_structures`; anything else raises ``TypeError`` naming its index).
     Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
-    (all property heads by default, in the head's unit) and ``forces`` [n, 3] eV/Å when ``forces=True``.
+    (all property heads by default, in the head's unit), ``forces`` [n, 3] eV/Å when ``forces=True`` and
+    ``stress`` [3, 3] eV/Å³ (ASE sign) when ``stress=True``, for structures periodic in all three directions.
 
     Every structure is checked first (``ModelHandle.check_structure``: elements, overlapping atoms, force-field
     dataset; the first bad one raises ``ValueError`` naming it), and property heads applied outside their training
@@ -147,6 +173,7 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
     ``dataset`` (one force-field dataset for every structure; default: per structure by the rule of
     :mod:`mftcalc.calculators.domains`), ``allow_untrained_elements``.
     """
+    structures = as_structures(structures, "predict")
     handle = _as_handle(model, **load_kwargs)
     names = list(handle.property_names if properties is None else properties)
     unknown = [p for p in names if p not in handle.property_names]
@@ -165,7 +192,8 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
             bar = tqdm(total=len(structures), desc="predict", unit="structure")
         with ModelWorkers(handle, workers) as pool:
             rows = pool.predict(structures, on_done=None if bar is None else bar.update, properties=properties,
-                                max_atoms=max_atoms, forces=forces, max_angles=max_angles, check=False)
+                                max_atoms=max_atoms, forces=forces, stress=stress, max_angles=max_angles,
+                                check=False)
         if bar is not None:
             bar.close()
         return rows
@@ -180,10 +208,11 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
         batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in group], properties=[],
                         device=handle.device)
         want_forces = forces and has_ff
-        context = torch.enable_grad() if want_forces else torch.no_grad()
+        want_stress = stress and has_ff and any(s.pbc.all() for s in chunk)
+        context = torch.enable_grad() if (want_forces or want_stress) else torch.no_grad()
         with context:
-            res = handle.module(batch, compute_forces=want_forces, compute_stress=False, compute_properties=True,
-                                features=False)
+            res = handle.module(batch, compute_forces=want_forces, compute_stress=want_stress,
+                                compute_properties=True, features=False)
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         for k in range(len(chunk)):
             row: Dict[str, Any] = {p: float(res[p][k].detach()) for p in names}
@@ -191,11 +220,13 @@ def predict(structures: Sequence[Structure], model: Any, properties: Optional[Se
                 row["energy"] = float(res["energy"][k].detach())
             if want_forces:
                 row["forces"] = res["forces"][offsets[k]:offsets[k + 1]].detach().cpu().double().numpy()
+            if want_stress and chunk[k].pbc.all():
+                row["stress"] = res["stress"][k].detach().cpu().double().numpy()
             out.append(row)
     return out
 
 
-def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps: int = 500,
+def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int = 500,
           optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
           max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None,
           fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
@@ -204,7 +235,10 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
-        structures: inputs (not modified). fmax: convergence threshold on the largest atomic force, eV/Å.
+        structures: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` (without ASE constraints, which the batched
+            optimisers do not apply) or pymatgen ``Structure``/``Molecule`` (not modified; see
+            :func:`mftcalc.calculators.inputs.as_structures`).
+        fmax: convergence threshold on the largest atomic force, eV/Å.
         steps: maximum optimiser steps per structure. optimizer: ``"fire"`` or ``"bfgs"`` (ASE's algorithms and
             defaults, ``fire``/``bfgs`` parameters, applied per structure), ``"bfgs-lindh"``: BFGS started from
             Lindh's model Hessian (molecules; about 2/3 of BFGS's steps on QM9, see :class:`BFGSParams`), or
@@ -223,7 +257,10 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
         load_kwargs: as for :func:`predict` (``dataset``: one force-field dataset for every structure).
 
     The structures are checked first, as in :func:`predict` (the first bad one raises ``ValueError`` naming it).
+    Returns one :class:`RelaxResult` per structure, in input order, with the energy, forces, stress (periodic) and
+    properties at the relaxed geometry (``result.to_ase()``: ``ase.Atoms`` with them attached).
     """
+    structures = as_structures(structures, "relax", constraints="error")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
     if optimizer == "bfgs-internal" and internal is None:
@@ -265,6 +302,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             bar.update(1)
 
     relaxed: List[RelaxResult]
+    periodic = any(s.pbc.all() for s in structures)         # the final pass gives their stress at the minimum
     if workers > 1 or pool is not None:
         from contextlib import nullcontext
         from mftcalc.calculators.parallel import ModelWorkers
@@ -272,7 +310,7 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             workers_pool.relax_stream(items, emit, stream_kwargs)
             relaxed = [r for r in final if r is not None]
             preds = workers_pool.predict([r.structure for r in relaxed], properties=properties, max_atoms=max_atoms,
-                                         max_angles=max_angles, check=False)
+                                         max_angles=max_angles, check=False, stress=periodic)
     else:
         # The per-structure optimiser steps are small dense problems (BFGS: a [3n, 3n] solve); a multi-threaded
         # BLAS next to torch's OpenMP pool makes each one 10-40x slower on a busy 2-core machine: keep BLAS on one
@@ -282,11 +320,12 @@ def relax(structures: Sequence[Structure], model: Any, fmax: float = 0.05, steps
             relax_stream(items, emit, handle, **stream_kwargs)
         relaxed = [r for r in final if r is not None]
         preds = predict([r.structure for r in relaxed], handle, properties, max_atoms, max_angles=max_angles,
-                        check=False)
+                        check=False, stress=periodic)
     if bar is not None:
         bar.close()
     for r, p in zip(relaxed, preds):
-        r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces")}
+        r.properties = {k: v for k, v in p.items() if k not in ("energy", "forces", "stress")}
+        r.stress = p.get("stress")
     return relaxed
 
 
@@ -441,7 +480,8 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
                 f = filters[i].general_forces(f, stress_all[k], cells[i])
             fm = float(np.sqrt((f * f).sum(1)).max())
             if fm < fmax or steps_done[i] >= max_steps:
-                emit(keys[i], RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax))
+                emit(keys[i], RelaxResult(chunk[k], float(energies[k]), fm, int(steps_done[i]), fm < fmax,
+                                          forces=forces_all[offsets[k]:offsets[k + 1]].copy()))
                 general[i] = velocity[i] = None                 # a long stream keeps only what is in flight
                 if bfgs_states is not None:
                     bfgs_states[i] = None

@@ -158,7 +158,7 @@ def from_pymatgen(obj: Any, property_units: Optional[Mapping[str, str]] = None) 
              if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
     units = {k: u for k, u in (property_units or {}).items() if k in props}
     if hasattr(obj, "lattice"):
-        return Structure(positions=obj.cart_coords, numbers=numbers, cell=obj.lattice.matrix,
+        return Structure(positions=obj.cart_coords, numbers=numbers, cell=np.array(obj.lattice.matrix),
                          pbc=np.array(obj.lattice.pbc), properties=props, property_units=units)
     return Structure(positions=obj.cart_coords, numbers=numbers, properties=props, property_units=units)
 

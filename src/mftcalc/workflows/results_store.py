@@ -49,11 +49,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def make_provenance(model_sha256: str, model_file: Optional[str], input_path: str | Path,
-                    options: Dict[str, Any], columns: Sequence[str]) -> Dict[str, Any]:
-    """The provenance record of a screen (compared field by field on resume, file paths excepted)."""
+                    options: Dict[str, Any], columns: Sequence[str],
+                    input_sha256: Optional[str] = None) -> Dict[str, Any]:
+    """The provenance record of a screen (compared field by field on resume, file paths excepted).
+
+    ``input_sha256``: the input's digest when it is not the file ``input_path`` (structures passed as a list:
+    ``input_path`` then only describes them)."""
     return {"format": "mftcalc-screen", "version": 1, "mftcalc_version": __version__,
             "model": {"sha256": model_sha256, "file": model_file},
-            "input": {"sha256": file_sha256(input_path), "file": str(input_path)},
+            "input": {"sha256": input_sha256 or file_sha256(input_path), "file": str(input_path)},
             "options": dict(options), "columns": list(columns)}
 
 

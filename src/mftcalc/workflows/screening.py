@@ -1,4 +1,4 @@
-"""Relax-then-predict screening of a structure file, writing CSV/extxyz/ASE-db results, resumable (CSV).
+"""Relax-then-predict screening of a structure file (or a list), writing CSV/extxyz/ASE-db results, resumable (CSV).
 
 Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry their unit in their name,
 ``<quantity>_<unit>``, the unit spelled in ASCII letters and digits (:func:`unit_tag`: ``Å`` -> ``A``, ``/`` ->
@@ -6,6 +6,9 @@ Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry 
 ``gap_Hartree``, ``mu_Debye``, ``r2_bohr2``. Counts and labels have none: ``index``, ``name``, ``formula``,
 ``n_atoms``, ``dataset`` (the force-field dataset used), ``steps``, ``converged``, ``error`` (empty, or why the
 structure has no results: it failed the structure check, or its relaxation ended with overlapping atoms).
+In extxyz and ASE-db outputs each structure also carries the model's energy (eV), forces (eV/Å) and, when periodic
+in all three directions, stress (eV/Å³) as ASE calculator results, so ``ase.io.read(out, ":")[i]
+.get_potential_energy()`` works.
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from mftcalc.calculators.batched import predict, relax
 from mftcalc.calculators.checks import check_overlaps
+from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.io import read_structures, write_extxyz
 from mftcalc.data.structure import Structure
@@ -27,6 +31,25 @@ from mftcalc.workflows.results_store import ResultsCSV, acquire_lock, file_sha25
 
 ENERGY, FMAX = "energy_eV", "fmax_eV_per_A"
 LEADING = ["index", "name", "formula", "n_atoms", "dataset", ENERGY, FMAX, "steps", "converged"]
+#: what a screen writes, by the output's suffix: the resumable CSV table, or the structures with their results
+OUTPUT_FORMATS = {".csv": "csv", ".extxyz": "extxyz", ".xyz": "extxyz", ".extxyz.gz": "extxyz",
+                  ".xyz.gz": "extxyz", ".db": "db"}
+OUTPUT_HELP = ("results: .csv (resumable table), .extxyz or .xyz (structures with energy/forces/stress as ASE "
+               "calculator results and the columns in info; .extxyz.gz/.xyz.gz compressed) or .db (ASE database); "
+               "column names carry their unit (energy_eV, fmax_eV_per_A, gap_Hartree, ...)")
+
+
+def output_format(out: str | Path) -> str:
+    """``"csv"``, ``"extxyz"`` or ``"db"`` for an output path by its suffix (:data:`OUTPUT_FORMATS`); any other
+    suffix raises ``ValueError`` listing the supported ones."""
+    path = Path(out)
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    if suffix not in OUTPUT_FORMATS:
+        what = f"suffix {suffix!r}" if suffix else "no suffix"
+        raise ValueError(f"output {str(out)!r} has {what}, which mftcalc does not write; use .csv (resumable "
+                         "table), .extxyz or .xyz (structures with their results; .extxyz.gz or .xyz.gz compressed) "
+                         "or .db (ASE database)")
+    return OUTPUT_FORMATS[suffix]
 
 
 def default_model_path() -> Path:
@@ -86,28 +109,38 @@ def _model_sha256(handle: ModelHandle) -> str:
     return digest.hexdigest()
 
 
-def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool = True, fmax: float = 0.05,
-           steps: int = 500, chunk: int = 256, properties: Optional[Sequence[str]] = None,
+def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | Path, do_relax: bool = True,
+           fmax: float = 0.05, steps: int = 500, chunk: int = 256, properties: Optional[Sequence[str]] = None,
            progress: bool = True, optimizer: str = "fire", cell_filter: Optional[str] = None, workers: int = 1,
            **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Relax (optionally) and predict every structure of ``input_path``; results go to ``out``.
 
+    ``input_path``: a structure file (anything :func:`mftcalc.data.read_structures` reads) or a list of
+    ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
+    (:func:`mftcalc.calculators.inputs.as_structures`; a CSV resume then checks a hash of their atoms).
     ``out`` ending in ``.csv`` gets one row per structure (columns: module docs), appended chunk by chunk in whole
     lines, so a killed run resumes with the unfinished entries (:mod:`mftcalc.workflows.results_store`: a resume
     with another model, input, option or mftcalc version is refused; a second run on the same output is refused
-    while the first holds its lock). ``.extxyz``/``.db`` outputs get the (relaxed) structures with the results in
-    ``info``. Each structure is checked first (elements, overlapping atoms, force-field dataset); one that fails
-    gets a row with its ``error`` and the others carry on. ``workers`` > 1 relaxes (or predicts) on that many CPU
-    processes (:mod:`mftcalc.calculators.parallel`), started once for the whole file. ``load_kwargs``: as for
+    while the first holds its lock). ``.extxyz``/``.xyz`` (optionally ``.gz``) and ``.db`` outputs get the (relaxed)
+    structures with the model's energy, forces and stress (periodic) as ASE calculator results and the row in
+    ``info``; any other suffix is refused (:func:`output_format`). Each structure is checked first (elements,
+    overlapping atoms, force-field dataset); one that fails gets a row with its ``error`` and the others carry on.
+    ``workers`` > 1 relaxes (or predicts) on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started
+    once for the whole file. ``load_kwargs``: as for
     :meth:`ModelHandle.load` (``dtype``, ``dataset``, ``head``, ...), when ``model`` is a path.
     """
     out = Path(out)
+    kind = output_format(out)
+    if isinstance(input_path, (str, os.PathLike)):
+        structures = read_structures(input_path)
+    else:
+        structures = as_structures(input_path, "screen")
+        input_path = None
     handle = model if isinstance(model, ModelHandle) else ModelHandle.load(model, **load_kwargs)
     names = list(handle.property_names if properties is None else properties)
     unknown = [p for p in names if p not in handle.property_names]
     if unknown:
         raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
-    structures = read_structures(input_path)
     columns = result_columns(handle, names)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _results(out, handle, input_path, columns, structures, do_relax, fmax, steps, optimizer, cell_filter,
@@ -127,7 +160,7 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
         try:
             for start in range(0, len(todo), chunk):
                 new_rows = _screen_chunk(structures, todo[start:start + chunk], handle, pool, do_relax, fmax, steps,
-                                         names, optimizer, cell_filter, final_structures)
+                                         names, optimizer, cell_filter, final_structures, labels=kind != "csv")
                 new_rows = [{c: r.get(c, "") for c in columns} for r in new_rows]     # failures: empty values
                 rows.extend(new_rows)
                 if store is not None:
@@ -139,19 +172,20 @@ def screen(input_path: str | Path, model: Any, out: str | Path, do_relax: bool =
                 pool.close()
             if bar is not None:
                 bar.close()
-        if out.suffix != ".csv":
-            _write_structures(out, rows, final_structures)
+        if kind != "csv":
+            _write_structures(out, kind, rows, final_structures)
     return sorted(rows, key=lambda r: int(r["index"]))
 
 
 @contextlib.contextmanager
-def _results(out: Path, handle: ModelHandle, input_path: str | Path, columns: List[str],
+def _results(out: Path, handle: ModelHandle, input_path: Optional[str | Path], columns: List[str],
              structures: List[Structure], do_relax: bool, fmax: float, steps: int, optimizer: str,
              cell_filter: Optional[str], names: List[str]):
     """The locked output: a :class:`ResultsCSV` for ``.csv`` (with its provenance record), else None (the lock
-    only; other formats are written at the end)."""
-    if out.suffix != ".csv":
-        fd = acquire_lock(out.with_name(out.name + ".lock"), out)
+    only; other formats are written at the end). ``input_path`` None: the structures were passed as a list."""
+    if output_format(out) != "csv":
+        # not <out>.lock: ASE's database takes that name for its own lock file and would wait on ours for ever
+        fd = acquire_lock(out.with_name(out.name + ".screen.lock"), out)
         try:
             yield None
         finally:
@@ -163,7 +197,11 @@ def _results(out: Path, handle: ModelHandle, input_path: str | Path, columns: Li
                                "allow_untrained_elements": handle.allow_untrained_elements}
     if do_relax:
         options.update(fmax=fmax, steps=steps, optimizer=optimizer, cell_filter=cell_filter)
-    provenance = make_provenance(_model_sha256(handle), handle.source, input_path, options, columns)
+    if input_path is None:
+        provenance = make_provenance(_model_sha256(handle), handle.source, f"{len(structures)} structures in memory",
+                                     options, columns, input_sha256=structures_sha256(structures))
+    else:
+        provenance = make_provenance(_model_sha256(handle), handle.source, input_path, options, columns)
     with ResultsCSV(out, columns, provenance, _row_validator(structures, columns)) as store:
         yield store
 
@@ -197,10 +235,24 @@ def _row_validator(structures: List[Structure], columns: List[str]):
     return validate
 
 
+def structures_sha256(structures: Sequence[Structure]) -> str:
+    """SHA-256 of what the model sees of each structure (atomic numbers, positions, cell, pbc, ``info["dataset"]``):
+    the input record of a screen of structures passed as a list."""
+    digest = hashlib.sha256()
+    for s in structures:
+        for array in (s.numbers.astype(np.int64), s.positions.astype(np.float64), s.cell.astype(np.float64),
+                      s.pbc.astype(np.bool_)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(repr(s.info.get("dataset")).encode())
+    return digest.hexdigest()
+
+
 def _screen_chunk(structures: List[Structure], idx: List[int], handle: ModelHandle, pool: Any, do_relax: bool,
                   fmax: float, steps: int, names: List[str], optimizer: str, cell_filter: Optional[str],
-                  final_structures: Dict[int, Structure]) -> List[Dict[str, Any]]:
-    """Check, relax (or predict) one chunk of input indices ``idx``; its rows in input order."""
+                  final_structures: Dict[int, Structure], labels: bool = False) -> List[Dict[str, Any]]:
+    """Check, relax (or predict) one chunk of input indices ``idx``; its rows in input order. ``final_structures``
+    gets each (relaxed) structure: with ``labels``, the model's energy, forces and stress (periodic) as its labels
+    (no labels for a failed structure), for the extxyz/db writers."""
     rows: Dict[int, Dict[str, Any]] = {}
     datasets: Dict[int, str] = {}
     ok: List[int] = []
@@ -211,7 +263,7 @@ def _screen_chunk(structures: List[Structure], idx: List[int], handle: ModelHand
             ok.append(k)
         except ValueError as exc:                # elements, overlaps, dataset: recorded, the rest carry on
             rows[k] = _row(handle, k, structures[k], "", error=str(exc))
-            final_structures[k] = structures[k]
+            final_structures[k] = _unlabelled(structures[k]) if labels else structures[k]
     batch = [structures[k] for k in ok]
     if batch and do_relax:
         kwargs = dict(fmax=fmax, steps=steps, properties=names, optimizer=optimizer, cell_filter=cell_filter)
@@ -223,15 +275,20 @@ def _screen_chunk(structures: List[Structure], idx: List[int], handle: ModelHand
             except ValueError as exc:
                 rows[k] = _row(handle, k, structures[k], datasets[k], error=f"after relaxation: {exc}")
                 continue
+            if labels:
+                final_structures[k] = r.labelled()
             rows[k] = _row(handle, k, structures[k], datasets[k], r.energy, r.fmax, r.steps, r.converged, r.properties)
     elif batch:
-        kwargs = dict(properties=names, forces=bool(handle.forcefield_heads))
+        kwargs = dict(properties=names, forces=bool(handle.forcefield_heads), stress=labels)
         preds = pool.predict(batch, **kwargs) if pool is not None else predict(batch, handle, **kwargs)
         for k, p in zip(ok, preds):
             final_structures[k] = structures[k]
+            if labels:                                   # the model's results replace any labels of the input
+                final_structures[k] = structures[k].with_labels(energy=p.get("energy"), forces=p.get("forces"),
+                                                                stress=p.get("stress"))
             f = p.get("forces")
             fm = float(np.sqrt((f * f).sum(1)).max()) if f is not None else float("nan")
-            props = {n: v for n, v in p.items() if n not in ("energy", "forces")}
+            props = {n: v for n, v in p.items() if n not in ("energy", "forces", "stress")}
             rows[k] = _row(handle, k, structures[k], datasets[k], p.get("energy", float("nan")), fm, 0, False, props)
     return [rows[k] for k in idx]
 
@@ -269,12 +326,19 @@ def summary(rows: Sequence[Dict[str, Any]], relaxed: bool) -> str:
     return text
 
 
-def _write_structures(out: Path, rows: List[Dict[str, Any]], final_structures: Dict[int, Structure]) -> None:
-    """extxyz / ASE-db output: the (relaxed) structures in input order with their row in ``info``."""
+def _unlabelled(s: Structure) -> Structure:
+    """``s`` without energy, forces and stress (a failed structure's output carries no results, not its input's)."""
+    return s.with_labels(energy=None, forces=None, stress=None)
+
+
+def _write_structures(out: Path, kind: str, rows: List[Dict[str, Any]], final_structures: Dict[int, Structure]
+                      ) -> None:
+    """extxyz / ASE-db output (``kind``): the (relaxed) structures in input order, their labels (the model's
+    energy, forces, stress) as ASE calculator results and their row in ``info``."""
     by_index = {int(r["index"]): r for r in rows}
     ordered = [final_structures[k].with_labels(info={**final_structures[k].info, **_info(by_index[k])})
                for k in sorted(final_structures)]
-    if out.suffix == ".db":
+    if kind == "db":
         from ase.db import connect
         with connect(out) as db:
             for s in ordered:
