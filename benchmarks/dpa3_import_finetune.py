@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from dpa3_import_parity import GENERATOR, workloads  # noqa: E402
+from dpa3_import_parity import generate_full_size  # noqa: E402
 
 
 def main() -> None:
@@ -44,13 +41,7 @@ def main() -> None:
     C.set_threads()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "structures.json").write_text(json.dumps(workloads()))
-        env = dict(os.environ, OMP_NUM_THREADS=str(C.THREADS))
-        run = subprocess.run([args.deepmd_python, str(GENERATOR), "--full-size", "--out", str(tmp),
-                              "--structures", str(tmp / "structures.json")], capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise SystemExit(f"deepmd-kit side failed ({args.deepmd_python}):\n{run.stderr[-3000:]}")
-        refs = json.loads((tmp / "references.json").read_text())
+        refs = generate_full_size(tmp, args.deepmd_python)
         source = tmp / refs["cases"]["dpa3_31_3m"]["file"]
         import_deepmd(source, tmp / "dpa3.pt", deepmd_version=refs["deepmd_kit_version"])
         imported = load_model(tmp / "dpa3.pt")

@@ -46,6 +46,19 @@ def workloads() -> dict:
                                  slots=[int(z) - 1 for z in crystal.get_atomic_numbers()])}
 
 
+def generate_full_size(tmp: Path, deepmd_python: str, weight_scale: float = 1.0) -> dict:
+    """Write the full-size random-weight deepmd-kit checkpoint and its references into ``tmp`` with deepmd-kit's
+    own python (the golden generator, ``--full-size``); returns ``references.json``."""
+    (tmp / "structures.json").write_text(json.dumps(workloads()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(C.THREADS))
+    run = subprocess.run([deepmd_python, str(GENERATOR), "--full-size", "--out", str(tmp), "--structures",
+                          str(tmp / "structures.json"), "--weight-scale", str(weight_scale)],
+                         capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"deepmd-kit side failed ({deepmd_python}):\n{run.stderr[-3000:]}")
+    return json.loads((tmp / "references.json").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deepmd-python", default=str(C.PEER_VENVS["deepmd"] / "bin" / "python"),
@@ -66,16 +79,9 @@ def main() -> None:
     C.set_threads()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "structures.json").write_text(json.dumps(workloads()))
-        env = dict(os.environ, OMP_NUM_THREADS=str(C.THREADS))
         t0 = time.perf_counter()
-        run = subprocess.run([args.deepmd_python, str(GENERATOR), "--full-size", "--out", str(tmp),
-                              "--structures", str(tmp / "structures.json"), "--weight-scale", str(args.weight_scale)],
-                             capture_output=True, text=True, env=env)
-        if run.returncode != 0:
-            raise SystemExit(f"deepmd-kit side failed ({args.deepmd_python}):\n{run.stderr[-3000:]}")
+        refs = generate_full_size(tmp, args.deepmd_python, args.weight_scale)
         t_deepmd = time.perf_counter() - t0
-        refs = json.loads((tmp / "references.json").read_text())
         entry = refs["cases"]["dpa3_31_3m"]
         t0 = time.perf_counter()
         ckpt = read_deepmd_checkpoint(tmp / entry["file"])

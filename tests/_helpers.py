@@ -24,6 +24,19 @@ def shared_path(*parts: str) -> Path:
 
 
 
+#: the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
+TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
+
+
+def save_tiny_model(path: Path, **kwargs) -> Path:
+    """:func:`make_tiny_model` (``kwargs``) saved at ``path`` with metadata naming its elements and dataset
+    domains (:data:`TINY_DOMAINS`), as a checkpoint a user would have; returns ``path``."""
+    from mftcalc.model.checkpoint import model_metadata, save_model
+    model = make_tiny_model(**kwargs)
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
+    return Path(path)
+
+
 def make_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64, **backbone) -> MFTModel:
     """A tiny random model with a force-field head (2 datasets) and one scalar, dipole and ⟨R²⟩ head each."""
     torch.manual_seed(seed)

@@ -11,21 +11,16 @@ from ase.constraints import FixAtoms
 from pymatgen.core import Lattice, Molecule
 from pymatgen.core import Structure as PmgStructure
 
-from _helpers import make_tiny_model
+from _helpers import save_tiny_model
 from mftcalc.calculators import MFTCalculator, RelaxResult, predict, relax
 from mftcalc.data import Structure
 from mftcalc.data.io import from_pymatgen
-from mftcalc.model.checkpoint import model_metadata, save_model
 
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
 
 
 @pytest.fixture
 def model_file(tmp_path):
-    model = make_tiny_model()
-    path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(tmp_path / "tiny.pt")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from ase.calculators.fd import calculate_numerical_forces as numeric_forces
 from ase.calculators.fd import calculate_numerical_stress as numeric_stress
 from ase.optimize import BFGS, FIRE
 
-from _helpers import make_tiny_model
+from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.batched import predict, relax
 from mftcalc.data import Structure
@@ -20,16 +20,11 @@ from mftcalc.model.checkpoint import export_torchscript, model_metadata, save_mo
 from mftcalc.model.inference import predict_structures
 
 
-# the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
 
 
 @pytest.fixture
 def model_file(tmp_path):
-    model = make_tiny_model()
-    path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(tmp_path / "tiny.pt")
 
 
 def _calc(path, **kw):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ase.build import bulk, molecule
 
-from _helpers import make_tiny_model
+from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.batched import predict, relax
 from mftcalc.calculators.domains import KNOWN_DATASET_DOMAINS, DatasetChoiceError, domains_from_structures
@@ -19,7 +19,6 @@ from mftcalc.data import Structure
 from mftcalc.model.checkpoint import model_metadata, save_model
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +28,7 @@ def pretrained():
 
 @pytest.fixture
 def tiny_file(tmp_path):
-    model = make_tiny_model()
-    path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(tmp_path / "tiny.pt")
 
 
 def _silicon() -> Structure:

@@ -10,21 +10,17 @@ import sys
 import pytest
 import torch
 
-from _helpers import make_tiny_model
+from _helpers import make_tiny_model, save_tiny_model
 from mftcalc import __version__
 from mftcalc.cli import MODEL_COMMANDS, build_parser, main
 from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.workflows.screening import example_path
 
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
 
 
 @pytest.fixture
 def model_file(tmp_path):
-    model = make_tiny_model()
-    path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(tmp_path / "tiny.pt")
 
 
 @pytest.fixture

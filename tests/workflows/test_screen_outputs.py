@@ -11,23 +11,18 @@ import torch
 from ase.build import bulk, molecule
 from pymatgen.core import Molecule
 
-from _helpers import make_tiny_model
+from _helpers import save_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.cli import main
 from mftcalc.data import Structure, read_structures, write_extxyz
-from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.workflows.results_store import ResumeError
 from mftcalc.workflows.screening import example_path, screen
 
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
 
 
 @pytest.fixture
 def model_file(tmp_path):
-    model = make_tiny_model()
-    path = tmp_path / "tiny.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(tmp_path / "tiny.pt")
 
 
 @pytest.fixture

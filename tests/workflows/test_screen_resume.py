@@ -8,20 +8,15 @@ import pytest
 import torch
 from ase.build import molecule
 
-from _helpers import make_tiny_model
+from _helpers import save_tiny_model
 from mftcalc.data import Structure
 from mftcalc.data.io import read_structures, write_extxyz
-from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.workflows.results_store import OutputLockedError, ResumeError, acquire_lock
 from mftcalc.workflows.screening import example_path, screen, summary, unit_tag
 
-TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}
-
 
 def _save(path, seed=0):
-    model = make_tiny_model(seed=seed)
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
+    return save_tiny_model(path, seed=seed)
 
 
 @pytest.fixture
