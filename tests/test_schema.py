@@ -77,3 +77,11 @@ def test_finetune_cli_refuses_a_typo_before_loading_data(tmp_path):
     assert done.returncode != 0
     assert "unknown key 'setings'; did you mean 'settings'" in done.stderr
     assert not Path(tmp_path / "o").exists()
+
+
+def test_unknown_task_property_is_refused_at_load(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"pretrained": "m.pt", "out_dir": str(tmp_path / "b"),
+                                    "tasks": [{"kind": "qm9", "property": "gapp"}]}))
+    with pytest.raises(ConfigError, match="QM9 has no property 'gapp'; did you mean 'gap'"):
+        BenchConfig.from_yaml(path)

@@ -44,6 +44,18 @@ class TaskSpec:
             raise ValueError(f"task kind {self.kind!r}; use qm9, matbench or file")
         if self.kind == "file" and not (self.path and self.property):
             raise ValueError("a file task needs path and property")
+        from mftcalc.schema import suggest
+        if self.kind == "qm9":
+            from mftcalc.data.qm9 import QM9_PROPERTIES
+            if self.property not in QM9_PROPERTIES:
+                raise ValueError(f"QM9 has no property {self.property!r}{suggest(str(self.property), list(QM9_PROPERTIES))}"
+                                 f" (choose one of {list(QM9_PROPERTIES)})")
+        if self.kind == "matbench":
+            from mftcalc.data.matbench import MATBENCH_DATASETS
+            if self.dataset not in MATBENCH_DATASETS:
+                raise ValueError(f"MatBench has no dataset {self.dataset!r}"
+                                 f"{suggest(str(self.dataset), list(MATBENCH_DATASETS))} (choose one of "
+                                 f"{list(MATBENCH_DATASETS)})")
 
 
 @dataclass
