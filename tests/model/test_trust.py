@@ -191,6 +191,24 @@ def test_evaluate_refuses_files_without_labels_or_with_a_bad_header(tmp_path, ca
     assert "bad.extxyz: cannot read" in str(exc.value.code) and "Properties=" in str(exc.value.code)
 
 
+def test_evaluate_runs_the_structure_check_and_the_dataset_rule(tmp_path):
+    """Overlapping atoms are refused by evaluate as on every other path, naming the file; an ambiguous dataset
+    choice is refused too, and --dataset settles it."""
+    from mftcalc.cli import main
+    from _helpers import save_tiny_model
+    model = save_tiny_model(tmp_path / "m.pt", dtype=torch.float32)
+    overlap = tmp_path / "overlap.extxyz"
+    overlap.write_text('2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 pbc="F F F"\n'
+                       'H 0 0 0 0 0 0\nH 0 0 0.1 0 0 0\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(model), str(overlap), "--plot", str(tmp_path / "p.png")])
+    assert "overlap.extxyz" in str(exc.value.code) and "0.1" in str(exc.value.code)
+    water = tmp_path / "water.extxyz"
+    water.write_text('3\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 pbc="F F F"\n'
+                     'O 0 0 0 0 0 0\nH 0.96 0 0 0 0 0\nH -0.24 0.93 0 0 0 0\n')
+    assert main(["evaluate", str(model), str(water), "--plot", str(tmp_path / "p.png"), "--dataset", "a"]) == 0
+
+
 def test_calculator_without_atoms_says_atoms_are_needed():
     from mftcalc.calculators import MFTCalculator
     calc = MFTCalculator(make_tiny_model(dtype=torch.float32), dataset="a")
