@@ -87,7 +87,8 @@ def fit_applicability(head: KnnApplicabilityHead, pooled: np.ndarray, numbers: S
     std = pooled.std(0)
     std = np.where(std > 1e-12, std, 1.0)
     z = (pooled - mean) / std
-    d = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1))
+    from scipy.spatial.distance import cdist
+    d = cdist(z, z)                                   # [M, M]; M <= max_reference keeps it at most 32 MB
     np.fill_diagonal(d, np.inf)
     k = min(head.k, z.shape[0] - 1)
     own = np.sort(d, axis=1)[:, :k].mean(1)
