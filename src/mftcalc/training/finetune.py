@@ -240,7 +240,11 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         trainer.run()
         steps, wall, device = trainer.step, trainer.wall, trainer.device
     best = load_model(out_dir / "model.pt", dtype).to(device)
-    fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, task.train),
+    reference = task.train                        # features of at most 2,000 of them: the head keeps no more
+    if len(reference) > 2000:
+        keep = np.sort(np.random.default_rng(settings.seed).choice(len(reference), 2000, replace=False))
+        reference = [reference[i] for i in keep]
+    fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, reference),
                       [s.numbers for s in task.train], seed=settings.seed)
     save_model(best, out_dir / "model.pt", metadata)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
