@@ -96,17 +96,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from mftcalc.schema import from_mapping
+    from mftcalc.schema import apply_overrides, from_mapping
     from mftcalc.training.cv import cross_validate
     from mftcalc.training.finetune import FinetuneSettings
     from mftcalc.training.tasks import read_property_file
     pretrained = args.pretrained or _shipped_pretrained()
     structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
-    overrides = {"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})}
-    for pair in args.set or []:
-        key, _, value = pair.partition("=")
-        import yaml
-        overrides[key] = yaml.safe_load(value)
+    overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})},
+                                args.set or [])
     settings = from_mapping(FinetuneSettings, overrides, "cv settings")
     summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings,
                              None if args.strategy == "scratch" and not args.pretrained else pretrained,
