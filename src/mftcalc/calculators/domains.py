@@ -72,7 +72,7 @@ class Domain:
     def outside(self, structure: Structure) -> Dict[str, str]:
         """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements": phrase}`` (empty: inside)."""
         reasons = {}
-        kind = _periodicity(structure)
+        kind = periodicity(structure)
         if kind != ("crystal" if self.periodic else "molecule"):
             reasons["periodicity"] = f"it is {_kind_phrase(kind)}"
         if self.elements is not None:
@@ -87,7 +87,7 @@ def _symbols(numbers: Iterable[int]) -> str:
     return " ".join(chemical_symbols[int(z)] for z in sorted(numbers))
 
 
-def _periodicity(structure: Structure) -> str:
+def periodicity(structure: Structure) -> str:
     """``molecule`` (no periodic direction), ``crystal`` (all three) or ``partial`` (a slab or a wire)."""
     if structure.pbc.all():
         return "crystal"
@@ -127,22 +127,35 @@ KNOWN_DATASET_DOMAINS: Dict[str, Domain] = {
 QM9_ELEMENTS = frozenset(atomic_numbers[s] for s in "H C N O F".split())
 
 
+def domain_of(structures: Iterable[Structure]) -> Optional[Dict[str, Any]]:
+    """``{"elements": [Z...], "periodic": bool}`` of one dataset's structures (the form of an entry of
+    ``metadata["dataset_domains"]``), or None when they mix molecules, crystals or partly periodic structures."""
+    elements: set = set()
+    kinds: set = set()
+    for s in structures:
+        elements.update(int(z) for z in np.unique(s.numbers))
+        kinds.add(periodicity(s))
+    if len(kinds) != 1 or "partial" in kinds:
+        return None
+    return {"elements": sorted(elements), "periodic": kinds == {"crystal"}}
+
+
 def domains_from_structures(structures: Iterable[Structure]) -> Dict[str, Dict[str, Any]]:
-    """``{info["dataset"]: {"elements": [Z...], "periodic": bool}}`` of labelled training structures (the form
-    of ``metadata["dataset_domains"]``); raises when a dataset mixes molecules and crystals."""
-    elements: Dict[str, set] = {}
-    kinds: Dict[str, set] = {}
+    """``{info["dataset"]: domain_of(its structures)}`` of labelled training structures (the form of
+    ``metadata["dataset_domains"]``); raises when a dataset mixes molecules and crystals."""
+    groups: Dict[str, list] = {}
     for s in structures:
         name = s.info.get("dataset")
         if name is None:
             raise ValueError("a structure has no info['dataset']; domains are measured on tagged training data")
-        elements.setdefault(name, set()).update(int(z) for z in np.unique(s.numbers))
-        kinds.setdefault(name, set()).add(_periodicity(s))
+        groups.setdefault(name, []).append(s)
     out = {}
-    for name in elements:
-        if len(kinds[name]) != 1 or "partial" in kinds[name]:
-            raise ValueError(f"dataset {name!r} mixes {sorted(kinds[name])}: it has no single periodicity")
-        out[name] = {"elements": sorted(elements[name]), "periodic": kinds[name] == {"crystal"}}
+    for name, members in groups.items():
+        domain = domain_of(members)
+        if domain is None:
+            raise ValueError(f"dataset {name!r} mixes {sorted({periodicity(s) for s in members})}: it has no "
+                             "single periodicity")
+        out[name] = domain
     return out
 
 
@@ -224,7 +237,7 @@ def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[
         raise DatasetChoiceError(f"cannot infer the force-field dataset of {_where(structure, position)}: the "
                                  f"model's dataset(s) {', '.join(unknown)} record no elements or periodicity; "
                                  f"{fix} (datasets: {', '.join(names)})")
-    kind = _periodicity(structure)
+    kind = periodicity(structure)
     present = frozenset(int(z) for z in np.unique(structure.numbers))
     default = (defaults or {}).get(kind)
     if default in names and default in domains and not domains[default].outside(structure):

@@ -259,13 +259,9 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
 def source_domains(sources: Sequence[Source]) -> Dict[str, Dict[str, Any]]:
     """``{dataset: {"elements": [Z...], "periodic": bool}}`` of the training sources (``metadata["dataset_domains"]``,
     which the calculator's dataset rule reads); a source mixing molecules and crystals is left out."""
-    out: Dict[str, Dict[str, Any]] = {}
-    for src in sources:
-        kinds = {"crystal" if s.pbc.all() else ("molecule" if not s.pbc.any() else "partial") for s in src.structures}
-        if len(kinds) == 1 and "partial" not in kinds:
-            elements = sorted({int(z) for s in src.structures for z in np.unique(s.numbers)})
-            out[src.name] = {"elements": elements, "periodic": kinds == {"crystal"}}
-    return out
+    from mftcalc.calculators.domains import domain_of
+    domains = {src.name: domain_of(src.structures) for src in sources}
+    return {name: domain for name, domain in domains.items() if domain is not None}
 
 
 def build_model(cfg: PretrainConfig) -> MFTModel:
