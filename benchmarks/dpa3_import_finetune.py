@@ -36,7 +36,7 @@ def main() -> None:
     from mftcalc.model.checkpoint import export_torchscript, load_any, load_model
     from mftcalc.model.deepmd_import import import_deepmd
     from mftcalc.training.finetune import FinetuneSettings, finetune
-    from mftcalc.training.tasks import PROPERTY_RECIPES, PropertyTask
+    from mftcalc.experiments.tasks import PROPERTY_RECIPES, PropertyTask
 
     C.set_threads()
     with tempfile.TemporaryDirectory() as tmp:

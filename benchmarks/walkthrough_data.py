@@ -16,7 +16,7 @@ import numpy as np
 
 from mftcalc.data.boom import load_splits, test_union
 from mftcalc.data.qm9 import load_qm9
-from mftcalc.training.xtb import singlepoint
+from mftcalc.labelling.xtb import singlepoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mftcalc.schema import ConfigError, apply_overrides, from_mapping
-from mftcalc.training.bench import BenchConfig
+from mftcalc.experiments.bench import BenchConfig
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.pretrain import PretrainConfig
 

@@ -45,7 +45,7 @@ def default_steps(n_train: int, batch: int) -> int:
 
 def _finetune(args: argparse.Namespace) -> int:
     from mftcalc.schema import apply_overrides, from_mapping
-    from mftcalc.training.bench import BenchConfig, FinetuneConfig, _load_task, _pretrained_backbone
+    from mftcalc.experiments.bench import BenchConfig, FinetuneConfig, _load_task, _pretrained_backbone
     from mftcalc.training.finetune import FinetuneSettings, finetune
     from mftcalc.training.pretrain import load_forcefield_set, read_yaml
     from mftcalc.training.sampler import resolve_batch_size
@@ -82,7 +82,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mftcalc.training.bench import BenchConfig, parse_shard, run_bench
+    from mftcalc.experiments.bench import BenchConfig, parse_shard, run_bench
     from dataclasses import replace
     cfg = BenchConfig.from_yaml(args.config, list(args.set or []) + (
         [f"settings.device={args.device}"] if args.device else []))
@@ -97,9 +97,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _cv(args: argparse.Namespace) -> int:
     from mftcalc.schema import apply_overrides, from_mapping
-    from mftcalc.training.cv import cross_validate
+    from mftcalc.experiments.cv import cross_validate
     from mftcalc.training.finetune import FinetuneSettings
-    from mftcalc.training.tasks import read_property_file
+    from mftcalc.experiments.tasks import read_property_file
     pretrained = args.pretrained or _shipped_pretrained()
     structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
     overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})},

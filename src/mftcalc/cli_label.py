@@ -7,7 +7,7 @@ BOOM test set.
 Loads QM9, takes the BOOM splits of all eight properties from ``--splits`` (as written by
 ``mftcalc data qm9 --property all --splits-out FILE``) or computes them, excludes every molecule in the union of
 their ID and OOD test sets, draws N of the remaining molecules (seeded) and labels K conformers of each with
-:func:`mftcalc.training.labeller.label_molecules` (resumable: rerun the same command after an interruption).
+:func:`mftcalc.labelling.labeller.label_molecules` (resumable: rerun the same command after an interruption).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def run_label(args: argparse.Namespace) -> int:
     """Select the molecules and label them; prints where the data went and the summary."""
     from mftcalc.data.boom import boom_splits, load_splits, test_union
     from mftcalc.data.qm9 import QM9_PROPERTIES, load_qm9
-    from mftcalc.training.labeller import label_molecules, select_molecules
+    from mftcalc.labelling.labeller import label_molecules, select_molecules
 
     dataset = load_qm9(cache_dir=args.qm9_cache)
     splits = load_splits(args.splits) if args.splits else boom_splits(dataset, list(QM9_PROPERTIES),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from mftcalc.calculators.batched import OPTIMIZERS
+from mftcalc.relax.engine import OPTIMIZERS
 from mftcalc.workflows.screening import OUTPUT_HELP
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

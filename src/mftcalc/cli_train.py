@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mftcalc.training.evaluate_cli import evaluate_files
+    from mftcalc.cli_evaluate import evaluate_files
     evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures)
     return 0
 

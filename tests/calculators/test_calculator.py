@@ -14,7 +14,7 @@ from ase.optimize import BFGS, FIRE
 
 from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
 from mftcalc.calculators import MFTCalculator
-from mftcalc.calculators.batched import predict, relax
+from mftcalc.relax.engine import predict, relax
 from mftcalc.data import Structure
 from mftcalc.model.checkpoint import export_torchscript, model_metadata, save_model
 from mftcalc.model.inference import predict_structures
@@ -154,7 +154,7 @@ def test_batched_relax_matches_ase_fire(stiff_model_file, max_atoms, max_angles)
 
 def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
     structures = _rattled_molecules(["H2O", "CH4", "NH3"])
-    from mftcalc.calculators.batched import BFGSParams
+    from mftcalc.relax.engine import BFGSParams
     results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs", dtype=torch.float64,
                     max_atoms=8, bfgs=BFGSParams(maxstep=0.04))
     for s, r in zip(structures, results):
@@ -172,7 +172,7 @@ def test_batched_bfgs_matches_ase_bfgs(stiff_model_file):
 def test_bfgs_step_is_ase_step_for_definite_and_indefinite_hessians():
     """The Cholesky shortcut for positive-definite Hessians gives ASE's eigenvector step; indefinite ones take
     ASE's eigenvalue path (|eigenvalues|)."""
-    from mftcalc.calculators.batched import _abs_newton_step
+    from mftcalc.relax.engine import _abs_newton_step
     rng = np.random.default_rng(3)
     a = rng.normal(size=(12, 12))
     forces = rng.normal(size=12)
@@ -184,8 +184,8 @@ def test_bfgs_step_is_ase_step_for_definite_and_indefinite_hessians():
 
 
 def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_model_file):
-    from mftcalc.calculators.batched import BFGSParams
-    from mftcalc.calculators.hessian_guess import lindh_hessian
+    from mftcalc.relax.engine import BFGSParams
+    from mftcalc.geometry.lindh import lindh_hessian
     structures = _rattled_molecules(["CH3CH2OH", "CH4", "HCOOH"])
     results = relax(structures, stiff_model_file, fmax=0.01, steps=8, optimizer="bfgs-lindh", dtype=torch.float64,
                     max_atoms=12, bfgs=BFGSParams(maxstep=0.04, lindh_shift=5.0))
@@ -206,7 +206,7 @@ def test_batched_bfgs_from_lindh_hessian_matches_ase_bfgs_with_that_start(stiff_
 
 def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
     from mftcalc.calculators.model_handle import ModelHandle
-    from mftcalc.calculators.parallel import ModelWorkers
+    from mftcalc.relax.pool import ModelWorkers
     from mftcalc.model.checkpoint import load_model
     structures = _rattled_molecules(["H2O", "CH4", "NH3", "CH3CH2OH", "HCOOH"])
     # 6 steps: the stiff tiny model's surface is rough enough that round-off from a different batch composition
@@ -218,7 +218,7 @@ def test_relax_on_worker_processes_matches_one_process(stiff_model_file):
     with ModelWorkers(handle, workers=2) as pool:                      # reloads the file in each worker
         spread = pool.relax(structures, **kwargs)
         items = [(k, s, None) for k, s in enumerate(structures)]
-        from mftcalc.calculators.batched import FireParams
+        from mftcalc.relax.engine import FireParams
         pool.relax_stream(items, lambda key, r: finished.append(key),
                           dict(fmax=0.01, max_steps=6, fire=FireParams(), max_atoms=4096))
     from_object = relax(structures, load_model(stiff_model_file, torch.float64), dtype=torch.float64, workers=2,

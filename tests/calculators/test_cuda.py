@@ -15,7 +15,7 @@ from ase.build import bulk, molecule
 
 from _helpers import make_tiny_model
 from mftcalc.calculators import MFTCalculator
-from mftcalc.calculators.batched import predict, relax
+from mftcalc.relax.engine import predict, relax
 from mftcalc.data import Structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

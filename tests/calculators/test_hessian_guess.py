@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from mftcalc.calculators.hessian_guess import lindh_hessian, lindh_terms
+from mftcalc.geometry.lindh import lindh_hessian, lindh_terms
 
 
 def _internal_coordinates(atoms, terms):

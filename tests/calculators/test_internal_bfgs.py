@@ -9,9 +9,9 @@ from ase.build import bulk, molecule
 from ase.optimize import BFGS
 
 from mftcalc.calculators import MFTCalculator
-from mftcalc.calculators.batched import relax
-from mftcalc.calculators.internal_bfgs import InternalBFGSParams, InternalBFGSState
-from mftcalc.calculators.internal_coords import (CoordinateBatch, build_internal_coordinates,
+from mftcalc.relax.engine import relax
+from mftcalc.relax.internal_bfgs import InternalBFGSParams, InternalBFGSState
+from mftcalc.geometry.internal_coords import (CoordinateBatch, build_internal_coordinates,
                                                  internal_rank_deficit, rigid_bases)
 from mftcalc.data import Structure
 
@@ -142,7 +142,7 @@ def test_a_torsion_over_a_straightening_bend_sends_the_molecule_to_cartesian_bfg
 def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_model):
     """The stream reads its input lazily (a worker's shared queue is consumed as molecules finish) and emits each
     result as its structure converges."""
-    from mftcalc.calculators.batched import FireParams, relax_stream
+    from mftcalc.relax.engine import FireParams, relax_stream
     from mftcalc.calculators.model_handle import ModelHandle
     handle = ModelHandle.load(shipped_model, dataset="xtb_qm9")
     structures = [Structure.from_ase(molecule("H2O")) for _ in range(6)]

@@ -97,7 +97,7 @@ def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
 
 
 def test_bench_config_rejects_unknown_strategies_and_variants(tmp_path):
-    from mftcalc.training.bench import BenchConfig, TaskSpec
+    from mftcalc.experiments.bench import BenchConfig, TaskSpec
     with pytest.raises(ValueError, match="unknown strategy 'fancy'"):
         BenchConfig("p.pt", str(tmp_path), [TaskSpec("qm9", "gap")], strategies=["fancy"])
     with pytest.raises(ValueError, match="variant 'v'"):
@@ -106,7 +106,7 @@ def test_bench_config_rejects_unknown_strategies_and_variants(tmp_path):
 
 
 def test_parse_shard_rejects_bad_values():
-    from mftcalc.training.bench import parse_shard
+    from mftcalc.experiments.bench import parse_shard
     assert parse_shard(None) == (0, 1) and parse_shard("1/3") == (1, 3)
     for bad in ("2/2", "a/b", "1"):
         with pytest.raises(ValueError, match="shard"):

@@ -9,7 +9,7 @@ from mftcalc.calculators import MFTCalculator
 from mftcalc.model.checkpoint import read_checkpoint
 from mftcalc.training.finetune import FinetuneSettings, finetune
 from mftcalc.training.pretrain import PretrainConfig, pretrain
-from mftcalc.training.tasks import PropertyTask
+from mftcalc.experiments.tasks import PropertyTask
 
 from _helpers import emt_structures
 

@@ -10,10 +10,10 @@ import pytest
 from ase.build import molecule
 
 from mftcalc.data import Structure
-from mftcalc.training import xtb
-from mftcalc.training.conformers import KINDS, MIN_DISTANCE, allocate, generate_conformers, min_distance
-from mftcalc.training.labeller import chunk_path, label_molecules, read_labelled, select_molecules
-from mftcalc.training.model_hessian import internal_modes, lindh_hessian, rigid_body_basis
+from mftcalc.labelling import xtb
+from mftcalc.labelling.conformers import KINDS, MIN_DISTANCE, allocate, generate_conformers, min_distance
+from mftcalc.labelling.labeller import chunk_path, label_molecules, read_labelled, select_molecules
+from mftcalc.geometry.model_hessian import internal_modes, lindh_hessian, rigid_body_basis
 
 NAMES = ("H2O", "CH4", "C2H6")
 

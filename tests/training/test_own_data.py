@@ -12,7 +12,7 @@ from ase.build import bulk, molecule
 
 from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
-from mftcalc.training.tasks import file_task
+from mftcalc.experiments.tasks import file_task
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,7 @@ def test_smiles_csv_becomes_relaxed_labelled_molecules(tmp_path):
 
 
 def test_cross_validation_groups_and_reports(tmp_path):
-    from mftcalc.training.cv import fold_indices, group_keys
+    from mftcalc.experiments.cv import fold_indices, group_keys
     molecules = _molecules(30)
     keys = group_keys(molecules, "formula")
     tests = fold_indices(len(molecules), 3, keys, seed=0)

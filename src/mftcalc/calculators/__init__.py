@@ -1,9 +1,8 @@
-"""What users touch: the ASE calculator, batched prediction and batched relaxation.
+"""The ASE calculator and what every model caller shares: the loaded-model handle, the dataset rule, the
+structure checks, input conversion, batched prediction and thread defaults.
 
-``MFTCalculator`` (ASE), ``predict`` and ``relax`` (batched; each takes a list of ``mftcalc.data.Structure``,
-``ase.Atoms`` or pymatgen ``Structure``/``Molecule``) and ``RelaxResult``.
+Batched relaxation lives in ``mftcalc.relax``; the curated public names are in ``mftcalc``.
 """
 from mftcalc.calculators.ase_calculator import MFTCalculator
-from mftcalc.calculators.batched import RelaxResult, predict, relax
 
-__all__ = ["MFTCalculator", "RelaxResult", "predict", "relax"]
+__all__ = ["MFTCalculator"]

@@ -29,7 +29,7 @@ from mftcalc.training.pretrain import replay_path, task_domain
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
-from mftcalc.training.tasks import PropertyTask
+from mftcalc.experiments.tasks import PropertyTask
 
 STRATEGIES = ("scratch", "ft", "lp", "mft", "frozen-sklearn")
 OOD_HEAD = "ood_score"     # the applicability head every fine-tuned model carries (mftcalc.model.applicability)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from mftcalc.calculators.batched import predict, relax
+from mftcalc.relax.engine import predict, relax
 from mftcalc.calculators.checks import check_overlaps
 from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.model_handle import ModelHandle
@@ -125,7 +125,7 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
     structures with the model's energy, forces and stress (periodic) as ASE calculator results and the row in
     ``info``; any other suffix is refused (:func:`output_format`). Each structure is checked first (elements,
     overlapping atoms, force-field dataset); one that fails gets a row with its ``error`` and the others carry on.
-    ``workers`` > 1 relaxes (or predicts) on that many CPU processes (:mod:`mftcalc.calculators.parallel`), started
+    ``workers`` > 1 relaxes (or predicts) on that many CPU processes (:mod:`mftcalc.relax.pool`), started
     once for the whole file. ``load_kwargs``: as for
     :meth:`ModelHandle.load` (``dtype``, ``dataset``, ``head``, ...), when ``model`` is a path.
     """
@@ -155,7 +155,7 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
             bar = tqdm(total=len(structures), initial=len(done), desc="screen", unit="structure")
         pool = None
         if workers > 1 and todo:
-            from mftcalc.calculators.parallel import ModelWorkers
+            from mftcalc.relax.pool import ModelWorkers
             pool = ModelWorkers(handle, workers)
         try:
             for start in range(0, len(todo), chunk):

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from mftcalc.data.io import read_structures, write_extxyz
 from mftcalc.data.structure import Structure
-from mftcalc.training import xtb
-from mftcalc.training.conformers import KINDS, generate_conformers
+from mftcalc.labelling import xtb
+from mftcalc.labelling.conformers import KINDS, generate_conformers
 
 PathLike = Union[str, Path]
 MANIFEST, SUMMARY, FAILURE_LOG = "manifest.json", "summary.json", "failures.log"

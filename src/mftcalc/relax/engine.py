@@ -22,7 +22,7 @@ from mftcalc.data.structure import Structure
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs, chunk_groups
 
 if TYPE_CHECKING:
-    from mftcalc.calculators.internal_bfgs import InternalBFGSParams
+    from mftcalc.relax.internal_bfgs import InternalBFGSParams
 
 
 OPTIMIZERS = ("fire", "bfgs", "bfgs-lindh", "bfgs-internal")
@@ -48,7 +48,7 @@ class BFGSParams:
 
     ``initial_hessian="lindh"`` starts instead from Lindh's model Hessian of each molecule plus ``lindh_shift`` · I
     (eV/Å²; the shift stiffens the rigid-body modes and the terms the model leaves out), see
-    :mod:`mftcalc.calculators.hessian_guess`: about half the steps on QM9 molecules. Molecules only (no pbc).
+    :mod:`mftcalc.geometry.lindh`: about half the steps on QM9 molecules. Molecules only (no pbc).
     """
 
     maxstep: float = 0.2
@@ -63,7 +63,7 @@ class BFGSParams:
     def hessian0(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
         """Initial [3n, 3n] Hessian (eV/Å²) for one structure at ``positions`` [n, 3] Å."""
         if self.initial_hessian == "lindh":
-            from mftcalc.calculators.hessian_guess import lindh_hessian
+            from mftcalc.geometry.lindh import lindh_hessian
             return lindh_hessian(positions, numbers) + self.lindh_shift * np.eye(positions.size)
         return np.eye(positions.size) * self.alpha
 
@@ -158,7 +158,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
             stress: bool = False, **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Energies and properties (and forces or stress if asked) of many structures, batched by atom and angle count
     (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`); ``workers`` > 1 spreads
-    them over that many CPU processes (:mod:`mftcalc.calculators.parallel`).
+    them over that many CPU processes (:mod:`mftcalc.relax.pool`).
 
     ``structures``: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
     (:func:`mftcalc.calculators.inputs.as_structures`; anything else raises ``TypeError`` naming its index).
@@ -185,7 +185,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     else:
         datasets = [handle.dataset_index(s) if handle.forcefield_heads else 0 for s in structures]
     if workers > 1:
-        from mftcalc.calculators.parallel import ModelWorkers
+        from mftcalc.relax.pool import ModelWorkers
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -243,7 +243,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
             defaults, ``fire``/``bfgs`` parameters, applied per structure), ``"bfgs-lindh"``: BFGS started from
             Lindh's model Hessian (molecules; about 2/3 of BFGS's steps on QM9, see :class:`BFGSParams`), or
             ``"bfgs-internal"``: BFGS in redundant internal coordinates (molecules; about 40 % of BFGS's steps on
-            QM9, ``internal`` parameters, see :mod:`mftcalc.calculators.internal_bfgs`; within the same fmax its
+            QM9, ``internal`` parameters, see :mod:`mftcalc.relax.internal_bfgs`; within the same fmax its
             end points are often lower than ASE BFGS's on flat surfaces). cell_filter: ``None`` (fixed cell)
             or ``"unitcell"`` / ``"frechet"`` (cell and positions together, exactly ASE's ``UnitCellFilter`` /
             ``FrechetCellFilter`` with cell_factor = number of atoms; periodic structures only; ``fmax`` then
@@ -251,8 +251,8 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
             counted on the input geometries at the model's a_rcut; ``max_angles=None``: atoms only).
             progress: a tqdm bar over the structures.
         workers: CPU processes to spread the structures over (each with its own model copy and
-            ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.calculators.parallel`); 1: this
-            process only. pool: a running :class:`mftcalc.calculators.parallel.ModelWorkers` to use instead of
+            ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.relax.pool`); 1: this
+            process only. pool: a running :class:`mftcalc.relax.pool.ModelWorkers` to use instead of
             starting one (its model is used; ``model`` must be the same).
         load_kwargs: as for :func:`predict` (``dataset``: one force-field dataset for every structure).
 
@@ -264,7 +264,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
     if optimizer == "bfgs-internal" and internal is None:
-        from mftcalc.calculators.internal_bfgs import InternalBFGSParams
+        from mftcalc.relax.internal_bfgs import InternalBFGSParams
         internal = InternalBFGSParams()
     if optimizer == "bfgs-lindh":
         from dataclasses import replace
@@ -305,7 +305,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
     periodic = any(s.pbc.all() for s in structures)         # the final pass gives their stress at the minimum
     if workers > 1 or pool is not None:
         from contextlib import nullcontext
-        from mftcalc.calculators.parallel import ModelWorkers
+        from mftcalc.relax.pool import ModelWorkers
         with (nullcontext(pool) if pool is not None else ModelWorkers(handle, workers)) as workers_pool:
             workers_pool.relax_stream(items, emit, stream_kwargs)
             relaxed = [r for r in final if r is not None]
@@ -398,7 +398,7 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
 
     The optimiser state of each structure is an [m, 3] array: positions (m = n) or, with ``cell_filter``, the
     ``UnitCellFilter`` / ``FrechetCellFilter`` coordinates (m = n + 3). A stream fed by a queue lets worker
-    processes share one input (:mod:`mftcalc.calculators.parallel`): no worker drains its batch early. The
+    processes share one input (:mod:`mftcalc.relax.pool`): no worker drains its batch early. The
     force-field dataset of each structure is ``handle.dataset_index`` (the callers have checked the structures).
     """
     with_cell = cell_filter is not None
@@ -417,7 +417,7 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
     first: List[bool] = []
     bfgs_states: Optional[List[Any]] = [] if (internal is not None or bfgs is not None) else None
     if internal is not None:
-        from mftcalc.calculators.internal_bfgs import InternalBFGSState
+        from mftcalc.relax.internal_bfgs import InternalBFGSState
 
     def admit(key: Any, s: Structure, cost: Optional[float]) -> int:
         keys.append(key)

@@ -257,7 +257,7 @@ def _pretrained_backbone(cfg: BenchConfig, cache: Dict[str, Any]):
 
 
 def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int], seed: int, cache: Dict):
-    from mftcalc.training.tasks import matbench_task, qm9_task
+    from mftcalc.experiments.tasks import matbench_task, qm9_task
     if spec.kind == "qm9":
         if "qm9" not in cache:
             from mftcalc.data.boom import boom_splits, load_splits
@@ -267,7 +267,7 @@ def _load_task(cfg: BenchConfig, spec: TaskSpec, frac: float, fold: Optional[int
             cache["splits"] = load_splits(cfg.qm9_splits) if cfg.qm9_splits else boom_splits(ds)
         return qm9_task(cache["qm9"], cache["splits"], spec.property, frac, seed, cfg.qm9_max_eval)
     if spec.kind == "file":
-        from mftcalc.training.tasks import file_task
+        from mftcalc.experiments.tasks import file_task
         return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
                          spec.test_path, seed, train_fraction=frac, model_path=cfg.pretrained or None)
     if spec.kind == "matbench":

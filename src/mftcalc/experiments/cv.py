@@ -56,7 +56,7 @@ def cross_validate(structures: List[Structure], prop: str, unit: str, intensive:
     """Run every fold (resumable: each fold keeps its own run directory) and write ``report.md`` and
     ``parity.png`` in ``out_dir``; returns the per-fold and summary errors (property units)."""
     from mftcalc.training.finetune import finetune, plot_parity
-    from mftcalc.training.tasks import PropertyTask
+    from mftcalc.experiments.tasks import PropertyTask
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

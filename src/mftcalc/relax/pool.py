@@ -3,7 +3,7 @@
 On a CPU the batched model evaluation of small molecules scales poorly with torch threads (on 2 cores, 2 threads
 run a batched relaxation 1.4x faster than 1; two 1-thread processes run it about 1.8x faster), so screening many
 structures is faster with one single-threaded process per core, each running the in-flight batched relaxation of
-:func:`mftcalc.calculators.batched.relax_stream` on a shared input queue: a worker pulls the next structure
+:func:`mftcalc.relax.engine.relax_stream` on a shared input queue: a worker pulls the next structure
 whenever its batch has room, so every worker keeps a full batch until the input runs out, and the nearly empty
 batch at the end of a relaxation (its slowest structures alone) happens once per worker, not once per chunk.
 Predictions go out in chunks to whichever worker is free. Results come back in input order.
@@ -44,7 +44,7 @@ def _relax_stream_worker(stream_kwargs: Dict[str, Any]) -> int:
     """Relax structures from the shared task queue until its end marker; each result goes to the result queue.
     Returns how many this worker relaxed."""
     from threadpoolctl import threadpool_limits
-    from mftcalc.calculators.batched import relax_stream
+    from mftcalc.relax.engine import relax_stream
     tasks, results = _WORKER_QUEUES
     done = [0]
 
@@ -65,7 +65,7 @@ def _relax_stream_worker(stream_kwargs: Dict[str, Any]) -> int:
 
 
 def _predict_chunk(structures: List[Structure], predict_kwargs: Dict[str, Any]) -> list:
-    from mftcalc.calculators.batched import predict
+    from mftcalc.relax.engine import predict
     return predict(structures, _WORKER_HANDLE, workers=1, **predict_kwargs)
 
 
@@ -95,13 +95,13 @@ class ModelWorkers:
                                                    (self._tasks, self._results)))
 
     def relax(self, structures: Sequence[Structure], **relax_kwargs: Any) -> list:
-        """:func:`mftcalc.calculators.batched.relax` of ``structures`` on these workers (same arguments)."""
-        from mftcalc.calculators.batched import relax
+        """:func:`mftcalc.relax.engine.relax` of ``structures`` on these workers (same arguments)."""
+        from mftcalc.relax.engine import relax
         return relax(structures, self.handle, pool=self, **relax_kwargs)
 
     def relax_stream(self, items: Sequence[tuple], emit: Callable[[Any, Any], None],
                      stream_kwargs: Dict[str, Any]) -> None:
-        """:func:`mftcalc.calculators.batched.relax_stream` of ``items`` ``(key, structure, cost)`` on all workers
+        """:func:`mftcalc.relax.engine.relax_stream` of ``items`` ``(key, structure, cost)`` on all workers
         from one shared queue; ``emit(key, result)`` here, in this process, as each structure finishes."""
         items = list(items)
         for item in items:
@@ -125,7 +125,7 @@ class ModelWorkers:
 
     def predict(self, structures: Sequence[Structure], chunk: Optional[int] = None,
                 on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:
-        """:func:`mftcalc.calculators.batched.predict` over the workers, as :meth:`relax` (chunks of up to 256)."""
+        """:func:`mftcalc.relax.engine.predict` over the workers, as :meth:`relax` (chunks of up to 256)."""
         return self._map(_predict_chunk, structures, chunk, on_done, predict_kwargs, largest=256)
 
     def _map(self, task: Callable, structures: Sequence[Structure], chunk: Optional[int],

@@ -12,7 +12,7 @@ from typing import Tuple
 
 import numpy as np
 
-from mftcalc.calculators.internal_coords import rigid_basis as rigid_body_basis  # the project's one rigid-motion basis
+from mftcalc.geometry.internal_coords import rigid_basis as rigid_body_basis  # the project's one rigid-motion basis
 
 HARTREE_EV = 27.211386245988
 BOHR_ANG = 0.529177210903

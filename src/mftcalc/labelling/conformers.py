@@ -25,8 +25,8 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 from mftcalc.data.structure import Structure
-from mftcalc.training.model_hessian import internal_modes
-from mftcalc.training.xtb import single_threaded
+from mftcalc.geometry.model_hessian import internal_modes
+from mftcalc.labelling.xtb import single_threaded
 
 KINDS = ("equilibrium", "rattle", "normal_mode", "md")
 RATTLE_SIGMAS = (0.02, 0.05, 0.1, 0.15)  # Å

@@ -1,9 +1,9 @@
 """Quasi-Newton relaxation of one molecule in redundant internal coordinates (the ``"bfgs-internal"`` optimiser
-of :func:`mftcalc.calculators.batched.relax`).
+of :func:`mftcalc.relax.engine.relax`).
 
 Each step: the Wilson B-matrix at the current geometry gives the internal gradient g_q = (Bᵀ)⁺ g_x (a Cholesky
 factor of BᵀB + R, [3n, 3n], with R the projector on rigid motions, which are B's null space); the model Hessian
-H_q (Lindh's force constants on the coordinates of :mod:`mftcalc.calculators.internal_coords`, diagonal at the
+H_q (Lindh's force constants on the coordinates of :mod:`mftcalc.geometry.internal_coords`, diagonal at the
 start) is updated by BFGS from the last step's changes of q and g_q and, seen in Cartesians as Bᵀ H_q B, gives a
 Newton step inside a trust radius on |Δq|; the step is taken back to Cartesians by the usual iteration
 x ← x + B⁺ (Δq − (q(x) − q₀)). The trust radius follows the ratio of the actual to the predicted energy change
@@ -11,7 +11,7 @@ x ← x + B⁺ (Δq − (q(x) − q₀)). The trust radius follows the ratio of 
 scheme of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
 
 Molecules whose coordinate set misses a degree of freedom fall back to Cartesian BFGS from Lindh's Hessian
-(:class:`mftcalc.calculators.batched._BFGSState`); so do molecules whose torsions become
+(:class:`mftcalc.relax.engine._BFGSState`); so do molecules whose torsions become
 (nearly) singular on the way (an outer bend turning linear).
 
 Units: positions Å, forces eV/Å, energies eV; internal coordinates Å and radians, H_q eV/Å² · eV/rad².
@@ -27,7 +27,7 @@ from ase.units import Bohr, Hartree
 
 from scipy.linalg.lapack import dpotrf, dpotrs
 
-from mftcalc.calculators.internal_coords import (CoordinateBatch, InternalCoordinates, build_internal_coordinates,
+from mftcalc.geometry.internal_coords import (CoordinateBatch, InternalCoordinates, build_internal_coordinates,
                                                  internal_rank_deficit, rigid_bases)
 
 
@@ -58,7 +58,7 @@ def _internal_hessian(coords: InternalCoordinates, positions: np.ndarray, number
                       params: InternalBFGSParams) -> np.ndarray:
     """Diagonal [n_coords, n_coords] model Hessian: Lindh's k_0 · Π ρ on each bond, bend and torsion
     (ρ_ij = exp(α_ij (r_ref,ij² − r_ij²)), bohr), linear bends as bends through the arm lengths."""
-    from mftcalc.calculators.hessian_guess import _ALPHA, _R_REF, _K_BEND, _K_STRETCH, _K_TORSION, _table_row
+    from mftcalc.geometry.lindh import _ALPHA, _R_REF, _K_BEND, _K_STRETCH, _K_TORSION, _table_row
     x = np.asarray(positions, dtype=np.float64) / Bohr
     row = _table_row(np.asarray(numbers))
     r2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
@@ -102,7 +102,7 @@ class InternalBFGSState:
     def _use_cartesian(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
         self.use_cartesian = True
         if self.fallback is None:
-            from mftcalc.calculators.batched import BFGSParams, _BFGSState
+            from mftcalc.relax.engine import BFGSParams, _BFGSState
             self.fallback = _BFGSState(BFGSParams(initial_hessian="lindh", lindh_shift=self.params.lindh_shift),
                                        self.numbers)
         return self.fallback.step(positions, forces)

@@ -1,5 +1,5 @@
 """Redundant internal coordinates of a molecule: bond stretches, bends, linear bends and torsions, with their
-Wilson B-matrix, for quasi-Newton relaxation in internal coordinates (:mod:`mftcalc.calculators.internal_bfgs`).
+Wilson B-matrix, for quasi-Newton relaxation in internal coordinates (:mod:`mftcalc.relax.internal_bfgs`).
 
 Chemists' optimisers (Pulay & Fogarasi; Peng, Ayala, Schlegel & Frisch, J. Comput. Chem. 17, 49 (1996); Berny;
 geomeTRIC) step in bonds, angles and torsions because a molecule's energy is close to a sum of uncoupled terms in

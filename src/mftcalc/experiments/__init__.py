@@ -1,0 +1,1 @@
+"""Experiments over the model: property tasks, the resumable benchmark grid, cross-validation and summaries."""

