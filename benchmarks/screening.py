@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/screening.py [--model models/pretrained.pt] [--n 1000] [--fmax 0.05] [--out FILE]
 All paths use the same model, measured in the same run: the batched relaxation of
-``mftcalc.relax.engine.relax`` with per-structure FIRE and with per-structure BFGS (ASE's algorithms, one
+``mftcalc.relaxation.api.relax`` with per-structure FIRE and with per-structure BFGS (ASE's algorithms, one
 in-flight batch), against ASE BFGS with ``MFTCalculator``, one structure at a time (the reference). Each path
 relaxes, then predicts every property head. Prints structures/s, converged share, mean steps and the speed-up;
 writes the table to ``benchmarks/results/screening.md``.
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--loop-threads", type=int, default=1,
                         help="torch threads of the per-structure loop (1 is its fastest on 2 cores: small graphs)")
     parser.add_argument("--optimizers", default="fire,bfgs,bfgs-lindh",
-                        help="batched optimisers to run (comma list of mftcalc.relax.engine.OPTIMIZERS)")
+                        help="batched optimisers to run (comma list of mftcalc.relaxation.optimizers.OPTIMIZERS)")
     parser.add_argument("--loop-blas-threads", type=int, default=1,
                         help="BLAS threads of the per-structure ASE loop (numpy eigh in ASE's BFGS)")
     parser.add_argument("--device", default="cpu", help="torch device of both paths (cpu, cuda)")
@@ -54,7 +54,7 @@ def main() -> None:
 
     from ase.optimize import BFGS
     from mftcalc.calculators import MFTCalculator
-    from mftcalc.relax.engine import relax
+    from mftcalc.relaxation.api import relax
     from mftcalc.calculators.model_handle import ModelHandle
     from mftcalc.workflows.screening import default_model_path
 

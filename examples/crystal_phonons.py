@@ -12,7 +12,8 @@ from ase.optimize import BFGS
 from mftcalc.calculators import MFTCalculator
 from mftcalc.data import Structure
 from mftcalc.data.io import from_pymatgen, to_pymatgen
-from mftcalc.workflows.phonons import phonons, plot_phonons, zero_point_energy
+from mftcalc.analysis.plots import plot_phonons
+from mftcalc.workflows.phonons import phonons, zero_point_energy
 from mftcalc.workflows.screening import default_model_path
 
 model = sys.argv[1] if len(sys.argv) > 1 else default_model_path()

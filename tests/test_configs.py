@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mftcalc.schema import from_mapping
-from mftcalc.experiments.bench import BenchConfig, FinetuneConfig
+from mftcalc.experiments.config import BenchConfig, FinetuneConfig
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.pretrain import PretrainConfig
 

@@ -1,5 +1,6 @@
 """One strict config loader: unknown keys with a suggestion, types checked or converted at load, --set reaching
-nested keys, the whole bench grid validated before any data loads."""
+nested keys, the whole bench grid validated before any data loads, and the config reference generated from the
+schema."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 from mftcalc.schema import ConfigError, apply_overrides, from_mapping
-from mftcalc.experiments.bench import BenchConfig
+from mftcalc.experiments.config import BenchConfig
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.pretrain import PretrainConfig
 
@@ -61,7 +62,8 @@ def test_bench_grid_is_validated_before_any_data_loads(tmp_path):
             "variants": {"mft_fast": {"strategy": "mft", "settings": {"model_porb": 0.8}}}}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(base))
-    with pytest.raises(ConfigError, match="strategy 'mft_fast'.*unknown key 'model_porb'; did you mean 'model_prob'"):
+    with pytest.raises(ConfigError, match="variants.mft_fast.settings: unknown key 'model_porb'; did you mean "
+                                          "'model_prob'"):
         BenchConfig.from_yaml(path)
     base["variants"]["mft_fast"]["settings"] = {"model_prob": 0.8}
     path.write_text(yaml.safe_dump(base))
@@ -85,3 +87,122 @@ def test_unknown_task_property_is_refused_at_load(tmp_path):
                                     "tasks": [{"kind": "qm9", "property": "gapp"}]}))
     with pytest.raises(ConfigError, match="QM9 has no property 'gapp'; did you mean 'gap'"):
         BenchConfig.from_yaml(path)
+
+
+def _grid(tmp_path, **extra) -> dict:
+    """A bench grid with three variants; the third is where the tests put their typos."""
+    return {"pretrained": "absent.pt", "out_dir": str(tmp_path / "b"), "tasks": [{"kind": "qm9", "property": "gap"}],
+            "strategies": ["ft", "v1", "v2", "v3"], "settings": {"steps": 10},
+            "variants": {"v1": {"strategy": "mft", "settings": {"model_prob": 0.8}},
+                         "v2": {"strategy": "lp"},
+                         "v3": {"strategy": "mft", "ff_data": {"cu": {"path": "cu.xyz", "max_force": 20.0}}}},
+            **extra}
+
+
+def test_a_typo_in_the_third_variant_fails_at_load_before_any_data_is_read(tmp_path, monkeypatch):
+    """The force-field data spec of the last variant was only looked at when its first cell ran, after QM9 and
+    every earlier cell; now the bench command refuses it before reading anything."""
+    import mftcalc.data.qm9
+    import mftcalc.training.forcefield_data
+    from mftcalc.cli import main
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the config was validated")
+    monkeypatch.setattr(mftcalc.data.qm9, "load_qm9", no_data)
+    monkeypatch.setattr(mftcalc.training.forcefield_data, "read_dataset", no_data)
+    grid = _grid(tmp_path)
+    grid["variants"]["v3"]["ff_data"]["cu"]["max_forse"] = 30.0
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    message = r"variants.v3.ff_data.cu: unknown key 'max_forse'; did you mean 'max_force'"
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=message):
+        main(["--debug", "bench", str(path)])
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"fractions": [0.1, 0.5, 5.0]}, r"fractions must lie in \(0, 1\], got \[5.0\]"),
+    ({"strategies": ["ft", "v1", "v2", "v33"]}, "unknown strategy 'v33'; did you mean 'v3'"),
+    ({"strategy_seeds": {"v5": [0]}}, r"strategy_seeds names \['v5'\]"),
+    ({"tasks": [{"kind": "qm9", "property": "gap"}, {"kind": "matbench", "dataset": "dielectric", "folds": "LOCOO"}]},
+     "no fold kind 'LOCOO'; did you mean 'LOCO'"),
+])
+def test_the_whole_grid_is_checked_at_load(tmp_path, change, message):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(_grid(tmp_path, **change)))
+    with pytest.raises(ConfigError, match=message):
+        BenchConfig.from_yaml(path)
+
+
+def test_variant_settings_and_ff_data_are_checked_by_strategy(tmp_path):
+    grid = _grid(tmp_path)
+    grid["variants"]["v3"]["settings"] = {"task_optimizers": True, "mode": "sum"}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match="settings of strategy 'v3'.*task_optimizers applies"):
+        BenchConfig.from_yaml(path)
+    grid = _grid(tmp_path)
+    grid["variants"]["v2"]["ff_data"] = {"cu": "cu.xyz"}          # lp draws no force-field data
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match="variants.v2: ff_data is only used by strategies that train on"):
+        BenchConfig.from_yaml(path)
+
+
+def test_set_reaches_every_key_of_the_grid(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(_grid(tmp_path)))
+    cfg = BenchConfig.from_yaml(path, ["variants.v1.settings.model_prob=0.7", "variants.v3.ff_data.cu.max_force=5",
+                                       "tasks.0.property=homo", "settings.lr0=1e-4", "fractions=[0.5]"])
+    assert cfg.cell_settings("v1", 3).model_prob == 0.7 and cfg.cell_settings("v1", 3).seed == 3
+    assert cfg.variants["v3"].ff_data["cu"].max_force == 5.0 and cfg.tasks[0].property == "homo"
+    assert cfg.cell_settings("ft", 0).lr0 == 1e-4 and cfg.fractions == [0.5]
+    assert [c[0] for c in cfg.cells()][:2] == ["qm9:homo|ft|seed0|frac0.5", "qm9:homo|ft|seed1|frac0.5"]
+    with pytest.raises(ConfigError, match="variants.v1.settings.model_prob: expected a number, got 'high'"):
+        BenchConfig.from_yaml(path, ["variants.v1.settings.model_prob=high"])
+    assert cfg.missing_paths() == ["absent.pt", "cu.xyz"]
+
+
+def test_bench_subset_keeps_the_grid_valid(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(_grid(tmp_path, strategy_seeds={"v2": [0]})))
+    cfg = BenchConfig.from_yaml(path).select(["ft", "v3"], [1])
+    assert [c[0].split("|", 1)[1] for c in cfg.cells()] == ["ft|seed1|frac1", "v3|seed1|frac1"]
+    with pytest.raises(ConfigError, match="unknown strategy 'v33'; did you mean 'v3'"):
+        BenchConfig.from_yaml(path).select(["v33"])
+
+
+def test_pretrain_backbone_and_prefactor_keys_are_checked_at_load(tmp_path):
+    path = tmp_path / "pre.yaml"
+    path.write_text(yaml.safe_dump({"datasets": [{"name": "a", "path": "a.xyz"}], "backbone": {"n_dimm": 32}}))
+    with pytest.raises(ConfigError, match=r"backbone: unknown key 'n_dimm'; did you mean 'n_dim'"):
+        PretrainConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"prefactors: unknown key 'start_ee'; did you mean 'start_e'"):
+        PretrainConfig.from_yaml(path, set_pairs=["backbone={}", "prefactors.start_ee=1"])
+    with pytest.raises(ConfigError, match="unknown preset 'cpuu'; did you mean 'cpu'"):
+        PretrainConfig.from_yaml(path, set_pairs=["backbone={}", "preset=cpuu"])
+    with pytest.raises(ConfigError, match="backbone switch 'expo' is not known"):
+        PretrainConfig.from_yaml(path, set_pairs=["backbone={switch: expo}"])
+
+
+def test_unknown_strategy_names_the_closest():
+    from mftcalc.training.strategies import get_strategy
+    with pytest.raises(ConfigError, match="unknown strategy 'mtf'; did you mean 'mft'"):
+        from_mapping(FinetuneSettings, {"strategy": "mtf"}, "x")
+    with pytest.raises(ValueError, match="unknown strategy 'fozen-sklearn'; did you mean 'frozen-sklearn'"):
+        get_strategy("fozen-sklearn")
+
+
+def test_config_reference_is_generated_from_the_schema():
+    """docs/config.md is the generator's output (regenerate: python -m mftcalc.config_reference > docs/config.md),
+    and it documents every key of every config class."""
+    import dataclasses
+    from mftcalc.config_reference import reference
+    from mftcalc.experiments.config import FinetuneConfig, TaskSpec, Variant
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert committed == reference(), "docs/config.md is stale: python -m mftcalc.config_reference > docs/config.md"
+    for cls in (PretrainConfig, FinetuneConfig, BenchConfig, TaskSpec, Variant, FinetuneSettings):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+            assert f"| `{f.name}` |" in committed

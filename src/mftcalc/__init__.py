@@ -3,7 +3,7 @@
 Multi-task fine-tuning (MFT) keeps the pretrained force-field head while learning a property, so one ASE
 calculator relaxes a structure and predicts its property.
 
-The public API (everything else is reached through its room, e.g. ``mftcalc.relax`` or ``mftcalc.training``):
+The public API (everything else is reached through its room, e.g. ``mftcalc.relaxation`` or ``mftcalc.training``):
 
 - ``MFTCalculator``: the ASE calculator (energy eV, forces eV/Å, stress eV/Å³, and the model's properties).
 - ``Structure``: the package's structure record; ``read_structures``: any supported file to a list of them.
@@ -23,8 +23,8 @@ _PUBLIC = {
     "read_structures": "mftcalc.data.io",
     "load_model": "mftcalc.model.checkpoint",
     "predict": "mftcalc.calculators.predict",
-    "relax": "mftcalc.relax.engine",
-    "RelaxResult": "mftcalc.relax.engine",
+    "relax": "mftcalc.relaxation.api",
+    "RelaxResult": "mftcalc.relaxation.engine",
 }
 
 __all__ = ["MFTCalculator", "Structure", "read_structures", "load_model", "predict", "relax", "RelaxResult",

@@ -3,7 +3,8 @@
 Every sub-command's help shows its defaults; ``--version``; ``--debug`` (before or after the sub-command) shows
 tracebacks, which are otherwise caught here and printed as one line that names the problem and the fix. The
 commands that run the model (:data:`MODEL_COMMANDS`) take ``--threads`` and print the torch thread count they use
-(:mod:`mftcalc.calculators.threads`).
+(:mod:`mftcalc.calculators.threads`), and ``--device`` (default ``auto``; the model's device is printed when it
+loads, :meth:`mftcalc.calculators.model_handle.ModelHandle.load`).
 """
 from __future__ import annotations
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--threads", type=int, default=None,
             help="torch CPU threads (default: OMP_NUM_THREADS if set, else the cores the load average shows idle, "
                  "at least 1)")
+        subparsers.choices[name].add_argument(
+            "--device", default="auto", help="cpu, cuda[:k] or auto (CUDA when torch sees a device, else cpu); the "
+            "choice is printed")
     return parser
 
 

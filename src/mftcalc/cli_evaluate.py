@@ -37,17 +37,18 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
 
 
 def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional[str] = None,
-                   plot: Optional[str] = "parity.png", max_structures: Optional[int] = None) -> Dict[str, Dict]:
+                   plot: Optional[str] = "parity.png", max_structures: Optional[int] = None,
+                   device: str = "cpu") -> Dict[str, Dict]:
     """Print a table of errors per file (energy MAE/atom meV, force MAE/RMSE meV/Å) and write a parity plot.
 
     Every file is read and checked (:func:`read_labelled`) before the model runs, so an unreadable or unlabelled
     file stops the command (``SystemExit``, status 1) with a message naming it. A column a file has no labels for
-    is printed as ``-``.
+    is printed as ``-``. ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``).
     """
     from mftcalc.calculators.model_handle import ModelHandle
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
     try:
-        handle = ModelHandle.load(model_path, dataset=dataset)
+        handle = ModelHandle.load(model_path, dataset=dataset, device=device)
     except (KeyError, ValueError) as exc:
         raise SystemExit(f"{model_path}: {exc}") from None
     table: Dict[str, Dict] = {}
@@ -76,32 +77,11 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         print(f"{Path(name).name:40s} {row['n']:6d} {_cell(row, 'e_mae_mev_atom', 15, 2)} "
               f"{_cell(row, 'f_mae_mev_A', 12, 1)} {_cell(row, 'f_rmse_mev_A', 13, 1)}")
     if plot:
-        _parity_plot(parity, plot)
+        from mftcalc.analysis.plots import plot_forcefield_parity
+        plot_forcefield_parity(parity, plot)
     return table
 
 
 def _cell(row: Dict, key: str, width: int, digits: int) -> str:
     """A table cell: the value, or ``-`` when the file had no labels for it."""
     return f"{row[key]:{width}.{digits}f}" if key in row else f"{'-':>{width}s}"
-
-
-def _parity_plot(parity, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(10, 4.5))
-    for name, e_ref, e_pred, f_ref, f_pred in parity:
-        if e_ref.size:
-            ax_e.scatter(e_ref - e_ref.mean(), e_pred - e_ref.mean(), s=4, label=name)
-        if f_ref.size:
-            ax_f.scatter(f_ref, f_pred, s=2, alpha=0.4, label=name)
-    for ax, label in [(ax_e, "energy − mean (eV/atom)"), (ax_f, "force component (eV/Å)")]:
-        lims = ax.get_xlim()
-        ax.plot(lims, lims, "k--", lw=0.8)
-        ax.set_xlabel(f"reference {label}")
-        ax.set_ylabel(f"predicted {label}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -44,33 +44,48 @@ def default_steps(n_train: int, batch: int) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from mftcalc.schema import apply_overrides, from_mapping
-    from mftcalc.experiments.bench import BenchConfig, FinetuneConfig, _load_task, _pretrained_backbone
-    from mftcalc.training.finetune import FinetuneSettings, finetune
-    from mftcalc.training.pretrain import load_forcefield_set, read_yaml
+    from dataclasses import fields, replace
+    from mftcalc.experiments.bench import pretrained_backbone
+    from mftcalc.experiments.config import FinetuneConfig
+    from mftcalc.experiments.tasks import load_task
+    from mftcalc.schema import ConfigError, apply_overrides, from_mapping, read_yaml
+    from mftcalc.training.finetune import finetune
+    from mftcalc.training.forcefield_data import load_forcefield_set
     from mftcalc.training.sampler import resolve_batch_size
+    from mftcalc.training.strategies import get_strategy
     if bool(args.config) == bool(args.data):
         raise SystemExit("give a CONFIG.yaml or --data FILE --property NAME -o OUT.pt (not both)")
-    # --set key=value: a bare key is a settings key (steps=500), a dotted key starts at the top (task.property=homo)
-    pairs = [p if "." in p.partition("=")[0] else f"settings.{p}" for p in (args.set or [])]
+    # --set key=value: a bare key is a settings key (steps=500) unless it is a top-level key (out_dir=...); a dotted
+    # key starts at the top (task.property=homo)
+    top = {f.name for f in fields(FinetuneConfig)}
+    pairs = [p if "." in p.partition("=")[0] or p.partition("=")[0] in top else f"settings.{p}"
+             for p in (args.set or [])]
     pairs += [f"settings.device={args.device}"] if args.device else []
-    data = apply_overrides(read_yaml(args.config) if args.config else _data_config(args), pairs)
-    spec = from_mapping(FinetuneConfig, data, args.config)
-    settings = from_mapping(FinetuneSettings, spec.settings, f"{args.config}: settings")
+    where = args.config or "the --data options"
+    spec = from_mapping(FinetuneConfig, apply_overrides(read_yaml(args.config) if args.config else _data_config(args),
+                                                        pairs), where)
+    missing = spec.missing_paths()
+    if missing:
+        raise ConfigError(f"{where}: these inputs do not exist: {missing}; fix the paths (relative paths start from "
+                          "the working directory)")
+    settings = spec.finetune_settings()
     task_spec = spec.task
-    cfg = BenchConfig(pretrained=spec.pretrained or "", out_dir=spec.out_dir, tasks=[task_spec],
-                      qm9_splits=spec.qm9_splits, qm9_max_eval=spec.qm9_max_eval, matbench_path=spec.matbench_path)
     fold = task_spec.fold_indices[0] if task_spec.kind == "matbench" else None
-    task = _load_task(cfg, task_spec, task_spec.train_fraction, fold, settings.seed, {})
+    task = load_task(task_spec, task_spec.train_fraction, fold, settings.seed, {}, spec.qm9_splits, spec.qm9_max_eval,
+                     spec.matbench_path, spec.pretrained or None)
     if args.data and "steps" not in spec.settings:
-        from dataclasses import replace
         steps = default_steps(len(task.train), resolve_batch_size(settings.property_batch, task.train))
         settings = replace(settings, steps=steps)
         print(f"{len(task.train)} training and {len(task.val)} validation structures: {steps} steps "
               "(about 200 passes, within 1,000-20,000; --steps to change)")
     ff = {name: load_forcefield_set(name, s) for name, s in spec.ff_data.items()} if spec.ff_data else None
-    result = finetune(task, settings, spec.out_dir, cfg.pretrained or None, ff_structures=ff,
-                      backbone_cfg=_pretrained_backbone(cfg, {}) if settings.strategy == "scratch" else None)
+    from_pretrained = get_strategy(settings.strategy).from_pretrained
+    from mftcalc.training.distributed import distributed_session
+    with distributed_session(settings.device) as (rank, world):   # under torchrun: DDP, rank 0 writes
+        result = finetune(task, settings, spec.out_dir, spec.pretrained or None, ff_structures=ff,
+                          backbone_cfg=None if from_pretrained else pretrained_backbone(spec.pretrained or ""))
+    if rank != 0:
+        return 0
     if args.output:
         import shutil
         tmp = Path(args.output).with_suffix(".tmp")
@@ -82,31 +97,28 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mftcalc.experiments.bench import BenchConfig, parse_shard, run_bench
-    from dataclasses import replace
+    from mftcalc.experiments.bench import parse_shard, run_bench
+    from mftcalc.experiments.config import BenchConfig
     cfg = BenchConfig.from_yaml(args.config, list(args.set or []) + (
         [f"settings.device={args.device}"] if args.device else []))
-    if args.strategies:
-        cfg = replace(cfg, strategies=[v.strip() for v in args.strategies.split(",") if v.strip()])
-    if args.seeds:
-        cfg = replace(cfg, seeds=[int(v) for v in args.seeds.split(",")])
+    cfg = cfg.select([v.strip() for v in args.strategies.split(",") if v.strip()] if args.strategies else None,
+                     [int(v) for v in args.seeds.split(",")] if args.seeds else None)
     run_bench(cfg, shard=parse_shard(args.shard))
     print((Path(cfg.out_dir) / "summary.md").read_text())
     return 0
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from mftcalc.schema import apply_overrides, from_mapping
     from mftcalc.experiments.cv import cross_validate
-    from mftcalc.training.finetune import FinetuneSettings
     from mftcalc.experiments.tasks import read_property_file
-    pretrained = args.pretrained or _shipped_pretrained()
-    structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
+    from mftcalc.schema import apply_overrides, from_mapping
+    from mftcalc.training.finetune import FinetuneSettings
+    pretrained = args.pretrained or _shipped_pretrained()     # scratch: it gives the backbone size
     overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})},
                                 args.set or [])
     settings = from_mapping(FinetuneSettings, overrides, "cv settings")
-    summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings,
-                             None if args.strategy == "scratch" and not args.pretrained else pretrained,
+    structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
+    summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings, pretrained,
                              args.out_dir, args.folds, args.group_by, seed=args.seed)
     print((Path(args.out_dir) / "report.md").read_text())
     print(json.dumps({k: v for k, v in summary.items() if k != "folds"}))
@@ -134,6 +146,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def add_finetune_parsers(subparsers: Any) -> None:
     """Register ``finetune``, ``bench`` and ``analyze``."""
+    from mftcalc.training.strategies import strategy_names
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained model on a property (scratch/ft/lp/mft)",
         description="Fine-tune from a YAML config, or on your own data with no YAML: "
@@ -148,7 +161,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    "every output column)")
     p.add_argument("--extensive", action="store_true", help="with --data: the property grows with the structure "
                    "(summed per-atom terms); default intensive (averaged)")
-    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch", "frozen-sklearn"],
+    p.add_argument("--strategy", default="mft", choices=strategy_names(),
                    help="with --data; frozen-sklearn: a ridge fit on pooled pretrained features, no training")
     p.add_argument("--val", help="with --data: validation file (default: --val-fraction of the data)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: seeded validation share")
@@ -159,9 +172,9 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("-o", "--output", help="write the fine-tuned model here (the run's state, curves and parity "
                    "plot go to OUT_run/ beside it)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config keys: a bare key is a settings key (steps=500), a dotted key starts at the "
-                        "top (task.property=homo)")
-    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else cpu)")
+                   help="override config keys: a bare key is a settings key (steps=500) unless it is a top-level "
+                        "key (out_dir=run2), a dotted key starts at the top (task.property=homo)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else auto: CUDA when torch sees one, else CPU)")
     p.set_defaults(func=_finetune)
     p = subparsers.add_parser("cv", help="k-fold cross-validation of a strategy on your own labelled data",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -172,7 +185,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--folds", type=int, default=5, help="number of folds")
     p.add_argument("--group-by", choices=["formula", "scaffold"], default=None,
                    help="keep groups together (GroupKFold): formula, or the Murcko scaffold of info['smiles']")
-    p.add_argument("--strategy", default="mft", choices=["mft", "ft", "lp", "scratch", "frozen-sklearn"],
+    p.add_argument("--strategy", default="mft", choices=strategy_names(),
                    help="fine-tuning strategy of every fold")
     p.add_argument("--steps", type=int, help="training steps per fold (default: the strategy's default)")
     p.add_argument("--pretrained", help="pretrained model (default: the shipped models/pretrained.pt)")
@@ -189,7 +202,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--seeds", metavar="0,1", help="run only these seeds")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (settings.steps=500, tasks.0.property=homo)")
-    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else auto: CUDA when torch sees one, else CPU)")
     p.set_defaults(func=_bench)
     p = subparsers.add_parser("analyze", help="representation drift and Davies-Bouldin indices vs the pretrained model")
     p.add_argument("pretrained")

@@ -1,4 +1,8 @@
-"""``mftcalc export | info | predict | relax | screen | demo``: the model and calculator commands."""
+"""``mftcalc export | info | predict | relax | screen | demo | merge``: the model and calculator commands.
+
+``predict``, ``relax`` and ``screen`` take ``--shard I/N`` (one shard of an array job; ``mftcalc merge`` joins the
+shard outputs) and ``screen`` takes ``--scheduler ADDRESS`` (a Dask cluster); ``--device`` and ``--threads`` are
+added to every command that runs the model by :mod:`mftcalc.cli`."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mftcalc.relax.engine import OPTIMIZERS
+from mftcalc.relaxation.optimizers import OPTIMIZERS
 from mftcalc.workflows.screening import OUTPUT_HELP
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -15,6 +19,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DATASET_HELP = ("force-field dataset (energy reference) for every structure; default: each structure's "
                 "info['dataset'], else the unique dataset whose elements and periodicity cover it, else an error "
                 "naming the candidates (mftcalc info MODEL lists the datasets)")
+SHARD_HELP = ("run shard I of N (I = 0..N-1; e.g. one per array-job task): blocks of 256 consecutive structures "
+              "dealt round robin, written to OUT's name with .shard-I-of-N before the suffix (resumable CSV); "
+              "mftcalc merge OUT joins the N shards into exactly the unsharded output")
 OPTIMIZER_HELP = ("per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
                   "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
@@ -38,35 +45,62 @@ def _info(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=False, properties=args.properties,
-                  workers=args.workers, dtype=DTYPES[args.dtype], dataset=args.dataset)
-    print(f"{summary(rows, relaxed=False)}\nwrote {args.out}")
+                  workers=args.workers, shard=args.shard, dtype=DTYPES[args.dtype], dataset=args.dataset,
+                  device=args.device)
+    print(f"{summary(rows, relaxed=False)}\nwrote {_written(args)}")
     return 0
 
 
 def _relax(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
-                  dtype=DTYPES[args.dtype], dataset=args.dataset)
-    print(f"{summary(rows, relaxed=True)}\nwrote {args.out}")
+                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers, shard=args.shard,
+                  dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
+    print(f"{summary(rows, relaxed=True)}\nwrote {_written(args)}")
     return 0
 
 
 def _screen(args: argparse.Namespace) -> int:
     from mftcalc.workflows.screening import default_model_path, screen, summary
     model = args.model or default_model_path()
-    rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers,
-                  dtype=DTYPES[args.dtype], dataset=args.dataset)
-    print(f"{summary(rows, relaxed=args.relax)}\nwrote {args.out}")
+    client = None
+    if args.scheduler:
+        from mftcalc.workflows.dask_screen import connect
+        client = connect(args.scheduler)
+        print(f"mftcalc: Dask scheduler {args.scheduler}: {len(client.scheduler_info()['workers'])} worker(s)")
+    try:
+        rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
+                      optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers, shard=args.shard,
+                      client=client, dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"{summary(rows, relaxed=args.relax)}\nwrote {_written(args)}")
     return 0
+
+
+def _written(args: argparse.Namespace) -> str:
+    """The file a predict/relax/screen wrote: ``--out``, or its shard's name."""
+    if args.shard is None:
+        return args.out
+    from mftcalc.workflows.shards import parse_shard, shard_path
+    return f"{shard_path(args.out, parse_shard(args.shard))} (mftcalc merge {args.out} once all shards are done)"
 
 
 def _demo(args: argparse.Namespace) -> int:
     from mftcalc.workflows.demo import run_demo
     from mftcalc.workflows.screening import summary
-    rows = run_demo(args.model, Path(args.out_dir), dataset=args.dataset)
+    rows = run_demo(args.model, Path(args.out_dir), dataset=args.dataset, device=args.device)
     print(summary(rows, relaxed=True))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from mftcalc.workflows.shards import find_shards, merge
+    done = merge(args.out, args.shards or None)
+    names = args.shards or [p.name for p in find_shards(args.out)]
+    print(f"merged {done['shards']} shards ({done['structures']} structures: {', '.join(map(str, names))}) "
+          f"into {args.out}")
     return 0
 
 
@@ -89,8 +123,13 @@ def _relax_options(p: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each (e.g. one per core)")
 
 
+def _shard_option(p: Any) -> None:
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help=SHARD_HELP)
+
+
 def add_model_parsers(subparsers: Any) -> None:
-    """Register ``export``, ``info``, ``predict``, ``relax``, ``screen`` and ``demo``."""
+    """Register ``export``, ``info``, ``predict``, ``relax``, ``screen``, ``demo`` and ``merge``."""
     p = subparsers.add_parser("export", help="TorchScript export of a checkpoint")
     p.add_argument("checkpoint", help="mftcalc checkpoint (.pt) to export")
     p.add_argument("-o", "--output", required=True, help="TorchScript file to write")
@@ -105,10 +144,12 @@ def add_model_parsers(subparsers: Any) -> None:
     _inputs(p)
     p.add_argument("--properties", nargs="*", default=None, help="property heads to predict (default: all)")
     p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each")
+    _shard_option(p)
     p.set_defaults(func=_predict)
     p = subparsers.add_parser("relax", help="batched relaxation, then properties")
     _inputs(p)
     _relax_options(p)
+    _shard_option(p)
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")
     p.add_argument("input", help="structures: extxyz, ASE db, DeePMD dir, any ASE-readable file")
@@ -118,6 +159,11 @@ def add_model_parsers(subparsers: Any) -> None:
     _relax_options(p)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the model")
     p.add_argument("--dataset", default=None, help=DATASET_HELP)
+    _shard_option(p)
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the chunks as tasks on a Dask cluster: its scheduler (tcp://host:8786, or a scheduler "
+                   "file .json); each worker keeps one model loaded (pip install \"mftcalc[cluster]\"; default: "
+                   "this machine)")
     p.set_defaults(func=_screen)
     p = subparsers.add_parser("demo", help="relax-then-predict the bundled example molecules with the shipped model")
     p.add_argument("--model", default=None, help="checkpoint or TorchScript export (default: the shipped model)")
@@ -125,3 +171,8 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--dataset", default=None, help="force-field dataset (default: xtb_qm9 when the model has it: the "
                    "bundled molecules are QM9 molecules; else inferred per molecule)")
     p.set_defaults(func=_demo)
+    p = subparsers.add_parser("merge", help="join the --shard I/N outputs of a predict/relax/screen into exactly "
+                              "the unsharded output")
+    p.add_argument("out", help="the --out the shards were run with (results.csv: merges results.shard-*-of-N.csv)")
+    p.add_argument("shards", nargs="*", help="shard outputs (default: every OUT-stem.shard-I-of-N file beside OUT)")
+    p.set_defaults(func=_merge)

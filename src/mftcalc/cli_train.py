@@ -3,31 +3,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
     from mftcalc.training.pretrain import PretrainConfig, pretrain
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        import torch.distributed as dist
-        dist.init_process_group("gloo")
+    from mftcalc.training.distributed import distributed_session
     pairs = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
     pairs += [f"init={args.init}"] if args.init else []
     cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
-    card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
-    if not distributed or int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
-    if distributed:
-        import torch.distributed as dist
-        dist.destroy_process_group()
+    with distributed_session(cfg.device) as (rank, world):
+        card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
+        if rank == 0:
+            print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mftcalc.cli_evaluate import evaluate_files
-    evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures)
+    evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures,
+                   device=args.device)
     return 0
 
 
@@ -37,7 +32,7 @@ def add_train_parsers(subparsers: Any) -> None:
     p.add_argument("config", help="YAML file mapped onto mftcalc.training.pretrain.PretrainConfig")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (steps=1000, datasets.0.prob=0.9)")
-    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's device, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's device, else auto: CUDA when torch sees one, else CPU)")
     p.add_argument("--init", default=None, metavar="MODEL.pt",
                    help="fine-tune the force field of a trained model on the config's datasets: its datasets keep "
                         "their embeddings (add them with prob 0 to report their retention, or > 0 to replay them), "

@@ -1,20 +1,59 @@
 """One strict loader for every YAML config (pretraining, fine-tuning, bench): mapping -> dataclass.
 
-:func:`from_mapping` builds a dataclass from a mapping and refuses what would otherwise fail hours later or
-silently: unknown keys (with a "did you mean"), values of the wrong type (``steps: fifty``), missing required
-keys. Numbers written as YAML strings (PyYAML reads ``1e-3`` as the string ``"1e-3"``) are converted when the
-field is a float. Nested dataclasses, ``Optional``, ``List``/``Tuple``/``Sequence`` and ``Dict`` fields are
-checked recursively. :func:`apply_overrides` applies ``--set key=value`` pairs, where ``a.b.c`` reaches nested
-keys and list items (``datasets.0.prob=0.9``).
+:func:`load_config` reads a YAML file, applies ``--set`` overrides and builds the config dataclass with
+:func:`from_mapping`, which refuses what would otherwise fail hours later or silently: unknown keys (with a "did
+you mean"), values of the wrong type (``steps: fifty``), missing required keys. Numbers written as YAML strings
+(PyYAML reads ``1e-3`` as the string ``"1e-3"``) are converted when the field is a float. Nested dataclasses,
+``Optional``/``Union``, ``List``/``Tuple``/``Sequence`` and ``Dict`` fields are checked recursively; a field
+declared with :func:`option` ``(keys_of=Cls)`` holds some keys of dataclass ``Cls`` (e.g. the fine-tuning
+settings a bench variant overrides), checked key by key. :func:`apply_overrides` applies ``--set key=value``
+pairs, where ``a.b.c`` reaches nested keys and list items (``datasets.0.prob=0.9``). Every field's help text
+(:func:`option`) feeds the generated reference, :func:`reference_markdown` (``docs/config.md``).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections import abc
 import typing
-from typing import Any, Dict, List, Mapping, Sequence, Type, TypeVar, Union
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 T = TypeVar("T")
+_NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def option(default: Any = _NO_DEFAULT, help: str = "", *, factory: Any = _NO_DEFAULT,
+           keys_of: Optional[type] = None) -> Any:
+    """A dataclass field with its help text (shown in ``docs/config.md``): ``default`` or a ``factory`` for
+    mutable defaults, neither for a required key. ``keys_of=Cls``: the field is a mapping of some keys of
+    dataclass ``Cls`` (unknown keys refused, values checked against ``Cls``'s field types)."""
+    metadata: Dict[str, Any] = {"help": help}
+    if keys_of is not None:
+        metadata["keys_of"] = keys_of
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def load_config(cls: Type[T], path: str | Path, set_pairs: Sequence[str] = ()) -> T:
+    """Config dataclass ``cls`` from the YAML file ``path`` with ``--set`` pairs applied (:func:`apply_overrides`)."""
+    return from_mapping(cls, apply_overrides(read_yaml(path), set_pairs), str(path))
+
+
+def read_yaml(path: str | Path) -> Dict[str, Any]:
+    """A YAML mapping from ``path``; a missing file, a parse error or a non-mapping names the file."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}")
+    return data
 
 
 class ConfigError(ValueError):
@@ -40,16 +79,32 @@ def from_mapping(cls: Type[T], data: Any, where: str) -> T:
     hints = typing.get_type_hints(cls)
     values: Dict[str, Any] = {}
     for name, f in fields.items():
-        if name in data:
+        if name in data and "keys_of" in f.metadata:
+            values[name] = partial_mapping(f.metadata["keys_of"], data[name], f"{where}.{name}")
+        elif name in data:
             values[name] = coerce(data[name], hints.get(name, Any), f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise ConfigError(f"{where}: missing required key {name!r}")
     try:
         return cls(**values)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
+    except (TypeError, ValueError) as exc:      # the class's own checks (__post_init__)
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def partial_mapping(cls: type, data: Any, where: str) -> Dict[str, Any]:
+    """Some keys of dataclass ``cls`` (e.g. settings overrides), each checked against its field type; the
+    dataclass itself is not built (the caller merges such mappings and builds it once)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} keys, got {data!r}")
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}{suggest(str(key), fields)} (allowed: "
+                              f"{', '.join(fields)})")
+        out[key] = coerce(value, hints.get(key, Any), f"{where}.{key}")
+    return out
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -63,12 +118,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         options = [a for a in args if a is not type(None)]
         errors = []
-        for option in options:
+        for choice in options:
             try:
-                return coerce(value, option, where)
+                return coerce(value, choice, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {options}")
+        if isinstance(value, Mapping):       # a mapping meant for the dataclass option: its error names the key
+            errors = [e for e, choice in zip(errors, options) if dataclasses.is_dataclass(choice)] or errors
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{where}: {value!r} fits none of {', '.join(type_name(o) for o in options)}")
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, where)
     if tp is bool:
@@ -90,13 +148,13 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if origin in (list, tuple, typing.Sequence, Sequence) or tp in (list, tuple):
+    if origin in (list, tuple, abc.Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item = args[0] if args else Any
         items = [coerce(v, item, f"{where}[{k}]") for k, v in enumerate(value)]
         return tuple(items) if origin is tuple or tp is tuple else items
-    if origin in (dict, typing.Mapping, Mapping) or tp is dict:
+    if origin in (dict, abc.Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         item = args[1] if len(args) == 2 else Any
@@ -160,3 +218,77 @@ def _index(node: list, part: str, path: List[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
         raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not an index of a list of {len(node)}")
     return int(part)
+
+
+# ----------------------------------------------------------------------------------------------- the reference
+def type_name(tp: Any) -> str:
+    """A field annotation in words for the reference (``list of int``, ``float or null``, a dataclass link)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        return "any"
+    if origin is Union:
+        options = [type_name(a) for a in args if a is not type(None)]
+        return " or ".join(options + (["null"] if type(None) in args else []))
+    if dataclasses.is_dataclass(tp):
+        return f"[{tp.__name__}](#{tp.__name__.lower()})"
+    if origin in (list, tuple, abc.Sequence) or tp in (list, tuple):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin in (dict, abc.Mapping) or tp is dict:
+        return f"mapping {type_name(args[0])} → {type_name(args[1])}" if len(args) == 2 else "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    import json
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return "required"
+    return f"`{json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)}`"
+
+
+def _nested(cls: type) -> List[type]:
+    """Dataclasses named by ``cls``'s fields (types or ``keys_of``), in field order."""
+    out: List[type] = []
+
+    def walk(tp: Any) -> None:
+        if dataclasses.is_dataclass(tp):
+            out.append(tp)
+        for arg in typing.get_args(tp):
+            walk(arg)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        walk(f.metadata.get("keys_of") or hints.get(f.name, Any))
+    return out
+
+
+def reference_markdown(sections: Sequence[tuple], preamble: str = "") -> str:
+    """The config reference: for each ``(heading, root dataclass)`` section, the root and every dataclass it
+    names (once, in order of first mention) as a table of key, type, default and help. A class's first docstring
+    paragraph introduces its table."""
+    lines = ["# Configuration reference", "", preamble.strip(), ""] if preamble else ["# Configuration reference", ""]
+    done: set = set()
+    for heading, root in sections:
+        lines += [f"## {heading}", ""]
+        queue = [root]
+        while queue:
+            cls = queue.pop(0)
+            if cls in done:
+                continue
+            done.add(cls)
+            queue += _nested(cls)
+            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            lines += [f"### {cls.__name__}", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if not f.init:
+                    continue
+                keys_of = f.metadata.get("keys_of")
+                kind = (f"mapping of [{keys_of.__name__}](#{keys_of.__name__.lower()}) keys" if keys_of
+                        else type_name(hints.get(f.name, Any)))
+                text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+                lines.append(f"| `{f.name}` | {kind} | {_default_text(f).replace('|', chr(92) + '|')} | {text} |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,5 +1,5 @@
-"""Issue 18: the batched API (``predict``, ``relax``, imported from ``mftcalc.calculators`` as the README says) takes
-lists of mftcalc ``Structure``, ``ase.Atoms`` and pymatgen ``Structure``/``Molecule``, refuses anything else by
+"""Issue 18: the batched API (``predict``: :mod:`mftcalc.calculators.predict`, ``relax``: :mod:`mftcalc.relaxation.api`;
+both also ``mftcalc.predict``/``mftcalc.relaxation``) takes lists of mftcalc ``Structure``, ``ase.Atoms`` and pymatgen ``Structure``/``Molecule``, refuses anything else by
 index and type, and hands back the model's energy, forces and stress at the relaxed geometry."""
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pymatgen.core import Lattice, Molecule
 from pymatgen.core import Structure as PmgStructure
 
 from _helpers import save_tiny_model
-from mftcalc.calculators import MFTCalculator, RelaxResult, predict, relax
+from mftcalc.calculators import MFTCalculator
+from mftcalc.calculators.predict import predict
+from mftcalc.relaxation.api import relax
+from mftcalc.relaxation.engine import RelaxResult
 from mftcalc.data import Structure
 from mftcalc.data.io import from_pymatgen
 

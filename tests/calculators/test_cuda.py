@@ -15,7 +15,8 @@ from ase.build import bulk, molecule
 
 from _helpers import make_tiny_model
 from mftcalc.calculators import MFTCalculator
-from mftcalc.relax.engine import predict, relax
+from mftcalc.calculators.predict import predict
+from mftcalc.relaxation.api import relax
 from mftcalc.data import Structure
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

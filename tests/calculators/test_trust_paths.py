@@ -12,7 +12,8 @@ from ase.build import bulk, molecule
 
 from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
 from mftcalc.calculators import MFTCalculator
-from mftcalc.relax.engine import predict, relax
+from mftcalc.calculators.predict import predict
+from mftcalc.relaxation.api import relax
 from mftcalc.calculators.domains import KNOWN_DATASET_DOMAINS, DatasetChoiceError, domains_from_structures
 from mftcalc.calculators.model_handle import DomainWarning, ModelHandle
 from mftcalc.data import Structure

@@ -1,7 +1,6 @@
 """BOOM splits: BOOM's bandwidth and OOD set against scikit-learn's exact KDE, the binned-FFT KDE against the
 exact kernel sum, split sizes, SMILES keys, determinism, disjointness, files."""
 import random
-import time
 
 import numpy as np
 import pytest
@@ -108,9 +107,7 @@ def test_kde_rejects_degenerate_input():
 
 
 def test_all_eight_splits(qm9):
-    start = time.perf_counter()
     splits = boom_splits(qm9, seed=0)
-    assert time.perf_counter() - start < 30.0
     n_rest = len(qm9) - 10_000
     everyone = np.sort(qm9.qm9_index)
     for name, split in splits.items():

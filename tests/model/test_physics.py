@@ -1,13 +1,20 @@
-"""Physics of the model: forces = −dE/dx, stress = (1/V) dE/dε, invariances, supercells, smoothness, batching."""
+"""Physics of the model, every head kind, through mftcalc.testing (forces = −dE/dx, stress = (1/V) dE/dε,
+rotation/translation/permutation of molecules and cells, supercells, additivity, acoustic sum, cutoffs, batching,
+export), and what the checker does not cover: dataset embedding, float32, features, the last-layer skip, a pin."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from scipy.spatial.transform import Rotation
+from ase.build import molecule
 
+from _helpers import TINY_DOMAINS, make_tiny_model
 from mftcalc import keys as K
 from mftcalc.data import Structure, collate
+from mftcalc.model.checkpoint import model_metadata
+from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.mft_model import MFTModel
+from mftcalc.testing import check_model
 
 
 def energy_of(model, structure: Structure, dataset: int = 0) -> float:
@@ -15,95 +22,93 @@ def energy_of(model, structure: Structure, dataset: int = 0) -> float:
                        compute_stress=False)["energy"][0].detach())
 
 
-def test_forces_match_finite_differences(tiny_model, molecules, crystal):
-    for s in [molecules[0], crystal]:
-        out = tiny_model(collate([s], torch.float64))
-        forces = out["forces"].detach().numpy()
-        h = 1e-5
-        rng = np.random.default_rng(3)
-        for atom in rng.choice(s.n_atoms, size=min(3, s.n_atoms), replace=False):
-            for axis in range(3):
-                plus, minus = s.positions.copy(), s.positions.copy()
-                plus[atom, axis] += h
-                minus[atom, axis] -= h
-                fd = -(energy_of(tiny_model, s.with_labels(positions=plus))
-                       - energy_of(tiny_model, s.with_labels(positions=minus))) / (2 * h)
-                assert abs(fd - forces[atom, axis]) <= 1e-6 * max(1.0, abs(fd)) + 1e-8, (atom, axis, fd)
+def _with_domains(model: MFTModel) -> MFTModel:
+    model.metadata = model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS)
+    return model
 
 
-def test_stress_matches_finite_strain(tiny_model, crystal):
-    out = tiny_model(collate([crystal], torch.float64))
-    stress = out["stress"][0].detach().numpy()
-    volume = abs(np.linalg.det(crystal.cell))
-    h = 1e-5
-    for a in range(3):
-        for b in range(3):
-            def strained(eps: float) -> Structure:
-                strain = np.eye(3)
-                strain[a, b] += eps / 2
-                strain[b, a] += eps / 2
-                return crystal.with_labels(positions=crystal.positions @ strain, cell=crystal.cell @ strain)
-            fd = (energy_of(tiny_model, strained(h)) - energy_of(tiny_model, strained(-h))) / (2 * h) / volume
-            assert abs(fd - stress[a, b]) < 1e-7, (a, b, fd, stress[a, b])
+def _extensive_and_applicability_model() -> MFTModel:
+    """One force-field dataset, an extensive scalar head and a fitted applicability (``knn_ood``) head."""
+    from mftcalc.model.applicability import fit_applicability
+    torch.manual_seed(1)
+    cfg = ModelConfig(backbone=backbone_preset("tiny"),
+                      heads={"ff": default_forcefield_head(1, hidden=(16,)),
+                             "count": HeadConfig(kind="scalar", extensive=True, hidden=(16,)),
+                             "ood_score": HeadConfig(kind="knn_ood")})
+    model = MFTModel(cfg).double().eval()
+    rng = np.random.default_rng(0)
+    fit_applicability(model.property_heads["ood_score"], rng.normal(size=(20, cfg.backbone.n_dim)),
+                      [np.array([1, 6, 8, 14])] * 20)
+    return model
 
 
-def test_rotation_translation_permutation_invariance(tiny_model, molecules):
-    s = molecules[0]
-    ref = tiny_model(collate([s], torch.float64))
-    rot = Rotation.random(random_state=4).as_matrix()
-    moved = s.with_labels(positions=s.positions @ rot.T + np.array([1.3, -2.0, 0.7]))
-    out = tiny_model(collate([moved], torch.float64))
-    for name in ["energy", "gap", "mu", "r2"]:
-        torch.testing.assert_close(out[name], ref[name], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(out["forces"], ref["forces"] @ torch.as_tensor(rot.T), rtol=1e-8, atol=1e-10)
-    perm = np.random.default_rng(5).permutation(s.n_atoms)
-    permuted = s.with_labels(positions=s.positions[perm], numbers=s.numbers[perm])
-    out = tiny_model(collate([permuted], torch.float64))
-    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(out["forces"], ref["forces"][perm], rtol=1e-8, atol=1e-10)
+def _properties_only_model() -> MFTModel:
+    """No force field: intensive and extensive scalar, dipole and ⟨R²⟩ heads."""
+    torch.manual_seed(2)
+    heads = {"gap": HeadConfig(kind="scalar", hidden=(16,)),
+             "n": HeadConfig(kind="scalar", extensive=True, hidden=(16,)),
+             "mu": HeadConfig(kind="dipole", hidden=(16,)), "r2": HeadConfig(kind="r2", hidden=(16,))}
+    return MFTModel(ModelConfig(backbone=backbone_preset("tiny"), heads=heads)).double().eval()
 
 
-def test_periodic_supercell_is_extensive(tiny_model, crystal):
-    atoms = crystal.to_ase()
-    big = Structure.from_ase(atoms * (2, 2, 2))
-    e1 = energy_of(tiny_model, crystal)
-    e8 = energy_of(tiny_model, big)
-    assert abs(e8 - 8 * e1) < 1e-8 * max(1.0, abs(e8))
-    s1 = tiny_model(collate([crystal], torch.float64))["stress"]
-    s8 = tiny_model(collate([big], torch.float64))["stress"]
-    torch.testing.assert_close(s8, s1, rtol=1e-7, atol=1e-10)
+def _water_box() -> Structure:
+    """A sheared periodic box of two water molecules (periodic H and O, tagged with the tiny model's dataset b)."""
+    atoms = molecule("H2O")
+    second = molecule("H2O")
+    second.rotate(70, "z")
+    second.translate([2.2, 1.9, 1.6])
+    atoms += second
+    atoms.set_cell([[4.6, 0.0, 0.0], [0.4, 4.4, 0.0], [0.2, -0.3, 4.8]])
+    atoms.set_pbc(True)
+    atoms.rattle(0.05, seed=3)
+    atoms.info = {"name": "water box", "dataset": "b"}
+    return Structure.from_ase(atoms)
 
 
-@pytest.mark.parametrize("cutoff_name", ["e_rcut", "a_rcut"])
-def test_energy_and_forces_smooth_at_cutoffs(tiny_model, cutoff_name):
-    rcut = getattr(tiny_model.config.backbone, cutoff_name)
-    energies, forces = [], []
-    distances = np.linspace(rcut - 1e-3, rcut + 1e-3, 21)
-    for d in distances:   # an O atom bonded to C plus an H moving through the cutoff of O
-        s = Structure(positions=np.array([[0, 0, 0], [-1.2, 0, 0], [d * 0.6, d * 0.8, 0.0]]), numbers=[8, 6, 1])
-        out = tiny_model(collate([s], torch.float64))
-        energies.append(float(out["energy"][0].detach()))
-        forces.append(out["forces"].detach().numpy())
-    energies = np.array(energies)
-    forces = np.array(forces)
-    assert np.max(np.abs(np.diff(energies))) < 1e-7
-    assert np.max(np.abs(np.diff(forces, axis=0))) < 1e-5
-    # beyond the edge cutoff the far atom no longer interacts: force on it is exactly zero
-    if cutoff_name == "e_rcut":
-        assert np.abs(forces[-1][2]).max() == 0.0
+FORCEFIELD_RESULTS = [("forces_fd", "crystal", "forces"), ("stress_fd", "crystal", "stress"),
+                      ("rotation", "crystal", "stress"), ("rotation", "crystal", "forces"),
+                      ("translation", "crystal, wrapped", "stress"), ("supercell", "crystal 2x2x1", "forces"),
+                      ("supercell", "crystal 2x1x1", "stress"), ("additivity", "molecule+water", "forces"),
+                      ("acoustic_sum", "crystal", "net force"), ("acoustic_sum", "molecule", "net torque"),
+                      ("cutoff", "e_rcut", "energy"), ("cutoff", "a_rcut", "forces"), ("export", "crystal", "stress")]
+#: each head kind with the results (check, structure, quantity) that must be there and pass
+HEAD_MODELS = {
+    "forcefield+intensive+dipole+r2": (lambda: _with_domains(make_tiny_model()), FORCEFIELD_RESULTS + [
+        ("rotation", "water box", "stress"), ("supercell", "water box 2x2x1", "forces"),
+        ("rotation", "crystal", "gap"), ("supercell", "crystal 2x2x1", "gap"), ("additivity", "molecule+water", "gap"),
+        ("rotation", "crystal", "mu"), ("translation", "molecule", "r2"), ("cutoff", "e_rcut", "mu")]),
+    "forcefield+extensive+knn_ood": (_extensive_and_applicability_model, FORCEFIELD_RESULTS + [
+        ("supercell", "crystal 2x2x1", "count"), ("additivity", "molecule+water", "count"),
+        ("supercell", "crystal 2x1x1", "ood_score"), ("rotation", "crystal", "ood_score")]),
+    "properties only": (_properties_only_model, [
+        ("supercell", "crystal 2x2x1", "n"), ("supercell", "crystal 2x2x1", "gap"),
+        ("additivity", "molecule+water", "n"), ("rotation", "crystal", "mu"), ("permutation", "molecule", "r2"),
+        ("cutoff", "a_rcut", "gap"), ("batch", "crystal", "r2"), ("export", "water", "mu")]),
+}
 
 
-def test_batch_equals_single_structures(tiny_model, molecules, crystal):
-    structures = molecules + [crystal]
-    datasets = [0, 1, 0, 1, 1]
-    out = tiny_model(collate(structures, torch.float64, dataset=datasets))
-    start = 0
-    for k, s in enumerate(structures):
-        single = tiny_model(collate([s], torch.float64, dataset=datasets[k]))
-        for name in ["energy", "gap", "mu", "r2"]:
-            torch.testing.assert_close(out[name][k:k + 1], single[name], rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(out["forces"][start:start + s.n_atoms], single["forces"], rtol=1e-9, atol=1e-10)
-        start += s.n_atoms
+@pytest.mark.parametrize("kind", list(HEAD_MODELS))
+def test_every_head_kind_passes_every_physics_check(kind, molecules, crystal):
+    """mftcalc.testing on each head kind: finite differences, rotation (molecules and cells, stress as R σ Rᵀ),
+    translation (wrapped), permutation, supercells, additivity, acoustic sum, cutoffs, batch, export."""
+    make, required = HEAD_MODELS[kind]
+    structures = [molecules[3].with_labels(info={"name": "molecule"}),
+                  molecules[2].with_labels(info={"name": "water"}), crystal.with_labels(info={"name": "crystal"})]
+    if kind.startswith("forcefield+intensive"):
+        structures.append(_water_box())
+    report = check_model(make(), structures).raise_for_failures()
+    for check, structure, quantity in required:
+        found = report.select(check, structure, quantity)
+        assert found and all(r.status == "pass" for r in found), (check, structure, quantity, str(report))
+
+
+def test_fused_export_equals_eager(molecules, crystal):
+    from mftcalc.kernels.angle import fused_available
+    if not fused_available():
+        pytest.skip("the fused angle operator did not build here")
+    report = check_model(_with_domains(make_tiny_model()), [molecules[0], crystal], checks=["export"],
+                         fused_export=True).raise_for_failures()
+    assert "fused" in report.results[0].note and len(report.results) >= 10
 
 
 def test_dataset_embedding_changes_energy(tiny_model, molecules):

@@ -43,6 +43,7 @@ def _bench_config(tmp_path: Path, pretrained: Path, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow   # subprocesses killed or run side by side: about a minute on 2 cores
 def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp_path):
     config = _bench_config(tmp_path, tiny_pretrained)
     results = tmp_path / "bench" / "results.json"
@@ -78,6 +79,7 @@ def test_bench_killed_and_restarted_redoes_no_finished_cell(tiny_pretrained, tmp
     assert "forcefield" in final[[k for k in cells if "|mft|" in k][0]]
 
 
+@pytest.mark.slow   # subprocesses killed or run side by side: about a minute on 2 cores
 def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
     variants = {"mft_fresh_head": {"strategy": "mft", "settings": {"reinit_ff_head": True}},
                 "mft_aux_cu": {"strategy": "mft", "ff_data": {"cu": str(tiny_pretrained.with_name("pre_replay_materials.extxyz.gz"))}}}
@@ -97,12 +99,26 @@ def test_two_shards_share_one_results_file(tiny_pretrained, tmp_path):
 
 
 def test_bench_config_rejects_unknown_strategies_and_variants(tmp_path):
-    from mftcalc.experiments.bench import BenchConfig, TaskSpec
+    from mftcalc.experiments.config import BenchConfig, TaskSpec
+    from mftcalc.schema import from_mapping
     with pytest.raises(ValueError, match="unknown strategy 'fancy'"):
         BenchConfig("p.pt", str(tmp_path), [TaskSpec("qm9", "gap")], strategies=["fancy"])
-    with pytest.raises(ValueError, match="variant 'v'"):
-        BenchConfig("p.pt", str(tmp_path), [TaskSpec("qm9", "gap")], strategies=["v"],
-                    variants={"v": {"strategy": "mft", "lr": 1}})
+    grid = {"pretrained": "p.pt", "out_dir": str(tmp_path), "tasks": [{"kind": "qm9", "property": "gap"}],
+            "strategies": ["v"]}
+    with pytest.raises(ValueError, match="variants.v: unknown key 'lr'"):
+        from_mapping(BenchConfig, {**grid, "variants": {"v": {"strategy": "mft", "lr": 1}}}, "bench.yaml")
+    with pytest.raises(ValueError, match="variants.v: unknown strategy 'mtf'; did you mean 'mft'"):
+        from_mapping(BenchConfig, {**grid, "variants": {"v": {"strategy": "mtf"}}}, "bench.yaml")
+
+
+def test_bench_refuses_missing_inputs_before_reading_data(tiny_pretrained, tmp_path):
+    from mftcalc.experiments.bench import run_bench
+    from mftcalc.experiments.config import BenchConfig
+    cfg = BenchConfig.from_yaml(_bench_config(tmp_path, tiny_pretrained), ["ff_data.cu=absent_cu.extxyz",
+                                                                            "qm9_splits=absent_splits.json"])
+    with pytest.raises(ValueError, match=r"do not exist: \['absent_splits.json', 'absent_cu.extxyz'\]"):
+        run_bench(cfg, progress=False)
+    assert not (tmp_path / "bench").exists()
 
 
 def test_parse_shard_rejects_bad_values():

@@ -90,6 +90,21 @@ def test_mft_checkpoint_is_force_field_and_property_model(pretrained, tmp_path):
     assert abs(atoms.calc.get_property("vpa", atoms) - expected) < 1e-6 * max(1.0, abs(expected))
 
 
+def test_finetuned_checkpoint_passes_the_physics_checks(pretrained, tmp_path):
+    """mftcalc.testing on a checkpoint written by ``finetune`` (mft: force field and the ``vpa`` head) on a Cu
+    cluster and Cu and Al cells: finite differences, symmetries, supercells, additivity, cutoffs, batch, export."""
+    from ase import Atoms
+    from mftcalc.data import Structure
+    from mftcalc.testing import check_model
+    finetune(_task(), _settings("mft"), tmp_path / "mft", pretrained)
+    cluster = Structure.from_ase(Atoms("Cu3", positions=[[0.0, 0.0, 0.0], [2.4, 0.2, 0.0], [1.1, 2.1, 0.3]]))
+    structures = [cluster] + emt_structures("Cu", 1, 9) + emt_structures("Al", 1, 10)
+    report = check_model(tmp_path / "mft" / "model.pt", structures, dataset="cu").raise_for_failures()
+    assert [r.name for r in report.skips] == ["additivity/*/ood_score"]       # a k-NN score of pooled features
+    assert report.select("supercell", quantity="vpa") and report.select("supercell", quantity="ood_score")
+    assert report.select("rotation", quantity="stress") and report.select("additivity", quantity="forces")
+
+
 @pytest.mark.parametrize("task_optimizers", [False, True])
 def test_finetune_resumes_to_the_same_result(pretrained, tmp_path, monkeypatch, task_optimizers):
     task = _task()
@@ -133,3 +148,24 @@ def test_mft_with_auxiliary_data_of_a_new_dataset(pretrained, tmp_path):
     model = load_model(tmp_path / "mft" / "model.pt", torch.float64)
     assert model.config.datasets == ["cu", "al", "al_new"]
     assert model.metadata["dataset_domains"]["al_new"] == {"elements": [13], "periodic": True}
+
+
+def test_strategies_are_small_registered_objects():
+    """What differs between strategies lives in their registry entry: the freezing rule and the sources."""
+    from mftcalc.training.sampler import Source
+    from mftcalc.training.strategies import STRATEGIES, get_strategy
+    assert list(STRATEGIES) == ["scratch", "ft", "lp", "mft", "frozen-sklearn"]
+    names = ["backbone.layers.0.node_self.weight", "ff_heads.forcefield.mlp.net.0.weight",
+             "property_heads.vpa.mlp.net.0.weight"]
+    trains = {s: [get_strategy(s).trainable(n, "vpa") for n in names] for s in STRATEGIES}
+    assert trains == {"scratch": [True, False, True], "ft": [True, False, True], "lp": [False, False, True],
+                      "mft": [True, True, True], "frozen-sklearn": [False, False, True]}
+    prop = Source("toy", _task().train, "property", 0, 4, 1.0, "vpa")
+    assert get_strategy("ft").sources(prop, None, ["cu", "al"], 0.5, 4) == [prop]
+    ff = {"al": emt_structures("Al", 3, 1), "cu": emt_structures("Cu", 1, 2)}
+    mft = get_strategy("mft").sources(prop, ff, ["cu", "al"], 0.6, 4)
+    assert [(s.name, s.dataset_index, round(s.prob, 6)) for s in mft] == [("toy", 0, 0.6), ("ff:al", 1, 0.3),
+                                                                          ("ff:cu", 0, 0.1)]
+    with pytest.raises(KeyError, match="'fe' is not a dataset of the pretrained model"):
+        get_strategy("mft").sources(prop, {"fe": ff["al"]}, ["cu", "al"], 0.5, 4)
+    assert not get_strategy("frozen-sklearn").optimiser and not get_strategy("scratch").from_pretrained

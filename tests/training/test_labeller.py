@@ -12,8 +12,8 @@ from ase.build import molecule
 from mftcalc.data import Structure
 from mftcalc.labelling import xtb
 from mftcalc.labelling.conformers import KINDS, MIN_DISTANCE, allocate, generate_conformers, min_distance
-from mftcalc.labelling.labeller import chunk_path, label_molecules, read_labelled, select_molecules
-from mftcalc.geometry.model_hessian import internal_modes, lindh_hessian, rigid_body_basis
+from mftcalc.labelling.labeller import (LABELLER_VERSION, MANIFEST, chunk_path, label_molecules, read_labelled,
+                                        select_molecules)
 
 NAMES = ("H2O", "CH4", "C2H6")
 
@@ -73,19 +73,6 @@ def test_nonfinite_result_raises(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- conformers
-def test_model_hessian_is_psd_with_rigid_null_space():
-    s = make_molecules()[2]
-    h = lindh_hessian(s.numbers, s.positions)
-    np.testing.assert_allclose(h, h.T, atol=1e-10)
-    assert np.linalg.eigvalsh(h).min() > -1e-8
-    rigid = rigid_body_basis(s.positions)
-    assert rigid.shape[1] == 6
-    np.testing.assert_allclose(h @ rigid, 0.0, atol=1e-8)
-    stiffness, modes = internal_modes(s.numbers, s.positions)
-    assert modes.shape == (3 * s.n_atoms, 3 * s.n_atoms - 6) and (stiffness > 0).all()
-    np.testing.assert_allclose(rigid.T @ modes, 0.0, atol=1e-10)
-
-
 def test_allocate():
     assert allocate(7) == {"equilibrium": 1, "rattle": 2, "normal_mode": 2, "md": 2}
     assert allocate(3) == {"equilibrium": 0, "rattle": 1, "normal_mode": 1, "md": 1}
@@ -156,6 +143,23 @@ def test_resume_recomputes_only_missing_chunk(tmp_path):
     assert nothing["chunks_computed_this_run"] == 0 and nothing["conformers_per_s"] is None
     with pytest.raises(ValueError, match="different seed"):
         label_molecules(mols, tmp_path, conformers_per_molecule=4, workers=1, chunk_size=1, seed=1)
+
+
+def test_frames_and_manifest_carry_the_labeller_version(tmp_path):
+    """Version 2 (normal modes of geometry.lindh's Hessian) is written into every frame and the manifest; a version-1
+    run (no key in its manifest, like data/xtb) stays readable but is not resumed with the new conformers."""
+    mols = make_molecules(("H2O",))
+    label_molecules(mols, tmp_path / "new", conformers_per_molecule=2, workers=1, chunk_size=1, progress=False)
+    assert LABELLER_VERSION == 2
+    assert json.loads((tmp_path / "new" / MANIFEST).read_text())["labeller_version"] == 2
+    frames = read_labelled(tmp_path / "new")
+    assert len(frames) == 2 and all(s.info["labeller_version"] == 2 for s in frames)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / MANIFEST).write_text(json.dumps({"format": 1, "method": xtb.METHOD, "seed": 0,
+                                            "conformers_per_molecule": 2, "chunk_size": 1, "qm9_indices": [10]}))
+    with pytest.raises(ValueError, match="labeller version 1, this is version 2"):
+        label_molecules(mols, old, conformers_per_molecule=2, workers=1, chunk_size=1, progress=False)
 
 
 def test_failures_are_logged_and_counted(tmp_path, monkeypatch):

@@ -71,6 +71,7 @@ def _run(*args: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow   # subprocesses killed or run side by side: about a minute on 2 cores
 def test_sigkill_and_resume_reaches_same_weights(tiny_config, tmp_path):
     cfg = yaml.safe_load(tiny_config.read_text())
     cfg["steps"] = 40
@@ -98,6 +99,7 @@ def test_sigkill_and_resume_reaches_same_weights(tiny_config, tmp_path):
     _assert_same_weights(tmp_path / "s.pt", tmp_path / "k.pt")
 
 
+@pytest.mark.slow   # subprocesses killed or run side by side: about a minute on 2 cores
 def test_torchrun_two_processes_match_one_process_with_double_batch(tiny_config, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():

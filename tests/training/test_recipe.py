@@ -17,7 +17,7 @@ from mftcalc.model.heads import ScalarHead
 from mftcalc.model.layers import MLP, ResNetDtLayer
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.losses import forcefield_loss, property_loss
-from mftcalc.training.pretrain import drop_test_molecules, load_forcefield_set
+from mftcalc.training.forcefield_data import drop_test_molecules, load_forcefield_set
 from mftcalc.training.sampler import EpochSampler
 
 
@@ -111,7 +111,7 @@ def test_forcefield_set_keeps_its_dataset_and_drops_test_molecules(tmp_path):
                                            "exclude_properties": ["gap"]})
     assert [s.info["qm9_index"] for s in kept] == [1, 3, 4, 6]
     assert len(drop_test_molecules(only_xtb, str(tmp_path / "splits.json"), None)) == 3
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key 'exclude'; did you mean 'exclude_splits'"):
         load_forcefield_set("xtb_qm9", {"path": "x", "exclude": "y"})
     with pytest.raises(ValueError, match="have no split"):
         drop_test_molecules(only_xtb, str(tmp_path / "splits.json"), ["homo"])
@@ -146,7 +146,7 @@ def _molecules(n):
 
 
 def test_device_auto_is_cpu_here_and_missing_cuda_is_refused():
-    from mftcalc.training.loop import resolve_device
+    from mftcalc.devices import resolve_device
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():

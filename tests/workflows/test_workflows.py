@@ -16,7 +16,8 @@ from mftcalc.calculators import MFTCalculator
 from mftcalc.cli import main
 from mftcalc.data.io import read_structures
 from mftcalc.model.checkpoint import model_metadata, save_model
-from mftcalc.workflows.phonons import band_path, phonons, plot_phonons, zero_point_energy
+from mftcalc.analysis.plots import plot_phonons
+from mftcalc.workflows.phonons import band_path, phonons, zero_point_energy
 from mftcalc.workflows.screening import example_path, screen
 
 
@@ -86,7 +87,13 @@ def test_crystal_phonons_example_runs_without_seekpath(model_file, tmp_path, mon
 def test_cli_export_predict_relax(model_file, tmp_path):
     export = tmp_path / "tiny_script.pt"
     assert main(["export", str(model_file), "-o", str(export), "--dtype", "float64"]) == 0
-    assert torch.jit.load(str(export)) is not None
+    from mftcalc.data import Structure, collate
+    from mftcalc.model.checkpoint import load_model
+    scripted = torch.jit.load(str(export))          # plain torch loads it, in the dtype asked for, same results
+    assert next(scripted.parameters()).dtype == torch.float64
+    si = collate([Structure.from_ase(bulk("Si", "diamond", a=5.43))], torch.float64, dataset=1)
+    torch.testing.assert_close(scripted(si)["energy"], load_model(model_file, torch.float64)(si)["energy"],
+                               rtol=1e-12, atol=1e-12)
     assert main(["predict", str(export), str(example_path()), "--out", str(tmp_path / "p.csv"),
                  "--dtype", "float64"]) == 0
     assert main(["relax", str(model_file), str(example_path()), "--out", str(tmp_path / "r.csv")]) == 0

@@ -10,6 +10,7 @@ import torch
 
 from mftcalc.analysis.features import atom_features, edge_features
 from mftcalc.analysis.metrics import db_index_pair, normalise, tsne_embedding, wasserstein_drift
+from mftcalc.analysis.plots import plot_embedding
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_model
 
@@ -50,8 +51,12 @@ def analyze(pretrained: str | Path, finetuned: Dict[str, str | Path], sets: Dict
                      **{f"{k}_rel": v for k, v in normalise(row, ref_db[set_name]).items()}, **row}
             results[name][set_name] = entry
             if tsne:
-                _plot_tsne(atoms.features, atoms.labels, out_dir / f"tsne_{name}_{set_name}.png",
-                           f"{name} — {set_name}", n_samples, seed)
+                features, labels = atoms.features, atoms.labels
+                if len(features) > n_samples:
+                    idx = np.sort(np.random.default_rng(seed).choice(len(features), n_samples, replace=False))
+                    features, labels = features[idx], labels[idx]
+                plot_embedding(tsne_embedding(features, seed), labels, out_dir / f"tsne_{name}_{set_name}.png",
+                               f"{name} — {set_name}")
     (out_dir / "analysis.json").write_text(json.dumps(results, indent=1))
     (out_dir / "analysis.md").write_text(markdown_table(results))
     return results
@@ -86,23 +91,3 @@ def ratio_lines(results: Dict[str, Dict], first: str = "ft", second: str = "mft"
                 parts.append(f"{label} {a[key] / b[key]:.2f}")
         out.append(f"- {set_name}: " + ", ".join(parts))
     return out
-
-
-def _plot_tsne(features: np.ndarray, labels: np.ndarray, path: Path, title: str, n_samples: int, seed: int) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if len(features) > n_samples:
-        idx = np.sort(np.random.default_rng(seed).choice(len(features), n_samples, replace=False))
-        features, labels = features[idx], labels[idx]
-    emb = tsne_embedding(features, seed)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    names: List[str] = sorted(set(labels.tolist()), key=lambda n: -int((labels == n).sum()))
-    for name in names[:12]:
-        sel = labels == name
-        ax.scatter(emb[sel, 0], emb[sel, 1], s=3, label=f"{name} ({int(sel.sum())})")
-    ax.set_title(title)
-    ax.legend(fontsize=6, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

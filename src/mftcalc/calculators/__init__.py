@@ -1,7 +1,7 @@
 """The ASE calculator and what every model caller shares: the loaded-model handle, the dataset rule, the
 structure checks, input conversion, batched prediction and thread defaults.
 
-Batched relaxation lives in ``mftcalc.relax``; the curated public names are in ``mftcalc``.
+Batched relaxation lives in ``mftcalc.relaxation``; the curated public names are in ``mftcalc``.
 """
 from mftcalc.calculators.ase_calculator import MFTCalculator
 

@@ -42,7 +42,7 @@ def as_structures(items: Iterable[Any], caller: str = "predict", constraints: st
     Args:
         items: a list (or other iterable) of structures. caller: the function named in error messages.
         constraints: ``"error"``: an ``ase.Atoms`` with ASE constraints (``FixAtoms``, ...) is refused, for callers
-            that would move its atoms without applying them (:func:`mftcalc.relax.engine.relax`);
+            that would move its atoms without applying them (:func:`mftcalc.relaxation.api.relax`);
             ``"ignore"``: they are dropped (prediction does not move atoms).
     Raises:
         TypeError: a path, a single structure instead of a list, or an item of another type (its index and type).

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from mftcalc.devices import describe_device, resolve_device
 from mftcalc.calculators.checks import check_overlaps
 from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains
 from mftcalc.data.structure import Structure
@@ -49,7 +50,13 @@ class ModelHandle:
     def load(cls, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
              head: Optional[str] = None, dataset: Optional[str] = None,
              allow_untrained_elements: bool = False) -> "ModelHandle":
-        """From a path (checkpoint or TorchScript export) or a model object (``metadata`` attribute optional)."""
+        """From a path (checkpoint or TorchScript export) or a model object (``metadata`` attribute optional).
+
+        ``device``: ``"cpu"``, ``"cuda[:k]"`` or ``"auto"`` (CUDA when torch sees a device, else CPU); the choice is
+        logged (logger ``mftcalc.calculators.model_handle``, INFO) with, on CUDA, the float32 matrix-product
+        precision in force (:func:`describe_device`). Every batch of the batched paths is built on this device
+        (``collate(..., device=handle.device)``), so nothing else moves."""
+        requested, device = device, resolve_device(device)
         if isinstance(model, (str, Path)):
             module, metadata = load_any(model, dtype)
         else:
@@ -61,7 +68,8 @@ class ModelHandle:
         module = module.to(device=device, dtype=dtype).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        handle = cls(module, metadata, torch.device(device), dtype, allow_untrained_elements=allow_untrained_elements,
+        _log.info("model on %s", describe_device(device, requested))
+        handle = cls(module, metadata, device, dtype, allow_untrained_elements=allow_untrained_elements,
                      source=str(model) if isinstance(model, (str, Path)) else None)
         if head is not None:
             ff = handle.forcefield_heads

@@ -113,7 +113,8 @@ def smiles_structures(path: str | Path, prop: str, unit: str, model_path: str | 
         owners.extend([index] * len(conformers))
     if not candidates:
         raise ValueError(f"{path}: no SMILES could be embedded ({report.summary()})")
-    from mftcalc.relax.engine import predict, relax
+    from mftcalc.calculators.predict import predict
+    from mftcalc.relaxation.api import relax
     energies = np.array([float(r["energy"]) for r in predict(candidates, str(model_path), properties=[],
                                                                  dataset=dataset)])
     best: dict = {}

@@ -55,7 +55,8 @@ def cross_validate(structures: List[Structure], prop: str, unit: str, intensive:
                    val_fraction: float = 0.1, seed: int = 0) -> Dict[str, Any]:
     """Run every fold (resumable: each fold keeps its own run directory) and write ``report.md`` and
     ``parity.png`` in ``out_dir``; returns the per-fold and summary errors (property units)."""
-    from mftcalc.training.finetune import finetune, plot_parity
+    from mftcalc.analysis.plots import plot_parity
+    from mftcalc.training.finetune import finetune
     from mftcalc.experiments.tasks import PropertyTask
 
     out_dir = Path(out_dir)

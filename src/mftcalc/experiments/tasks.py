@@ -7,7 +7,7 @@ extensive or intensive, element bias, loss). ``test_parts`` maps a name (``id_te
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -161,3 +161,35 @@ def read_property_file(path: str, prop: str, unit: str = "", what: str = "data",
         raise ValueError(f"{path} ({what}): frame {bad} has a non-finite {prop!r} ({values[bad]}); "
                          "drop or fix that frame")
     return [s.with_labels(property_units={**s.property_units, prop: unit}) for s in structures]
+
+
+def load_task(spec: Any, fraction: float, fold: Optional[int], seed: int, cache: Dict[str, Any],
+              qm9_splits: Optional[str] = None, qm9_max_eval: Optional[int] = None,
+              matbench_path: Optional[str] = None, model_path: Optional[str] = None) -> PropertyTask:
+    """The :class:`PropertyTask` of a task spec (:class:`mftcalc.experiments.config.TaskSpec`) at training
+    ``fraction``, MatBench ``fold`` and ``seed``. QM9, its splits (``qm9_splits`` or BOOM's, computed) and MatBench
+    datasets and folds (under ``matbench_path``) are read once per ``cache``; a SMILES CSV file task is relaxed
+    with ``model_path``."""
+    if spec.kind == "qm9":
+        if "qm9" not in cache:
+            from mftcalc.data.boom import boom_splits, load_splits
+            from mftcalc.data.qm9 import load_qm9
+            ds = load_qm9()
+            cache["qm9"] = ds
+            cache["splits"] = load_splits(qm9_splits) if qm9_splits else boom_splits(ds)
+        return qm9_task(cache["qm9"], cache["splits"], spec.property, fraction, seed, qm9_max_eval)
+    if spec.kind == "file":
+        return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
+                         spec.test_path, seed, train_fraction=fraction, model_path=model_path)
+    if spec.kind == "matbench":
+        from mftcalc.data.matbench import load_folds, load_matbench
+        if matbench_path is None:
+            raise ValueError("matbench tasks need matbench_path in the config")
+        key = f"mb:{spec.dataset}"
+        if key not in cache:
+            cache[key] = load_matbench(spec.dataset, matbench_path)
+        fkey = f"folds:{spec.dataset}:{spec.folds}"
+        if fkey not in cache:
+            cache[fkey] = load_folds(spec.dataset, spec.folds, matbench_path)
+        return matbench_task(cache[key], spec.dataset, cache[fkey][fold], fraction, seed)
+    raise ValueError(f"unknown task kind {spec.kind!r}; use qm9, matbench or file")

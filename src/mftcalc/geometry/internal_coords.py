@@ -1,5 +1,6 @@
 """Redundant internal coordinates of a molecule: bond stretches, bends, linear bends and torsions, with their
-Wilson B-matrix, for quasi-Newton relaxation in internal coordinates (:mod:`mftcalc.relax.internal_bfgs`).
+Wilson B-matrix: the package's one set of B-vectors, used by quasi-Newton relaxation in internal coordinates
+(:mod:`mftcalc.relaxation.internal_bfgs`) and by Lindh's model Hessian (:mod:`mftcalc.geometry.lindh`).
 
 Chemists' optimisers (Pulay & Fogarasi; Peng, Ayala, Schlegel & Frisch, J. Comput. Chem. 17, 49 (1996); Berny;
 geomeTRIC) step in bonds, angles and torsions because a molecule's energy is close to a sum of uncoupled terms in
@@ -89,6 +90,16 @@ class InternalCoordinates:
         """Values q [n_coords] and B-matrix ∂q/∂x [n_coords, 3·n_atoms] at ``positions`` [n_atoms, 3] Å
         (B is ``None`` when ``with_b`` is false)."""
         return CoordinateBatch([self]).evaluate([positions], with_b)[0]
+
+
+def sparse_b_matrix(coords: InternalCoordinates, positions: np.ndarray):
+    """B-matrix ∂q/∂x [n_coords, 3·n_atoms] of ``coords`` at ``positions`` [n_atoms, 3] Å as a
+    ``scipy.sparse.csr_matrix`` (6, 9, 12 or 18 entries per row): for sums over many terms, such as Bᵀ K B."""
+    from scipy.sparse import csr_matrix
+    defs = {"bonds": coords.bonds, "bends": coords.bends, "torsions": coords.torsions, "linear": coords.linear}
+    _, grads = _evaluate_blocks(np.asarray(positions, dtype=np.float64), defs, coords.linear_axes, True)
+    rows, cols = np.divmod(coords._layout(), 3 * coords.n_atoms)
+    return csr_matrix((grads, (rows, cols)), shape=(coords.n_coords, 3 * coords.n_atoms))
 
 
 class CoordinateBatch:

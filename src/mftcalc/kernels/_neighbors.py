@@ -47,7 +47,7 @@ def neighbor_list(
         if chosen == "cpp":
             return cpp_search(*prepare_inputs(positions, cutoff, batch, cell, pbc), cutoff)
         if chosen == "triton":
-            return _search(*prepare_inputs(positions, cutoff, batch, cell, pbc), cutoff, True)
+            return _triton_cells(*prepare_inputs(positions, cutoff, batch, cell, pbc), cutoff)
     elif backend != "auto" and backend != "torch":
         raise ValueError("neighbor_list: under TorchScript the function runs pure torch (backend 'auto' or 'torch'); "
                          "script NeighborList(cutoff, 'cpp') for the C++ kernel")
@@ -83,10 +83,17 @@ def cpp_search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cuto
     return torch.ops.mftcalc.neighbor_pairs(positions, batch, cell, pbc, cutoff)
 
 
-def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff: float,
-            use_triton: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pure-torch search over ``prepare_inputs`` output, with ``neighbor_list``'s outputs; ``use_triton`` (eager
-    only) replaces its candidate filter by the Triton kernels."""
+@torch.jit.unused
+def _triton_cells(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor,
+                  cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The Triton cell-list kernels (``_triton_search``; eager only: never compiled into TorchScript)."""
+    from ._triton_search import triton_search
+    return triton_search(positions, batch, cell, pbc, cutoff)
+
+
+def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor,
+            cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pure-torch search over ``prepare_inputs`` output, with ``neighbor_list``'s outputs."""
     device = positions.device
     n_struct = cell.shape[0]
     atoms = torch.bincount(batch, minlength=n_struct)
@@ -112,10 +119,10 @@ def _search(positions: Tensor, batch: Tensor, cell: Tensor, pbc: Tensor, cutoff:
     # at 256 atoms and still 1.4x at 512 (both backends); the bound keeps sparse or elongated
     # structures from paying n^2.
     if flags[1] == 0 and flags[3] <= 256:
-        i, j, d2 = all_pairs(positions, cutoff, batch, atoms, chunk, use_triton)
+        i, j, d2 = all_pairs(positions, cutoff, batch, atoms, chunk)
         return torch.stack([i, j]), torch.zeros((i.shape[0], 3), dtype=positions.dtype, device=device), torch.sqrt(d2)
     # an all-periodic batch skips the completion of non-periodic directions (many small ops, which
     # dominate on a GPU)
     grid = build_grid(positions, cutoff, batch, cell, pbc, flags[2] != 0, flags[5] != 0)
-    i, j, shifts, d2 = cell_list_pairs(cutoff, grid, link_bins(cell, pbc, grid), chunk, use_triton)
+    i, j, shifts, d2 = cell_list_pairs(cutoff, grid, link_bins(cell, pbc, grid), chunk)
     return torch.stack([i, j]), shifts, torch.sqrt(d2)

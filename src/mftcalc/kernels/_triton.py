@@ -1,17 +1,14 @@
-"""Triton kernels of the GPU neighbour search: the candidate distance filter, in two passes (count, then write).
+"""Triton for the GPU neighbour search: whether it can run, ahead-of-time builds of its kernels, the old filter.
 
-The binning (``_grid``) and link table (``_links``) are torch ops and already run on any device; what remains is
-the candidate filter of ``_candidates.filter_candidates``, which in plain torch expands every candidate into
-memory (``repeat_interleave``, ~30 bytes each) and compacts with ``nonzero``. Here one Triton program per entry
-(a centre atom and one range of candidate atoms under one translation) walks its candidates in blocks of
-``BLOCK``: the first pass counts the pairs within the cutoff, an exclusive cumulative sum gives every entry its
-output offset, and the second pass recomputes the distances and writes the pairs at those offsets, in candidate
-order. The output is therefore exactly the torch filter's (same pairs, same order), with no candidate array;
-floating-point contraction (FMA) is off so that squared distances are the torch filter's to the last bit.
-
-Used automatically for CUDA tensors when ``triton`` is installed (``pip install "mftcalc[gpu]"``); with
+The search itself is ``_triton_search`` (cell-list kernels in ``_triton_bins`` and ``_triton_pairs``), chosen by
+``_backend`` for CUDA tensors when ``triton`` is installed (``pip install "mftcalc[gpu]"``); with
 ``TRITON_INTERPRET=1`` the same kernels run on CPU tensors through Triton's interpreter, which is how the tests
-check them on machines without a GPU.
+check them on machines without a GPU. ``compile_for`` builds them for a CUDA architecture without a GPU.
+
+``filter_candidates_triton`` is the previous GPU path: the candidate distance filter of
+``_candidates.filter_candidates`` (``use_triton=True``) in two passes. ``neighbor_list`` no longer calls it (the
+cell-list kernels replace the whole torch search on CUDA); it goes when ``use_triton`` leaves ``_candidates``,
+``_all_pairs`` and ``_cell_list``.
 """
 from __future__ import annotations
 
@@ -50,29 +47,41 @@ def usable_on(device: torch.device) -> Tuple[bool, str]:
     return False, f"triton kernels run on CUDA tensors (or with TRITON_INTERPRET=1), got {device.type}"
 
 
-COMPILE_SIGNATURES = {
-    "count_pairs": ["px", "py", "pz", "first", "count", "tx", "ty", "tz", "self_local", "cutoff2_ptr", "counts_out"],
-    "write_pairs": ["px", "py", "pz", "first", "count", "tx", "ty", "tz", "self_local", "cutoff2_ptr", "offsets",
-                    "out_entry", "out_k", "out_d2"],
-}
-_FLOAT_ARGS = {"px", "py", "pz", "tx", "ty", "tz", "cutoff2_ptr", "out_d2"}
+def _cell_signatures(dtype: str) -> Dict[str, Tuple[Dict[str, str], Dict[str, Any]]]:
+    """(signature, constexprs) of each cell-list kernel (``_triton_bins``, ``_triton_pairs``) for positions of
+    ``dtype`` ('fp32' or 'fp64')."""
+    f, i64, i32 = f"*{dtype}", "*i64", "*i32"
+    bins = {"positions": f, "batch": i64, "cell": "*fp64", "pbc": "*i1", "cutoff_ptr": "*fp64", "n_atoms": "i32",
+            "n_structures": "i32", "geo": "*fp64", "info": i64, "bin_id": i32, "wrapped": f, "image": i32,
+            "status": i64}
+    index = {"sorted_id": i32, "perm": i64, "wrapped": f, "image": i32, "n_atoms": "i32", "n_bins": "i32",
+             "steps": "i32", "bin_start": i32, "sorted_wrapped": f, "sorted_image": i32}
+    scan = {"sorted_id": i32, "perm": i64, "batch": i64, "geo": "*fp64", "info": i64, "bin_start": i32,
+            "sorted_wrapped": f, "sorted_image": i32, "cutoff_ptr": "*fp64", "n_atoms": "i32", "n_structures": "i32",
+            "counts": i64, "offsets": i64, "out_index": i64, "out_shift": f, "out_distance": f, "n_pairs": "i64"}
+    return {"bin_structures": (bins, {"BLOCK": 128}), "index_bins": (index, {"BLOCK": 256}),
+            "count_pairs": (scan, {"WRITE": False, "BLOCK": 64}), "write_pairs": (scan, {"WRITE": True, "BLOCK": 64})}
 
 
 def compile_for(capability: int, dtype: str = "fp32") -> Dict[str, Any]:
-    """Compile both kernels ahead of time for a CUDA compute capability (e.g. 90 for H100), no GPU needed.
+    """Compile the cell-list kernels ahead of time for a CUDA compute capability (e.g. 90 for H100), no GPU needed.
 
-    Returns ``{kernel name: compiled kernel}`` (its ``asm`` holds ``ptx`` and ``cubin``); used by the tests to
+    Returns ``{kernel name: compiled kernel}`` (its ``asm`` holds ``ptx`` and ``cubin``): ``bin_structures``,
+    ``index_bins``, ``count_pairs`` and ``write_pairs`` (the two passes of ``scan_pairs``); used by the tests to
     check that the kernels build for real GPUs on machines without one. dtype: ``"fp32"`` or ``"fp64"``.
     """
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    kernels = dict(zip(("count_pairs", "write_pairs"), _kernels(False)))
+
+    from ._triton_bins import bin_structures, index_bins
+    from ._triton_pairs import scan_pairs
+    kernels = {"bin_structures": bin_structures, "index_bins": index_bins, "count_pairs": scan_pairs,
+               "write_pairs": scan_pairs}
     out = {}
-    for name, args in COMPILE_SIGNATURES.items():
-        signature = {a: (f"*{dtype}" if a in _FLOAT_ARGS else "*i64") for a in args}
-        signature["BLOCK"] = "constexpr"
-        source = ASTSource(fn=kernels[name], signature=signature, constexprs={"BLOCK": BLOCK})
+    for name, (signature, constexprs) in _cell_signatures(dtype).items():
+        signature = dict(signature, **{key: "constexpr" for key in constexprs})
+        source = ASTSource(fn=kernels[name], signature=signature, constexprs=constexprs)
         out[name] = triton.compile(source, target=GPUTarget("cuda", capability, 32),
                                    options={"enable_fp_fusion": False})
     return out

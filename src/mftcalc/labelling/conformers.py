@@ -25,7 +25,8 @@ import numpy as np
 from scipy.spatial.distance import pdist
 
 from mftcalc.data.structure import Structure
-from mftcalc.geometry.model_hessian import internal_modes
+from mftcalc.geometry.lindh import internal_modes
+from mftcalc.geometry.units import FS, KB
 from mftcalc.labelling.xtb import single_threaded
 
 KINDS = ("equilibrium", "rattle", "normal_mode", "md")
@@ -36,7 +37,6 @@ MIN_DISTANCE = 0.6  # Å
 MODE_STIFFNESS_FLOOR = 2.0  # eV/Å^2
 MD_TIMESTEP_FS, MD_FRICTION_PER_FS, MD_WARMUP_STEPS, MD_INTERVAL = 0.5, 0.01, 10, 10
 MAX_TRIES = 20
-KB_EV = 8.617333262e-5  # eV/K
 
 Failure = Dict[str, object]
 
@@ -91,7 +91,7 @@ def normal_mode_sample(positions: np.ndarray, stiffness: np.ndarray, modes: np.n
                        rng: np.random.Generator) -> np.ndarray:
     """Boltzmann sample at ``temperature`` (K) of the harmonic potential with internal modes ``modes`` ([3n, m])
     and stiffnesses ``stiffness`` ([m] eV/Å^2, floored at MODE_STIFFNESS_FLOOR); returns [n, 3] Å."""
-    scale = np.sqrt(KB_EV * temperature / np.maximum(stiffness, MODE_STIFFNESS_FLOOR))
+    scale = np.sqrt(KB * temperature / np.maximum(stiffness, MODE_STIFFNESS_FLOOR))
     return _draw(positions, lambda r: (modes @ (scale * r.standard_normal(scale.size))).reshape(-1, 3), rng)
 
 
@@ -100,7 +100,7 @@ def md_snapshots(numbers: np.ndarray, positions: np.ndarray, n: int, temperature
     """Single-threaded Langevin GFN2-xTB dynamics at ``temperature`` (K); returns ``n`` entries, each
     ``(step, positions [n, 3] Å)`` or an error message for a lost snapshot (too-close atoms drop one snapshot, an
     SCF failure ends the run)."""
-    from ase import Atoms, units
+    from ase import Atoms
     from ase.constraints import FixCom
     from ase.md import velocitydistribution as vd
     from ase.md.langevin import Langevin
@@ -114,8 +114,8 @@ def md_snapshots(numbers: np.ndarray, positions: np.ndarray, n: int, temperature
     with np.errstate(invalid="ignore", divide="ignore"):  # a linear molecule has a zero moment of inertia
         vd.ZeroRotation(atoms)
     atoms.set_constraint(FixCom())
-    dyn = Langevin(atoms, MD_TIMESTEP_FS * units.fs, temperature_K=temperature,
-                   friction=MD_FRICTION_PER_FS / units.fs, fixcm=False, rng=rng)
+    dyn = Langevin(atoms, MD_TIMESTEP_FS * FS, temperature_K=temperature,
+                   friction=MD_FRICTION_PER_FS / FS, fixcm=False, rng=rng)
     out: List[Union[Tuple[int, np.ndarray], str]] = []
     step = 0
     with single_threaded():  # reproducible trajectories

@@ -10,8 +10,9 @@ Output directory layout (one run per directory)::
 
 A chunk counts as done when its ``.extxyz.gz`` exists; both files are written to a temporary name and renamed,
 so a kill at any moment loses at most the chunks in progress, and a restart computes only the missing chunks.
-Frames carry ``info`` ``qm9_index, kind, conformer, amplitude (Å), temperature (K), seed`` (md also ``md_step``)
-and ``xtb_charges``, labels ``energy`` (eV) and ``forces`` (eV/Å), and the property ``xtb_dipole`` (Debye).
+Frames carry ``info`` ``qm9_index, kind, conformer, amplitude (Å), temperature (K), seed`` (md also ``md_step``),
+``labeller_version`` (:data:`LABELLER_VERSION`; absent from version-1 output) and ``xtb_charges``, labels ``energy``
+(eV) and ``forces`` (eV/Å), and the property ``xtb_dipole`` (Debye).
 """
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ from mftcalc.labelling.conformers import KINDS, generate_conformers
 
 PathLike = Union[str, Path]
 MANIFEST, SUMMARY, FAILURE_LOG = "manifest.json", "summary.json", "failures.log"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1    # the layout of the output directory
+#: what the frames hold, in every frame's ``info`` and in the manifest. 1 (no key; e.g. data/xtb): normal-mode
+#: conformers from the Lindh variant of the old training/model_hessian.py (bends and torsions only through pairs with
+#: ρ > 0.1). 2: normal modes of :func:`mftcalc.geometry.lindh.lindh_hessian` (every term whose ρ product exceeds
+#: 1e-3; softest stiffnesses ~10-20 % higher), constants from :mod:`mftcalc.geometry.units` (CODATA 2018, as before).
+LABELLER_VERSION = 2
+VERSION_KEY = "labeller_version"
 # |F| histogram edges, eV/Å: 0, then 100 log bins per decade from 1e-4 to 1e3 (percentiles good to ~2 %).
 FORCE_EDGES = np.concatenate([[0.0], np.logspace(-4, 3, 701)])
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99, 99.9)
@@ -86,8 +93,8 @@ def label_molecules(molecules: Sequence[Structure], out_dir: PathLike, conformer
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"workers ({workers}) and chunk_size ({chunk_size}) must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out_dir, {"format": FORMAT_VERSION, "method": xtb.METHOD, "seed": int(seed),
-                              "conformers_per_molecule": int(conformers_per_molecule),
+    _check_manifest(out_dir, {"format": FORMAT_VERSION, VERSION_KEY: LABELLER_VERSION, "method": xtb.METHOD,
+                              "seed": int(seed), "conformers_per_molecule": int(conformers_per_molecule),
                               "chunk_size": int(chunk_size), "qm9_indices": indices})
     for stale in out_dir.glob(".partial.*"):
         stale.unlink()
@@ -171,6 +178,7 @@ def _label_chunk(task: tuple) -> Dict[str, Any]:
             for conformer in conformers:
                 try:
                     frames.append(xtb.label(conformer))
+                    frames[-1].info[VERSION_KEY] = LABELLER_VERSION
                 except Exception as exc:  # XTBError or a malformed result: logged and counted, never silent
                     failures.append({"qm9_index": conformer.info["qm9_index"], "kind": conformer.info["kind"],
                                      "conformer": conformer.info["conformer"], "stage": "label",
@@ -225,8 +233,10 @@ def _check_manifest(out_dir: Path, settings: Dict[str, Any]) -> None:
     previous = json.loads(path.read_text())
     changed = [k for k in settings if previous.get(k) != settings[k]]
     if changed:
-        raise ValueError(f"{out_dir} holds a run with different {', '.join(changed)}; resume with the same "
-                         "molecules and settings, or choose a new output directory")
+        version = (f" (written by labeller version {previous.get(VERSION_KEY, 1)}, this is version "
+                   f"{LABELLER_VERSION}: its conformers differ)" if VERSION_KEY in changed else "")
+        raise ValueError(f"{out_dir} holds a run with different {', '.join(changed)}{version}; resume with the "
+                         "same molecules and settings, or choose a new output directory")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

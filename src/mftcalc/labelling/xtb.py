@@ -13,10 +13,8 @@ from typing import Dict, Iterator
 import numpy as np
 
 from mftcalc.data.structure import Structure
+from mftcalc.geometry.units import BOHR, E_BOHR_TO_DEBYE, HARTREE
 
-HARTREE_EV = 27.211386245988  # eV per Hartree (CODATA 2018)
-BOHR_ANG = 0.529177210903  # Å per bohr (CODATA 2018)
-EBOHR_DEBYE = 2.541746473  # Debye per e*bohr
 METHOD = "GFN2-xTB"
 DIPOLE_PROPERTY = "xtb_dipole"
 CHARGES_INFO = "xtb_charges"
@@ -78,14 +76,14 @@ def singlepoint(numbers: np.ndarray, positions: np.ndarray, method: str = METHOD
     numbers = np.asarray(numbers, dtype=np.int32)
     positions = np.asarray(positions, dtype=np.float64)
     try:
-        raw = _run_tblite(numbers, positions / BOHR_ANG, method)
+        raw = _run_tblite(numbers, positions / BOHR, method)
     except Exception as exc:  # tblite raises its own error types (TBLiteRuntimeError, TBLiteValueError)
         raise XTBError(f"{method} single point failed: {type(exc).__name__}: {exc}") from exc
     bad = [key for key, value in raw.items() if not np.all(np.isfinite(value))]
     if bad:
         raise XTBError(f"{method} single point returned non-finite {', '.join(bad)}")
-    return XTBResult(energy=float(raw["energy"]) * HARTREE_EV, forces=-raw["gradient"] * (HARTREE_EV / BOHR_ANG),
-                     dipole=raw["dipole"] * EBOHR_DEBYE, charges=raw["charges"].copy())
+    return XTBResult(energy=float(raw["energy"]) * HARTREE, forces=-raw["gradient"] * (HARTREE / BOHR),
+                     dipole=raw["dipole"] * E_BOHR_TO_DEBYE, charges=raw["charges"].copy())
 
 
 def label(structure: Structure, method: str = METHOD) -> Structure:

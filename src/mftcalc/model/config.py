@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from mftcalc.schema import option
+
 
 @dataclass
 class BackboneConfig:
@@ -24,27 +26,31 @@ class BackboneConfig:
     on CPU).
     """
 
-    n_dim: int = 64
-    e_dim: int = 32
-    a_dim: int = 16
-    n_layers: int = 6
-    e_rcut: float = 6.0
-    e_rcut_smth: float = 5.0
-    a_rcut: float = 4.0
-    a_rcut_smth: float = 3.5
-    axis_neuron: int = 4
-    a_compress: int = 0
-    update_residual: float = 0.1
-    activation: str = "silut:10"
-    e_sel_norm: float = 12.0
-    a_sel_norm: float = 4.0
-    n_types: int = 119
-    angle_backend: str = "auto"   # "auto" | "fused" (C++ op) | "reference" (plain torch); same values
-    switch: str = "poly"          # "poly" | "exp"
-    edge_std: float = 1.0
-    h2_std: float = 1.0
-    a_compress_e: int = 0
-    a_compress_linear: bool = False
+    n_dim: int = option(64, "width of the node features")
+    e_dim: int = option(32, "width of the edge features")
+    a_dim: int = option(16, "width of the angle features")
+    n_layers: int = option(6, "repflow layers")
+    e_rcut: float = option(6.0, "edge cutoff (Å)")
+    e_rcut_smth: float = option(5.0, "the edge switch starts here (Å)")
+    a_rcut: float = option(4.0, "angle cutoff (Å)")
+    a_rcut_smth: float = option(3.5, "the angle switch starts here (Å)")
+    axis_neuron: int = option(4, "axis channels of the grrg symmetrisation (node update)")
+    a_compress: int = option(0, "node (and, unless a_compress_e is set, edge) channels fed to the angle block "
+                                "(DPA3's a_compress_use_split; 0 = all)")
+    update_residual: float = option(0.1, "initial scale of the residual update weights")
+    activation: str = option("silut:10", "'silut:T' (also 'custom_silu:T'), 'silu' or 'tanh'")
+    e_sel_norm: float = option(12.0, "normalisation of the edge -> node sums (DPA3's sel / sel_reduce_factor)")
+    a_sel_norm: float = option(4.0, "normalisation of the angle -> edge sums")
+    n_types: int = option(119, "element types of the embedding")
+    angle_backend: str = option("auto", "'auto' (the fused C++ operator when it builds, on CPU), 'fused' or "
+                                        "'reference' (plain torch); same values")
+    switch: str = option("poly", "'poly' (quintic, 1 below *_rcut_smth) or 'exp' (deepmd-kit's use_exp_switch)")
+    edge_std: float = option(1.0, "the edge input s/r is divided by this (DPA3's fix_stat_std, 0.3 there; 1 = none)")
+    h2_std: float = option(1.0, "the equivariant input s·r⃗/r² is divided by this")
+    a_compress_e: int = option(0, "edge channels fed to the angle block when they differ from a_compress (0 = as "
+                                  "a_compress)")
+    a_compress_linear: bool = option(False, "compress with bias-free linear maps instead of taking the first "
+                                            "channels (DPA3's a_compress_use_split: false)")
 
     def __post_init__(self) -> None:
         if self.switch not in ("poly", "exp"):

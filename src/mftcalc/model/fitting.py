@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from mftcalc.data.structure import Structure
-from mftcalc.model.heads import BOHR, N_TYPES
+from mftcalc.geometry.units import BOHR
+from mftcalc.model.heads import N_TYPES
 
 
 def element_counts(structures: Sequence[Structure]) -> np.ndarray:

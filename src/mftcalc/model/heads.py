@@ -10,11 +10,10 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
+from mftcalc.geometry.units import BOHR, E_ANGSTROM_TO_DEBYE
 from mftcalc.model.config import HeadConfig
 from mftcalc.model.layers import MLP
 
-BOHR = 0.529177210903            # Å
-E_ANGSTROM_TO_DEBYE = 4.80320471  # 1 e·Å in Debye
 N_TYPES = 119
 
 

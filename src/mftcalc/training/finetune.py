@@ -1,137 +1,134 @@
-"""Fine-tuning strategies over the shared training loop: ``scratch``, ``ft``, ``lp`` and ``mft``.
+"""One fine-tuning run over the shared training loop, for any registered strategy (:mod:`mftcalc.training.strategies`).
 
-A strategy differs only in what it initialises (random or pretrained backbone; force-field head transferred or
-re-initialised), what it freezes (``lp``: everything but the new property head) and which sources it trains on
-(``mft``: the property task plus force-field data, drawn per step in ``alternate`` mode or summed in ``sum``
-mode). Every strategy writes ONE checkpoint; it holds the pretrained (``mft``: the jointly trained)
-force-field head next to the new property head, so the calculator gives energy, forces, stress and the
-property from one model.
+:func:`finetune` builds the model the strategy starts from (random or pretrained backbone and force-field head,
+plus a new property head and the applicability head), freezes what the strategy freezes, trains on the strategy's
+sources (``mft``: the property task plus force-field data, drawn per step in ``alternate`` mode or summed in
+``sum`` mode) with the authors' recipe as the defaults of :class:`FinetuneSettings`, and writes ONE checkpoint
+holding the pretrained (``mft``: the jointly trained) force-field head next to the new property head, so the
+calculator gives energy, forces, stress and the property from one model.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from mftcalc.analysis.metrics import sliced_drift
+from mftcalc.analysis.plots import plot_parity
 from mftcalc.data.structure import Structure
+from mftcalc.experiments.tasks import PropertyTask
 from mftcalc.model.applicability import fit_applicability, pooled_features
 from mftcalc.model.checkpoint import load_model, model_metadata, save_model
 from mftcalc.model.config import HeadConfig, ModelConfig
 from mftcalc.model.fitting import fit_property_head
 from mftcalc.model.mft_model import MFTModel
+from mftcalc.schema import option
 from mftcalc.training.evaluate import property_errors, property_predictions
+from mftcalc.training.forcefield_data import replay_structures, task_domain
 from mftcalc.training.loop import Trainer, TrainSettings
-from mftcalc.training.pretrain import replay_path, task_domain
 from mftcalc.training.losses import ForceFieldPrefactors
+from mftcalc.training.distributed import rank_and_world
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
-from mftcalc.experiments.tasks import PropertyTask
+from mftcalc.training.strategies import get_strategy, strategy_names
 
-STRATEGIES = ("scratch", "ft", "lp", "mft", "frozen-sklearn")
 OOD_HEAD = "ood_score"     # the applicability head every fine-tuned model carries (mftcalc.model.applicability)
 
 
 @dataclass
 class FinetuneSettings:
-    """Strategy and optimisation settings (paper defaults; ``steps`` is the budget per run)."""
+    """Strategy and optimisation settings of one fine-tuning run (``settings:`` of the finetune and bench
+    configs); the defaults are the authors' recipe, ``steps`` the budget per run."""
 
-    strategy: str = "mft"
-    steps: int = 2000
-    lr0: float = 1e-3
-    lr_end: float = 1e-5
-    decay_steps: Optional[int] = None          # default: steps / 100 (the authors: 1,000 of 100,000)
-    property_batch: Any = "auto:512"
-    ff_batch: Any = "auto:128"
-    mode: str = "alternate"                   # mft: "alternate" or "sum"
-    model_prob: float = 0.5                   # mft alternate: probability of a property step
-    lambda_reg: float = 1.0                   # mft sum: weight of the force-field loss
-    reinit_ff_head: bool = False              # ablation: mft with a fresh force-field head
-    task_optimizers: bool = False             # mft alternate: one Adam state per task (property, force field)
-    head_hidden: Sequence[int] = (240, 240, 240)
-    head_activation: str = "tanh"
-    head_resnet_dt: bool = True               # deepmd-kit's fitting net (the authors' property head)
-    grad_clip: float = 5.0                    # the authors' gradient_max_norm
-    normalize_property_loss: bool = True      # property errors / label std in the loss (as deepmd-kit's out_std)
-    property_reduction: str = "sum"           # "sum" over the batch (deepmd-kit PropertyLoss) or "mean"
-    energy_norm: str = "deepmd"               # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
-    curve_probe: int = 0                      # > 0: fixed probes of this size (train, val, each test part) scored at
-                                              # every validation (curve/<part>/rmse in val.csv); the val probe is
-                                              # also the best-on-validation set
-    seed: int = 0
-    val_every: int = 200
-    checkpoint_every: int = 100
-    dtype: str = "float32"
-    device: str = "cpu"                       # "cpu", "cuda[:k]" or "auto" (CUDA when available)
-    allow_new_elements: bool = False          # fine-tune on elements the pretrained model never saw (their type
-                                              # embeddings start untrained); refused by default
-    new_dataset_from: Optional[str] = None    # mft: auxiliary data of a dataset the model lacks (e.g. our xTB set on
-                                              # an imported DPA-3.1-3M) gets a new embedding column copied from this
-                                              # dataset, its energy shift fitted by least squares
-    probe_size: int = 64                      # molecules of the drift probe set
-    progress: bool = True
+    strategy: str = option("mft", f"fine-tuning strategy: {', '.join(strategy_names())}")
+    steps: int = option(2000, "optimiser steps")
+    lr0: float = option(1e-3, "start learning rate")
+    lr_end: float = option(1e-5, "learning rate at the last step (exponential decay)")
+    decay_steps: Optional[int] = option(None, "steps between decays (default: steps / 100; the authors: 1,000 of "
+                                              "100,000)")
+    property_batch: Union[int, str] = option("auto:512", "property batch: structures (an integer) or 'auto:N' (N atoms on "
+                                             "average)")
+    ff_batch: Union[int, str] = option("auto:128", "force-field batch (mft), as property_batch")
+    mode: str = option("alternate", "mft: 'alternate' (one task per step) or 'sum' (both tasks every step)")
+    model_prob: float = option(0.5, "mft alternate: probability of a property step")
+    lambda_reg: float = option(1.0, "mft sum: weight of the force-field loss")
+    reinit_ff_head: bool = option(False, "ablation: start mft with a fresh force-field head (its energy shifts "
+                                         "kept)")
+    task_optimizers: bool = option(False, "mft alternate: one Adam state per task (property, force field)")
+    head_hidden: Sequence[int] = option((240, 240, 240), "hidden widths of the property head")
+    head_activation: str = option("tanh", "activation of the property head")
+    head_resnet_dt: bool = option(True, "deepmd-kit's fitting net (timestep residuals; the authors' head)")
+    grad_clip: float = option(5.0, "gradient norm clip (the authors' gradient_max_norm)")
+    normalize_property_loss: bool = option(True, "divide property errors by the label std in the loss (as "
+                                                 "deepmd-kit's out_std)")
+    property_reduction: str = option("sum", "'sum' over the batch (deepmd-kit's PropertyLoss) or 'mean'")
+    energy_norm: str = option("deepmd", "force-field energy/virial term: 'deepmd' (MSE(E)/N) or 'per_atom'")
+    curve_probe: int = option(0, "> 0: fixed probes of this size (train, val, each test part) scored at every "
+                                 "validation (curve/<part>/rmse in val.csv); the val probe is also the "
+                                 "best-on-validation set")
+    seed: int = option(0, "seed of the head, the batches and the probes")
+    val_every: int = option(200, "steps between validations")
+    checkpoint_every: int = option(100, "steps between training-state writes")
+    dtype: str = option("float32", "'float32' or 'float64'")
+    device: str = option("auto", "'cpu', 'cuda[:k]' or 'auto' (CUDA when available)")
+    allow_new_elements: bool = option(False, "fine-tune on elements the pretrained model never saw (their type "
+                                             "embeddings start untrained); refused by default")
+    new_dataset_from: Optional[str] = option(None, "mft: auxiliary data of a dataset the model lacks gets a new "
+                                                   "embedding column copied from this dataset, its energy shift "
+                                                   "fitted by least squares")
+    probe_size: int = option(64, "molecules of the drift probe set")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        strategy = get_strategy(self.strategy)
         if self.mode not in ("alternate", "sum"):
             raise ValueError(f"mode must be 'alternate' or 'sum', got {self.mode!r}")
         if not 0 < self.model_prob <= 1:
             raise ValueError("model_prob must be in (0, 1]")
-        if self.task_optimizers and (self.strategy != "mft" or self.mode != "alternate"):
-            raise ValueError("task_optimizers applies to strategy 'mft' in mode 'alternate'")
+        if self.task_optimizers and (not strategy.forcefield_data or self.mode != "alternate"):
+            raise ValueError("task_optimizers applies to a strategy with force-field data (mft) in mode 'alternate'")
         if self.property_reduction not in ("sum", "mean"):
             raise ValueError(f"property_reduction must be 'sum' or 'mean', got {self.property_reduction!r}")
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
         if self.curve_probe < 0:
             raise ValueError(f"curve_probe must be >= 0, got {self.curve_probe}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
 
 
 def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, settings: FinetuneSettings,
                          backbone_cfg=None) -> MFTModel:
-    """Model for a strategy: (pretrained or random) backbone + force-field head + a new property head."""
+    """The model a strategy starts from: its backbone (of ``pretrained``'s size, or ``backbone_cfg``) with the
+    pretrained force-field head when the strategy starts from pretrained weights, a new property head and the
+    applicability head; weights initialised by :meth:`Strategy.initialise`."""
+    strategy = get_strategy(settings.strategy)
     recipe = task.recipe
-    frozen = settings.strategy == "frozen-sklearn"
-    if frozen and recipe["kind"] != "scalar":
-        raise ValueError(f"frozen-sklearn fits scalar properties; {task.property!r} has a {recipe['kind']} head")
-    head = HeadConfig(kind=recipe["kind"], unit=task.unit, hidden=() if frozen else tuple(settings.head_hidden),
+    if strategy.linear_head and recipe["kind"] != "scalar":
+        raise ValueError(f"{strategy.name} fits scalar properties; {task.property!r} has a {recipe['kind']} head")
+    head = HeadConfig(kind=recipe["kind"], unit=task.unit,
+                      hidden=() if strategy.linear_head else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
                       element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt,
                       deepmd_fitting=settings.head_resnet_dt)
     torch.manual_seed(settings.seed)
-    if settings.strategy == "scratch" or pretrained is None:
-        if pretrained is None and settings.strategy != "scratch":
-            raise ValueError(f"strategy {settings.strategy!r} needs a pretrained model")
+    if not strategy.from_pretrained or pretrained is None:
+        if pretrained is None and strategy.from_pretrained:
+            raise ValueError(f"strategy {strategy.name!r} needs a pretrained model")
         cfg_backbone = backbone_cfg if backbone_cfg is not None else pretrained.config.backbone
-        model = MFTModel(ModelConfig(backbone=cfg_backbone, heads={task.property: head,
-                                                                   OOD_HEAD: HeadConfig(kind="knn_ood", unit="")}))
-        return model
+        return MFTModel(ModelConfig(backbone=cfg_backbone, heads={task.property: head,
+                                                                  OOD_HEAD: HeadConfig(kind="knn_ood", unit="")}))
     heads = {k: v for k, v in pretrained.config.heads.items() if v.kind == "forcefield"}
     heads[task.property] = head
     heads[OOD_HEAD] = HeadConfig(kind="knn_ood", unit="")
     dtype = next(pretrained.parameters()).dtype
     model = MFTModel(ModelConfig(backbone=pretrained.config.backbone, heads=heads,
                                  datasets=list(pretrained.config.datasets))).to(dtype)
-    state = {k: v for k, v in pretrained.state_dict().items() if k.startswith(("backbone.", "ff_heads."))}
-    if settings.reinit_ff_head:
-        state = {k: v for k, v in state.items() if not k.startswith("ff_heads.") or k.endswith("shift")}
-    model.load_state_dict(state, strict=False)
-    model.metadata = dict(getattr(pretrained, "metadata", {}))  # type: ignore[attr-defined]
+    strategy.initialise(model, pretrained, settings.reinit_ff_head)
     return model
-
-
-def _freeze(model: MFTModel, settings: FinetuneSettings, task: PropertyTask) -> None:
-    for name, p in model.named_parameters():
-        trainable = True
-        if settings.strategy in ("lp", "frozen-sklearn"):
-            trainable = name.startswith(f"property_heads.{task.property}.")
-        elif settings.strategy in ("ft", "scratch"):
-            trainable = not name.startswith("ff_heads.")
-        p.requires_grad_(trainable)
 
 
 class DriftMonitor:
@@ -166,12 +163,13 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
             task's domain beside the checkpoint (:func:`replay_structures`).
     """
     out_dir = Path(out_dir)
+    strategy = get_strategy(settings.strategy)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
-    if pretrained is not None and settings.strategy != "scratch" and not settings.allow_new_elements:
+    if pretrained is not None and strategy.from_pretrained and not settings.allow_new_elements:
         check_elements(pretrained, task, pretrained_path)
     ff = None
-    if settings.strategy == "mft":
+    if strategy.forcefield_data:
         ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
                                                                                 task_domain(task.train))
         pretrained = add_aux_datasets(pretrained, ff, settings.new_dataset_from)
@@ -179,27 +177,18 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     recipe = task.recipe
     fit_property_head(model.property_heads[task.property], task.train, task.property, recipe["kind"],
                       recipe["extensive"], recipe["element_bias"])
-    _freeze(model, settings, task)
+    strategy.freeze(model, task.property)
     prop_batch = resolve_batch_size(settings.property_batch, task.train)
     loss_scale = label_std(task.train, task.property) if settings.normalize_property_loss else 1.0
-    sources = [Source(task.name, task.train, "property", 0, prop_batch,
-                      settings.model_prob if settings.strategy == "mft" else 1.0, task.property, recipe["loss"],
-                      loss_scale, settings.property_reduction)]
-    if settings.strategy == "mft":
-        names = list(model.config.datasets)
-        n_ff = sum(len(v) for v in ff.values())
-        for name, structures in ff.items():
-            if name not in names:
-                raise KeyError(f"force-field data {name!r} is not a dataset of the pretrained model ({names})")
-            prob = (1.0 - settings.model_prob) * len(structures) / n_ff
-            sources.append(Source(f"ff:{name}", structures, "forcefield", names.index(name),
-                                  resolve_batch_size(settings.ff_batch, structures), prob))
+    prop_source = Source(task.name, task.train, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
+                         loss_scale, settings.property_reduction)
+    sources = strategy.sources(prop_source, ff, list(model.config.datasets), settings.model_prob, settings.ff_batch)
     curve_sets = curve_probes(task, settings.curve_probe, settings.seed) if settings.curve_probe else {}
     val_structures = curve_sets.get("val", task.val)
     val_sources = [Source(task.name, val_structures, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
                           loss_scale, settings.property_reduction)]
     probe = task.val[: settings.probe_size]
-    drift = DriftMonitor(model, probe, settings.seed) if settings.strategy != "scratch" else None
+    drift = DriftMonitor(model, probe, settings.seed) if strategy.from_pretrained else None
 
     def on_validate(step: int, metrics: Dict[str, float]) -> Dict[str, float]:
         out = {"drift_w1": drift(model)} if drift is not None else {}
@@ -220,12 +209,14 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "pretrained": str(pretrained_path) if pretrained_path else None})
-    record_domains(metadata, pretrained, task, ff if settings.strategy == "mft" else None)
+    record_domains(metadata, pretrained, task, ff)
 
     def save_best(m: torch.nn.Module, path: Path) -> None:
         save_model(m, path, metadata)
 
-    if settings.strategy == "frozen-sklearn":                                   # no optimiser: a ridge fit written into the linear head
+    if not strategy.optimiser and rank_and_world()[1] > 1:
+        raise ValueError(f"strategy {settings.strategy!r} trains nothing: run it as one process, not under torchrun")
+    if not strategy.optimiser:                       # frozen-sklearn: a ridge fit written into the linear head
         import time
         from mftcalc.training.frozen import fit_frozen_head
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +230,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
                           on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
         trainer.run()
         steps, wall, device = trainer.step, trainer.wall, trainer.device
+        if trainer.rank != 0:                     # data-parallel run: rank 0 scores and writes the model
+            return {"strategy": settings.strategy, "task": task.name, "steps": steps, "rank": trainer.rank}
     best = load_model(out_dir / "model.pt", dtype).to(device)
     reference = task.train                        # features of at most 2,000 of them: the head keeps no more
     if len(reference) > 2000:
@@ -263,29 +256,6 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     if drift is not None:
         result["drift_w1"] = drift(best)
     return result
-
-
-def plot_parity(parity: Dict[str, np.ndarray], path: Path, title: str, unit: str) -> None:
-    """Predicted vs true property per evaluation set (``<part>_true`` / ``<part>_pred`` arrays), RMSE in the legend."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    parts = [k[: -len("_true")] for k in parity if k.endswith("_true")]
-    fig, ax = plt.subplots(figsize=(4.8, 4.5))
-    lo = min(float(parity[f"{p}_true"].min()) for p in parts)
-    hi = max(float(parity[f"{p}_true"].max()) for p in parts)
-    for part in parts:
-        t, y = parity[f"{part}_true"], parity[f"{part}_pred"]
-        rmse = float(np.sqrt(np.mean((y - t) ** 2)))
-        ax.scatter(t, y, s=3, alpha=0.4, label=f"{part} (RMSE {rmse:.4g})")
-    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel(f"true ({unit})")
-    ax.set_ylabel(f"predicted ({unit})")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def label_std(structures: Sequence[Structure], name: str) -> float:
@@ -400,21 +370,3 @@ def curve_probes(task, size: int, seed: int) -> Dict[str, List[Structure]]:
     probes = {"train": pick(task.train, seed), "val": pick(task.val, 0)}
     probes.update({part: pick(structures, k + 1) for k, (part, structures) in enumerate(task.test_parts.items())})
     return probes
-
-
-def replay_structures(pretrained_path: Optional[str | Path], domain: str = "molecules"
-                      ) -> Dict[str, List[Structure]]:
-    """The domain-matched replay set shipped beside a pretrained checkpoint (``molecules``: the GFN2-xTB
-    conformers; ``materials``: the periodic DFT sets), grouped by ``info["dataset"]``."""
-    if pretrained_path is None:
-        raise ValueError("mft needs a pretrained checkpoint (its replay set is the default force-field data)")
-    from mftcalc.data.io import read_structures
-    path = Path(pretrained_path)
-    replay = replay_path(path, domain)
-    if not replay.exists():
-        raise FileNotFoundError(f"no {domain} replay set {replay} beside {path}; pass force-field data "
-                                "explicitly (ff_data in the config)")
-    groups: Dict[str, List[Structure]] = {}
-    for s in read_structures(replay):
-        groups.setdefault(str(s.info.get("dataset", "default")), []).append(s)
-    return groups

@@ -1,5 +1,6 @@
 """The one training loop: sources drawn per step, losses, Adam + exponential LR, clipping, validation,
-atomic checkpoints with exact resume, learning curves, and data parallelism over torch.distributed.
+atomic checkpoints with exact resume, learning curves, and data parallelism with DistributedDataParallel
+(:mod:`mftcalc.training.distributed`: per-rank batches, rank-0 I/O).
 
 Pretraining (several force-field sources) and every fine-tuning strategy (a property source, optionally with
 force-field sources in ``alternate`` or ``sum`` mode, optionally with frozen parameters) run through
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 
+from mftcalc.analysis.plots import plot_learning_curves
 from mftcalc.data.batch import collate
+from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
+from mftcalc.training.distributed import all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
 from mftcalc.training.evaluate import forcefield_errors, property_errors
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
@@ -49,25 +52,7 @@ class TrainSettings:
     progress: bool = True
     optimizer_per_kind: bool = False
     energy_norm: str = "deepmd"           # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
-    device: str = "cpu"                   # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; other names as torch reads them. An unavailable CUDA device
-    is refused with the fix instead of failing inside the first step."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this torch ({torch.__version__}) sees no CUDA device; use device cpu "
-                         "or auto, or install a CUDA build of torch")
-    return device
-
-
-def _global_rank() -> tuple:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    device: str = "auto"                  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
 
 
 class Trainer:
@@ -97,7 +82,10 @@ class Trainer:
             raise ValueError("mode 'sum' needs a property source")
         if settings.mode == "sum" and settings.optimizer_per_kind:
             raise ValueError("optimizer_per_kind needs mode 'alternate' (sum mode takes one step on both tasks)")
-        self.device = resolve_device(settings.device)
+        self.device = resolve_device(local_device(settings.device))
+        if settings.progress and rank_and_world()[0] == 0:
+            import sys
+            print(f"training on {describe_device(self.device, settings.device)}", file=sys.stderr)
         self.model = model.to(device=self.device, dtype=settings.dtype)
         self.sources = list(sources)
         self.val_sources = list(val_sources)
@@ -107,7 +95,7 @@ class Trainer:
         self.on_validate = on_validate
         self.best_path = Path(best_path) if best_path else None
         self.save_model_fn = save_model_fn
-        self.rank, self.world = _global_rank()
+        self.rank, self.world = rank_and_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -121,6 +109,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
             self._load_state()
+        self.forward = wrap_data_parallel(self.model, self.device)   # after the resume: DDP broadcasts rank 0's
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
@@ -134,6 +123,7 @@ class Trainer:
         changed settings is stated (printed and appended to ``<out_dir>/resume.log``)."""
         record = {name: str(getattr(self.settings, name)) for name in self.settings.__dataclass_fields__
                   if name not in ("progress", "log_every", "device")}      # a resume may move to another device
+        record["world_size"] = str(self.world)                                 # per-rank batch x world = global
         for s in self.sources:
             record[f"source/{s.name}"] = f"kind={s.kind} prob={s.prob} batch_size={s.batch_size} n={len(s.structures)}"
         return record
@@ -197,7 +187,7 @@ class Trainer:
         if source.kind == "forcefield":
             with_stress = any(s.stress is not None for s in global_structures)
             batch = collate(local, dtype=dtype, dataset=source.dataset_index, properties=[], device=self.device)
-            pred = self.model(batch, compute_forces=True, compute_stress=with_stress, compute_properties=False)
+            pred = self.forward(batch, compute_forces=True, compute_stress=with_stress, compute_properties=False)
             norm_e = float(sum(s.energy is not None for s in global_structures))
             norm_f = float(3 * sum(s.n_atoms for s in global_structures if s.forces is not None))
             norm_v = float(sum(s.stress is not None for s in global_structures))
@@ -206,7 +196,7 @@ class Trainer:
                                    norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm)
         assert source.property is not None
         batch = collate(local, dtype=dtype, properties=[source.property], device=self.device)
-        pred = self.model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
+        pred = self.forward(batch, compute_forces=False, compute_stress=False, compute_properties=True)
         norm = float(sum(source.property in s.properties for s in global_structures))
         return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
                              scale=source.loss_scale, reduction=source.reduction)
@@ -230,22 +220,26 @@ class Trainer:
         else:
             kp = next(i for i, s in enumerate(self.sources) if s.kind == "property")
             ff = [i for i, s in enumerate(self.sources) if s.kind == "forcefield"]
-            loss, parts = self._batch_loss(self.sources[kp], self.samplers[kp], lr)
+            if ff and self.world > 1:
+                # DDP reduces once per backward and forward: the property term's gradient accumulates locally
+                # (no_sync) and is reduced with the force-field term's in the second, synchronised backward
+                with self.forward.no_sync():
+                    loss_p, parts = self._batch_loss(self.sources[kp], self.samplers[kp], lr)
+                    (loss_p * self.world).backward()
+                loss = loss_p.detach()
+            else:
+                loss, parts = self._batch_loss(self.sources[kp], self.samplers[kp], lr)
             log.update({f"{self.sources[kp].name}/{n}": v for n, v in parts.items()})
             if ff:
                 kf = ff[choose_source([self.sources[i].prob for i in ff], settings.seed, self.step)]
                 loss_f, parts_f = self._batch_loss(self.sources[kf], self.samplers[kf], lr)
                 loss = loss + settings.sum_weight * loss_f
                 log.update({f"{self.sources[kf].name}/{n}": v for n, v in parts_f.items()})
-        loss.backward()
-        if self.world > 1:
-            for p in self.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                torch.distributed.all_reduce(p.grad)
+        # the local loss is this rank's share of the global-batch loss; DDP averages over ranks, hence × world
+        (loss * self.world if self.world > 1 else loss).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizers[kind].step()
-        log["loss"] = float(loss.detach()) * (self.world if self.world > 1 else 1)
+        log["loss"] = all_reduce_sum(float(loss.detach()), self.device)
         log["grad_norm"] = float(grad_norm)
         return log
 
@@ -299,8 +293,7 @@ class Trainer:
                 plot_learning_curves(self.out_dir)
             if self.step % settings.checkpoint_every == 0 or self.step in (end, settings.num_steps):
                 self.save_state()
-            if self.world > 1:
-                torch.distributed.barrier()
+            barrier()
         if bar is not None:
             bar.close()
         return last_val
@@ -349,53 +342,3 @@ def _append_csv(path: Path, row: Dict[str, float]) -> None:
         writer.writerows(rows)
         writer.writerow(row)
 
-
-def plot_learning_curves(out_dir: str | Path) -> Optional[Path]:
-    """Plot the training loss (running median) and the validation errors from ``train.csv``/``val.csv``.
-
-    Panels: training loss; validation force MAE (eV/Å) per dataset; validation energy MAE per atom (eV) or
-    property MAE per task. Written to ``learning_curve.png``.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    train_csv, val_csv = out_dir / "train.csv", out_dir / "val.csv"
-    if not train_csv.exists():
-        return None
-    with open(train_csv, newline="") as fh:
-        train = list(csv.DictReader(fh))
-    val: List[Dict[str, str]] = []
-    if val_csv.exists():
-        with open(val_csv, newline="") as fh:
-            val = list(csv.DictReader(fh))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
-    steps = np.array([float(r["step"]) for r in train])
-    loss = np.array([float(r["loss"]) for r in train])
-    window = max(5, len(loss) // 30)
-    smooth = np.array([np.median(loss[max(0, k - window):k + 1]) for k in range(len(loss))])
-    axes[0].semilogy(steps, loss, lw=0.4, alpha=0.4, color="gray")
-    axes[0].semilogy(steps, smooth, lw=1.2, color="black", label=f"running median ({window} rows)")
-    axes[0].set(xlabel="step", ylabel="training loss")
-    axes[0].legend(fontsize=7)
-    panels = [(axes[1], ("/f_mae",), "validation force MAE (eV/Å)"),
-              (axes[2], ("/e_mae_per_atom", "/mae"), "validation energy MAE (eV/atom) / property MAE")]
-    if val:
-        vsteps = np.array([float(r["step"]) for r in val])
-        for ax, suffixes, label in panels:
-            for key in val[-1]:
-                if key.startswith("val/") and key.endswith(suffixes):
-                    values = np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in val])
-                    ax.semilogy(vsteps, values, marker="o", ms=3, lw=1, label=key[4:].rsplit("/", 1)[0])
-            ax.set(xlabel="step", ylabel=label)
-        handles, labels = axes[1].get_legend_handles_labels()
-        if not handles:
-            handles, labels = axes[2].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.12 if val else 0, 1, 1))
-    path = out_dir / "learning_curve.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mftcalc import keys as K
+from mftcalc.schema import option
 from mftcalc.training.schedule import prefactor
 
 
@@ -20,12 +21,12 @@ from mftcalc.training.schedule import prefactor
 class ForceFieldPrefactors:
     """Start (at lr0) and limit (as lr → 0) prefactors of the energy, force and virial terms."""
 
-    start_e: float = 0.2
-    limit_e: float = 20.0
-    start_f: float = 100.0
-    limit_f: float = 60.0
-    start_v: float = 0.02
-    limit_v: float = 1.0
+    start_e: float = option(0.2, "energy prefactor at lr0")
+    limit_e: float = option(20.0, "energy prefactor as lr → 0")
+    start_f: float = option(100.0, "force prefactor at lr0")
+    limit_f: float = option(60.0, "force prefactor as lr → 0")
+    start_v: float = option(0.02, "virial prefactor at lr0")
+    limit_v: float = option(1.0, "virial prefactor as lr → 0")
 
 
 def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float, lr0: float,

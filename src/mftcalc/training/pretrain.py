@@ -7,20 +7,22 @@ splits off validation structures, fits the per-dataset element energy shifts, ru
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import yaml
 
-from mftcalc.data.io import read_structures, write_extxyz
+from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import model_metadata, save_model
-from mftcalc.model.config import ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.config import PRESETS, BackboneConfig, ModelConfig, backbone_preset, default_forcefield_head
 from mftcalc.model.fitting import fit_forcefield_shift
 from mftcalc.model.mft_model import MFTModel, count_parameters
+from mftcalc.schema import option, suggest
+from mftcalc.training.forcefield_data import (read_dataset, replay_path, select_structures, split_train_val,
+                                              task_domain)
 from mftcalc.training.loop import Trainer, TrainSettings
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
@@ -31,196 +33,92 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class DatasetSpec:
-    """One force-field dataset: a path any reader understands (or a glob pattern of such files, read in sorted
-    order), its sampling probability and batch size."""
+    """One force-field dataset of pretraining: where it is, how often it is drawn, its batch size and split."""
 
-    name: str
-    path: str
-    prob: float = 1.0
-    batch_size: Any = "auto:128"
-    val_fraction: float = 0.05
-    max_structures: Optional[int] = None
-    max_val: int = 200
-    replay: int = 500          # structures of the training part copied into the replay set
-    max_force: Optional[float] = None   # drop structures with an atomic force above this (eV/Å)
-    exclude_splits: Optional[str] = None   # BOOM split file: drop molecules (info["qm9_index"]) in its test sets
-    exclude_properties: Optional[List[str]] = None   # ... of these properties (default: every split in the file)
-    init_from: Optional[str] = None     # with PretrainConfig.init, a NEW dataset starts from this one's embedding
+    name: str = option(help="the dataset's name (its embedding column; info['dataset'] of mixed files)")
+    path: str = option(help="a file any reader understands, or a glob pattern of such files (read in sorted order)")
+    prob: float = option(1.0, "sampling probability of a step (relative to the other datasets)")
+    batch_size: Union[int, str] = option("auto:128", "structures per batch: an integer, or 'auto:N' = N atoms on average")
+    val_fraction: float = option(0.05, "share of the molecules (info['qm9_index']) or structures held out")
+    max_structures: Optional[int] = option(None, "keep a seeded subsample of this many (seed: seed + position)")
+    max_val: int = option(200, "at most this many validation structures")
+    replay: int = option(500, "structures of the training part copied into the replay set")
+    max_force: Optional[float] = option(None, "drop structures with an atomic force above this (eV/Å)")
+    exclude_splits: Optional[str] = option(None, "BOOM split file: drop molecules (info['qm9_index']) in its "
+                                                 "ID/OOD test sets")
+    exclude_properties: Optional[List[str]] = option(None, "with exclude_splits: only these properties' test sets "
+                                                           "(default: every split in the file)")
+    init_from: Optional[str] = option(None, "with init: a NEW dataset starts from this dataset's embedding")
+
+    def __post_init__(self) -> None:
+        if self.prob < 0:
+            raise ValueError(f"dataset {self.name!r}: prob must be >= 0, got {self.prob}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"dataset {self.name!r}: val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
 class PretrainConfig:
-    """Everything ``mftcalc train`` needs; paths are relative to the working directory."""
+    """The YAML of ``mftcalc train``: the datasets, the model size, the schedule and the outputs (paths relative
+    to the working directory)."""
 
-    datasets: List[DatasetSpec]
-    preset: str = "cpu"
-    backbone: Dict[str, Any] = field(default_factory=dict)
-    ff_hidden: Tuple[int, ...] = (128, 128)
-    steps: int = 10_000
-    lr0: float = 1e-3
-    lr_end: float = 1e-5
-    decay_steps: int = 500
-    lr_start_step: int = 0     # the decay starts here (lr0 before): set it to restart the decay of a resumed run
-    prefactors: Dict[str, float] = field(default_factory=dict)
-    grad_clip: float = 10.0
-    energy_norm: str = "deepmd"   # "deepmd": λ_E·MSE(E)/N as deepmd-kit; "per_atom": λ_E·MSE(E/N) (N× weaker)
-    device: str = "cpu"           # "cpu", "cuda[:k]" or "auto"
-    init: Optional[str] = None    # start from this trained model: its datasets keep their embeddings, new ones are
-                                  # appended (force-field fine-tuning on your own DFT data)
-    seed: int = 0
-    log_every: int = 10
-    val_every: int = 500
-    checkpoint_every: int = 50
-    dtype: str = "float32"
-    out_dir: str = "runs/pretrain"
-    state_path: str = "runs/pretrain/state.pt"
-    model_out: str = "models/pretrained.pt"
-    replay: bool = True        # write the replay subsets beside model_out, one file per domain (replay_path)
-    heldout_out: Optional[str] = None      # validation structures of every dataset (info["dataset"]), for retention tests
-    progress: bool = True
+    datasets: List[DatasetSpec] = option(help="the force-field datasets (at least one)")
+    preset: str = option("cpu", f"backbone size preset: {', '.join(PRESETS)}")
+    backbone: Dict[str, Any] = option(factory=dict, keys_of=BackboneConfig, help="backbone keys overriding the "
+                                      "preset's")
+    ff_hidden: Tuple[int, ...] = option((128, 128), "hidden widths of the force-field head")
+    steps: int = option(10_000, "optimiser steps of the whole run")
+    lr0: float = option(1e-3, "start learning rate")
+    lr_end: float = option(1e-5, "learning rate at the last step (exponential decay)")
+    decay_steps: int = option(500, "steps between learning-rate decays")
+    lr_start_step: int = option(0, "the decay starts here (lr0 before): set it to restart the decay of a resumed "
+                                   "run")
+    prefactors: Dict[str, float] = option(factory=dict, keys_of=ForceFieldPrefactors, help="loss prefactors "
+                                          "overriding the defaults")
+    grad_clip: float = option(10.0, "gradient norm clip")
+    energy_norm: str = option("deepmd", "'deepmd': λ_E·MSE(E)/N as deepmd-kit; 'per_atom': λ_E·MSE(E/N) (N× "
+                                        "weaker)")
+    device: str = option("auto", "'cpu', 'cuda[:k]' or 'auto' (CUDA when available)")
+    init: Optional[str] = option(None, "start from this trained model: its datasets keep their embeddings, new ones "
+                                       "are appended (force-field fine-tuning on your own DFT data)")
+    seed: int = option(0, "seed of the model, the splits, the subsamples and the batches")
+    log_every: int = option(10, "steps between rows of train.csv")
+    val_every: int = option(500, "steps between validations (val.csv, learning_curve.png)")
+    checkpoint_every: int = option(50, "steps between training-state writes")
+    dtype: str = option("float32", "'float32' or 'float64'")
+    out_dir: str = option("runs/pretrain", "train.csv, val.csv and the learning curve go here")
+    state_path: str = option("runs/pretrain/state.pt", "the training state (resumed from when it exists)")
+    model_out: str = option("models/pretrained.pt", "the model checkpoint")
+    replay: bool = option(True, "write the replay subsets beside model_out, one file per domain")
+    heldout_out: Optional[str] = option(None, "write every dataset's validation structures (info['dataset']) here, "
+                                              "for retention tests")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        if not self.datasets:
+            raise ValueError("the config needs a non-empty 'datasets' list")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}{suggest(self.preset, list(PRESETS))} (choose one of "
+                             f"{', '.join(PRESETS)})")
+        backbone_preset(self.preset, **self.backbone)       # the backbone's own checks, now rather than later
+        ForceFieldPrefactors(**self.prefactors)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.energy_norm not in ("deepmd", "per_atom"):
+            raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None,
                   set_pairs: Sequence[str] = ()) -> "PretrainConfig":
         """Load strictly (:mod:`mftcalc.schema`): top-level ``overrides`` and ``--set`` pairs (``a.b=value``,
         ``datasets.0.prob=0.9``) applied first; unknown keys and wrong types are refused naming the key."""
-        from mftcalc.schema import ConfigError, apply_overrides, from_mapping
+        from mftcalc.schema import apply_overrides, from_mapping, read_yaml
         data = read_yaml(path)
         data.update(overrides or {})
-        data = apply_overrides(data, set_pairs)
-        if not data.get("datasets"):
-            raise ConfigError(f"{path}: the config needs a non-empty 'datasets' list")
-        return from_mapping(cls, data, str(path))
-
-
-def read_yaml(path: str | Path) -> Dict[str, Any]:
-    """A YAML mapping from ``path``; a missing file, a parse error or a non-mapping names the file."""
-    from mftcalc.schema import ConfigError
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top, got {type(data).__name__}")
-    return data
-
-
-def task_domain(structures: Sequence[Structure]) -> str:
-    """``materials`` when any structure is periodic, else ``molecules``: which replay set matches a task."""
-    return "materials" if any(bool(np.any(s.pbc)) for s in structures) else "molecules"
-
-
-def replay_path(model_path: str | Path, domain: str) -> Path:
-    """``<checkpoint stem>_replay_<domain>.extxyz.gz`` beside a pretrained checkpoint (``domain``: molecules or
-    materials), where pretraining writes its replay subsets and MFT looks for its default auxiliary data."""
-    path = Path(model_path)
-    return path.with_name(f"{path.stem}_replay_{domain}.extxyz.gz")
-
-
-def read_dataset(path: str) -> List[Structure]:
-    """Structures of one file, or of every file matching a glob pattern (sorted); errors name the pattern."""
-    if any(ch in path for ch in "*?["):
-        import glob
-        files = sorted(glob.glob(path))
-        if not files:
-            raise FileNotFoundError(f"no files match {path!r}")
-        return [s for f in files for s in read_structures(f)]
-    return read_structures(path)
-
-
-def split_train_val(structures: List[Structure], val_fraction: float, max_val: int, seed: int
-                    ) -> Tuple[List[Structure], List[Structure]]:
-    """Seeded split into training and validation structures, stable when a dataset grows.
-
-    Structures are grouped by ``info["qm9_index"]`` when present (all conformers of a molecule fall on the same
-    side, so validation molecules are unseen in training), else by position in the file; a group is validation
-    when a seeded integer hash of its key falls below ``val_fraction``. At most ``max_val`` validation
-    structures are kept (the first ones); the rest of the validation groups are not used for training either.
-    """
-    val: List[Structure] = []
-    train: List[Structure] = []
-    for k, s in enumerate(structures):
-        key = int(s.info.get("qm9_index", k))
-        h = ((key * 2654435761 + seed * 40503 + 12345) % 4294967296) / 4294967296.0
-        if h < val_fraction:
-            if len(val) < max_val:
-                val.append(s)
-        else:
-            train.append(s)
-    if not train:
-        raise ValueError("validation split left no training structures; lower val_fraction")
-    return train, val
-
-
-def drop_test_molecules(structures: List[Structure], splits_path: str, properties: Optional[List[str]],
-                        name: str = "") -> List[Structure]:
-    """Structures whose ``info["qm9_index"]`` is in no ID/OOD test set of ``properties`` in a BOOM split file.
-
-    Raises when a structure has no ``qm9_index`` (it could not be checked) or a property has no split."""
-    from mftcalc.data.boom import load_splits, test_union
-
-    splits = load_splits(splits_path)
-    names = list(splits) if properties is None else list(properties)
-    unknown = [p for p in names if p not in splits]
-    if unknown:
-        raise ValueError(f"dataset {name!r}: exclude_properties {unknown} have no split in {splits_path} "
-                         f"(it has {sorted(splits)})")
-    excluded = set(test_union({p: splits[p] for p in names}).tolist())
-    unkeyed = sum("qm9_index" not in s.info for s in structures)
-    if unkeyed:
-        raise ValueError(f"dataset {name!r}: {unkeyed} structures have no info['qm9_index'], so exclude_splits "
-                         "cannot check them; drop exclude_splits for this dataset or label it with mftcalc label")
-    return [s for s in structures if int(s.info["qm9_index"]) not in excluded]
-
-
-def load_forcefield_set(name: str, spec: Any) -> List[Structure]:
-    """Force-field structures of dataset ``name`` for fine-tuning (MFT's auxiliary task).
-
-    ``spec`` is a path (any reader, or a glob) or a mapping with ``path`` and optionally ``exclude_splits`` and
-    ``exclude_properties`` (drop molecules in BOOM test sets), ``max_force`` (eV/Å), ``max_structures`` and
-    ``holdout: {val_fraction, max_val, seed}`` (drop the validation molecules of pretraining: use the pretraining
-    config's values, ``seed`` = its seed + 100 + the dataset's position). ``max_structures`` (with
-    ``subsample_seed``; pretraining's is its seed + the dataset's position) subsamples before the holdout, as
-    pretraining does. Structures carrying ``info["dataset"]`` are kept only when it equals ``name`` (a mixed file
-    never lends one dataset's structures to another's embedding); none left is an error.
-    """
-    if isinstance(spec, (str, Path)):
-        spec = {"path": str(spec)}
-    if not isinstance(spec, dict) or "path" not in spec:
-        raise ValueError(f"force-field data {name!r}: give a path or a mapping with 'path', got {spec!r}")
-    allowed = {"path", "exclude_splits", "exclude_properties", "max_force", "max_structures", "subsample_seed",
-               "holdout"}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ValueError(f"force-field data {name!r}: unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
-    structures = read_dataset(spec["path"])
-    tagged = [s for s in structures if "dataset" in s.info]
-    if tagged:
-        structures = [s for s in structures if s.info.get("dataset", name) == name]
-        if not structures:
-            raise ValueError(f"{spec['path']} holds no structures of dataset {name!r} (info['dataset'] values: "
-                             f"{sorted({str(s.info['dataset']) for s in tagged})})")
-    if spec.get("exclude_splits"):
-        structures = drop_test_molecules(structures, spec["exclude_splits"], spec.get("exclude_properties"), name)
-    if spec.get("max_force") is not None:
-        structures = [s for s in structures
-                      if s.forces is None or np.sqrt((s.forces ** 2).sum(1)).max() <= float(spec["max_force"])]
-    if spec.get("max_structures") is not None and len(structures) > int(spec["max_structures"]):
-        rng = np.random.default_rng(int(spec.get("subsample_seed", 0)))
-        keep = np.sort(rng.permutation(len(structures))[: int(spec["max_structures"])])
-        structures = [structures[i] for i in keep]
-    if spec.get("holdout"):
-        h = dict(spec["holdout"])
-        structures, _ = split_train_val(structures, float(h.get("val_fraction", 0.05)), int(h.get("max_val", 200)),
-                                        int(h["seed"]))
-    if not structures:
-        raise ValueError(f"force-field data {name!r}: no structures left after the filters of {spec}")
-    return structures
+        return from_mapping(cls, apply_overrides(data, set_pairs), str(path))
 
 
 def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[Structure]]:
@@ -229,21 +127,8 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     val_sources: List[Source] = []
     replay: List[Structure] = []
     for k, spec in enumerate(cfg.datasets):
-        structures = read_dataset(spec.path)
-        tagged = [s for s in structures if "dataset" in s.info]
-        if tagged:                        # a mixed file (e.g. a replay set): only this dataset's structures
-            structures = [s for s in structures if s.info.get("dataset", spec.name) == spec.name]
-            if not structures:
-                raise ValueError(f"{spec.path} holds no structures of dataset {spec.name!r} (its info['dataset'] "
-                                 f"values: {sorted({str(s.info['dataset']) for s in tagged})})")
-        if spec.exclude_splits is not None:
-            structures = drop_test_molecules(structures, spec.exclude_splits, spec.exclude_properties, spec.name)
-        if spec.max_force is not None:
-            structures = [s for s in structures
-                          if s.forces is None or np.sqrt((s.forces ** 2).sum(1)).max() <= spec.max_force]
-        if spec.max_structures is not None and len(structures) > spec.max_structures:
-            keep = np.sort(np.random.default_rng(cfg.seed + k).permutation(len(structures))[: spec.max_structures])
-            structures = [structures[i] for i in keep]
+        structures = select_structures(read_dataset(spec.path), spec.name, spec.path, spec.exclude_splits,
+                                       spec.exclude_properties, spec.max_force, spec.max_structures, cfg.seed + k)
         train, val = split_train_val(structures, spec.val_fraction, spec.max_val, cfg.seed + 100 + k)
         batch_size = resolve_batch_size(spec.batch_size, train)
         sources.append(Source(spec.name, train, "forcefield", k, batch_size, spec.prob))

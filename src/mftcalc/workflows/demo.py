@@ -6,17 +6,19 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 
-def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None) -> List[Dict[str, Any]]:
+def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None,
+             device: str = "cpu") -> List[Dict[str, Any]]:
     """Relax-then-predict the bundled molecules; prints a table, writes ``results.csv`` and ``demo.png``; returns
     the rows. ``dataset``: force-field dataset (default: ``xtb_qm9`` when the model has it, since the bundled
-    molecules are QM9 molecules, else the per-structure rule of :mod:`mftcalc.calculators.domains`)."""
+    molecules are QM9 molecules, else the per-structure rule of :mod:`mftcalc.calculators.domains`). ``device``:
+    ``cpu``, ``cuda[:k]`` or ``auto`` (:meth:`ModelHandle.load`)."""
     from mftcalc.calculators.model_handle import ModelHandle
     from mftcalc.workflows.screening import (ENERGY, FMAX, default_model_path, example_path, property_column,
                                              results_files, screen)
 
     model_path = Path(model) if model else default_model_path()
     out_dir.mkdir(parents=True, exist_ok=True)
-    handle = ModelHandle.load(model_path, dataset=dataset)
+    handle = ModelHandle.load(model_path, dataset=dataset, device=device)
     if dataset is None and "xtb_qm9" in handle.dataset_names:
         handle.dataset = handle.dataset_names.index("xtb_qm9")
     chosen = "inferred per molecule" if handle.dataset is None else handle.dataset_names[handle.dataset]
@@ -41,27 +43,10 @@ def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None)
                 f"{float(r[FMAX]):12.3f} {int(r['steps']):6d} {str(r['converged']):>5s}")
         line += "".join(f" {float(r[property_column(handle, p)]):18.4f}" for p in props)
         print(line)
-    _plot([r for r in rows if not r["error"]], props, handle, out_dir / "demo.png")
+    from mftcalc.analysis.plots import plot_bars
+    done = [r for r in rows if not r["error"]]
+    panels = {"FIRE steps to fmax 0.05 eV/Å": [int(r["steps"]) for r in done]}
+    panels.update({f"{p} ({handle.unit(p)})": [float(r[property_column(handle, p)]) for r in done] for p in props})
+    plot_bars([str(r["name"]) for r in done], panels, out_dir / "demo.png")
     print(f"wrote {csv_path} and {out_dir / 'demo.png'}")
     return rows
-
-
-def _plot(rows, props, handle, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [str(r["name"]) for r in rows]
-    panels = 1 + len(props)
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
-    axes[0, 0].bar(names, [int(r["steps"]) for r in rows], color="tab:blue")
-    axes[0, 0].set_ylabel("FIRE steps to fmax 0.05 eV/Å")
-    from mftcalc.workflows.screening import property_column
-    for k, p in enumerate(props, start=1):
-        axes[0, k].bar(names, [float(r[property_column(handle, p)]) for r in rows], color="tab:orange")
-        axes[0, k].set_ylabel(f"{p} ({handle.unit(p)})")
-    for ax in axes[0]:
-        ax.tick_params(axis="x", rotation=60, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

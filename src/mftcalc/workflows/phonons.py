@@ -11,6 +11,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mftcalc.geometry.units import KJ_PER_MOL
+
 
 def phonons(atoms: Any, calc: Any, supercell: Sequence[int] = (2, 2, 2), displacement: float = 0.01,
             mesh: Sequence[int] = (12, 12, 12), primitive_matrix: Any = "auto") -> Any:
@@ -23,7 +25,7 @@ def phonons(atoms: Any, calc: Any, supercell: Sequence[int] = (2, 2, 2), displac
         primitive_matrix: phonopy's primitive cell (``"auto"``: found by symmetry).
     Returns:
         The Phonopy object with ``produce_force_constants`` done and the mesh/thermal properties run, so
-        ``zero_point_energy(ph)`` and ``plot_phonons(ph, path)`` work.
+        ``zero_point_energy(ph)`` and :func:`mftcalc.analysis.plots.plot_phonons` work.
     """
     from ase import Atoms
     from phonopy import Phonopy
@@ -54,7 +56,7 @@ def phonons(atoms: Any, calc: Any, supercell: Sequence[int] = (2, 2, 2), displac
 def zero_point_energy(ph: Any) -> float:
     """Zero-point energy in eV per unit cell (phonopy reports kJ/mol at T = 0)."""
     free_energy_kj_mol = ph.thermal_properties.free_energy[0]
-    return float(free_energy_kj_mol) * 1000.0 / 96485.33212
+    return float(free_energy_kj_mol) * KJ_PER_MOL
 
 
 def band_path(ph: Any, path: Optional[str] = None, npoints: int = 51
@@ -96,20 +98,3 @@ def _label(name: str) -> str:
     if name == "G":
         return r"$\Gamma$"
     return f"${name[0]}_{name[1:]}$" if len(name) > 1 else name
-
-
-def plot_phonons(ph: Any, path: str, npoints: int = 51, band: Optional[str] = None) -> None:
-    """Band structure and DOS (on the q-mesh of :func:`phonons`) in one PNG at ``path``.
-
-    ``band``: ASE path string (see :func:`band_path`; default ASE's standard path of the lattice), ``npoints``
-    q-points on its longest segment. Frequencies in THz.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    qpoints, connections, labels = band_path(ph, band, npoints)
-    ph.run_band_structure(qpoints, path_connections=connections, labels=labels)
-    ph.run_total_dos()
-    plt = ph.plot_band_structure_and_dos()
-    plt.gcf().axes[0].set_ylabel("Frequency (THz)")
-    plt.savefig(path, dpi=110)
-    plt.close("all")

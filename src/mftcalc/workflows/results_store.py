@@ -61,7 +61,7 @@ def make_provenance(model_sha256: str, model_file: Optional[str], input_path: st
             "options": dict(options), "columns": list(columns)}
 
 
-def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+def differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
     """Human-readable list of what differs between two provenance records (paths are not compared)."""
     out = []
     if old.get("mftcalc_version") != new.get("mftcalc_version"):
@@ -128,7 +128,7 @@ class ResultsCSV:
             old = json.loads(self.record.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResumeError(f"{self.record} is not readable JSON ({exc}); {start_over}") from None
-        changed = _differences(old, self.provenance)
+        changed = differences(old, self.provenance)
         if changed:
             raise ResumeError(f"{self.path} holds results of a different run ({'; '.join(changed)}); resuming would "
                               f"mix them with this run's; {start_over}")
@@ -179,6 +179,16 @@ class ResultsCSV:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_results(path: str | Path, columns: Sequence[str], rows: Sequence[Dict[str, Any]],
+                  provenance: Dict[str, Any]) -> None:
+    """A finished results CSV in one go (e.g. merged shards): its provenance record, then the table, each
+    written atomically, formatted exactly as :class:`ResultsCSV` appends rows (so a resume reads it back)."""
+    path = Path(path)
+    _atomic_write(path.with_name(path.name + ".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True)
+                  + "\n")
+    _atomic_write(path, _lines([list(columns)] + [[row.get(c, "") for c in columns] for row in rows]))
 
 
 def acquire_lock(lock_path: Path, output: Path) -> int:

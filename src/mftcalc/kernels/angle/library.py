@@ -34,9 +34,11 @@ def cache_dir() -> Path:
     """Build directory for this torch/Python combination (created if missing)."""
     root = Path(os.environ["MFTCALC_CACHE"]) if os.environ.get("MFTCALC_CACHE") else \
         Path.home() / ".cache" / "mftcalc"
-    # one build per torch installation: two environments (say a project venv and a peer's) sharing the cache would
-    # otherwise overwrite each other's build.ninja and rebuild on every alternation (25-40 s each)
-    where = hashlib.sha256(f"{torch.__file__}|{sys.executable}".encode()).hexdigest()[:8]
+    # one build per torch installation and source tree: two environments (a project venv and a peer's) or two
+    # checkouts (a clone and a git worktree of an older commit) sharing the cache would otherwise overwrite each
+    # other's build.ninja (it holds absolute source paths) and rebuild on every alternation (25-60 s each)
+    sources = b"".join(p.read_bytes() for p in sorted(CSRC.iterdir()) if p.suffix in (".cpp", ".h"))
+    where = hashlib.sha256(f"{torch.__file__}|{sys.executable}|{CSRC}".encode() + sources).hexdigest()[:8]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{where}".replace("+", "_")
     path = root / "torch_extensions" / tag
     path.mkdir(parents=True, exist_ok=True)

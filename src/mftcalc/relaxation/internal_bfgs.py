@@ -1,5 +1,5 @@
 """Quasi-Newton relaxation of one molecule in redundant internal coordinates (the ``"bfgs-internal"`` optimiser
-of :func:`mftcalc.relax.engine.relax`).
+of :func:`mftcalc.relaxation.api.relax`).
 
 Each step: the Wilson B-matrix at the current geometry gives the internal gradient g_q = (Bᵀ)⁺ g_x (a Cholesky
 factor of BᵀB + R, [3n, 3n], with R the projector on rigid motions, which are B's null space); the model Hessian
@@ -11,7 +11,7 @@ x ← x + B⁺ (Δq − (q(x) − q₀)). The trust radius follows the ratio of 
 scheme of Peng, Ayala, Schlegel & Frisch (J. Comput. Chem. 17, 49 (1996)) without line search or GDIIS.
 
 Molecules whose coordinate set misses a degree of freedom fall back to Cartesian BFGS from Lindh's Hessian
-(:class:`mftcalc.relax.engine._BFGSState`); so do molecules whose torsions become
+(:class:`mftcalc.relaxation.bfgs.CholeskyBFGS`, ASE's BFGS); so do molecules whose torsions become
 (nearly) singular on the way (an outer bend turning linear).
 
 Units: positions Å, forces eV/Å, energies eV; internal coordinates Å and radians, H_q eV/Å² · eV/rad².
@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
-
-from ase.units import Bohr, Hartree
-
+from ase import Atoms
 from scipy.linalg.lapack import dpotrf, dpotrs
 
 from mftcalc.geometry.internal_coords import (CoordinateBatch, InternalCoordinates, build_internal_coordinates,
                                                  internal_rank_deficit, rigid_bases)
+from mftcalc.geometry.lindh import lindh_force_constants, lindh_rho
+from mftcalc.relaxation.bfgs import BFGSParams, start_bfgs
+from mftcalc.relaxation.flight import ModelResults
 
 
 @dataclass
@@ -47,6 +48,7 @@ class InternalBFGSParams:
     trust_max: float = 1.0
     maxstep: float = 0.3
     k_torsion_min: float = 0.05
+    rho_max: float = 1.0          # optimiser safeguard, not a Lindh term: compressed bonds get no stiffer than at r_ref
     lindh_shift: float = 10.0
     energy_noise: float = 5e-4
     back_iterations: int = 6
@@ -56,29 +58,20 @@ class InternalBFGSParams:
 
 def _internal_hessian(coords: InternalCoordinates, positions: np.ndarray, numbers: np.ndarray,
                       params: InternalBFGSParams) -> np.ndarray:
-    """Diagonal [n_coords, n_coords] model Hessian: Lindh's k_0 · Π ρ on each bond, bend and torsion
-    (ρ_ij = exp(α_ij (r_ref,ij² − r_ij²)), bohr), linear bends as bends through the arm lengths."""
-    from mftcalc.geometry.lindh import _ALPHA, _R_REF, _K_BEND, _K_STRETCH, _K_TORSION, _table_row
-    x = np.asarray(positions, dtype=np.float64) / Bohr
-    row = _table_row(np.asarray(numbers))
-    r2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    rho = np.exp(_ALPHA[row[:, None], row[None, :]] * (_R_REF[row[:, None], row[None, :]] ** 2 - r2))
-    rho = np.minimum(rho, 1.0)
-    k = []
-    if len(coords.bonds):
-        i, j = coords.bonds.T
-        k.append(_K_STRETCH * rho[i, j] * Hartree / Bohr ** 2)
-    if len(coords.bends):
-        a, j, c = coords.bends.T
-        k.append(_K_BEND * rho[a, j] * rho[j, c] * Hartree)
-    if len(coords.torsions):
-        i, j, kk, l = coords.torsions.T
-        k.append(np.maximum(_K_TORSION * rho[i, j] * rho[j, kk] * rho[kk, l] * Hartree, params.k_torsion_min))
+    """Diagonal [n_coords, n_coords] model Hessian: Lindh's force constants
+    (:func:`mftcalc.geometry.lindh.lindh_force_constants`) on each bond (eV/Å²), bend and torsion (eV/rad², torsions
+    at least ``params.k_torsion_min``; ρ capped at ``params.rho_max`` so that a compressed bond of a distorted start
+    does not get a force constant above its equilibrium one); a linear bend, a displacement u of its apex, as its bend through
+    dθ/du = 1/r_aj + 1/r_jc (eV/Å²)."""
+    x = np.asarray(positions, dtype=np.float64)
+    rho = np.minimum(lindh_rho(numbers, x), params.rho_max)
+    k = [lindh_force_constants(rho, coords.bonds), lindh_force_constants(rho, coords.bends),
+         np.maximum(lindh_force_constants(rho, coords.torsions), params.k_torsion_min)]
     if len(coords.linear):
         a, j, c = coords.linear.T
-        arm = 1.0 / np.sqrt(r2[a, j]) / Bohr + 1.0 / np.sqrt(r2[j, c]) / Bohr      # dθ/du, 1/Å
-        k.append(np.repeat(_K_BEND * rho[a, j] * rho[j, c] * Hartree * arm ** 2, 2))
-    return np.diag(np.concatenate(k)) if k else np.zeros((0, 0))
+        arm = 1.0 / np.linalg.norm(x[a] - x[j], axis=1) + 1.0 / np.linalg.norm(x[j] - x[c], axis=1)   # 1/Å
+        k.append(np.repeat(lindh_force_constants(rho, coords.linear) * arm ** 2, 2))
+    return np.diag(np.concatenate(k))
 
 
 class InternalBFGSState:
@@ -90,7 +83,7 @@ class InternalBFGSState:
         self.numbers = np.asarray(numbers)
         self.coords: Optional[InternalCoordinates] = None
         self.use_cartesian = False               # internals incomplete or singular: Cartesian BFGS from here on
-        self.fallback = None                     # that Cartesian BFGS state
+        self.fallback = None                     # that Cartesian BFGS (an ASE optimiser on its own Atoms)
         self.hessian: Optional[np.ndarray] = None
         self.trust = params.trust0
         self.prev: Optional[tuple] = None            # the point the last step started from (see _plan)
@@ -99,13 +92,18 @@ class InternalBFGSState:
         self.predicted: float = 0.0
         self.last_norm: float = 0.0
 
-    def _use_cartesian(self, positions: np.ndarray, forces: np.ndarray) -> np.ndarray:
+    def _use_cartesian(self, positions: np.ndarray, forces: np.ndarray, energy: float) -> np.ndarray:
         self.use_cartesian = True
         if self.fallback is None:
-            from mftcalc.relax.engine import BFGSParams, _BFGSState
-            self.fallback = _BFGSState(BFGSParams(initial_hessian="lindh", lindh_shift=self.params.lindh_shift),
+            atoms = Atoms(numbers=self.numbers, positions=positions)
+            atoms.calc = ModelResults()
+            self.fallback = start_bfgs(atoms, BFGSParams(initial_hessian="lindh", lindh_shift=self.params.lindh_shift),
                                        self.numbers)
-        return self.fallback.step(positions, forces)
+        atoms = self.fallback.atoms
+        atoms.positions = positions
+        atoms.calc.set(energy, np.asarray(forces, dtype=np.float64))
+        self.fallback.step()
+        return atoms.positions.copy()
 
     def _start(self, x: np.ndarray) -> None:
         """Build the coordinate set and the model Hessian at the first geometry (or choose the fallback)."""
@@ -133,7 +131,7 @@ class InternalBFGSState:
             if st.coords is None and not st.use_cartesian:
                 st._start(x)
             if st.use_cartesian:
-                out[k] = st._use_cartesian(x, forces[k])
+                out[k] = st._use_cartesian(x, forces[k], float(energies[k]))
             else:
                 inside.append(k)
         if not inside:
@@ -146,7 +144,7 @@ class InternalBFGSState:
         for slot, k in enumerate(inside):
             plan = states[k]._plan(xs[slot], forces[k], float(energies[k]), *evaluated[slot], rigids[slot])
             if plan is None:
-                out[k] = states[k]._use_cartesian(xs[slot], forces[k])
+                out[k] = states[k]._use_cartesian(xs[slot], forces[k], float(energies[k]))
             else:
                 plans.append((slot, k) + plan)
         # back-transformation: all molecules iterate together, their coordinates evaluated in one pass per round

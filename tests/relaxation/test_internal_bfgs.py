@@ -9,8 +9,8 @@ from ase.build import bulk, molecule
 from ase.optimize import BFGS
 
 from mftcalc.calculators import MFTCalculator
-from mftcalc.relax.engine import relax
-from mftcalc.relax.internal_bfgs import InternalBFGSParams, InternalBFGSState
+from mftcalc.relaxation.api import relax
+from mftcalc.relaxation.internal_bfgs import InternalBFGSParams, InternalBFGSState
 from mftcalc.geometry.internal_coords import (CoordinateBatch, build_internal_coordinates,
                                                  internal_rank_deficit, rigid_bases)
 from mftcalc.data import Structure
@@ -142,7 +142,8 @@ def test_a_torsion_over_a_straightening_bend_sends_the_molecule_to_cartesian_bfg
 def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_model):
     """The stream reads its input lazily (a worker's shared queue is consumed as molecules finish) and emits each
     result as its structure converges."""
-    from mftcalc.relax.engine import FireParams, relax_stream
+    from mftcalc.relaxation.engine import relax_stream
+    from mftcalc.relaxation.optimizers import FireParams
     from mftcalc.calculators.model_handle import ModelHandle
     handle = ModelHandle.load(shipped_model, dataset="xtb_qm9")
     structures = [Structure.from_ase(molecule("H2O")) for _ in range(6)]
@@ -160,3 +161,31 @@ def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_mode
     assert sorted(k for kind, k in events if kind == "done") == list(range(6))
     first_done = events.index(next(e for e in events if e[0] == "done"))
     assert [e for e in events[:first_done] if e[0] == "pull"] == [("pull", 0), ("pull", 1), ("pull", 2)]
+
+
+def test_batched_internal_bfgs_takes_the_steps_of_its_state_stepped_alone(shipped_model):
+    """The engine's ``bfgs-internal`` equals :class:`InternalBFGSState` stepped on arrays, one molecule at a time,
+    through rejected uphill steps (which restart from a start point the state keeps: the engine's position
+    updates must not overwrite it)."""
+    picks = {"HCOOH": 1, "CH3CHO": 3, "CH3COOH": 4}                  # rattle seeds with a rejected step each
+    structures = []
+    for name, seed in picks.items():
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=seed)
+        structures.append(Structure.from_ase(atoms))
+    results = relax(structures, shipped_model, fmax=0.02, steps=40, optimizer="bfgs-internal", dtype=torch.float64,
+                    dataset="xtb_qm9")
+    rejected = 0
+    for s, r in zip(structures, results):
+        atoms = s.to_ase()
+        atoms.calc = MFTCalculator(shipped_model, dtype=torch.float64, dataset="xtb_qm9")
+        state = InternalBFGSState(InternalBFGSParams(), atoms.numbers)
+        steps = 0
+        while steps < 40 and np.sqrt((atoms.get_forces() ** 2).sum(1)).max() >= 0.02:
+            here = atoms.get_positions()
+            atoms.positions = state.step(here, atoms.get_forces(), atoms.get_potential_energy())
+            rejected += state.prev[0] is not here             # this step restarted from an earlier point
+            steps += 1
+        assert r.steps == steps
+        np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
+    assert rejected >= 3

@@ -1,12 +1,14 @@
-"""Batched relaxation and prediction spread over worker processes (CPU): each worker holds its own model copy.
+"""Worker processes for batched relaxation and prediction (CPU): each worker holds its own model copy.
 
 On a CPU the batched model evaluation of small molecules scales poorly with torch threads (on 2 cores, 2 threads
 run a batched relaxation 1.4x faster than 1; two 1-thread processes run it about 1.8x faster), so screening many
 structures is faster with one single-threaded process per core, each running the in-flight batched relaxation of
-:func:`mftcalc.relax.engine.relax_stream` on a shared input queue: a worker pulls the next structure
+:func:`mftcalc.relaxation.engine.relax_stream` on a shared input queue: a worker pulls the next structure
 whenever its batch has room, so every worker keeps a full batch until the input runs out, and the nearly empty
 batch at the end of a relaxation (its slowest structures alone) happens once per worker, not once per chunk.
-Predictions go out in chunks to whichever worker is free. Results come back in input order.
+Other work (prediction: :func:`mftcalc.calculators.predict.predict_on`) goes out in chunks to whichever worker is
+free, as a function the caller names (:meth:`WorkerPool.map`), so this module imports the engine and nothing above
+it. Results come back in input order. :class:`mftcalc.relaxation.api.ModelWorkers` adds ``relax``/``predict`` methods.
 
 Workers are started with the ``spawn`` method (safe next to torch's thread pools), so a script that uses them
 must keep its top-level code under ``if __name__ == "__main__":``. Each worker reloads the model from its file
@@ -25,6 +27,7 @@ import torch
 
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.structure import Structure
+from mftcalc.relaxation.engine import relax_stream
 
 _WORKER_HANDLE: Optional[ModelHandle] = None
 _WORKER_QUEUES: Optional[tuple] = None
@@ -44,7 +47,6 @@ def _relax_stream_worker(stream_kwargs: Dict[str, Any]) -> int:
     """Relax structures from the shared task queue until its end marker; each result goes to the result queue.
     Returns how many this worker relaxed."""
     from threadpoolctl import threadpool_limits
-    from mftcalc.relax.engine import relax_stream
     tasks, results = _WORKER_QUEUES
     done = [0]
 
@@ -64,19 +66,19 @@ def _relax_stream_worker(stream_kwargs: Dict[str, Any]) -> int:
     return done[0]
 
 
-def _predict_chunk(structures: List[Structure], predict_kwargs: Dict[str, Any]) -> list:
-    from mftcalc.relax.engine import predict
-    return predict(structures, _WORKER_HANDLE, workers=1, **predict_kwargs)
+def _run_task(task: Callable[[ModelHandle, List[Structure], Dict[str, Any]], list], structures: List[Structure],
+              kwargs: Dict[str, Any]) -> list:
+    return task(_WORKER_HANDLE, structures, kwargs)
 
 
-class ModelWorkers:
+class WorkerPool:
     """``workers`` processes with ``threads`` torch threads each (default: this process's threads / workers, at
-    least 1), ready to relax (or predict) structures with the model of ``handle``. Use as a context manager, or
-    ``close()``."""
+    least 1), ready to relax structures (:meth:`relax_stream`) or run a function on chunks of them (:meth:`map`)
+    with the model of ``handle``. Use as a context manager, or ``close()``."""
 
     def __init__(self, handle: ModelHandle, workers: int, threads: Optional[int] = None) -> None:
         if workers < 2:
-            raise ValueError(f"ModelWorkers needs workers >= 2, got {workers}")
+            raise ValueError(f"worker processes need workers >= 2, got {workers} (workers=1 runs in this process)")
         if handle.device.type != "cpu":
             raise ValueError(f"worker processes are for CPU models; this one is on {handle.device} (use workers=1)")
         self._tmpdir = None
@@ -94,14 +96,9 @@ class ModelWorkers:
                                          initargs=(source, handle.load_kwargs(), threads,
                                                    (self._tasks, self._results)))
 
-    def relax(self, structures: Sequence[Structure], **relax_kwargs: Any) -> list:
-        """:func:`mftcalc.relax.engine.relax` of ``structures`` on these workers (same arguments)."""
-        from mftcalc.relax.engine import relax
-        return relax(structures, self.handle, pool=self, **relax_kwargs)
-
     def relax_stream(self, items: Sequence[tuple], emit: Callable[[Any, Any], None],
                      stream_kwargs: Dict[str, Any]) -> None:
-        """:func:`mftcalc.relax.engine.relax_stream` of ``items`` ``(key, structure, cost)`` on all workers
+        """:func:`mftcalc.relaxation.engine.relax_stream` of ``items`` ``(key, structure, cost)`` on all workers
         from one shared queue; ``emit(key, result)`` here, in this process, as each structure finishes."""
         items = list(items)
         for item in items:
@@ -123,18 +120,18 @@ class ModelWorkers:
         for future in futures:
             future.result()
 
-    def predict(self, structures: Sequence[Structure], chunk: Optional[int] = None,
-                on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:
-        """:func:`mftcalc.relax.engine.predict` over the workers, as :meth:`relax` (chunks of up to 256)."""
-        return self._map(_predict_chunk, structures, chunk, on_done, predict_kwargs, largest=256)
-
-    def _map(self, task: Callable, structures: Sequence[Structure], chunk: Optional[int],
-             on_done: Optional[Callable[[int], None]], kwargs: Dict[str, Any], largest: int = 64) -> list:
+    def map(self, task: Callable[[ModelHandle, List[Structure], Dict[str, Any]], list],
+            structures: Sequence[Structure], kwargs: Dict[str, Any], chunk: Optional[int] = None,
+            on_done: Optional[Callable[[int], None]] = None, largest: int = 64) -> list:
+        """``task(handle, chunk_of_structures, kwargs)`` on the workers (each with its model handle), one chunk of
+        ``chunk`` structures at a time (default: a quarter of an even share per worker, at most ``largest``);
+        returns the concatenated lists in input order. ``task`` must be a module-level function (it is sent to
+        the workers by reference); ``on_done(n)`` here as each chunk of n structures finishes."""
         structures = list(structures)
         if chunk is None:
             chunk = max(1, min(largest, -(-len(structures) // (4 * self.workers))))
         chunks = [structures[k:k + chunk] for k in range(0, len(structures), chunk)]
-        futures = {self._pool.submit(task, c, kwargs): k for k, c in enumerate(chunks)}
+        futures = {self._pool.submit(_run_task, task, c, kwargs): k for k, c in enumerate(chunks)}
         results: List[Optional[list]] = [None] * len(chunks)
         pending = set(futures)
         while pending:
@@ -151,7 +148,7 @@ class ModelWorkers:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
 
-    def __enter__(self) -> "ModelWorkers":
+    def __enter__(self) -> "WorkerPool":
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,0 +1,111 @@
+"""Batched prediction: energies, properties, forces and stress of many structures, in batches sized by atom and
+angle count, in this process or on worker processes.
+
+Takes a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
+(:func:`mftcalc.calculators.inputs.as_structures`). Worker processes (``workers`` > 1) come from
+:class:`mftcalc.relaxation.pool.WorkerPool`, which runs :func:`_predict_task` on chunks of the structures
+(:func:`predict_on`): the pool is handed the function and never imports this module.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mftcalc.calculators.inputs import as_structures
+from mftcalc.calculators.model_handle import ModelHandle
+from mftcalc.data.batch import collate
+from mftcalc.data.structure import Structure
+from mftcalc.model.inference import DEFAULT_MAX_ANGLES, chunk_groups
+
+
+def _as_handle(model: Any, **kwargs: Any) -> ModelHandle:
+    """``model`` itself when it is a loaded :class:`ModelHandle`, else ``ModelHandle.load(model, **kwargs)``."""
+    return model if isinstance(model, ModelHandle) else ModelHandle.load(model, **kwargs)
+
+
+def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence[str]] = None,
+            max_atoms: int = 4096, forces: bool = False, progress: bool = False,
+            max_angles: Optional[int] = DEFAULT_MAX_ANGLES, workers: int = 1, check: bool = True,
+            stress: bool = False, **load_kwargs: Any) -> List[Dict[str, Any]]:
+    """Energies and properties (and forces or stress if asked) of many structures, batched by atom and angle count
+    (``max_atoms``, ``max_angles``; see :func:`mftcalc.model.inference.chunk_groups`); ``workers`` > 1 spreads
+    them over that many CPU processes (:mod:`mftcalc.relaxation.pool`).
+
+    ``structures``: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule``
+    (:func:`mftcalc.calculators.inputs.as_structures`; anything else raises ``TypeError`` naming its index).
+    Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
+    (all property heads by default, in the head's unit), ``forces`` [n, 3] eV/Å when ``forces=True`` and
+    ``stress`` [3, 3] eV/Å³ (ASE sign) when ``stress=True``, for structures periodic in all three directions.
+
+    Every structure is checked first (``ModelHandle.check_structure``: elements, overlapping atoms, force-field
+    dataset; the first bad one raises ``ValueError`` naming it), and property heads applied outside their training
+    domain warn once. ``check=False`` skips both (for :func:`mftcalc.relaxation.api.relax`, whose inputs were checked:
+    its relaxed structures only get their datasets). ``load_kwargs`` (model given as a path): ``dtype``,
+    ``device``, ``head``, ``dataset`` (one force-field dataset for every structure; default: per structure by the
+    rule of :mod:`mftcalc.calculators.domains`), ``allow_untrained_elements``.
+    """
+    structures = as_structures(structures, "predict")
+    handle = _as_handle(model, **load_kwargs)
+    names = list(handle.property_names if properties is None else properties)
+    unknown = [p for p in names if p not in handle.property_names]
+    if unknown:
+        raise KeyError(f"model has no property head(s) {unknown}; it has {handle.property_names}")
+    if check:
+        datasets = handle.check_structures(structures)
+        handle.warn_outside_domain(structures, names)
+    else:
+        datasets = [handle.dataset_index(s) if handle.forcefield_heads else 0 for s in structures]
+    if workers > 1:
+        from mftcalc.relaxation.pool import WorkerPool
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(structures), desc="predict", unit="structure")
+        with WorkerPool(handle, workers) as pool:
+            rows = predict_on(pool, structures, on_done=None if bar is None else bar.update, properties=properties,
+                              max_atoms=max_atoms, forces=forces, stress=stress, max_angles=max_angles, check=False)
+        if bar is not None:
+            bar.close()
+        return rows
+    has_ff = bool(handle.forcefield_heads)
+    out: List[Dict[str, Any]] = []
+    groups = chunk_groups(handle.module, structures, max_atoms, max_angles)
+    if progress:
+        from tqdm.auto import tqdm
+        groups = tqdm(groups, desc="predict", unit="batch")
+    for group in groups:
+        chunk = [structures[i] for i in group]
+        batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in group], properties=[],
+                        device=handle.device)
+        want_forces = forces and has_ff
+        want_stress = stress and has_ff and any(s.pbc.all() for s in chunk)
+        context = torch.enable_grad() if (want_forces or want_stress) else torch.no_grad()
+        with context:
+            res = handle.module(batch, compute_forces=want_forces, compute_stress=want_stress,
+                                compute_properties=True, features=False)
+        offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
+        for k in range(len(chunk)):
+            row: Dict[str, Any] = {p: float(res[p][k].detach()) for p in names}
+            if has_ff:
+                row["energy"] = float(res["energy"][k].detach())
+            if want_forces:
+                row["forces"] = res["forces"][offsets[k]:offsets[k + 1]].detach().cpu().double().numpy()
+            if want_stress and chunk[k].pbc.all():
+                row["stress"] = res["stress"][k].detach().cpu().double().numpy()
+            out.append(row)
+    return out
+
+
+def _predict_task(handle: ModelHandle, structures: List[Structure], kwargs: Dict[str, Any]) -> list:
+    """One chunk of :func:`predict_on`, in a worker process with its model ``handle``."""
+    return predict(structures, handle, workers=1, **kwargs)
+
+
+def predict_on(pool: Any, structures: Sequence[Structure], chunk: Optional[int] = None,
+               on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:
+    """:func:`predict` of ``structures`` on a running :class:`mftcalc.relaxation.pool.WorkerPool` (its model), in
+    chunks of up to 256 to whichever worker is free; ``predict_kwargs`` as for :func:`predict` (not ``workers``).
+    Rows in input order."""
+    return pool.map(_predict_task, structures, predict_kwargs, chunk=chunk, on_done=on_done, largest=256)

@@ -1,1 +1,0 @@
-"""Batched structure relaxation: the in-flight batch engine, its optimizers and the CPU worker pool."""

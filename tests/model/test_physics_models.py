@@ -1,0 +1,42 @@
+"""The shipped models through mftcalc.testing: models/mft_gap.pt (a fine-tuned checkpoint: force field and gap
+head), its TorchScript export written by ``mftcalc export``, and the pretrained force field models/pretrained.pt."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mftcalc.cli import main
+from mftcalc.testing import CHECKS, check_model, probe_structures
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _shipped(name: str) -> Path:
+    path = MODELS / name
+    if not path.exists():
+        pytest.skip(f"{path} is not in this checkout")
+    return path
+
+
+def test_shipped_finetuned_checkpoint_passes_every_check():
+    report = check_model(_shipped("mft_gap.pt")).raise_for_failures()
+    assert not report.skips and {r.check for r in report.results} == set(CHECKS)
+    assert report.select("rotation", "crystal", "stress") and report.select("supercell", "crystal 2x2x1", "gap")
+
+
+def test_torchscript_export_written_by_the_cli_passes_every_check(tmp_path, capsys):
+    export = tmp_path / "mft_gap.ts"
+    assert main(["export", str(_shipped("mft_gap.pt")), "-o", str(export)]) == 0     # the default float32 file
+    assert "portable" in capsys.readouterr().out
+    report = check_model(export).raise_for_failures()
+    assert not report.skips
+    assert all("rebuilt from the export" in r.note for r in report.select("export"))
+
+
+def test_shipped_pretrained_force_field_passes_every_check():
+    molecule, crystal = probe_structures()
+    structures = [molecule.with_labels(info={"name": "molecule", "dataset": "md17_ethanol"}),
+                  crystal.with_labels(info={"name": "crystal", "dataset": "mlearn_si"})]
+    report = check_model(_shipped("pretrained.pt"), structures).raise_for_failures()
+    assert not report.skips
