@@ -126,7 +126,7 @@ def main() -> None:
         f"(mftcalc's head takes one dataset column per imported branch, {len(branches)}, where deepmd-kit has "
         f"{spec.fitting.dim_case_embd} case columns: {len(branches) - spec.fitting.dim_case_embd} x "
         f"{spec.fitting.hidden[0]}; and +128 for mftcalc's Z = 0 row of the embedding table. With all 31 datasets "
-        "the count is deepmd-kit's + 128: tests/model/test_deepmd_import.py)",
+        "the count is deepmd-kit's + 128: tests/unit/model/test_deepmd_import.py)",
         f"- import (read + map, no deepmd-kit): {t_import:.1f} s; mftcalc energy+forces+virial per call "
         "(float64, eager, first call includes the graph build): last column", "",
         C.markdown_table(["branch", "structure", "atoms", "E deepmd (eV)", "E mftcalc (eV)", "E rel. err",

@@ -30,8 +30,8 @@ log=$(mktemp)
     if python3 -c "import ase, pytest" 2> /dev/null && python3 -c "import torch; assert torch.cuda.is_available()" \
             2> /dev/null; then
         echo "== Triton neighbour tests on the GPU (all random cases against ASE) =="
-        timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/kernels/test_triton_cells.py \
-            tests/kernels/test_neighbors.py -k "triton and not compile" 2>&1 | tail -5
+        timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/unit/kernels/test_triton_cells.py \
+            tests/unit/kernels/test_neighbors.py -k "triton and not compile" 2>&1 | tail -5
     else
         echo "== Triton neighbour tests skipped: needs ASE, pytest and a CUDA device =="
     fi

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -14,7 +15,10 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
-from _helpers import make_tiny_model
+import yaml
+
+from _helpers import emt_structures, make_tiny_model
+from mftcalc.data.io import write_extxyz
 from mftcalc.data import Structure
 from mftcalc.model.mft_model import MFTModel
 
@@ -41,3 +45,29 @@ def crystal() -> Structure:
                    scale_atoms=True)
     atoms.rattle(0.05, seed=1)
     return Structure.from_ase(atoms)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under tests/integration (subprocesses, QM9, shipped weights, process pools) carry the ``integration``
+    mark: ``-m "not integration"`` runs the fast unit tests alone."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
+# a tiny labelled force-field set and pretraining config (unit and integration training tests share it)
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    write_extxyz(emt_structures("Cu", 24, 0), tmp_path / "cu.extxyz")
+    write_extxyz(emt_structures("Al", 24, 1), tmp_path / "al.extxyz")
+    cfg = {
+        "datasets": [{"name": "cu", "path": str(tmp_path / "cu.extxyz"), "prob": 0.5, "batch_size": 4, "replay": 5},
+                     {"name": "al", "path": str(tmp_path / "al.extxyz"), "prob": 0.5, "batch_size": 4, "replay": 5}],
+        "preset": "tiny", "ff_hidden": [8], "steps": 8, "decay_steps": 2, "log_every": 1, "val_every": 4,
+        "checkpoint_every": 1, "dtype": "float64", "out_dir": str(tmp_path / "run"),
+        "state_path": str(tmp_path / "run" / "state.pt"), "model_out": str(tmp_path / "model.pt"),
+        "progress": False,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -23,7 +23,7 @@ SECTIONS = (("`mftcalc train CONFIG.yaml`: pretraining", PretrainConfig),
 
 PREAMBLE = """
 Generated from the config dataclasses by `python -m mftcalc.config_reference > docs/config.md`; do not edit by
-hand (tests/test_schema.py checks that this file is current).
+hand (tests/unit/test_schema.py checks that this file is current).
 
 Every config is YAML, loaded strictly by `mftcalc.schema`: an unknown key is refused with the closest known one
 ("did you mean"), a value of the wrong type is refused naming its key, and numbers written as strings (`1e-3`) are

@@ -1,4 +1,4 @@
-"""Writes the deepmd-kit golden files of tests/model/test_deepmd_import.py: small random-weight DPA3 checkpoints in
+"""Writes the deepmd-kit golden files of tests/unit/model/test_deepmd_import.py: small random-weight DPA3 checkpoints in
 deepmd-kit's own training-checkpoint format, and deepmd-kit's energies, forces, virials and training gradients for
 them.
 

@@ -1,7 +1,7 @@
 """Physical constants and unit conversions: the one place in mftcalc that defines them.
 
 All come from one CODATA version, 2018, as ASE derives it (``ase.units.create_units("2018")``), in ASE's unit system
-(eV, Å, e, amu). Every other module imports them from here; ``tests/geometry/test_units.py`` fails when a module
+(eV, Å, e, amu). Every other module imports them from here; ``tests/unit/geometry/test_units.py`` fails when a module
 writes one of them as a float literal. ASE itself (its default ``ase.units``, used inside its molecular dynamics and
 tblite's ASE calculator) is on CODATA 2014; the two differ by less than 1e-8 relative for every constant here except
 k_B (3e-7).

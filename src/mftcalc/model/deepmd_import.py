@@ -5,7 +5,7 @@ Each imported branch becomes a force-field dataset of the same name: its case em
 column of the one force-field head, and ``out_bias + bias_atom_e`` of the branch is that dataset's per-element
 ``shift``. The numerics are deepmd-kit's (exp switch, ``fix_stat_std``, split or linear angle compression, the
 ResNet-dt fitting net), so the imported model gives deepmd-kit's energies, forces and virials (float64: ~1e-15
-relative; tests/model/test_deepmd_import.py). Weights are written in float64 (a float32 source is upcast exactly).
+relative; tests/unit/model/test_deepmd_import.py). Weights are written in float64 (a float32 source is upcast exactly).
 :func:`pull_back_gradients` carries gradients with respect to the imported model back to deepmd-kit's tensors by
 the chain rule through this mapping (the test of training-gradient parity with deepmd-kit uses it).
 

@@ -200,7 +200,7 @@ def test_config_reference_is_generated_from_the_schema():
     import dataclasses
     from mftcalc.config_reference import reference
     from mftcalc.experiments.config import FinetuneConfig, TaskSpec, Variant
-    committed = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     assert committed == reference(), "docs/config.md is stale: python -m mftcalc.config_reference > docs/config.md"
     for cls in (PretrainConfig, FinetuneConfig, BenchConfig, TaskSpec, Variant, FinetuneSettings):
         for f in dataclasses.fields(cls):

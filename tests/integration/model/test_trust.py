@@ -15,7 +15,7 @@ from mftcalc.data import Structure, collate
 from mftcalc.model.checkpoint import (HASH_KEY, CheckpointError, export_torchscript, load_any, load_model,
                                       load_training_state, save_model)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _flip_weight_bytes(path: Path, weight: torch.Tensor) -> None:

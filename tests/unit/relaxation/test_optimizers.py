@@ -1,5 +1,5 @@
 """The optimiser and cell-filter registries of batched relaxation: ASE's optimisers stepped with batched forces take
-ASE's own steps (LBFGS here; FIRE, BFGS and the cell filters in tests/calculators/test_calculator.py), the replaced
+ASE's own steps (LBFGS here; FIRE, BFGS and the cell filters in tests/unit/calculators/test_calculator.py), the replaced
 pieces (Cholesky BFGS solve, one-derivative Fréchet cell forces, forces once per evaluation) equal ASE's, and the
 room's modules import in one direction (engine < pool < predict < api)."""
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_registry_names_and_unknown_names():
 
 def test_cholesky_bfgs_takes_ase_bfgs_steps_on_a_cell_filter():
     """EMT copper, rattled, cell and positions together: the Cholesky solve reproduces ASE's eigenvector steps
-    (the indefinite-Hessian path: tests/calculators/test_calculator.py)."""
+    (the indefinite-Hessian path: tests/unit/calculators/test_calculator.py)."""
     paths = []
     for cls in (CholeskyBFGS, BFGS):
         atoms = bulk("Cu", "fcc", a=3.7) * (2, 1, 1)

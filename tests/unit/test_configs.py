@@ -12,7 +12,7 @@ from mftcalc.experiments.config import BenchConfig, FinetuneConfig
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.pretrain import PretrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL = sorted((ROOT / "configs").rglob("*.yaml"))
 USER = sorted((ROOT / "configs").glob("*.yaml"))
 

@@ -141,7 +141,7 @@ def test_split_deterministic_and_seeded(qm9):
 def test_shipped_split_file_is_booms_procedure(qm9):
     """data/boom_splits.json.gz is what boom_splits gives today (regenerate it when the procedure changes)."""
     from pathlib import Path
-    shipped = load_splits(Path(__file__).resolve().parents[2] / "data" / "boom_splits.json.gz")
+    shipped = load_splits(Path(__file__).resolve().parents[3] / "data" / "boom_splits.json.gz")
     for name in ("gap", "homo", "lumo"):
         fresh = boom_splits(qm9, [name], seed=0)[name]
         for k, v in fresh.parts().items():

@@ -7,7 +7,7 @@ import pytest
 from mftcalc.data.io import from_pymatgen, read_deepmd, read_structures, to_pymatgen, write_deepmd, write_extxyz
 from mftcalc.data.structure import Structure, StructureError
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 FIELDS = ("positions", "numbers", "cell", "pbc", "energy", "forces")
 
 

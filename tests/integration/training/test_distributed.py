@@ -15,7 +15,7 @@ from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import read_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _molecules(n: int) -> list:

@@ -1,6 +1,6 @@
 """On a CUDA device the calculator, batched prediction and batched relaxation agree with the CPU (float64).
 
-Skipped without CUDA (CI has none); run on a GPU machine with ``python -m pytest tests/calculators/test_cuda.py``.
+Skipped without CUDA (CI has none); run on a GPU machine with ``python -m pytest tests/unit/calculators/test_cuda.py``.
 On CUDA the neighbour list takes the Triton backend (when triton is installed) and the angle block the plain-torch
 reference, so these tests cover the GPU path end to end.
 """

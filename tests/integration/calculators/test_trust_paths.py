@@ -19,7 +19,7 @@ from mftcalc.calculators.model_handle import DomainWarning, ModelHandle
 from mftcalc.data import Structure
 from mftcalc.model.checkpoint import model_metadata, save_model
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = Path(__file__).resolve().parents[3] / "models"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from mftcalc.workflows.phonons import band_path, phonons, zero_point_energy
 from mftcalc.workflows.screening import example_path, screen
 
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 # the tiny model's two datasets: "a" for molecules of H, C, N, O, "b" for Si crystals (inferred per structure)
 TINY_DOMAINS = {"a": {"elements": [1, 6, 7, 8], "periodic": False}, "b": {"elements": [14], "periodic": True}}

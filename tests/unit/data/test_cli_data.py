@@ -6,7 +6,7 @@ import pytest
 from mftcalc.cli import main
 from mftcalc.data.boom import load_splits
 
-MATBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "matbench"
+MATBENCH = Path(__file__).resolve().parents[4] / "shared" / "data" / "matbench"
 needs_shared = pytest.mark.skipif(not MATBENCH.is_dir(), reason=f"shared MatBench data not present at {MATBENCH}")
 
 

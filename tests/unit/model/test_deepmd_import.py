@@ -24,7 +24,7 @@ from mftcalc.model.deepmd_source import DeepmdImportError, read_deepmd_checkpoin
 from mftcalc.model.layers import MLP, ResNetDtLayer, SiLUT, exp_switch, make_activation
 from mftcalc.model.mft_model import MFTModel, count_parameters
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "deepmd"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "deepmd"
 REFS = json.loads((GOLDEN / "references.json").read_text())
 GRADS = dict(np.load(GOLDEN / REFS["gradients"]["file"]))                       # deepmd-kit's training gradients
 E_TOL, FV_TOL = 1e-10, 1e-8          # energy relative; forces and virial: max-abs error / max-abs value

@@ -11,7 +11,7 @@ from ase.build import bulk
 from mftcalc.data.matbench import MATBENCH_DATASETS, OOD_FOLD_KINDS, load_folds, load_matbench, targets
 from mftcalc.data.structure import StructureError
 
-MATBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "matbench"
+MATBENCH = Path(__file__).resolve().parents[4] / "shared" / "data" / "matbench"
 needs_shared = pytest.mark.skipif(not MATBENCH.is_dir(), reason=f"shared MatBench data not present at {MATBENCH}")
 
 

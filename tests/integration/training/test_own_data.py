@@ -14,7 +14,7 @@ from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.experiments.tasks import file_task
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _molecules(n: int, prop: str = "my_gap") -> list:

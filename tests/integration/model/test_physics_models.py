@@ -9,7 +9,7 @@ import pytest
 from mftcalc.cli import main
 from mftcalc.testing import CHECKS, check_model, probe_structures
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = Path(__file__).resolve().parents[3] / "models"
 
 
 def _shipped(name: str) -> Path:

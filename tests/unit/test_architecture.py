@@ -8,7 +8,7 @@ from pathlib import Path
 
 import networkx as nx
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_LINES = 400
 
 
