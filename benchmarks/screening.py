@@ -6,6 +6,11 @@ All paths use the same model, measured in the same run: the batched relaxation o
 in-flight batch), against ASE BFGS with ``MFTCalculator``, one structure at a time (the reference). Each path
 relaxes, then predicts every property head. Prints structures/s, converged share, mean steps and the speed-up;
 writes the table to ``benchmarks/results/screening.md``.
+
+Fair per core: the batched path uses ``--threads`` cores (its torch threads, split over ``--workers`` processes),
+so the per-structure loop runs as that many processes by default (``--loop-processes``), one torch thread each,
+the structures dealt round-robin; a user with 2 cores would run two loops. The table gives each path's cores and
+the speed-up per core: (structures/s per core of the path) / (structures/s per core of the loop).
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ def main() -> None:
                         help="torch threads of the per-structure loop (1 is its fastest on 2 cores: small graphs)")
     parser.add_argument("--optimizers", default="fire,bfgs,bfgs-lindh",
                         help="batched optimisers to run (comma list of mftcalc.relaxation.optimizers.OPTIMIZERS)")
+    parser.add_argument("--loop-processes", type=int, default=None,
+                        help="processes of the per-structure loop (default: --threads, the cores of the batched path)")
     parser.add_argument("--loop-blas-threads", type=int, default=1,
                         help="BLAS threads of the per-structure ASE loop (numpy eigh in ASE's BFGS)")
     parser.add_argument("--device", default="cpu", help="torch device of both paths (cpu, cuda)")
@@ -52,7 +59,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from ase.optimize import BFGS
     from mftcalc.calculators import MFTCalculator
     from mftcalc.relaxation.api import relax
     from mftcalc.calculators.model_handle import ModelHandle
@@ -90,39 +96,37 @@ def main() -> None:
 
     torch.set_num_threads(args.loop_threads)
     calc = MFTCalculator(model_path, device=args.device)
-    # The loop's BFGS (ASE) diagonalises its Hessian with numpy; numpy's multi-threaded BLAS beside torch's OpenMP
-    # pool is 10-40x slower on small matrices on this machine, so the reference loop gets one BLAS thread too, as
-    # the batched path does: the comparison is against the loop at its best.
-    from threadpoolctl import threadpool_limits
-    blas_limit = threadpool_limits(limits=args.loop_blas_threads, user_api="blas")
+    loop_processes = args.loop_processes or args.threads
     start = time.perf_counter()
-    loop_converged = 0
-    loop_steps = 0
-    loop_energies = []
-    loop_atoms = []
-    loop_step_counts = []
-    for s in structures:
-        atoms = s.to_ase()
-        atoms.calc = calc
-        opt = BFGS(atoms, logfile=None)
-        loop_converged += bool(opt.run(fmax=args.fmax, steps=args.steps))
-        loop_steps += opt.nsteps
-        loop_step_counts.append(opt.nsteps)
-        loop_energies.append(atoms.get_potential_energy())
-        loop_atoms.append(atoms)
-        for name in handle.property_names:
-            atoms.calc.get_property(name, atoms)
+    chunks = [list(range(k, len(structures), loop_processes)) for k in range(loop_processes)]
+    job = dict(model=model_path, device=args.device, fmax=args.fmax, steps=args.steps, threads=args.loop_threads,
+               blas=args.loop_blas_threads, properties=list(handle.property_names))
+    if loop_processes == 1:
+        parts = [_loop_chunk(job, [structures[i] for i in chunks[0]])]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(loop_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_loop_chunk, [job] * loop_processes,
+                                  [[structures[i] for i in chunk] for chunk in chunks]))
     t_loop = time.perf_counter() - start
-    blas_limit.restore_original_limits()
+    loop_energies = np.empty(len(structures))
+    loop_step_counts = [0] * len(structures)
+    loop_atoms = [None] * len(structures)
+    loop_converged = 0
+    for chunk, (energies, steps, converged, atoms_list) in zip(chunks, parts):
+        for i, e, n_steps, atoms in zip(chunk, energies, steps, atoms_list):
+            loop_energies[i], loop_step_counts[i], loop_atoms[i] = e, n_steps, atoms
+        loop_converged += converged
+    loop_steps = sum(loop_step_counts)
     load_after = os.getloadavg()
-    loop_energies = np.array(loop_energies)
 
     n = len(structures)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     table = [
         "| path | structures | wall s | structures/s | converged | mean steps | median |E − E(ASE BFGS)| meV | "
-        "E below / above E(ASE BFGS) by > 10 meV | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "E below / above E(ASE BFGS) by > 10 meV | cores | speed-up | speed-up per core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (optimizer, workers), (t_b, res) in batched_runs.items():
         workers_note = f", workers={workers}" + ("" if workers > 1 else f", {args.threads} threads")
@@ -131,18 +135,19 @@ def main() -> None:
                      f"{n / t_b:.2f} | {sum(r.converged for r in res) / n:.1%} | "
                      f"{np.mean([r.steps for r in res]):.1f} | "
                      f"{1e3 * np.median(np.abs(diff)):.2f} | {np.mean(diff < -0.01):.1%} / {np.mean(diff > 0.01):.1%} | "
-                     f"{t_loop / t_b:.1f}x |")
-    table.append(f"| ASE BFGS + MFTCalculator, one structure at a time | {n} | {t_loop:.1f} | {n / t_loop:.2f} | "
-                 f"{loop_converged / n:.1%} | {loop_steps / n:.1f} | 0 | – | 1.0x |")
+                     f"{args.threads} | {t_loop / t_b:.1f}x | {(t_loop * loop_processes) / (t_b * args.threads):.1f}x |")
+    table.append(f"| ASE BFGS + MFTCalculator, one structure at a time per process | {n} | {t_loop:.1f} | "
+                 f"{n / t_loop:.2f} | {loop_converged / n:.1%} | {loop_steps / n:.1f} | 0 | – | {loop_processes} | 1.0x | "
+                 "1.0x |")
     header = (f"# Relax-then-predict: batched vs per-structure\n\n`python benchmarks/screening.py --n {n} "
               f"--fmax {args.fmax} --steps {args.steps} --optimizers {args.optimizers} --threads {args.threads} "
-              f"--workers {args.workers} --loop-threads {args.loop_threads} --loop-blas-threads {args.loop_blas_threads} "
+              f"--workers {args.workers} --loop-threads {args.loop_threads} --loop-processes {loop_processes} --loop-blas-threads {args.loop_blas_threads} "
               f"--device {args.device}"
               f"{' --input ' + args.input if args.input else ''}` with model `{model_path}`; {source}; torch "
               f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, device {device_name}.\n"
               f"Batched path: {args.workers} process(es), {args.threads} torch thread(s) in all (one process: all "
-              f"{args.threads} threads); per-structure loop: "
-              f"{args.loop_threads} torch thread(s).\n"
+              f"{args.threads} threads); per-structure loop: {loop_processes} process(es) of "
+              f"{args.loop_threads} torch thread(s), structures dealt round-robin.\n"
               f"Load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f}: above the thread count, "
               "other processes shared the cores (both paths ran under the same load).\n"
               f"numpy BLAS threads: 1 in the batched path (set by mftcalc), {args.loop_blas_threads} in the ASE loop.\n\n")
@@ -162,6 +167,33 @@ def main() -> None:
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+
+
+def _loop_chunk(job, structures):
+    """The reference: ASE BFGS with MFTCalculator, one structure at a time, in this process; returns energies (eV),
+    steps, the converged count and the relaxed ``ase.Atoms``."""
+    import torch
+    from ase.optimize import BFGS
+    from threadpoolctl import threadpool_limits
+    from mftcalc.calculators import MFTCalculator
+    torch.set_num_threads(job["threads"])
+    calc = MFTCalculator(job["model"], device=job["device"])
+    energies, steps, converged, relaxed = [], [], 0, []
+    # ASE's BFGS diagonalises its Hessian with numpy; multi-threaded BLAS beside torch's OpenMP pool is 10-40x
+    # slower on small matrices here, so the loop gets --loop-blas-threads (1) as the batched path does
+    with threadpool_limits(limits=job["blas"], user_api="blas"):
+        for s in structures:
+            atoms = s.to_ase()
+            atoms.calc = calc
+            opt = BFGS(atoms, logfile=None)
+            converged += bool(opt.run(fmax=job["fmax"], steps=job["steps"]))
+            steps.append(opt.nsteps)
+            energies.append(atoms.get_potential_energy())
+            for name in job["properties"]:
+                calc.get_property(name, atoms)
+            atoms.calc = None
+            relaxed.append(atoms)
+    return energies, steps, converged, relaxed
 
 
 def _plot(path, batched_runs, loop_step_counts, loop_energies) -> None:
