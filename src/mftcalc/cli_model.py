@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mftcalc.relaxation.optimizers import OPTIMIZERS
+from mftcalc.relaxation.optimizers import DEVICE_OPTIMIZERS, OPTIMIZERS
 from mftcalc.workflows.screening import OUTPUT_HELP
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -24,7 +24,10 @@ SHARD_HELP = ("run shard I of N (I = 0..N-1; e.g. one per array-job task): block
               "mftcalc merge OUT joins the N shards into exactly the unsharded output")
 OPTIMIZER_HELP = ("per-structure optimiser of the batched relaxation: ASE's FIRE or BFGS, BFGS started from "
                   "Lindh's model Hessian (bfgs-lindh: molecules, about 2/3 of BFGS's steps), or BFGS in redundant "
-                  "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps)")
+                  "internal coordinates (bfgs-internal: molecules, about 40%% of BFGS's steps); fire, bfgs and "
+                  "bfgs-lindh take the same steps either on the host or on the model's device for all structures "
+                  "at once, chosen by a measured rule (always on CUDA); fire-torch, bfgs-torch, bfgs-lindh-torch: "
+                  "always on the device")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -116,7 +119,8 @@ def _inputs(p: Any, model_required: bool = True) -> None:
 def _relax_options(p: Any) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="convergence threshold on the largest atomic force, eV/Å")
     p.add_argument("--steps", type=int, default=500, help="maximum optimiser steps per structure")
-    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="fire", help=OPTIMIZER_HELP)
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS) + list(DEVICE_OPTIMIZERS), default="fire",
+                   help=OPTIMIZER_HELP)
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures; "
                    "default: fixed cell)")

@@ -17,7 +17,7 @@ from mftcalc.relaxation.bfgs import BFGSParams
 from mftcalc.relaxation.cell_filters import CELL_FILTERS
 from mftcalc.relaxation.engine import RelaxResult, relax_stream
 from mftcalc.relaxation.internal_bfgs import InternalBFGSParams
-from mftcalc.relaxation.optimizers import FireParams, LBFGSParams, make_optimizer
+from mftcalc.relaxation.optimizers import FireParams, LBFGSParams, make_optimizer, step_path
 from mftcalc.relaxation.pool import WorkerPool
 
 
@@ -27,7 +27,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
           fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
           internal: Optional[InternalBFGSParams] = None, progress: bool = False,
           workers: int = 1, pool: Optional[WorkerPool] = None, lbfgs: LBFGSParams = LBFGSParams(),
-          **load_kwargs: Any) -> List[RelaxResult]:
+          device_step: bool | str = "auto", **load_kwargs: Any) -> List[RelaxResult]:
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
@@ -42,10 +42,15 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
             steps on QM9, see :class:`mftcalc.relaxation.bfgs.BFGSParams`), or ``"bfgs-internal"``: BFGS in redundant
             internal coordinates (molecules; about 40 % of BFGS's steps on QM9, ``internal`` parameters, see
             :mod:`mftcalc.relaxation.internal_bfgs`; within the same fmax its end points are often lower than ASE
-            BFGS's on flat surfaces). cell_filter: ``None`` (fixed cell) or ``"unitcell"`` / ``"frechet"`` (cell
-            and positions together, ASE's ``UnitCellFilter`` / ``FrechetCellFilter`` with cell_factor = number of
-            atoms; periodic structures only; ``fmax`` then also bounds the filter's cell forces). max_atoms,
-            max_angles: limits of the in-flight batch (angles counted on the input geometries at the model's
+            BFGS's on flat surfaces); ``"fire-torch"``, ``"bfgs-torch"``, ``"bfgs-lindh-torch"``: the same steps
+            computed on the model's device for all structures in flight at once
+            (:data:`mftcalc.relaxation.optimizers.DEVICE_OPTIMIZERS`). device_step: ``"auto"`` (the on-device
+            variant of ``fire``/``bfgs``/``bfgs-lindh`` on CUDA, and on CPU where
+            ``benchmarks/device_optimizers.py`` measured it faster: :func:`mftcalc.relaxation.optimizers.step_path`),
+            True (always; ``ValueError`` for an optimizer without one) or False (the host path). cell_filter:
+            ``None`` (fixed cell) or ``"unitcell"`` / ``"frechet"`` (cell and positions together, ASE's
+            ``UnitCellFilter`` / ``FrechetCellFilter`` with cell_factor = number of atoms; periodic structures
+            only; ``fmax`` then also bounds the filter's cell forces). max_atoms, max_angles: limits of the in-flight batch (angles counted on the input geometries at the model's
             a_rcut; ``max_angles=None``: atoms only). progress: a tqdm bar over the structures.
         workers: CPU processes to spread the structures over (each with its own model copy and
             ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.relaxation.pool`); 1: this
@@ -69,6 +74,9 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so it cannot relax structures")
     handle.check_structures(structures)
+    name = step_path(optimizer, device_step, handle.device, structures, cell_filter)
+    if name != optimizer:
+        stepper = make_optimizer(name, fire=fire, bfgs=bfgs, lbfgs=lbfgs, internal=internal)
     handle.warn_outside_domain(structures, properties)
     costs = angle_costs(handle.module, structures, max_angles)
     stream_kwargs = dict(fmax=fmax, max_steps=steps, fire=fire, cell_filter=cell_filter, max_atoms=max_atoms,

@@ -2,8 +2,10 @@
 evaluates all of them in one pass per step, each moves by its optimiser, and each leaves as soon as it converges.
 
 :func:`relax_stream` keeps one in-flight batch of at most ``max_atoms`` atoms (and ``max_cost`` angles): admit the
-next structures while they fit, evaluate the batch, hand each structure its results, emit those that converged or
-ran out of steps, step the rest with the optimiser of :mod:`mftcalc.relaxation.optimizers` (cell filters:
+next structures while they fit, evaluate the batch (the optimiser builds it: ``inputs``), hand the structures their
+results (``receive``), emit those that converged or ran out of steps (``settle`` first gives them their geometry
+and results), step the rest with the optimiser of :mod:`mftcalc.relaxation.optimizers`, the host-side ASE objects
+one structure at a time or the on-device ones all at once (cell filters:
 :mod:`mftcalc.relaxation.cell_filters`). Waiting structures take the places of leaving ones at once, so the batch stays
 full until the stream runs dry (no tail of nearly empty batches). The public entry point is
 :func:`mftcalc.relaxation.api.relax`; :mod:`mftcalc.relaxation.pool` runs this engine in worker processes on one shared queue.
@@ -16,7 +18,6 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import numpy as np
 
 from mftcalc.calculators.model_handle import ModelHandle
-from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
 from mftcalc.relaxation.bfgs import BFGSParams
 from mftcalc.relaxation.cell_filters import CELL_FILTERS
@@ -85,14 +86,14 @@ class _Intake:
             yield item
 
 
-def _evaluate(handle: ModelHandle, flights: List[InFlight], with_stress: bool) -> Tuple[dict, np.ndarray]:
-    """One model pass over the structures in flight at their current geometries: the result dict (``energy`` [B]
-    eV, ``forces`` [N, 3] eV/Å, ``stress`` [B, 3, 3] eV/Å³ with a cell filter) and the row offsets [B + 1]."""
-    chunk = [f.geometry() for f in flights]
-    batch = collate(chunk, handle.dtype, dataset=[f.dataset for f in flights], properties=[], device=handle.device)
-    res = handle.module(batch, compute_forces=True, compute_stress=with_stress, compute_properties=False,
-                        features=False)
-    return res, np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
+def _evaluate(handle: ModelHandle, optimizer: Optimizer, flights: List[InFlight],
+              with_stress: bool) -> Tuple[dict, np.ndarray]:
+    """One model pass over the structures in flight at their current geometries (the batch from the optimiser's
+    ``inputs``): the result dict (``energy`` [B] eV, ``forces`` [N, 3] eV/Å, ``stress`` [B, 3, 3] eV/Å³ with a cell
+    filter) and the row offsets [B + 1]."""
+    res = handle.module(optimizer.inputs(flights, handle), compute_forces=True, compute_stress=with_stress,
+                        compute_properties=False, features=False)
+    return res, np.concatenate([[0], np.cumsum([f.structure.n_atoms for f in flights])])
 
 
 def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None], handle: ModelHandle,
@@ -105,7 +106,8 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
     next ones join as soon as they fit under ``max_atoms`` and, with costs, under ``max_cost`` summed costs (a
     structure over a limit runs alone).
 
-    Each structure moves by ``optimizer`` (an object of :data:`mftcalc.relaxation.optimizers.OPTIMIZERS`); without one,
+    Each structure moves by ``optimizer`` (an object of :data:`mftcalc.relaxation.optimizers.OPTIMIZERS` or
+    ``DEVICE_OPTIMIZERS``, one per stream); without one,
     by BFGS in internal coordinates when ``internal`` is given, by BFGS when ``bfgs`` is given, else by FIRE with
     ``fire``. ``cell_filter`` (``"unitcell"``/``"frechet"``) moves the cell too. A stream fed by a queue lets worker
     processes share one input (:mod:`mftcalc.relaxation.pool`): no worker drains its batch early. The force-field
@@ -121,11 +123,13 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
             flight = InFlight.start(key, s, handle.dataset_index(s) if handle.forcefield_heads else 0, cost, wrap)
             flight.state = optimizer.start(flight)
             active.append(flight)
-        res, offsets = _evaluate(handle, active, with_stress=wrap is not None)
+        res, offsets = _evaluate(handle, optimizer, active, with_stress=wrap is not None)
         fmaxes = optimizer.receive(active, res["energy"], res["forces"], res["stress"] if wrap else None, offsets)
+        done = [fm < fmax or flight.steps >= max_steps for flight, fm in zip(active, fmaxes)]
+        optimizer.settle([flight for flight, out in zip(active, done) if out])
         moving: List[InFlight] = []
-        for flight, fm in zip(active, fmaxes):
-            if fm < fmax or flight.steps >= max_steps:
+        for flight, fm, out in zip(active, fmaxes, done):
+            if out:
                 emit(flight.key, RelaxResult(flight.geometry(), flight.results.energy, float(fm), flight.steps,
                                              bool(fm < fmax), forces=np.array(flight.results.forces)))
             else:

@@ -12,10 +12,17 @@ model's own forward and backward pass, ~250 ms on one thread (``benchmarks/relax
 - ``bfgs-internal``: ours (:mod:`mftcalc.relaxation.internal_bfgs`, 31 ms); ASE has no internal-coordinate optimiser.
 
 Cell filters are ASE's too (:mod:`mftcalc.relaxation.cell_filters`). An optimiser implements ``start`` (its state for a
-structure joining the batch) and ``step`` (all structures that move, at once); ``receive`` hands the batch's
-results to the structures and may be overridden by an optimiser that keeps them as tensors on the model's device
-(it must still set ``flight.results`` of the structures that leave, and return fmax of all). ``check`` refuses
-inputs the optimiser cannot relax. Lengths Å, forces eV/Å, energies eV.
+structure joining the batch) and ``step`` (all structures that move, at once); ``inputs`` builds the model's batch
+of the structures in flight, ``receive`` hands the batch's results to the structures, and ``settle`` writes the
+geometry and results of those that leave into them; the on-device optimisers (:class:`OnDevice`) override these
+three and keep everything as tensors on the model's device. ``check`` refuses inputs the optimiser cannot relax.
+Lengths Å, forces eV/Å, energies eV.
+
+- ``fire-torch``, ``bfgs-torch``, ``bfgs-lindh-torch`` (:data:`ON_DEVICE`): the same rules as ``fire``, ``bfgs``,
+  ``bfgs-lindh`` (and the cell filters) with their state in padded tensors on the model's device, every structure
+  in flight stepped by one set of batched operations (:mod:`mftcalc.relaxation.device_flight`,
+  :mod:`mftcalc.relaxation.torch_fire`, :mod:`mftcalc.relaxation.torch_bfgs`, :mod:`mftcalc.relaxation.torch_cell`).
+  :func:`step_path` chooses between the two by the rule measured in ``benchmarks/device_optimizers.py``.
 """
 from __future__ import annotations
 
@@ -25,9 +32,13 @@ from typing import Any, ClassVar, Dict, Optional, Sequence, Type
 import numpy as np
 import torch
 
+from mftcalc.data.batch import collate
 from mftcalc.relaxation.bfgs import BFGSParams, start_bfgs
+from mftcalc.relaxation.device_flight import DeviceBatch, filter_kind
 from mftcalc.relaxation.flight import InFlight
 from mftcalc.relaxation.internal_bfgs import InternalBFGSParams, InternalBFGSState
+from mftcalc.relaxation.torch_bfgs import TorchBFGS
+from mftcalc.relaxation.torch_fire import TorchFire
 
 
 @dataclass
@@ -69,6 +80,12 @@ class Optimizer:
         """The optimiser state of a structure joining the batch (it has no results yet)."""
         raise NotImplementedError
 
+    def inputs(self, flights: Sequence[InFlight], handle: Any) -> Dict[str, torch.Tensor]:
+        """The model's batch of ``flights`` at their current geometries, on ``handle``'s device (a
+        :class:`mftcalc.calculators.model_handle.ModelHandle`)."""
+        return collate([f.geometry() for f in flights], handle.dtype, dataset=[f.dataset for f in flights],
+                       properties=[], device=handle.device)
+
     def receive(self, flights: Sequence[InFlight], energy: torch.Tensor, forces: torch.Tensor,
                 stress: Optional[torch.Tensor], offsets: np.ndarray) -> np.ndarray:
         """The model's results of the batch (``energy`` [B] eV, ``forces`` [N, 3] eV/Å, ``stress`` [B, 3, 3]
@@ -79,6 +96,10 @@ class Optimizer:
         stress = stress.detach().cpu().double().numpy() if stress is not None else None
         return np.array([f.take(energy[k], forces[offsets[k]:offsets[k + 1]], None if stress is None else stress[k])
                          for k, f in enumerate(flights)])
+
+    def settle(self, leaving: Sequence[InFlight]) -> None:
+        """Make ``leaving`` (structures that leave after :meth:`receive`) hold their geometry and results (the
+        ASE-object optimisers have them already)."""
 
     def step(self, flights: Sequence[InFlight]) -> None:
         """One step of each structure in ``flights`` (all that move this step), from the results they hold."""
@@ -191,14 +212,151 @@ class InternalBFGS(Optimizer):
         return cls(internal if internal is not None else InternalBFGSParams())
 
 
+@dataclass
+class OnDevice(Optimizer):
+    """Base of the on-device optimisers: :meth:`start` queues a joining structure, :meth:`inputs` adds the queued
+    ones to the stream's :class:`mftcalc.relaxation.device_flight.DeviceBatch` and hands the model its tensors,
+    :meth:`receive` returns fmax of all (one transfer of B values), :meth:`settle` copies the leaving structures to
+    the host, and :meth:`step` drops them and steps the rest with one batched call of the subclass's :meth:`rule`
+    (``layouts``, ``fresh``, ``step``: :mod:`mftcalc.relaxation.torch_fire`, :mod:`mftcalc.relaxation.torch_bfgs`).
+    The batch lives from the first structure of a stream to the last (one object per stream: worker processes
+    get copies)."""
+
+    _batch: Optional[DeviceBatch] = field(default=None, init=False, repr=False, compare=False)
+    _waiting: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def rule(self) -> Any:
+        raise NotImplementedError
+
+    def start(self, flight: InFlight) -> Any:
+        self._waiting.append(flight)
+        return None
+
+    def inputs(self, flights: Sequence[InFlight], handle: Any) -> Dict[str, torch.Tensor]:
+        if self._waiting:
+            if self._batch is None:
+                self._batch = DeviceBatch(handle.device, filter_kind(self._waiting[0]), self.rule())
+            self._batch.join(self._waiting)
+            self._waiting = []
+        return self._batch.inputs(flights, handle.dtype)
+
+    def receive(self, flights: Sequence[InFlight], energy: torch.Tensor, forces: torch.Tensor,
+                stress: Optional[torch.Tensor], offsets: np.ndarray) -> np.ndarray:
+        return self._batch.receive(energy, forces, stress).cpu().numpy()
+
+    def settle(self, leaving: Sequence[InFlight]) -> None:
+        self._batch.settle(leaving)
+
+    def step(self, flights: Sequence[InFlight]) -> None:
+        if not flights:
+            self._batch = None                    # all have left: the next structure starts a new batch
+            return
+        self._batch.leave(flights)
+        self._batch.rule.step(self._batch)
+
+
+@dataclass
+class FireTorch(OnDevice):
+    """``optimizer="fire-torch"``: FIRE on the model's device (:mod:`mftcalc.relaxation.torch_fire`)."""
+
+    params: FireParams = field(default_factory=FireParams)
+    name: ClassVar[str] = "fire-torch"
+
+    def rule(self) -> TorchFire:
+        return TorchFire(self.params)
+
+    @classmethod
+    def from_params(cls, fire, bfgs, lbfgs, internal) -> "FireTorch":
+        return cls(fire)
+
+
+@dataclass
+class BFGSTorch(OnDevice):
+    """``optimizer="bfgs-torch"``: BFGS on the model's device (:mod:`mftcalc.relaxation.torch_bfgs`)."""
+
+    params: BFGSParams = field(default_factory=BFGSParams)
+    name: ClassVar[str] = "bfgs-torch"
+
+    def check(self, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
+        if self.params.initial_hessian == "lindh":
+            _molecules_only("the Lindh model Hessian is", structures, cell_filter)
+
+    def rule(self) -> TorchBFGS:
+        return TorchBFGS(self.params)
+
+    @classmethod
+    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGSTorch":
+        return cls(bfgs)
+
+
+@dataclass
+class BFGSLindhTorch(BFGSTorch):
+    """``optimizer="bfgs-lindh-torch"``: :class:`BFGSTorch` started from Lindh's model Hessian (molecules)."""
+
+    name: ClassVar[str] = "bfgs-lindh-torch"
+
+    @classmethod
+    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGSLindhTorch":
+        return cls(replace(bfgs, initial_hessian="lindh"))
+
+
 #: ``optimizer=`` name -> registry class (in the order the CLI lists them)
 OPTIMIZERS: Dict[str, Type[Optimizer]] = {c.name: c for c in (Fire, BFGS, BFGSLindh, InternalBFGS, LBFGS)}
+#: host optimiser name -> its on-device variant (same steps, :class:`OnDevice`)
+ON_DEVICE: Dict[str, Type[OnDevice]] = {"fire": FireTorch, "bfgs": BFGSTorch, "bfgs-lindh": BFGSLindhTorch}
+#: on-device ``optimizer=`` name -> registry class
+DEVICE_OPTIMIZERS: Dict[str, Type[Optimizer]] = {c.name: c for c in ON_DEVICE.values()}
 
 
 def make_optimizer(name: str, fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
                    lbfgs: LBFGSParams = LBFGSParams(),
                    internal: Optional[InternalBFGSParams] = None) -> Optimizer:
-    """The registry's optimiser ``name`` with its parameters; an unknown name raises ``ValueError`` listing them."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; batched relaxation implements {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name].from_params(fire, bfgs, lbfgs, internal)
+    """The registry's optimiser ``name`` (:data:`OPTIMIZERS` or :data:`DEVICE_OPTIMIZERS`) with its parameters; an
+    unknown name raises ``ValueError`` listing them."""
+    known = {**OPTIMIZERS, **DEVICE_OPTIMIZERS}
+    if name not in known:
+        raise ValueError(f"unknown optimizer {name!r}; batched relaxation implements {', '.join(known)}")
+    return known[name].from_params(fire, bfgs, lbfgs, internal)
+
+
+def padding_factor(structures: Sequence[Any], cell_filter: Optional[str]) -> float:
+    """W = B · d_max³ / Σ d³ over ``structures`` (d = 3 × the optimiser's rows: atoms, + 3 with a cell filter): how
+    many times the on-device BFGS's padded [B, d_max, d_max] Hessian algebra costs the per-structure one."""
+    d = np.array([3.0 * (s.n_atoms + (3 if cell_filter else 0)) for s in structures])
+    return float(len(d) * d.max() ** 3 / (d ** 3).sum())
+
+
+#: on CPU, BFGS steps on the device while :func:`padding_factor` is at most this (measured, module docstring)
+CPU_BFGS_MAX_PADDING = 4.0
+
+
+def step_path(name: str, device_step: Any, device: Any, structures: Sequence[Any], cell_filter: Optional[str]) -> str:
+    """The registry name that relaxes ``structures`` with optimizer ``name``: its on-device variant
+    (:data:`ON_DEVICE`) or itself.
+
+    ``device_step``: True (the on-device variant; ``ValueError`` when there is none), False (``name`` as given),
+    or ``"auto"``: on CUDA the on-device variant (not measured: there the host path pays a device-to-host round
+    trip and per-structure work every step); on CPU the rule measured by ``benchmarks/device_optimizers.py``
+    (``benchmarks/results/device_optimizers.md``): FIRE on the device (its step cost 0.25-0.9x the host path's
+    from 1 to 256 structures, with or without a cell filter), BFGS on the device unless the structures' sizes
+    differ so much that the padded Hessians cost more than :data:`CPU_BFGS_MAX_PADDING` times the unpadded ones
+    (:func:`padding_factor`; 0.6-0.8x the host step cost for QM9 batches and Si cells, W ≤ 3; 2.3x with one 56-atom
+    structure among 63 QM9 molecules, W ≈ 19). A name of :data:`DEVICE_OPTIMIZERS` always runs on the device
+    (``device_step=False`` contradicts it: ``ValueError``).
+    """
+    if device_step not in (True, False, "auto"):
+        raise ValueError(f"device_step={device_step!r}; use True, False or 'auto'")
+    if name in DEVICE_OPTIMIZERS:
+        if device_step is False:
+            host = next(h for h, c in ON_DEVICE.items() if c.name == name)
+            raise ValueError(f"optimizer={name!r} steps on the device but device_step=False: use optimizer={host!r}")
+        return name
+    variant = ON_DEVICE.get(name)
+    if device_step is True and variant is None:
+        raise ValueError(f"optimizer={name!r} has no on-device variant (those of {', '.join(ON_DEVICE)} have): use "
+                         "device_step=False or 'auto'")
+    if variant is None or device_step is False:
+        return name
+    if device_step is True or torch.device(device).type != "cpu" or name == "fire":
+        return variant.name
+    return variant.name if padding_factor(structures, cell_filter) <= CPU_BFGS_MAX_PADDING else name
