@@ -80,7 +80,8 @@ class WorkerPool:
         if workers < 2:
             raise ValueError(f"worker processes need workers >= 2, got {workers} (workers=1 runs in this process)")
         if handle.device.type != "cpu":
-            raise ValueError(f"worker processes are for CPU models; this one is on {handle.device} (use workers=1)")
+            raise ValueError(f"worker processes are for CPU models; this one is on {handle.device}: use workers=1 "
+                             "on the GPU, or load the model on the CPU (device='cpu'; CLI --device cpu)")
         self._tmpdir = None
         source = handle.source
         if source is None:
