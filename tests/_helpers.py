@@ -1,8 +1,10 @@
 """Helpers shared by the tests: a tiny random model and small labelled structures (no pytest fixtures here)."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -68,3 +70,44 @@ def emt_structures(symbol: str, n: int, seed: int) -> list:
         atoms.get_stress()
         out.append(Structure.from_ase(atoms))
     return out
+
+
+# ---------------------------------------------------------------- the import graph of src/mftcalc (architecture tests)
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def source_modules():
+    out = {}
+    for path in (SRC / "mftcalc").rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+def import_graph() -> nx.DiGraph:
+    """Directed graph module -> module it imports (module level or inside functions, absolute or relative).
+
+    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module, else of ``pkg``; a
+    module's own ancestor packages are not counted (Python runs them first anyway)."""
+    modules = source_modules()
+    graph = nx.DiGraph()
+    for name, path in modules.items():
+        graph.add_node(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        ancestors = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)}
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.append(sub if sub in modules else base)
+            for target in targets:
+                if target in modules and target != name and target not in ancestors:
+                    graph.add_edge(name, target)
+    return graph

@@ -1,6 +1,5 @@
 """The house rules of docs/design.md that a machine can check: no import cycles in src/mftcalc (lazy imports
 inside functions count too), no module over 400 lines, and the public API of ``mftcalc`` imports and is curated."""
-import ast
 import importlib
 import subprocess
 import sys
@@ -8,45 +7,10 @@ from pathlib import Path
 
 import networkx as nx
 
+from _helpers import import_graph, source_modules as _modules
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 MAX_LINES = 400
-
-
-def _modules():
-    out = {}
-    for path in (SRC / "mftcalc").rglob("*.py"):
-        name = ".".join(path.relative_to(SRC).with_suffix("").parts)
-        out[name.removesuffix(".__init__")] = path
-    return out
-
-
-def import_graph() -> nx.DiGraph:
-    """Directed graph module -> module it imports (module level or inside functions, absolute or relative).
-
-    ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module, else of ``pkg``; a
-    module's own ancestor packages are not counted (Python runs them first anyway)."""
-    modules = _modules()
-    graph = nx.DiGraph()
-    for name, path in modules.items():
-        graph.add_node(name)
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        ancestors = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)}
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(parts + ([base] if base else []))
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    targets.append(sub if sub in modules else base)
-            for target in targets:
-                if target in modules and target != name and target not in ancestors:
-                    graph.add_edge(name, target)
-    return graph
 
 
 def test_no_import_cycles():

@@ -326,7 +326,7 @@ def padding_factor(structures: Sequence[Any], cell_filter: Optional[str]) -> flo
     return float(len(d) * d.max() ** 3 / (d ** 3).sum())
 
 
-#: on CPU, BFGS steps on the device while :func:`padding_factor` is at most this (measured, module docstring)
+#: on CPU, BFGS steps on the device while :func:`padding_factor` is at most this (measured: :func:`step_path`)
 CPU_BFGS_MAX_PADDING = 4.0
 
 
@@ -337,12 +337,12 @@ def step_path(name: str, device_step: Any, device: Any, structures: Sequence[Any
     ``device_step``: True (the on-device variant; ``ValueError`` when there is none), False (``name`` as given),
     or ``"auto"``: on CUDA the on-device variant (not measured: there the host path pays a device-to-host round
     trip and per-structure work every step); on CPU the rule measured by ``benchmarks/device_optimizers.py``
-    (``benchmarks/results/device_optimizers.md``): FIRE on the device (its step cost 0.25-0.9x the host path's
-    from 1 to 256 structures, with or without a cell filter), BFGS on the device unless the structures' sizes
-    differ so much that the padded Hessians cost more than :data:`CPU_BFGS_MAX_PADDING` times the unpadded ones
-    (:func:`padding_factor`; 0.6-0.8x the host step cost for QM9 batches and Si cells, W ≤ 3; 2.3x with one 56-atom
-    structure among 63 QM9 molecules, W ≈ 19). A name of :data:`DEVICE_OPTIMIZERS` always runs on the device
-    (``device_step=False`` contradicts it: ``ValueError``).
+    (``benchmarks/results/device_optimizers.md``, step cost of the device path against the host path's): FIRE on the
+    device (0.10-0.74x in every case measured: 8-256 QM9 molecules, 8-64 Si cells with either filter, mixed sizes),
+    BFGS on the device unless the structures' sizes differ so much that the padded Hessians cost more than
+    :data:`CPU_BFGS_MAX_PADDING` times the unpadded ones (:func:`padding_factor` W; 0.32-0.74x for W ≤ 3.6, 1.6x at
+    W = 11 and 2.5x at W = 21: one structure of 41 or 55 atoms among 63 QM9 molecules). A name of
+    :data:`DEVICE_OPTIMIZERS` always runs on the device (``device_step=False`` contradicts it: ``ValueError``).
     """
     if device_step not in (True, False, "auto"):
         raise ValueError(f"device_step={device_step!r}; use True, False or 'auto'")

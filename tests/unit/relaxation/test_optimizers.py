@@ -142,7 +142,7 @@ def test_results_calculator_refuses_to_be_read_before_results():
 
 def test_relax_room_imports_in_one_direction():
     """engine < pool < predict < api: the pool never imports predict or api, the engine never the pool."""
-    from test_architecture import import_graph
+    from _helpers import import_graph
     graph = import_graph()
     below = {"mftcalc.relaxation.engine": ["mftcalc.relaxation.pool", "mftcalc.calculators.predict", "mftcalc.relaxation.api"],
              "mftcalc.relaxation.pool": ["mftcalc.calculators.predict", "mftcalc.relaxation.api"],
