@@ -71,3 +71,16 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture
+def stiff_model_file(tmp_path):
+    """The tiny model with a 40x stiffer force-field head (relaxations take many steps), as a checkpoint."""
+    from _helpers import TINY_DOMAINS
+    from mftcalc.model.checkpoint import model_metadata, save_model
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.ff_heads["ff"].scale.fill_(40.0)
+    path = tmp_path / "stiff.pt"
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
+    return path

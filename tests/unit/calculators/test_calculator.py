@@ -12,12 +12,12 @@ from ase.calculators.fd import calculate_numerical_forces as numeric_forces
 from ase.calculators.fd import calculate_numerical_stress as numeric_stress
 from ase.optimize import BFGS, FIRE
 
-from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
+from _helpers import save_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.predict import predict
 from mftcalc.relaxation.api import relax
 from mftcalc.data import Structure
-from mftcalc.model.checkpoint import export_torchscript, model_metadata, save_model
+from mftcalc.model.checkpoint import export_torchscript
 from mftcalc.model.inference import predict_structures
 
 
@@ -124,16 +124,6 @@ def _rattled_molecules(names):
         atoms.rattle(0.1, seed=k)
         structures.append(Structure.from_ase(atoms))
     return structures
-
-
-@pytest.fixture
-def stiff_model_file(tmp_path):
-    model = make_tiny_model()
-    with torch.no_grad():                       # stiffer energy surface so that relaxations take many steps
-        model.ff_heads["ff"].scale.fill_(40.0)
-    path = tmp_path / "stiff.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
 
 
 @pytest.mark.parametrize("max_atoms, max_angles", [(4096, None), (5, None), (4096, 30)])  # small: queued molecules

@@ -12,12 +12,10 @@ from ase.build import bulk, molecule
 from ase.filters import FrechetCellFilter, UnitCellFilter
 from ase.optimize import BFGS, FIRE
 
-from _helpers import TINY_DOMAINS, make_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data import Structure
 from mftcalc.geometry.lindh import lindh_hessian
-from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.relaxation import torch_cell
 from mftcalc.relaxation.api import relax
 from mftcalc.relaxation.bfgs import BFGSParams, abs_newton_step
@@ -28,16 +26,6 @@ from mftcalc.relaxation.optimizers import (CPU_BFGS_MAX_PADDING, DEVICE_OPTIMIZE
 from mftcalc.relaxation.torch_bfgs import abs_newton_steps
 
 ASE_FILTERS = {None: None, "unitcell": UnitCellFilter, "frechet": FrechetCellFilter}
-
-
-@pytest.fixture
-def stiff_model_file(tmp_path):
-    model = make_tiny_model()
-    with torch.no_grad():                       # stiffer energy surface so that relaxations take many steps
-        model.ff_heads["ff"].scale.fill_(40.0)
-    path = tmp_path / "stiff.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
 
 
 def _molecules():

@@ -13,25 +13,13 @@ from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter, UnitCellFilter
 from ase.optimize import BFGS, LBFGS
 
-from _helpers import TINY_DOMAINS, make_tiny_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.data import Structure
-from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.relaxation.api import relax
 from mftcalc.relaxation.bfgs import CholeskyBFGS
 from mftcalc.relaxation.cell_filters import CELL_FILTERS, Frechet, UnitCell
 from mftcalc.relaxation.flight import ModelResults
 from mftcalc.relaxation.optimizers import OPTIMIZERS, LBFGSParams, make_optimizer
-
-
-@pytest.fixture
-def stiff_model_file(tmp_path):
-    model = make_tiny_model()
-    with torch.no_grad():                       # stiffer energy surface so that relaxations take many steps
-        model.ff_heads["ff"].scale.fill_(40.0)
-    path = tmp_path / "stiff.pt"
-    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
-    return path
 
 
 def test_batched_lbfgs_matches_ase_lbfgs(stiff_model_file):
