@@ -84,3 +84,17 @@ def stiff_model_file(tmp_path):
     path = tmp_path / "stiff.pt"
     save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14], dataset_domains=TINY_DOMAINS))
     return path
+
+
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where the Triton kernels run: CUDA when present, else CPU through Triton's interpreter (slow: few cases)."""
+    from mftcalc.kernels import _triton
+    error = _triton.import_error()
+    if error is not None:
+        pytest.skip(f"triton not installed ({error}); pip install 'mftcalc[gpu]'")
+    if torch.cuda.is_available():
+        return "cuda"
+    if not _triton.interpreting():
+        pytest.skip("no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it before triton is imported)")
+    return "cpu"

@@ -320,19 +320,6 @@ def test_lattice_reduction_is_skipped_exactly_when_it_would_change_nothing() -> 
 from mftcalc.kernels import _triton  # noqa: E402
 
 
-@pytest.fixture
-def triton_device() -> str:
-    """Where the Triton kernels run: CUDA when present, else CPU through Triton's interpreter (slow: few cases)."""
-    error = _triton.import_error()
-    if error is not None:
-        pytest.skip(f"triton not installed ({error}); pip install 'mftcalc[gpu]'")
-    if torch.cuda.is_available():
-        return "cuda"
-    if not _triton.interpreting():
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it before triton is imported)")
-    return "cpu"
-
-
 def test_triton_matches_ase_on_random_cases(cases, triton_device: str) -> None:
     """All cases on CUDA; through the interpreter (each program runs in Python) one molecule, molecule in a cell,
     skewed cell, small cell, wire, lone atom and sparse cluster (crystals and slabs: test_triton_cells.py)."""

@@ -21,16 +21,9 @@ Pair = Tuple[int, int, Tuple[int, int, int]]
 
 
 @pytest.fixture(scope="module")
-def device() -> str:
-    """CUDA when present, else CPU through Triton's interpreter."""
-    error = _triton.import_error()
-    if error is not None:
-        pytest.skip(f"triton not installed ({error}); pip install 'mftcalc[gpu]'")
-    if torch.cuda.is_available():
-        return "cuda"
-    if not _triton.interpreting():
-        pytest.skip("no CUDA and TRITON_INTERPRET is not set (tests/conftest.py sets it before triton is imported)")
-    return "cpu"
+def device(triton_device) -> str:
+    """CUDA when present, else CPU through Triton's interpreter (the root conftest's ``triton_device``)."""
+    return triton_device
 
 
 def _inputs(structures: List[Atoms], dtype: torch.dtype = torch.float64):
