@@ -137,6 +137,12 @@ class Fire(Optimizer):
         return cls(fire)
 
 
+def _check_bfgs(params: BFGSParams, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
+    """Host and on-device BFGS alike: a Lindh start Hessian is for molecules at fixed cell."""
+    if params.initial_hessian == "lindh":
+        _molecules_only("the Lindh model Hessian is", structures, cell_filter)
+
+
 @dataclass
 class BFGS(Optimizer):
     """``optimizer="bfgs"``: ASE's BFGS per structure, Cholesky step solve (:mod:`mftcalc.relaxation.bfgs`)."""
@@ -145,8 +151,7 @@ class BFGS(Optimizer):
     name: ClassVar[str] = "bfgs"
 
     def check(self, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
-        if self.params.initial_hessian == "lindh":
-            _molecules_only("the Lindh model Hessian is", structures, cell_filter)
+        _check_bfgs(self.params, structures, cell_filter)
 
     def start(self, flight: InFlight) -> Any:
         return start_bfgs(flight.target, self.params, flight.structure.numbers)
@@ -278,8 +283,7 @@ class BFGSTorch(OnDevice):
     name: ClassVar[str] = "bfgs-torch"
 
     def check(self, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
-        if self.params.initial_hessian == "lindh":
-            _molecules_only("the Lindh model Hessian is", structures, cell_filter)
+        _check_bfgs(self.params, structures, cell_filter)
 
     def rule(self) -> TorchBFGS:
         return TorchBFGS(self.params)
