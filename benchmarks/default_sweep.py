@@ -48,7 +48,7 @@ def main() -> None:
     args = parse_args()
     C.set_threads()
     load_before = C.load_average()
-    chunks = sorted(Path(args.xtb).glob("chunk_*.extxyz.gz"))[: args.chunks]
+    chunks = sorted(Path(args.xtb).glob("chunk_*.extxyz.xz"))[: args.chunks]
     if not chunks:
         raise SystemExit(f"no xTB chunks in {args.xtb} (make them with mftcalc label)")
     picked = [CANDIDATES[int(i)] for i in args.only.split(",")] if args.only else CANDIDATES
@@ -57,7 +57,7 @@ def main() -> None:
         (Path(tmp) / "xtb").mkdir()
         for chunk in chunks:                     # the first --chunks chunks, as one glob
             (Path(tmp) / "xtb" / chunk.name).symlink_to(chunk.resolve())
-        pattern = f"{tmp}/xtb/chunk_*.extxyz.gz"
+        pattern = f"{tmp}/xtb/chunk_*.extxyz.xz"
         for k, (label, over) in enumerate(picked):
             print(f"  {label} ...", flush=True)
             spec = DatasetSpec(name="xtb_qm9", path=pattern,

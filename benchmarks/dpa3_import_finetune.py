@@ -50,7 +50,7 @@ def main() -> None:
                     for k, m in enumerate(molecules)]
         task = PropertyTask("qm9-gap-toy", "gap", "Hartree", labelled[:32], labelled[32:40],
                             {"test": labelled[40:]}, dict(PROPERTY_RECIPES["gap"]), "toy gap labels (timing only)")
-        xtb = read_structures(sorted(glob.glob(str(C.REPO / "data" / "xtb" / "chunk_*.extxyz.gz")))[0])[:64]
+        xtb = read_structures(sorted(glob.glob(str(C.REPO / "data" / "xtb" / "chunk_*.extxyz.xz")))[0])[:64]
         settings = FinetuneSettings(strategy="mft", steps=args.steps, val_every=args.steps, probe_size=8,
                                     new_dataset_from="SPICE2", dtype="float32", progress=False)
         t0 = time.perf_counter()

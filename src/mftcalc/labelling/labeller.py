@@ -3,12 +3,13 @@
 Output directory layout (one run per directory)::
 
     manifest.json              run settings and the QM9 indices, checked on restart
-    chunk_00012.extxyz.gz      labelled conformers of molecules [12 * chunk_size, 13 * chunk_size)
+    chunk_00012.extxyz.xz      labelled conformers of molecules [12 * chunk_size, 13 * chunk_size); positions and
+                               forces rounded to 1e-6 (Å, eV/Å), charges to 1e-5 e (older runs: .extxyz.gz, exact)
     chunk_00012.json           that chunk's counts, failures and |F| histogram (written just before the chunk)
     failures.log               one line per lost conformer (molecule, kind, slot, stage, error), appended
     summary.json               counts per kind, failures, wall time, rate, |F| percentiles (written at the end)
 
-A chunk counts as done when its ``.extxyz.gz`` exists; both files are written to a temporary name and renamed,
+A chunk counts as done when its ``.extxyz.xz`` (or older ``.extxyz.gz``) exists; both files are written to a temporary name and renamed,
 so a kill at any moment loses at most the chunks in progress, and a restart computes only the missing chunks.
 Frames carry ``info`` ``qm9_index, kind, conformer, amplitude (Å), temperature (K), seed`` (md also ``md_step``),
 ``labeller_version`` (:data:`LABELLER_VERSION`; absent from version-1 output) and ``xtb_charges``, labels ``energy``
@@ -44,11 +45,29 @@ VERSION_KEY = "labeller_version"
 # |F| histogram edges, eV/Å: 0, then 100 log bins per decade from 1e-4 to 1e3 (percentiles good to ~2 %).
 FORCE_EDGES = np.concatenate([[0.0], np.logspace(-4, 3, 701)])
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99, 99.9)
+#: chunk files: written with xz and rounded (CHUNK_DECIMALS for positions and forces, CHARGE_DECIMALS for the
+#: charges; both below xTB's own convergence noise and float32 training), read with either suffix.
+CHUNK_SUFFIX, OLD_CHUNK_SUFFIX = ".extxyz.xz", ".extxyz.gz"
+CHUNK_DECIMALS, CHARGE_DECIMALS = 6, 5
 
 
-def chunk_path(out_dir: PathLike, chunk: int) -> Path:
-    """``out_dir/chunk_<chunk:05d>.extxyz.gz``."""
-    return Path(out_dir) / f"chunk_{chunk:05d}.extxyz.gz"
+def chunk_path(out_dir: PathLike, chunk: int, suffix: str = CHUNK_SUFFIX) -> Path:
+    """``out_dir/chunk_<chunk:05d>.extxyz.xz`` (``suffix`` ``.extxyz.gz`` for a run written before session 8)."""
+    return Path(out_dir) / f"chunk_{chunk:05d}{suffix}"
+
+
+def chunk_files(out_dir: PathLike) -> List[Path]:
+    """The chunk files of a run in chunk order, of either suffix."""
+    return sorted(p for suffix in (CHUNK_SUFFIX, OLD_CHUNK_SUFFIX) for p in Path(out_dir).glob(f"chunk_*{suffix}"))
+
+
+def write_chunk(frames: Sequence[Structure], path: PathLike) -> None:
+    """Write labelled frames as a chunk: xz extxyz, positions and forces rounded to ``CHUNK_DECIMALS``, charges
+    to ``CHARGE_DECIMALS`` (the compact form that keeps data/xtb small enough to travel to a GPU machine)."""
+    rounded = [s.with_labels(info={**s.info, xtb.CHARGES_INFO: np.round(np.asarray(s.info[xtb.CHARGES_INFO]),
+                                                                          CHARGE_DECIMALS)})
+               if xtb.CHARGES_INFO in s.info else s for s in frames]
+    write_extxyz(rounded, path, decimals=CHUNK_DECIMALS)
 
 
 def _sidecar_path(out_dir: PathLike, chunk: int) -> Path:
@@ -154,14 +173,45 @@ def summarise(out_dir: PathLike, n_chunks: int) -> Dict[str, Any]:
 def read_labelled(out_dir: PathLike) -> List[Structure]:
     """All labelled conformers of a (finished or partial) run, in chunk order."""
     out_dir = Path(out_dir)
-    paths = sorted(out_dir.glob("chunk_*.extxyz.gz"))
+    paths = chunk_files(out_dir)
     if not paths:
-        raise FileNotFoundError(f"{out_dir}: no chunk_*.extxyz.gz files; run `mftcalc label --out {out_dir}` first")
+        raise FileNotFoundError(f"{out_dir}: no chunk_*{CHUNK_SUFFIX} files; run `mftcalc label --out {out_dir}` "
+                                "first")
     structures: List[Structure] = []
     for path in paths:
         if path.stat().st_size > 0:
             structures.extend(read_structures(path))
     return structures
+
+
+def compact_chunks(out_dir: PathLike) -> Dict[str, int]:
+    """Rewrite a run's older ``.extxyz.gz`` chunks in the compact form (:func:`write_chunk`), each through a
+    temporary file, checked frame for frame (same count, species and energies; coordinates within the rounding)
+    before the old file is removed. Returns ``{"chunks", "bytes_before", "bytes_after"}``."""
+    out_dir = Path(out_dir)
+    counts = {"chunks": 0, "bytes_before": 0, "bytes_after": 0}
+    for old in sorted(out_dir.glob(f"chunk_*{OLD_CHUNK_SUFFIX}")):
+        new = old.with_name(old.name[: -len(OLD_CHUNK_SUFFIX)] + CHUNK_SUFFIX)
+        partial = new.with_name(f".partial.{new.name}")
+        frames = read_structures(old) if old.stat().st_size > 0 else []
+        if frames:
+            write_chunk(frames, partial)
+            again = read_structures(partial)
+            tolerance = 0.51 * 10.0 ** -CHUNK_DECIMALS
+            if len(again) != len(frames) or any(
+                    not np.array_equal(a.numbers, b.numbers) or a.energy != b.energy
+                    or np.abs(a.positions - b.positions).max() > tolerance
+                    or np.abs(a.forces - b.forces).max() > tolerance for a, b in zip(frames, again)):
+                partial.unlink()
+                raise RuntimeError(f"{old}: the compact copy does not read back as the same frames; kept the old file")
+        else:
+            partial.write_bytes(b"")
+        os.replace(partial, new)
+        counts["chunks"] += 1
+        counts["bytes_before"] += old.stat().st_size
+        counts["bytes_after"] += new.stat().st_size
+        old.unlink()
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------- chunk worker
@@ -196,7 +246,7 @@ def _label_chunk(task: tuple) -> Dict[str, Any]:
     _write_atomic(_sidecar_path(out_dir, chunk), json.dumps(stats).encode())
     partial = path.with_name(f".partial.{path.name}")
     if frames:
-        write_extxyz(frames, partial)
+        write_chunk(frames, partial)
     else:
         partial.write_bytes(b"")  # an empty chunk still marks the molecules as done
     os.replace(partial, path)
@@ -220,8 +270,8 @@ def _qm9_index(molecule: Structure) -> int:
 
 
 def _chunk_done(out_dir: Path, chunk: int) -> bool:
-    path = chunk_path(out_dir, chunk)
-    return path.is_file() and _sidecar_path(out_dir, chunk).is_file()
+    written = any(chunk_path(out_dir, chunk, suffix).is_file() for suffix in (CHUNK_SUFFIX, OLD_CHUNK_SUFFIX))
+    return written and _sidecar_path(out_dir, chunk).is_file()
 
 
 def _check_manifest(out_dir: Path, settings: Dict[str, Any]) -> None:

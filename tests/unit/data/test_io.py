@@ -79,6 +79,31 @@ def test_extxyz_round_trip_keeps_labels_and_properties(tmp_path):
     assert read_structures(tmp_path / "a.extxyz", index=-1)[0].numbers.tolist() == [8, 1, 1]
 
 
+@pytest.mark.parametrize("suffix", [".extxyz.gz", ".extxyz.xz", ".extxyz.bz2"])
+def test_extxyz_compression_by_suffix(tmp_path, suffix):
+    """Each suffix writes its own compression (checked by the file's magic bytes) and reads back the same frames."""
+    original = _random_structures()
+    write_extxyz(original, tmp_path / f"a{suffix}")
+    magic = {".gz": b"\x1f\x8b", ".xz": b"\xfd7zXZ", ".bz2": b"BZh"}[Path(suffix).suffix]
+    assert (tmp_path / f"a{suffix}").read_bytes().startswith(magic)
+    write_extxyz(original, tmp_path / "plain.extxyz")
+    _assert_same(read_structures(tmp_path / f"a{suffix}"), read_structures(tmp_path / "plain.extxyz"))
+
+
+def test_extxyz_decimals_round_only_positions_and_forces(tmp_path):
+    original = _random_structures()
+    write_extxyz(original, tmp_path / "r.extxyz.xz", decimals=6)
+    back = read_structures(tmp_path / "r.extxyz.xz")
+    for x, y in zip(original, back):
+        np.testing.assert_array_equal(y.positions, np.round(x.positions, 6))
+        np.testing.assert_array_equal(y.forces, np.round(x.forces, 6))
+        assert np.abs(y.positions - x.positions).max() > 1e-8     # really rounded, not written at 8 decimals
+        np.testing.assert_array_equal(y.cell, x.cell)
+        assert y.energy == x.energy and y.properties == x.properties
+        if x.stress is not None:
+            np.testing.assert_array_equal(y.stress, x.stress)
+
+
 @pytest.mark.parametrize("name", ["dpgen_mapbi3", "deepmd_nopbc"])
 def test_shared_files_round_trip(tmp_path, name):
     path = SHARED / "forcefield" / f"{name}.extxyz.gz"

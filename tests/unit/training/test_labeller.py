@@ -12,8 +12,8 @@ from ase.build import molecule
 from mftcalc.data import Structure
 from mftcalc.labelling import xtb
 from mftcalc.labelling.conformers import KINDS, MIN_DISTANCE, allocate, generate_conformers, min_distance
-from mftcalc.labelling.labeller import (LABELLER_VERSION, MANIFEST, chunk_path, label_molecules, read_labelled,
-                                        select_molecules)
+from mftcalc.labelling.labeller import (CHUNK_SUFFIX, LABELLER_VERSION, MANIFEST, OLD_CHUNK_SUFFIX, chunk_path,
+                                        compact_chunks, label_molecules, read_labelled, select_molecules)
 
 NAMES = ("H2O", "CH4", "C2H6")
 
@@ -143,6 +143,43 @@ def test_resume_recomputes_only_missing_chunk(tmp_path):
     assert nothing["chunks_computed_this_run"] == 0 and nothing["conformers_per_s"] is None
     with pytest.raises(ValueError, match="different seed"):
         label_molecules(mols, tmp_path, conformers_per_molecule=4, workers=1, chunk_size=1, seed=1)
+
+
+def test_chunks_are_compact_and_old_runs_convert(tmp_path):
+    """Chunks are xz with positions/forces at 1e-6 and charges at 1e-5; an older run's exact .gz chunks count as done
+    (no relabelling) and compact_chunks rewrites them as the same frames within the rounding."""
+    from mftcalc.data.io import write_extxyz
+
+    mols = make_molecules(("H2O", "CH4"))
+    label_molecules(mols, tmp_path / "new", conformers_per_molecule=3, workers=1, chunk_size=1, progress=False)
+    assert chunk_path(tmp_path / "new", 0).name == f"chunk_00000{CHUNK_SUFFIX}"
+    assert chunk_path(tmp_path / "new", 0).read_bytes().startswith(b"\xfd7zXZ")
+    frames = read_labelled(tmp_path / "new")
+    for s in frames:
+        for values, decimals in ((s.positions, 6), (s.forces, 6), (s.info["xtb_charges"], 5)):
+            np.testing.assert_array_equal(values, np.round(values, decimals))
+    # an older run: the same frames written exactly as .extxyz.gz (with jitter below the rounding)
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in (MANIFEST, "chunk_00000.json", "chunk_00001.json"):
+        (old / name).write_bytes((tmp_path / "new" / name).read_bytes())
+    exact = {}
+    for c in (0, 1):
+        chunk = [s.with_labels(positions=s.positions + 1e-8, forces=s.forces - 1e-8)
+                                       for s in frames if s.info["qm9_index"] == mols[c].info["qm9_index"]]
+        write_extxyz(chunk, chunk_path(old, c, OLD_CHUNK_SUFFIX))
+        exact[c] = chunk
+    again = label_molecules(mols, old, conformers_per_molecule=3, workers=1, chunk_size=1, progress=False)
+    assert again["chunks_computed_this_run"] == 0
+    counts = compact_chunks(old)
+    assert counts["chunks"] == 2 and counts["bytes_after"] < counts["bytes_before"]
+    assert not list(old.glob(f"*{OLD_CHUNK_SUFFIX}"))
+    converted = read_labelled(old)
+    assert len(converted) == len(frames)
+    for a, b in zip(exact[0] + exact[1], converted):
+        assert a.energy == b.energy and a.info["kind"] == b.info["kind"]
+        np.testing.assert_allclose(b.positions, a.positions, atol=0.51e-6, rtol=0)
+        np.testing.assert_allclose(b.forces, a.forces, atol=0.51e-6, rtol=0)
 
 
 def test_frames_and_manifest_carry_the_labeller_version(tmp_path):
