@@ -3,10 +3,11 @@
 
 The device image has torch, triton, numpy, scipy, h5py, e3nn and pytest but not ASE or the peers. Groups, most
 valuable first, each packed only if it still fits beside the working tree (tracked and untracked files, which
-travel too) under the limit:
+travel too) and the carried ``.gpu/`` (``gpu_pretrain.py --pack``) under the limit:
 
-1. vesin-torch (the neighbour-list peer, imported as ``vesin_torch``; slimmed to the library of the device's torch);
-2. ASE (mftcalc's relax-then-predict and training sections and the pytest step need it; tests and GUI removed);
+1. ASE (the pretraining, mftcalc's relax-then-predict and training sections and the pytest step need it; tests and
+   GUI removed);
+2. vesin-torch (the neighbour-list peer, imported as ``vesin_torch``; slimmed to the library of the device's torch);
 3. deepmd-kit and what its ``deepmd.pt`` import needs (mpich, dargs, wcmatch, bracex, array-api-compat).
 
 torch-sim is not packed: its releases for the device's Python 3.12 require nvalchemi-toolkit-ops and NVIDIA Warp
@@ -32,10 +33,12 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
 
 
 def tree_bytes() -> int:
-    """Bytes of the files that travel anyway: tracked and untracked files that git does not ignore."""
+    """Bytes of the files that travel anyway: tracked and untracked files that git does not ignore, and the
+    carried ``.gpu/`` folder of the pretraining data."""
     names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
                            check=True).stdout.split(b"\0")
-    return sum((REPO / n.decode()).stat().st_size for n in names if n and (REPO / n.decode()).is_file())
+    tree = sum((REPO / n.decode()).stat().st_size for n in names if n and (REPO / n.decode()).is_file())
+    return tree + sum(p.stat().st_size for p in (REPO / ".gpu").rglob("*") if p.is_file())
 
 
 def download(spec: str, dest: Path) -> Path:
@@ -71,10 +74,10 @@ def slim(wheel: Path, keep: Callable[[str], bool]) -> Path:
 def groups(torch_version: str) -> List[Tuple[str, List[Tuple[str, Optional[Callable[[str], bool]]]]]]:
     lib = f"vesin_torch/torch-{torch_version}/"
     return [
+        ("ase (pretraining, mftcalc's relax and training sections, pytest step)", [
+            ("ase==3.29.0", lambda n: not n.startswith(("ase/test/", "ase/gui/")))]),
         ("vesin-torch (neighbour-list peer)", [
             ("vesin-torch==0.6.2", lambda n: not n.startswith("vesin_torch/torch-") or n.startswith(lib))]),
-        ("ase (mftcalc's relax and training sections, pytest step)", [
-            ("ase==3.29.0", lambda n: not n.startswith(("ase/test/", "ase/gui/")))]),
         ("deepmd-kit (training peer)", [("deepmd-kit==3.2.0", None), ("mpich", None), ("dargs", None),
                                         ("wcmatch", None), ("bracex", None), ("array-api-compat", None)]),
     ]

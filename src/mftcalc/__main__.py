@@ -1,0 +1,7 @@
+"""``python -m mftcalc ...`` = the ``mftcalc`` command (for machines where the package is on PYTHONPATH but not
+installed, e.g. a GPU machine that receives the source tree)."""
+import sys
+
+from mftcalc.cli import main
+
+sys.exit(main())
