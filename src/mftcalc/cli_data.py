@@ -1,6 +1,7 @@
 """The ``mftcalc data`` sub-command: QM9 BOOM splits and MatBench folds, printed as size/range tables.
 
-``mftcalc data qm9 --property P [--summary] [--cache-dir D] [--splits-out FILE] [--seed S]``
+``mftcalc data qm9 --property P [--summary] [--cache-dir D] [--splits FILE] [--splits-out FILE] [--seed S]
+[--export DIR [--parts id_test,ood_test]]``
 ``mftcalc data matbench DATASET --folds KIND --path DIR [--per-fold]``
 
 Each sub-command stores its handler as ``args.func`` (``func(args) -> int`` exit status).
@@ -28,6 +29,15 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     qm9.add_argument("--cache-dir", help="QM9 cache directory (default $MFTCALC_CACHE or ~/.cache/mftcalc)")
     qm9.add_argument("--splits-out", help="write the split(s) as JSON of QM9 indices (.json or .json.gz)")
     qm9.add_argument("--seed", type=int, default=0, help="seed of the validation draw from BOOM's training set (the OOD and ID sets are BOOM's: no seed)")
+    qm9.add_argument("--splits", help="use the splits saved in this file (e.g. data/boom_splits.json.gz, the ones "
+                     "every bench config names) instead of computing them")
+    qm9.add_argument("--export", metavar="DIR",
+                     help="write each split part as DIR/qm9_<property>_<part>.extxyz.gz: the QM9 geometries "
+                     "(Å) with the property in its unit, ready for `mftcalc evaluate MODEL FILE` or `mftcalc "
+                     "predict`")
+    qm9.add_argument("--parts", default="id_test,ood_test",
+                     help="comma list of the parts to export (train, val, id_test, ood_test; default: the two "
+                     "test sets)")
     qm9.set_defaults(func=run_qm9)
     mb = sub.add_parser("matbench", help="MatBench folds (5 random or 50 OOD) with sizes and target ranges")
     mb.add_argument("dataset", choices=list(MATBENCH_DATASETS))
@@ -43,14 +53,26 @@ def run_qm9(args: argparse.Namespace) -> int:
     from mftcalc.data.boom import boom_splits, save_splits, test_union
     from mftcalc.data.qm9 import QM9_PROPERTIES, load_qm9
 
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in ("train", "val", "id_test", "ood_test")]
+    if unknown:
+        raise SystemExit(f"--parts: unknown parts {unknown}; choose from train, val, id_test, ood_test")
+    names = list(QM9_PROPERTIES) if args.property == "all" else [args.property]
+    if args.splits:
+        from mftcalc.data.boom import load_splits
+        saved = load_splits(args.splits)
+        missing = [n for n in names if n not in saved]
+        if missing:
+            raise SystemExit(f"{args.splits} has no split of {missing} (it has {sorted(saved)}); compute them "
+                             "without --splits")
     dataset = load_qm9(cache_dir=args.cache_dir)
     if args.summary:
         _print_qm9_summary(dataset)
-    names = list(QM9_PROPERTIES) if args.property == "all" else [args.property]
-    splits = boom_splits(dataset, names, seed=args.seed)
+    splits = ({n: saved[n] for n in names} if args.splits else boom_splits(dataset, names, seed=args.seed))
     for name, split in splits.items():
         values = dataset.property(name)
-        print(f"\nBOOM split of {name} ({QM9_PROPERTIES[name]}), seed {args.seed}")
+        origin = f"from {args.splits}" if args.splits else f"seed {args.seed}"
+        print(f"\nBOOM split of {name} ({QM9_PROPERTIES[name]}), {origin}")
         _print_table(["split", "size", "min", "max", "mean"],
                      [[part, *_size_range(values[dataset.rows(idx)])] for part, idx in split.parts().items()])
     if len(splits) > 1:
@@ -58,7 +80,24 @@ def run_qm9(args: argparse.Namespace) -> int:
     if args.splits_out:
         save_splits(splits, args.splits_out)
         print(f"wrote {args.splits_out}")
+    if args.export:
+        _export_parts(dataset, splits, parts, args.export)
     return 0
+
+
+def _export_parts(dataset, splits: Dict, parts: List[str], directory: str) -> None:
+    """Write ``directory/qm9_<property>_<part>.extxyz.gz`` for every split and part (the property only)."""
+    from pathlib import Path
+
+    from mftcalc.data.io import write_extxyz
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, split in splits.items():
+        for part in parts:
+            path = out / f"qm9_{name}_{part}.extxyz.gz"
+            write_extxyz(dataset.structures(dataset.rows(split.parts()[part]), properties=[name]), path)
+            print(f"wrote {path}: {split.parts()[part].size:,} molecules with {name}")
 
 
 def run_matbench(args: argparse.Namespace) -> int:

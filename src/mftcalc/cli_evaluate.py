@@ -1,4 +1,4 @@
-"""``mftcalc evaluate``: energy/force errors of a model per data file and a parity plot."""
+"""``mftcalc evaluate``: energy, force and property errors of a model per data file, with parity plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +9,18 @@ import numpy as np
 from mftcalc.data.io import read_structures
 from mftcalc.data.structure import Structure, StructureError
 from mftcalc.model.inference import predict_structures
-from mftcalc.training.evaluate import require_forcefield_labels
+from mftcalc.training.evaluate import require_labels
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
             "(types S, R, I, L), e.g. Properties=species:S:1:pos:R:3:forces:R:3")
 
 
 def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Structure]:
-    """The structures of one data file (the first ``max_structures``), checked to carry energy or force labels.
+    """The structures of one data file (the first ``max_structures``), checked to carry energy, force or property
+    labels.
 
     Raises ``SystemExit`` (the ``mftcalc evaluate`` exit, status 1) with a message naming the file and the problem
-    when it cannot be read or none of its structures has an energy or a force label.
+    when it cannot be read or none of its structures has a label.
     """
     try:
         structures = read_structures(path)
@@ -30,7 +31,7 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
     if max_structures is not None:
         structures = structures[:max_structures]
     try:
-        require_forcefield_labels(structures, str(path))
+        require_labels(structures, str(path))
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     return structures
@@ -39,11 +40,15 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
 def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional[str] = None,
                    plot: Optional[str] = "parity.png", max_structures: Optional[int] = None,
                    device: str = "cpu") -> Dict[str, Dict]:
-    """Print a table of errors per file (energy MAE/atom meV, force MAE/RMSE meV/Å) and write a parity plot.
+    """Print a table of errors per file and write parity plots.
 
+    Force field: energy MAE/atom (meV), force MAE/RMSE (meV/Å), where the file has those labels; ``plot``.
+    Properties: MAE and RMSE of every labelled property the model has a head for, in the unit of its head (the
+    labels' own unit must agree: a file that declares another unit is refused); ``<plot stem>_<property>.png``.
     Every file is read and checked (:func:`read_labelled`) before the model runs, so an unreadable or unlabelled
-    file stops the command (``SystemExit``, status 1) with a message naming it. A column a file has no labels for
-    is printed as ``-``. ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``).
+    file stops the command (``SystemExit``, status 1) with a message naming it; so does a file whose only labels
+    are properties the model does not predict. A column a file has no labels for is printed as ``-``.
+    ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``).
     """
     from mftcalc.calculators.model_handle import ModelHandle
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
@@ -52,34 +57,74 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     except (KeyError, ValueError) as exc:
         raise SystemExit(f"{model_path}: {exc}") from None
     table: Dict[str, Dict] = {}
-    parity = []
+    parity, property_parity = [], {}
     for path, structures in files:
+        names = _property_names(path, structures, handle)
         try:            # the calculator's structure check and dataset rule, on every structure
             datasets = handle.check_structures(structures)
         except ValueError as exc:
             raise SystemExit(f"{path}: {exc}") from None
-        preds = predict_structures(handle.module, structures, datasets, compute_forces=True, compute_stress=False)
+        want_forces = any(s.forces is not None for s in structures)
+        preds = predict_structures(handle.module, structures, datasets, compute_forces=want_forces,
+                                   compute_stress=False)
         e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
         e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
         f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])
         f_pred = np.concatenate([p["forces"].ravel() for s, p in zip(structures, preds) if s.forces is not None]
                                 or [np.zeros(0)])
-        row = {"n": len(structures)}
+        row: Dict = {"n": len(structures), "properties": {}}
         if e_ref.size:
             row["e_mae_mev_atom"] = 1000 * float(np.abs(e_pred - e_ref).mean())
         if f_ref.size:
             row["f_mae_mev_A"] = 1000 * float(np.abs(f_pred - f_ref).mean())
             row["f_rmse_mev_A"] = 1000 * float(np.sqrt(((f_pred - f_ref) ** 2).mean()))
+        for name in names:
+            true = np.array([s.properties[name] for s in structures if name in s.properties])
+            pred = np.array([float(p[name]) for s, p in zip(structures, preds) if name in s.properties])
+            row["properties"][name] = {"n": int(true.size), "mae": float(np.abs(pred - true).mean()),
+                                       "rmse": float(np.sqrt(((pred - true) ** 2).mean())), "unit": handle.unit(name)}
+            property_parity.setdefault(name, {}).update({f"{Path(path).name}_true": true,
+                                                         f"{Path(path).name}_pred": pred})
         table[str(path)] = row
-        parity.append((Path(path).name, e_ref, e_pred, f_ref, f_pred))
-    print(f"{'data':40s} {'n':>6s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s} {'F RMSE meV/Å':>13s}")
-    for name, row in table.items():
-        print(f"{Path(name).name:40s} {row['n']:6d} {_cell(row, 'e_mae_mev_atom', 15, 2)} "
-              f"{_cell(row, 'f_mae_mev_A', 12, 1)} {_cell(row, 'f_rmse_mev_A', 13, 1)}")
+        if e_ref.size or f_ref.size:
+            parity.append((Path(path).name, e_ref, e_pred, f_ref, f_pred))
+    if parity:
+        print(f"{'data':40s} {'n':>6s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s} {'F RMSE meV/Å':>13s}")
+        for name, row in table.items():
+            if "e_mae_mev_atom" in row or "f_mae_mev_A" in row:
+                print(f"{Path(name).name:40s} {row['n']:6d} {_cell(row, 'e_mae_mev_atom', 15, 2)} "
+                      f"{_cell(row, 'f_mae_mev_A', 12, 1)} {_cell(row, 'f_rmse_mev_A', 13, 1)}")
+    if property_parity:
+        print(f"{'data':40s} {'property':>12s} {'n':>7s} {'MAE':>12s} {'RMSE':>12s}  unit")
+        for name, row in table.items():
+            for prop, err in row["properties"].items():
+                print(f"{Path(name).name:40s} {prop:>12s} {err['n']:7d} {err['mae']:12.6g} {err['rmse']:12.6g}  "
+                      f"{err['unit']}")
     if plot:
-        from mftcalc.analysis.plots import plot_forcefield_parity
-        plot_forcefield_parity(parity, plot)
+        from mftcalc.analysis.plots import plot_forcefield_parity, plot_parity
+        if parity:
+            plot_forcefield_parity(parity, plot)
+        for prop, arrays in property_parity.items():
+            target = Path(plot).with_name(f"{Path(plot).stem}_{prop}{Path(plot).suffix or '.png'}")
+            plot_parity(arrays, target, f"{Path(model_path).name}: {prop}", handle.unit(prop))
+            print(f"wrote {target}")
     return table
+
+
+def _property_names(path: str, structures: Sequence[Structure], handle) -> List[str]:
+    """The labelled properties of a file that the model predicts, with their units checked; ``SystemExit`` when the
+    file has no force-field label and none of its property labels is a head of the model."""
+    labelled = sorted({name for s in structures for name in s.properties})
+    names = [n for n in labelled if n in handle.property_names]
+    for name in names:
+        units = {s.property_units.get(name, "") for s in structures if name in s.properties} - {""}
+        if units and units != {handle.unit(name)}:
+            raise SystemExit(f"{path}: property {name!r} is labelled in {sorted(units)} but the model predicts it in "
+                             f"{handle.unit(name)!r}; convert the labels to {handle.unit(name)!r}")
+    if not names and not any(s.energy is not None or s.forces is not None for s in structures):
+        raise SystemExit(f"{path}: its labels are properties {labelled} but the model predicts "
+                         f"{handle.property_names or 'no property'}; nothing to compare")
+    return names
 
 
 def _cell(row: Dict, key: str, width: int, digits: int) -> str:

@@ -10,15 +10,15 @@ from mftcalc.data.structure import Structure
 from mftcalc.model.inference import predict_structures
 
 
-def require_forcefield_labels(structures: Sequence[Structure], source: str) -> None:
-    """Raise ``ValueError`` naming ``source`` (a file) when none of ``structures`` carries an energy or a force
-    label: force-field errors need at least one of the two, and without them every error would be NaN."""
-    if any(s.energy is not None or s.forces is not None for s in structures):
+def require_labels(structures: Sequence[Structure], source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` (a file) when none of ``structures`` carries an energy, force or
+    property label: without one every error would be NaN."""
+    if any(s.energy is not None or s.forces is not None or s.properties for s in structures):
         return
-    raise ValueError(f"{source}: none of its {len(structures)} structures has an energy or a force label "
-                     "(missing labels: energy, forces), so there is nothing to compare the model with; give a "
-                     "labelled file (extxyz: energy=... on each comment line and a forces:R:3 column), or use "
-                     "`mftcalc predict` for unlabelled structures")
+    raise ValueError(f"{source}: none of its {len(structures)} structures has an energy, force or property label "
+                     "(missing labels: energy, forces, properties), so there is nothing to compare the model with; "
+                     "give a labelled file (extxyz: energy=... or a property such as gap=... on each comment line, "
+                     "a forces:R:3 column), or use `mftcalc predict` for unlabelled structures")
 
 
 def forcefield_errors(model: torch.nn.Module, structures: Sequence[Structure], dataset: int = 0,

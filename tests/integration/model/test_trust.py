@@ -182,13 +182,51 @@ def test_evaluate_refuses_files_without_labels_or_with_a_bad_header(tmp_path, ca
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(tmp_path / "m.pt"), str(unlabelled), "--plot", str(tmp_path / "p.png")])
     assert exc.value.code not in (0, None)
-    assert "unlabelled.extxyz" in str(exc.value.code) and "missing labels: energy, forces" in str(exc.value.code)
+    assert "unlabelled.extxyz" in str(exc.value.code) and "missing labels: energy, forces, properties" in str(exc.value.code)
     bad = tmp_path / "bad.extxyz"
     bad.write_text('2\nProperties=species:S:1:pos:R:two energy=-1.0 pbc="F F F"\nH 0 0 0\nH 0 0 0.74\n')
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(tmp_path / "m.pt"), str(bad), "--plot", str(tmp_path / "p.png")])
     assert exc.value.code not in (0, None)
     assert "bad.extxyz: cannot read" in str(exc.value.code) and "Properties=" in str(exc.value.code)
+
+
+def test_evaluate_scores_property_labels_in_the_heads_unit(tmp_path, capsys):
+    """A file labelled only with a property is scored (MAE/RMSE against the model's own predictions shifted by
+    known offsets) and plotted; a label in another unit, or only properties the model lacks, is refused."""
+    from mftcalc.cli import main
+    from mftcalc.data.io import write_extxyz
+    from mftcalc.model.inference import predict_structures
+    from _helpers import save_tiny_model
+    model_path = save_tiny_model(tmp_path / "m.pt", dtype=torch.float32)
+    model = load_model(model_path, torch.float32)
+    rng = np.random.default_rng(3)
+    molecules = [Structure(positions=rng.normal(scale=1.2, size=(4, 3)) + np.arange(4)[:, None] * 1.1,
+                           numbers=np.array([6, 1, 1, 8]), info={"dataset": "a"}) for _ in range(6)]
+    predicted = [float(p["gap"]) for p in predict_structures(model, molecules, 0, compute_forces=False,
+                                                             compute_stress=False)]
+    offsets = np.array([0.1, -0.1, 0.2, -0.2, 0.3, -0.3])
+    labelled = [m.with_labels(properties={"gap": g + d}, property_units={"gap": "Hartree"})
+                for m, g, d in zip(molecules, predicted, offsets)]
+    write_extxyz(labelled, tmp_path / "gap.extxyz")
+    from mftcalc.cli_evaluate import evaluate_files
+    table = evaluate_files(
+        str(model_path), [str(tmp_path / "gap.extxyz")], dataset="a", plot=str(tmp_path / "p.png"))
+    err = table[str(tmp_path / "gap.extxyz")]["properties"]["gap"]
+    assert err["n"] == 6 and err["unit"] == "Hartree"
+    assert err["mae"] == pytest.approx(np.abs(offsets).mean(), abs=1e-5)
+    assert err["rmse"] == pytest.approx(np.sqrt((offsets ** 2).mean()), abs=1e-5)
+    assert (tmp_path / "p_gap.png").is_file() and "gap" in capsys.readouterr().out
+    wrong_unit = [m.with_labels(property_units={"gap": "eV"}) for m in labelled]
+    write_extxyz(wrong_unit, tmp_path / "ev.extxyz")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(model_path), str(tmp_path / "ev.extxyz"), "--dataset", "a"])
+    assert "labelled in ['eV']" in str(exc.value.code) and "ev.extxyz" in str(exc.value.code)
+    other = [m.with_labels(properties={"band_gap": 1.0}, property_units={"band_gap": "eV"}) for m in molecules]
+    write_extxyz(other, tmp_path / "other.extxyz")
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(model_path), str(tmp_path / "other.extxyz"), "--dataset", "a"])
+    assert "band_gap" in str(exc.value.code) and "nothing to compare" in str(exc.value.code)
 
 
 def test_evaluate_runs_the_structure_check_and_the_dataset_rule(tmp_path):

@@ -20,6 +20,32 @@ def test_qm9_split_and_summary(tmp_path, capsys):
     assert split.ood_test.size == 10_000
 
 
+def test_qm9_export_of_saved_splits(tmp_path, capsys):
+    """--splits uses a saved split file as it is; --export writes each part's molecules with the property in its
+    unit, in split order, readable by read_structures (and so by mftcalc evaluate/predict)."""
+    import json
+
+    from mftcalc.data.io import read_structures
+    from mftcalc.data.qm9 import load_qm9
+    saved = {"gap": {"train": [1, 2], "val": [3], "id_test": [4, 5, 6], "ood_test": [7, 9]}}
+    (tmp_path / "s.json").write_text(json.dumps(saved))
+    assert main(["data", "qm9", "--property", "gap", "--splits", str(tmp_path / "s.json"), "--export",
+                 str(tmp_path / "sets"), "--parts", "id_test,ood_test"]) == 0
+    assert "from " in capsys.readouterr().out
+    dataset = load_qm9()
+    for part in ("id_test", "ood_test"):
+        back = read_structures(tmp_path / "sets" / f"qm9_gap_{part}.extxyz.gz")
+        assert [s.info["qm9_index"] for s in back] == saved["gap"][part]
+        rows = dataset.rows(saved["gap"][part])
+        assert [s.properties["gap"] for s in back] == dataset.property("gap")[rows].tolist()
+        assert all(s.property_units == {"gap": "Hartree"} and s.properties.keys() == {"gap"} for s in back)
+    assert not (tmp_path / "sets" / "qm9_gap_train.extxyz.gz").exists()
+    with pytest.raises(SystemExit, match="no split of"):
+        main(["data", "qm9", "--property", "homo", "--splits", str(tmp_path / "s.json")])
+    with pytest.raises(SystemExit, match="unknown parts"):
+        main(["data", "qm9", "--property", "gap", "--parts", "test"])
+
+
 def test_qm9_requires_property(capsys):
     with pytest.raises(SystemExit):
         main(["data", "qm9"])
