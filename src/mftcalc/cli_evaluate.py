@@ -60,11 +60,12 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     parity, property_parity = [], {}
     for path, structures in files:
         names = _property_names(path, structures, handle)
-        try:            # the calculator's structure check and dataset rule, on every structure
-            datasets = handle.check_structures(structures)
+        want_forces = any(s.forces is not None for s in structures)
+        forcefield = want_forces or any(s.energy is not None for s in structures)
+        try:            # the calculator's structure check, and its dataset rule where energies or forces are scored
+            datasets = handle.check_structures(structures, forcefield=forcefield)
         except ValueError as exc:
             raise SystemExit(f"{path}: {exc}") from None
-        want_forces = any(s.forces is not None for s in structures)
         preds = predict_structures(handle.module, structures, datasets, compute_forces=want_forces,
                                    compute_stress=False)
         e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])

@@ -160,10 +160,12 @@ class ModelHandle:
             _log.info("force-field dataset %r (%s)", names[index], reason)
         return index
 
-    def check_structure(self, structure: Structure, position: Optional[int] = None) -> int:
+    def check_structure(self, structure: Structure, position: Optional[int] = None, forcefield: bool = True) -> int:
         """The check of every path into the model: elements seen in training (:meth:`check_elements`), no
         overlapping atoms (:func:`~mftcalc.calculators.checks.check_overlaps`) and an unambiguous force-field
-        dataset. Returns the dataset index; raises ``ValueError`` whose message starts with the structure."""
+        dataset. Returns the dataset index; raises ``ValueError`` whose message starts with the structure.
+        ``forcefield=False`` (a caller that reads property heads only) skips the dataset rule and returns 0: the
+        dataset embedding enters only the force-field head, so property values do not depend on it."""
         try:
             self.check_elements(structure.numbers)
             check_overlaps(structure)
@@ -171,11 +173,11 @@ class ModelHandle:
             label = structure.info.get("name")
             where = "structure" if position is None else f"structure {position}"
             raise type(exc)(f"{where}{f' ({label})' if label else ''}: {exc}") from None
-        return self.dataset_index(structure, position) if self.forcefield_heads else 0
+        return self.dataset_index(structure, position) if self.forcefield_heads and forcefield else 0
 
-    def check_structures(self, structures: Sequence[Structure]) -> List[int]:
+    def check_structures(self, structures: Sequence[Structure], forcefield: bool = True) -> List[int]:
         """:meth:`check_structure` of each structure (raising at the first bad one); their dataset indices."""
-        return [self.check_structure(s, k) for k, s in enumerate(structures)]
+        return [self.check_structure(s, k, forcefield) for k, s in enumerate(structures)]
 
     def warn_outside_domain(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None) -> None:
         """Warn (:class:`DomainWarning`, once per head per handle, i.e. once per run) when a property head in

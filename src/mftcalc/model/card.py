@@ -63,4 +63,10 @@ def model_card(path: str | Path) -> str:
         settings = fine.get("settings", {})
         lines.append(f"- **Fine-tuning**: strategy `{fine.get('strategy')}` on {fine.get('description')}, "
                      f"{settings.get('steps')} steps, from `{fine.get('pretrained')}`")
+    bench = meta.get("benchmark")
+    if bench:
+        unit = meta.get("heads", {}).get(bench.get("property"), {}).get("unit", "")
+        errors = ", ".join(f"{part} RMSE {bench[part]['rmse']:.5f} {unit} ({int(bench[part]['n']):,})"
+                           for part in ("val", "id_test", "ood_test") if part in bench)
+        lines.append(f"- **Benchmark** (bench cell `{bench.get('cell')}`, splits `{bench.get('splits')}`): {errors}")
     return "\n".join(lines) + "\n"
