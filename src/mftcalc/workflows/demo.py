@@ -33,7 +33,7 @@ def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None,
     print(f"model: {model_path} (heads: {', '.join(handle.heads)}; force-field dataset: {chosen}); "
           f"relax-then-predict of {len(rows)} bundled molecules in {wall:.1f} s")
     header = f"{'molecule':10s} {'formula':8s} {'energy (eV)':>12s} {'fmax (eV/Å)':>12s} {'steps':>6s} {'conv':>5s}"
-    header += "".join(f" {p + ' (' + handle.unit(p) + ')':>18s}" for p in props)
+    header += "".join(f" {_titled(p, handle.unit(p)):>18s}" for p in props)
     print(header)
     for r in rows:
         if r["error"]:
@@ -46,7 +46,12 @@ def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None,
     from mftcalc.analysis.plots import plot_bars
     done = [r for r in rows if not r["error"]]
     panels = {"FIRE steps to fmax 0.05 eV/Å": [int(r["steps"]) for r in done]}
-    panels.update({f"{p} ({handle.unit(p)})": [float(r[property_column(handle, p)]) for r in done] for p in props})
+    panels.update({_titled(p, handle.unit(p)): [float(r[property_column(handle, p)]) for r in done] for p in props})
     plot_bars([str(r["name"]) for r in done], panels, out_dir / "demo.png")
     print(f"wrote {csv_path} and {out_dir / 'demo.png'}")
     return rows
+
+
+def _titled(name: str, unit: str) -> str:
+    """``gap (Hartree)``; a unitless head (the applicability score) by its name alone."""
+    return f"{name} ({unit})" if unit else name
