@@ -167,7 +167,9 @@ def test_batched_internal_bfgs_takes_the_steps_of_its_state_stepped_alone(shippe
     """The engine's ``bfgs-internal`` equals :class:`InternalBFGSState` stepped on arrays, one molecule at a time,
     through rejected uphill steps (which restart from a start point the state keeps: the engine's position
     updates must not overwrite it)."""
-    picks = {"HCOOH": 1, "CH3CHO": 3, "CH3COOH": 4}                  # rattle seeds with a rejected step each
+    # rattle seeds with a rejected step each on the shipped models/mft_gap.pt (re-picked in session 8 when it was
+    # replaced: the rejections depend on the model's energy surface)
+    picks = {"CH3CHO": 7, "CH3COOH": 1, "H2CO": 0}
     structures = []
     for name, seed in picks.items():
         atoms = molecule(name)
@@ -188,4 +190,5 @@ def test_batched_internal_bfgs_takes_the_steps_of_its_state_stepped_alone(shippe
             steps += 1
         assert r.steps == steps
         np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
-    assert rejected >= 3
+    assert rejected >= 3, (f"only {rejected} rejected steps: the shipped model changed, so re-pick the rattle seeds "
+                           "(any with a rejected step in InternalBFGSState stepped alone)")
