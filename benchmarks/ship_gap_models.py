@@ -53,19 +53,13 @@ def record_benchmark(path: Path, key: str, result: dict, out_dir: Path) -> None:
 
 
 def rescore(model: Path, sets: Path) -> dict:
-    """RMSE per part from ``mftcalc evaluate`` (the command a user runs), parsed from its table."""
-    files = [str(sets / f"qm9_gap_{part}.extxyz.gz") for part in PARTS]
-    done = subprocess.run([sys.executable, "-m", "mftcalc", "evaluate", str(model), *files, "--plot",
-                           str(sets / f"{model.stem}_parity.png")], capture_output=True, text=True, check=True)
-    out = {}
-    for line in done.stdout.splitlines():
-        fields = line.split()
-        for part in PARTS:
-            if fields and fields[0] == f"qm9_gap_{part}.extxyz.gz" and len(fields) >= 6 and fields[1] == "gap":
-                out[part] = {"n": int(fields[2]), "mae": float(fields[3]), "rmse": float(fields[4])}
-    if set(out) != set(PARTS):
-        raise SystemExit(f"could not read the errors of {model} from mftcalc evaluate:\n{done.stdout}")
-    return out
+    """Errors per part from :func:`mftcalc.cli_evaluate.evaluate_files`, the function behind ``mftcalc evaluate``
+    (the command a user runs), with its parity plots."""
+    from mftcalc.cli_evaluate import evaluate_files
+
+    files = {part: str(sets / f"qm9_gap_{part}.extxyz.gz") for part in PARTS}
+    table = evaluate_files(str(model), list(files.values()), plot=str(sets / f"{model.stem}_parity.png"))
+    return {part: table[path]["properties"]["gap"] for part, path in files.items()}
 
 
 def main() -> None:
