@@ -72,6 +72,10 @@ class Optimizer:
     steps each structure's ASE optimiser unless overridden."""
 
     name: ClassVar[str]
+    #: which of :meth:`from_params`'s parameter sets configures it ("fire", "bfgs", "lbfgs" or "internal")
+    params_from: ClassVar[str] = "bfgs"
+    #: BFGS from Lindh's model Hessian instead of α·I
+    lindh: ClassVar[bool] = False
 
     def check(self, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
         """Raise ``ValueError`` (naming the fix) for inputs this optimiser cannot relax."""
@@ -109,8 +113,11 @@ class Optimizer:
     @classmethod
     def from_params(cls, fire: FireParams, bfgs: BFGSParams, lbfgs: LBFGSParams,
                     internal: Optional[InternalBFGSParams]) -> "Optimizer":
-        """This optimiser with its parameters picked from those :func:`mftcalc.relaxation.api.relax` takes."""
-        raise NotImplementedError
+        """This optimiser with its parameters picked from those :func:`mftcalc.relaxation.api.relax` takes: the
+        set named by ``params_from``, with Lindh's start Hessian where ``lindh`` is set."""
+        chosen = {"fire": fire, "bfgs": bfgs, "lbfgs": lbfgs,
+                  "internal": internal if internal is not None else InternalBFGSParams()}[cls.params_from]
+        return cls(replace(chosen, initial_hessian="lindh") if cls.lindh else chosen)
 
 
 def _molecules_only(what: str, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
@@ -125,16 +132,13 @@ class Fire(Optimizer):
 
     params: FireParams = field(default_factory=FireParams)
     name: ClassVar[str] = "fire"
+    params_from: ClassVar[str] = "fire"
 
     def start(self, flight: InFlight) -> Any:
         from ase.optimize import FIRE
         p = self.params
         return FIRE(flight.target, logfile=None, dt=p.dt, maxstep=p.maxstep, dtmax=p.dtmax, Nmin=p.nmin,
                     finc=p.finc, fdec=p.fdec, astart=p.astart, fa=p.fa, a=p.astart)
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "Fire":
-        return cls(fire)
 
 
 def _check_bfgs(params: BFGSParams, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
@@ -156,20 +160,13 @@ class BFGS(Optimizer):
     def start(self, flight: InFlight) -> Any:
         return start_bfgs(flight.target, self.params, flight.structure.numbers)
 
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGS":
-        return cls(bfgs)
-
 
 @dataclass
 class BFGSLindh(BFGS):
     """``optimizer="bfgs-lindh"``: :class:`BFGS` started from Lindh's model Hessian (molecules)."""
 
     name: ClassVar[str] = "bfgs-lindh"
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGSLindh":
-        return cls(replace(bfgs, initial_hessian="lindh"))
+    lindh: ClassVar[bool] = True
 
 
 @dataclass
@@ -178,16 +175,13 @@ class LBFGS(Optimizer):
 
     params: LBFGSParams = field(default_factory=LBFGSParams)
     name: ClassVar[str] = "lbfgs"
+    params_from: ClassVar[str] = "lbfgs"
 
     def start(self, flight: InFlight) -> Any:
         from ase.optimize import LBFGS as AseLBFGS
         p = self.params
         return AseLBFGS(flight.target, logfile=None, maxstep=p.maxstep, memory=p.memory, damping=p.damping,
                         alpha=p.alpha)
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "LBFGS":
-        return cls(lbfgs)
 
 
 @dataclass
@@ -197,6 +191,7 @@ class InternalBFGS(Optimizer):
 
     params: InternalBFGSParams = field(default_factory=InternalBFGSParams)
     name: ClassVar[str] = "bfgs-internal"
+    params_from: ClassVar[str] = "internal"
 
     def check(self, structures: Sequence[Any], cell_filter: Optional[str]) -> None:
         _molecules_only("optimizer='bfgs-internal' (internal coordinates) is", structures, cell_filter)
@@ -211,10 +206,6 @@ class InternalBFGS(Optimizer):
                                           [f.results.forces for f in flights], [f.results.energy for f in flights])
         for f, positions in zip(flights, new):            # (copies in: the states keep their start points)
             f.atoms.positions = positions
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "InternalBFGS":
-        return cls(internal if internal is not None else InternalBFGSParams())
 
 
 @dataclass
@@ -266,13 +257,10 @@ class FireTorch(OnDevice):
 
     params: FireParams = field(default_factory=FireParams)
     name: ClassVar[str] = "fire-torch"
+    params_from: ClassVar[str] = "fire"
 
     def rule(self) -> TorchFire:
         return TorchFire(self.params)
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "FireTorch":
-        return cls(fire)
 
 
 @dataclass
@@ -288,20 +276,13 @@ class BFGSTorch(OnDevice):
     def rule(self) -> TorchBFGS:
         return TorchBFGS(self.params)
 
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGSTorch":
-        return cls(bfgs)
-
 
 @dataclass
 class BFGSLindhTorch(BFGSTorch):
     """``optimizer="bfgs-lindh-torch"``: :class:`BFGSTorch` started from Lindh's model Hessian (molecules)."""
 
     name: ClassVar[str] = "bfgs-lindh-torch"
-
-    @classmethod
-    def from_params(cls, fire, bfgs, lbfgs, internal) -> "BFGSLindhTorch":
-        return cls(replace(bfgs, initial_hessian="lindh"))
+    lindh: ClassVar[bool] = True
 
 
 #: ``optimizer=`` name -> registry class (in the order the CLI lists them)
