@@ -193,7 +193,10 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     def on_validate(step: int, metrics: Dict[str, float]) -> Dict[str, float]:
         out = {"drift_w1": drift(model)} if drift is not None else {}
         for part, structures in curve_sets.items():
-            errs = property_errors(model, structures, task.property)
+            scored = f"val/{task.name}/rmse" in metrics and structures is val_structures
+            # the val probe is the trainer's validation set: reuse its errors instead of a second pass
+            errs = ({"rmse": metrics[f"val/{task.name}/rmse"], "mae": metrics[f"val/{task.name}/mae"]} if scored
+                    else property_errors(model, structures, task.property))
             out[f"curve/{part}/rmse"] = errs["rmse"]
             out[f"curve/{part}/mae"] = errs["mae"]
         return out

@@ -169,3 +169,28 @@ def test_strategies_are_small_registered_objects():
     with pytest.raises(KeyError, match="'fe' is not a dataset of the pretrained model"):
         get_strategy("mft").sources(prop, {"fe": ff["al"]}, ["cu", "al"], 0.5, 4)
     assert not get_strategy("frozen-sklearn").optimiser and not get_strategy("scratch").from_pretrained
+
+
+def test_curve_probes_score_each_set_once_per_validation(pretrained, tmp_path, monkeypatch):
+    """The val probe is the trainer's validation set: ``curve/val`` reuses its errors, the other probes (train,
+    test) are scored once each per validation."""
+    import csv
+    import mftcalc.training.finetune as ft_module
+    calls = []
+    real = ft_module.property_errors
+
+    def counted(model, structures, name, *args, **kwargs):
+        calls.append(len(structures))
+        return real(model, structures, name, *args, **kwargs)
+
+    monkeypatch.setattr(ft_module, "property_errors", counted)
+    task = _task()
+    finetune(task, _settings("ft", curve_probe=100), tmp_path / "ft", pretrained)
+    rows = list(csv.DictReader(open(tmp_path / "ft" / "val.csv")))
+    assert len(rows) == 2                                      # steps 3 and 6
+    for row in rows:
+        assert float(row["curve/val/rmse"]) == float(row["val/toy-vpa/rmse"])
+        assert float(row["curve/val/mae"]) == float(row["val/toy-vpa/mae"])
+        assert float(row["curve/train/rmse"]) > 0 and float(row["curve/test/rmse"]) > 0
+    # per validation: the train and test probes (finetune's own scoring of val/test at the end is separate)
+    assert calls[:4] == [len(task.train), len(task.test_parts["test"])] * 2
