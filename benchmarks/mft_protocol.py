@@ -98,7 +98,7 @@ def _ms(values: List[float], fmt: str = "{:.4f}") -> str:
     arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if arr.size == 0:
         return "–"
-    return (fmt.format(arr.mean()) + (" ± " + fmt.format(arr.std()) if arr.size > 1 else ""))
+    return (fmt.format(arr.mean()) + (" ± " + fmt.replace("+", "").format(arr.std(ddof=1)) if arr.size > 1 else ""))
 
 
 def table(cells: List[Dict]) -> List[str]:
@@ -137,8 +137,24 @@ def verdicts(cells: List[Dict]) -> List[str]:
         r_ood = np.mean([c["result"]["ood_test"]["rmse"] for c in mft]) / np.mean([c["result"]["ood_test"]["rmse"] for c in ft])
         ok = r_ood <= 0.9 and abs(r_id - 1) <= 0.05
         out.append(f"- {group}: MFT/FT ID {r_id:.3f}, OOD {r_ood:.3f} ({len(mft)} vs {len(ft)} runs): "
-                   f"{'meets' if ok else 'does not meet'} OOD ≤ 0.9× FT with ID within ±5 %.")
+                   f"{'meets' if ok else 'does not meet'} OOD ≤ 0.9× FT with ID within ±5 %."
+                   + seed_test(mft, ft))
     return out
+
+
+def seed_test(mft: List[Dict], ft: List[Dict]) -> str:
+    """Welch's t-test of MFT against FT over seeds, on the full-set OOD RMSE and on the residual at matched ID
+    (best checkpoint); empty with fewer than two runs on either side."""
+    if len(mft) < 2 or len(ft) < 2:
+        return " (no seed test: fewer than two runs on one side)"
+    from scipy.stats import ttest_ind
+    parts = []
+    for label, get in (("OOD RMSE", lambda c: c["result"]["ood_test"]["rmse"]),
+                       ("residual at matched ID", lambda c: c["res_best"])):
+        a, b = np.array([get(c) for c in mft]), np.array([get(c) for c in ft])
+        test = ttest_ind(a, b, equal_var=False)
+        parts.append(f"{label}: MFT − FT {a.mean() - b.mean():+.4g}, Welch p = {test.pvalue:.2f}")
+    return " Over seeds, " + "; ".join(parts) + "."
 
 
 def plot(cells: List[Dict], path: Path) -> None:
@@ -189,7 +205,7 @@ def main() -> None:
     plot(cells, target / f"mft_protocol_{name}_curves.png")
     lines = [f"# MFT protocol: {name}", "", f"Command: `python benchmarks/mft_protocol.py {args.out_dir}`", "",
              *table(cells), "", *verdicts(cells), "",
-             "Residual: (OOD − line(ID)) / line(ID) against the least-squares OOD–ID line through every FT "
+             "± is the sample standard deviation over seeds. Residual: (OOD − line(ID)) / line(ID) against the least-squares OOD–ID line through every FT "
              "checkpoint (fixed probes); best ckpt = best on the validation probe; final = full ID/OOD sets. "
              "train/val: probe RMSE ratio (FT overfits when it drops below ~0.7). Drift: sliced W1 of backbone "
              "features against the pretrained model. FF force MAE: held-out xTB (or first ff_eval set).",
