@@ -158,19 +158,25 @@ def seed_test(mft: List[Dict], ft: List[Dict]) -> str:
 
 
 def plot(cells: List[Dict], path: Path) -> None:
+    """Per group (task, fraction), three panels: OOD vs ID over training (every cell's probe trajectory, its best
+    checkpoint, FT's line), each cell's residual at matched ID by strategy (best checkpoint filled, final full-set
+    hollow, the paper's -15 % dashed), and the learning curves of seed 0."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
     groups = sorted({c["group"] for c in cells})
-    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4.2 * len(groups)), squeeze=False)
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15.5, 4.4 * len(groups)), squeeze=False)
     colors = {"ft": "tab:red", "mft": "tab:blue", "lp": "tab:green", "scratch": "tab:gray"}
+    markers = "os^Dvp"
     for row, group in enumerate(groups):
-        ax, ax2 = axes[row]
+        ax, ax_res, ax2 = axes[row]
         cs = [c for c in cells if c["group"] == group]
         for c in cs:
             cv, color = c["curve"], colors.get(c["strategy"], "tab:purple")
-            ax.plot(cv["curve/id_test/rmse"], cv["curve/ood_test/rmse"], "-", lw=0.8, alpha=0.6, color=color)
-            ax.plot(c["probe_id"], c["probe_ood"], "o", ms=6, color=color,
+            seed = int(c["seed"].replace("seed", "")) if c["seed"].startswith("seed") else 0
+            ax.plot(cv["curve/id_test/rmse"], cv["curve/ood_test/rmse"], "-", lw=0.8, alpha=0.5, color=color)
+            ax.plot(c["probe_id"], c["probe_ood"], markers[seed % len(markers)], ms=6, color=color,
                     label=f"{c['strategy']} {c['seed']} (best)")
             if c["seed"] == "seed0":
                 steps = cv["step"]
@@ -180,8 +186,28 @@ def plot(cells: List[Dict], path: Path) -> None:
         a, b = cs[0]["line"]
         xs = np.linspace(*ax.get_xlim(), 50)
         ax.plot(xs, a + b * xs, "k--", lw=1, label=f"FT line: OOD = {a:.4f} + {b:.2f}·ID")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3f"))
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set(xlabel="ID RMSE (probe)", ylabel="OOD RMSE (probe)", title=f"{group}: OOD vs ID over training")
         ax.legend(fontsize=6)
+        order = [s for s in ("scratch", "lp", "ft", "mft") if any(c["strategy"] == s for c in cs)]
+        order += sorted({c["strategy"] for c in cs} - set(order))
+        for x, strategy in enumerate(order):
+            mine = [c for c in cs if c["strategy"] == strategy]
+            color = colors.get(strategy, "tab:purple")
+            jitter = np.linspace(-0.12, 0.12, len(mine)) if len(mine) > 1 else np.zeros(1)
+            best = np.array([100 * c["res_best"] for c in mine])
+            final = np.array([100 * c["res_final"] for c in mine])
+            ax_res.plot(x - 0.15 + jitter, best, "o", color=color, ms=6)
+            ax_res.plot(x + 0.15 + jitter, final, "o", mfc="none", color=color, ms=6)
+            ax_res.hlines([best.mean(), final.mean()], [x - 0.3, x], [x, x + 0.3], color=color, lw=2)
+        ax_res.axhline(0, color="k", lw=1)
+        ax_res.axhline(-15, color="k", lw=1, ls="--", label="paper: about -15 %")
+        ax_res.set_xticks(range(len(order)), [s.upper() for s in order])
+        ax_res.set(ylabel="OOD residual to FT's line at matched ID (%)",
+                   title=f"{group}: residual (filled: best ckpt, hollow: final full sets; bar: mean)")
+        ax_res.title.set_fontsize(9)
+        ax_res.legend(fontsize=7)
         ax2.set(xlabel="step", ylabel="RMSE (probe)", title=f"{group}: learning curves (seed 0)")
         ax2.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -203,7 +229,8 @@ def main() -> None:
     target = Path(args.results_dir)
     target.mkdir(parents=True, exist_ok=True)
     plot(cells, target / f"mft_protocol_{name}_curves.png")
-    lines = [f"# MFT protocol: {name}", "", f"Command: `python benchmarks/mft_protocol.py {args.out_dir}`", "",
+    lines = [f"# MFT protocol: {name}", "", f"Command: `python benchmarks/mft_protocol.py {args.out_dir}"
+             + (f" --name {args.name}" if args.name else "") + "`", "",
              *table(cells), "", *verdicts(cells), "",
              "± is the sample standard deviation over seeds. Residual: (OOD − line(ID)) / line(ID) against the least-squares OOD–ID line through every FT "
              "checkpoint (fixed probes); best ckpt = best on the validation probe; final = full ID/OOD sets. "
