@@ -58,6 +58,13 @@ def model_card(path: str | Path) -> str:
             lines.append(f"Validation errors at step {int(validation.get('step', pre.get('steps', 0))):,}:")
             lines.append("")
             lines += _metric_table(validation, pre.get("datasets", {})) + [""]
+        refit = pre.get("energy_shift_refit") or {}
+        if refit:
+            lines.append("Energy shifts refitted to the training residuals before export (per-atom energy MAE on "
+                         "the fitted training structures, meV/atom): " + ", ".join(
+                             f"{name} {1000 * r['mae_before']:.1f} → {1000 * r['mae_after']:.1f}"
+                             for name, r in refit.items()) + ". The validation errors above are after the refit.")
+            lines.append("")
     fine = meta.get("finetuning")
     if fine:
         settings = fine.get("settings", {})

@@ -46,6 +46,36 @@ def fit_forcefield_shift(head: torch.nn.Module, structures: Sequence[Structure],
 
 
 @torch.no_grad()
+def refit_forcefield_shift(model: torch.nn.Module, structures: Sequence[Structure], dataset: int,
+                           head: str = "forcefield", max_structures: int = 5000, seed: int = 0) -> dict:
+    """Correct dataset ``dataset``'s per-element energy shift of a trained force-field head by least squares of
+    the model's energy residuals on element counts (deepmd-kit's ``change-bias``): ``shift[dataset] += b`` with
+    ``b = argmin ||counts · b − (E_ref − E_model)||²``, fitted on at most ``max_structures`` of ``structures``
+    (seeded draw). Forces and stress are unchanged; a constant energy offset per element goes.
+
+    Returns ``n`` (structures fitted) and the mean and MAE of the per-atom residual before and after, in eV/atom.
+    """
+    from mftcalc.model.inference import predict_structures
+    labelled = [s for s in structures if s.energy is not None]
+    if not labelled:
+        raise ValueError(f"dataset {dataset}: no structure with an energy to refit the shift on")
+    if len(labelled) > max_structures:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labelled), max_structures, replace=False))
+        labelled = [labelled[i] for i in keep]
+    predicted = np.array([float(p["energy"]) for p in predict_structures(
+        model, labelled, dataset, compute_forces=False, compute_stress=False)])
+    residual = np.array([s.energy for s in labelled]) - predicted              # [B] eV
+    counts = element_counts(labelled)                                          # [B, 119]
+    correction = lstsq_element_bias(counts, residual)                          # [119] eV per atom of element Z
+    shift = model.ff_heads[head].shift
+    shift[dataset] += torch.as_tensor(correction, dtype=shift.dtype, device=shift.device)
+    n_atoms = counts.sum(1)
+    after = (residual - counts @ correction) / n_atoms
+    return {"n": len(labelled), "mean_before": float(np.mean(residual / n_atoms)),
+            "mae_before": float(np.mean(np.abs(residual / n_atoms))), "mae_after": float(np.mean(np.abs(after)))}
+
+
+@torch.no_grad()
 def fit_property_head(head: torch.nn.Module, structures: Sequence[Structure], name: str, kind: str,
                       extensive: bool, element_bias: bool, min_scale: float = 1e-6) -> None:
     """Set a property head's per-element ``bias`` and output ``scale`` from labelled structures.

@@ -245,13 +245,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Dict[str, float]:
-        metrics: Dict[str, float] = {}
-        for source in self.val_sources:
-            if source.kind == "forcefield":
-                errs = forcefield_errors(self.model, source.structures, source.dataset_index)
-            else:
-                errs = property_errors(self.model, source.structures, source.property)
-            metrics.update({f"val/{source.name}/{k}": v for k, v in errs.items() if k not in ("n", "n_structures")})
+        metrics = validation_metrics(self.model, self.val_sources)
         if self.on_validate is not None:
             metrics.update(self.on_validate(self.step, metrics))
         return metrics
@@ -319,6 +313,19 @@ class Trainer:
         if metrics[key] < self.best_value:
             self.best_value = metrics[key]
             self.save_model_fn(self.model, self.best_path)
+
+
+def validation_metrics(model: torch.nn.Module, val_sources: Sequence[Source]) -> Dict[str, float]:
+    """``val/<source>/<metric>`` of ``model`` on each validation source: energy/force/stress errors
+    (:func:`forcefield_errors`) or property MAE/RMSE (:func:`property_errors`)."""
+    metrics: Dict[str, float] = {}
+    for source in val_sources:
+        if source.kind == "forcefield":
+            errs = forcefield_errors(model, source.structures, source.dataset_index)
+        else:
+            errs = property_errors(model, source.structures, source.property)
+        metrics.update({f"val/{source.name}/{k}": v for k, v in errs.items() if k not in ("n", "n_structures")})
+    return metrics
 
 
 def _append_csv(path: Path, row: Dict[str, float]) -> None:

@@ -6,6 +6,7 @@ splits off validation structures, fits the per-dataset element energy shifts, ru
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +19,12 @@ from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.model.config import PRESETS, BackboneConfig, ModelConfig, backbone_preset, default_forcefield_head
-from mftcalc.model.fitting import fit_forcefield_shift
+from mftcalc.model.fitting import fit_forcefield_shift, refit_forcefield_shift
 from mftcalc.model.mft_model import MFTModel, count_parameters
 from mftcalc.schema import option, suggest
 from mftcalc.training.forcefield_data import (read_dataset, replay_path, select_structures, split_train_val,
                                               task_domain)
-from mftcalc.training.loop import Trainer, TrainSettings
+from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
@@ -90,6 +91,10 @@ class PretrainConfig:
     state_path: str = option("runs/pretrain/state.pt", "the training state (resumed from when it exists)")
     model_out: str = option("models/pretrained.pt", "the model checkpoint")
     replay: bool = option(True, "write the replay subsets beside model_out, one file per domain")
+    refit_energy_shift: bool = option(True, "before writing model_out, refit each trained dataset's (prob > 0) "
+                                            "per-element energy shift to the model's energy residuals on its "
+                                            "training split (least squares, deepmd-kit's change-bias; forces "
+                                            "unchanged); the training state keeps the trained shifts")
     heldout_out: Optional[str] = option(None, "write every dataset's validation structures (info['dataset']) here, "
                                               "for retention tests")
     progress: bool = option(True, "show a progress bar")
@@ -190,6 +195,15 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources)
     metrics = trainer.run(stop_at=stop_at, time_budget_s=time_budget_s)
+    refit: Dict[str, Dict[str, float]] = {}
+    if cfg.refit_energy_shift and trainer.rank == 0:
+        # the exported model is a copy: the training state (already written) keeps the shifts it trained with
+        model = copy.deepcopy(trainer.model)
+        for source in (s for s in sources if s.prob > 0):     # prob 0: validation only, keeps its shift
+            refit[source.name] = refit_forcefield_shift(model, source.structures, source.dataset_index,
+                                                        seed=cfg.seed)
+        if val_sources:
+            metrics = {"step": float(trainer.step), **validation_metrics(model, val_sources)}
     if not metrics and val_sources and trainer.rank == 0:   # stopped between validations: validate now
         metrics = {"step": float(trainer.step), **trainer.validate()}
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
@@ -199,7 +213,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     card = {"config": {**asdict(cfg), "datasets": [asdict(d) for d in cfg.datasets]},
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),
             "datasets": {s.name: {"train": len(s.structures), "batch_size": s.batch_size} for s in sources},
-            "validation": metrics, "elapsed_this_call_s": time.time() - started}
+            "validation": metrics, "energy_shift_refit": refit, "elapsed_this_call_s": time.time() - started}
     if trainer.rank == 0:
         save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card, dataset_domains=domains))
         if cfg.replay:
