@@ -183,3 +183,19 @@ class Structure:
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
+
+
+def structures_digest(structures) -> str:
+    """Short content digest (16 hex characters of a SHA-1) of a list of structures, in order: atomic numbers,
+    positions, cell, pbc, energy, forces, stress and properties (names and values). Training states store it per
+    source, so a resume on changed data is stated even when the count is the same."""
+    import hashlib
+    h = hashlib.sha1()
+    for s in structures:
+        for array in (s.numbers, s.positions, s.cell, s.pbc):
+            h.update(np.ascontiguousarray(array).tobytes())
+        h.update(repr(None if s.energy is None else float(s.energy)).encode())
+        for array in (s.forces, s.stress):
+            h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        h.update(repr(sorted((k, float(v)) for k, v in s.properties.items())).encode())
+    return h.hexdigest()[:16]

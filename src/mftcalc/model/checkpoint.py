@@ -166,11 +166,13 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
                               f"{CHECKPOINT_FIX}") from None
     _check_hash(payload.get(HASH_KEY), actual, path, CHECKPOINT_FIX)
     check_finite(payload["state_dict"], path, NONFINITE_FIX)
+    payload[HASH_KEY] = actual                     # checked (or, for older files, computed) content hash
     return payload
 
 
 def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MFTModel:
-    """Load a checkpoint into an ``MFTModel`` (eval mode, ``dtype``), with ``model.metadata`` set."""
+    """Load a checkpoint into an ``MFTModel`` (eval mode, ``dtype``), with ``model.metadata`` and
+    ``model.content_sha256`` (:func:`content_hash` of the file's config, weights and metadata) set."""
     payload = read_checkpoint(path)
     model = MFTModel(ModelConfig.from_dict(payload["config"])).to(dtype)
     try:
@@ -178,6 +180,7 @@ def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MFTModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the stored configuration: {exc}") from None
     model.metadata = payload["metadata"]  # type: ignore[attr-defined]
+    model.content_sha256 = payload[HASH_KEY]  # type: ignore[attr-defined]
     return model.to(dtype).eval()
 
 

@@ -166,6 +166,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     strategy = get_strategy(settings.strategy)
     dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
     pretrained = load_model(pretrained_path, dtype) if pretrained_path is not None else None
+    # what the run starts from: a resume from another pretrained model is refused (Trainer ``origin``)
+    origin = {"pretrained": pretrained.content_sha256} if pretrained is not None and strategy.from_pretrained else {}
     if pretrained is not None and strategy.from_pretrained and not settings.allow_new_elements:
         check_elements(pretrained, task, pretrained_path)
     ff = None
@@ -230,7 +232,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         steps, wall, device = 0, time.perf_counter() - started, next(model.parameters()).device
     else:
         trainer = Trainer(model, sources, train_settings, out_dir, out_dir / "state.pt", val_sources,
-                          on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best)
+                          on_validate=on_validate, best_path=out_dir / "model.pt", save_model_fn=save_best,
+                          origin=origin)
         trainer.run()
         steps, wall, device = trainer.step, trainer.wall, trainer.device
         if trainer.rank != 0:                     # data-parallel run: rank 0 scores and writes the model

@@ -19,6 +19,7 @@ import torch
 
 from mftcalc.analysis.plots import plot_learning_curves
 from mftcalc.data.batch import collate
+from mftcalc.data.structure import structures_digest
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
 from mftcalc.training.distributed import all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
@@ -67,13 +68,16 @@ class Trainer:
         on_validate: optional callback ``(step, metrics)`` (e.g. drift logging) whose returned dict is logged.
         best_path: where the best-on-validation model checkpoint is written (with ``settings.best_metric``).
         save_model_fn: ``(model, path) -> None`` writing a model checkpoint (used for ``best_path``).
+        origin: what the run starts from (e.g. ``{"pretrained": "<content sha256>"}``), stored with the state; a
+            resume from another origin is refused (its weights descend from something else).
     """
 
     def __init__(self, model: torch.nn.Module, sources: Sequence[Source], settings: TrainSettings,
                  out_dir: str | Path, state_path: str | Path, val_sources: Sequence[Source] = (),
                  on_validate: Optional[Callable[[int, Dict[str, float]], Dict[str, float]]] = None,
                  best_path: Optional[str | Path] = None,
-                 save_model_fn: Optional[Callable[[torch.nn.Module, Path], None]] = None) -> None:
+                 save_model_fn: Optional[Callable[[torch.nn.Module, Path], None]] = None,
+                 origin: Optional[Dict[str, str]] = None) -> None:
         if not sources:
             raise ValueError("no training sources")
         if settings.mode not in ("alternate", "sum"):
@@ -95,6 +99,7 @@ class Trainer:
         self.on_validate = on_validate
         self.best_path = Path(best_path) if best_path else None
         self.save_model_fn = save_model_fn
+        self.origin = dict(origin or {})
         self.rank, self.world = rank_and_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
@@ -103,6 +108,7 @@ class Trainer:
         self.optimizers = {kind: torch.optim.Adam(self.params, lr=settings.lr.lr0) for kind in kinds}
         self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
                          for k, s in enumerate(self.sources)]
+        self._digests: Dict[str, str] = {}             # source name -> structures_digest (computed once)
         self.step = 0
         self.best_value = math.inf
         self.wall = 0.0
@@ -116,7 +122,8 @@ class Trainer:
         return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
                 "optimizer": self._optimizer_state(), "samplers": [s.state_dict() for s in self.samplers],
                 "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
-                "sources": [s.name for s in self.sources], "settings": self.settings_record()}
+                "sources": [s.name for s in self.sources], "settings": self.settings_record(),
+                "origin": self.origin}
 
     def settings_record(self) -> Dict[str, str]:
         """The run's settings and source mixture as strings, stored with the state so that a resume under
@@ -126,6 +133,7 @@ class Trainer:
         record["world_size"] = str(self.world)                                 # per-rank batch x world = global
         for s in self.sources:
             record[f"source/{s.name}"] = f"kind={s.kind} prob={s.prob} batch_size={s.batch_size} n={len(s.structures)}"
+            record[f"data/{s.name}"] = self._digests.setdefault(s.name, structures_digest(s.structures))
         return record
 
     def _state_changes(self, old: Optional[Dict[str, str]]) -> List[str]:
@@ -143,6 +151,14 @@ class Trainer:
         if state["sources"] != [s.name for s in self.sources]:
             raise ValueError(f"{self.state_path} was written for sources {state['sources']}, "
                              f"this run has {[s.name for s in self.sources]}")
+        old_origin = state.get("origin")
+        if old_origin is not None and old_origin != self.origin:
+            differ = ", ".join(f"{k}: {old_origin.get(k, '(none)')} -> {self.origin.get(k, '(none)')}"
+                               for k in sorted(set(old_origin) | set(self.origin))
+                               if old_origin.get(k) != self.origin.get(k))
+            raise ValueError(f"{self.state_path} continues a run that started from another model ({differ}); "
+                             f"its weights descend from that one. Delete {self.state_path.parent} to train from "
+                             "the new model, or restore the old one to resume")
         self.model.load_state_dict(state["model"])
         self._load_optimizer_state(state["optimizer"])
         for sampler, st in zip(self.samplers, state["samplers"]):

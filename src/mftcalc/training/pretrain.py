@@ -193,7 +193,8 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         energy_norm=cfg.energy_norm, device=cfg.device,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
-    trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources)
+    origin = {"init": base.content_sha256} if cfg.init else {}
+    trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources, origin=origin)
     metrics = trainer.run(stop_at=stop_at, time_budget_s=time_budget_s)
     refit: Dict[str, Dict[str, float]] = {}
     if cfg.refit_energy_shift and trainer.rank == 0:

@@ -194,3 +194,38 @@ def test_curve_probes_score_each_set_once_per_validation(pretrained, tmp_path, m
         assert float(row["curve/train/rmse"]) > 0 and float(row["curve/test/rmse"]) > 0
     # per validation: the train and test probes (finetune's own scoring of val/test at the end is separate)
     assert calls[:4] == [len(task.train), len(task.test_parts["test"])] * 2
+
+
+def test_resume_from_another_pretrained_model_is_refused(pretrained, tmp_path):
+    """A run's state remembers the content hash of the model it started from: rerunning the same command after
+    the pretrained file changed (here: its energy shifts) must not silently continue the old run."""
+    from mftcalc.model.checkpoint import load_model, save_model
+    task = _task()
+    finetune(task, _settings("ft"), tmp_path / "run", pretrained)
+    finetune(task, _settings("ft"), tmp_path / "run", pretrained)            # same model: resumes at the end
+    changed = load_model(pretrained, torch.float64)
+    changed.ff_heads["forcefield"].shift[0] += 0.1
+    save_model(changed, tmp_path / "other.pt", changed.metadata)
+    with pytest.raises(ValueError, match=r"started from another model \(pretrained: [0-9a-f]{64} -> [0-9a-f]{64}\)"
+                                         r".*Delete .*run to train from the new model"):
+        finetune(task, _settings("ft"), tmp_path / "run", tmp_path / "other.pt")
+
+
+def test_resume_on_changed_data_is_stated(pretrained, tmp_path):
+    task = _task()
+    finetune(task, _settings("ft"), tmp_path / "run", pretrained)
+    relabelled = [s.with_labels(properties={"vpa": s.properties["vpa"] + 0.01}) for s in task.train]
+    task2 = PropertyTask(task.name, task.property, task.unit, relabelled, task.val, task.test_parts, task.recipe)
+    finetune(task2, _settings("ft"), tmp_path / "run", pretrained)
+    log = (tmp_path / "run" / "resume.log").read_text()
+    assert "data/toy-vpa:" in log and "source/toy-vpa" not in log   # same count, other labels
+
+
+def test_structures_digest_sees_every_label():
+    from mftcalc.data.structure import structures_digest
+    s = emt_structures("Cu", 3, 0)
+    base = structures_digest(s)
+    assert structures_digest(emt_structures("Cu", 3, 0)) == base and len(base) == 16
+    assert structures_digest(s[::-1]) != base
+    assert structures_digest([s[0].with_labels(energy=s[0].energy + 1e-9)] + s[1:]) != base
+    assert structures_digest([s[0].with_labels(properties={"x": 1.0})] + s[1:]) != base
