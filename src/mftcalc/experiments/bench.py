@@ -87,8 +87,16 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
     results_path = out / "results.json"
     results = _read_results(results_path)
     cache: Dict[str, Any] = {}
+    unchecked = []
     for number, (key, task_spec, frac, fold, strategy, seed) in enumerate(cfg.cells()):
-        if key in results or number % shard[1] != shard[0]:
+        if number % shard[1] != shard[0]:
+            continue
+        if key in results:
+            if "provenance" not in results[key]:
+                unchecked.append(key)
+            else:
+                check_provenance(key, results[key]["provenance"], cell_provenance(cfg, strategy, seed, cache),
+                                 results_path)
             continue
         task = load_task(task_spec, frac, fold, seed, cache, cfg.qm9_splits, cfg.qm9_max_eval, cfg.matbench_path,
                          cfg.pretrained or None)
@@ -101,14 +109,22 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
                           backbone_cfg=None if from_pretrained else pretrained_backbone(cfg.pretrained, cache))
         if cfg.ff_eval:
             result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
-        result.update(train_fraction=frac, seed=seed, fold=fold)
+        result.update(train_fraction=frac, seed=seed, fold=fold,
+                      provenance=cell_provenance(cfg, strategy, seed, cache))
         results = _merge_result(results_path, key, result)
         if not cfg.keep_states:       # a finished cell is skipped on restart: its optimiser state is dead weight
             (cell_dir / "state.pt").unlink(missing_ok=True)
+    if unchecked and progress:
+        import sys
+        print(f"bench {cfg.out_dir}: {len(unchecked)} finished cell(s) predate provenance records and were kept "
+              f"unchecked: {', '.join(unchecked)}", file=sys.stderr)
     results = _read_results(results_path)
-    if cfg.ff_eval and "pretrained" not in results.get("_forcefield_reference", {}):
+    reference = results.get("_forcefield_reference", {})
+    prior_sha = _sha256(cfg.pretrained, cache) if cfg.pretrained else None
+    if cfg.ff_eval and ("pretrained" not in reference or reference.get("pretrained_sha256", prior_sha) != prior_sha):
         results = _merge_result(results_path, "_forcefield_reference",
-                                {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache)})
+                                {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache),
+                                 "pretrained_sha256": prior_sha})
     # Re-read and write the summary under the lock: a shard that finishes first must not overwrite the summary of
     # a shard that finished later with its older view of results.json.
     with _results_lock(results_path):
@@ -117,6 +133,52 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
         if cfg.fractions:
             plot_data_efficiency(results, out / "data_efficiency.png")
     return results
+
+
+#: settings that do not change a cell's result (display, where it runs)
+_NEUTRAL_SETTINGS = ("progress", "device")
+
+
+def _sha256(path: str, cache: Dict[str, Any]) -> str:
+    """Content hash of a model checkpoint (:func:`~mftcalc.model.checkpoint.content_hash`) or, for any other file,
+    the sha256 of its bytes; once per cache."""
+    key = f"sha256:{path}"
+    if key not in cache:
+        if str(path).endswith(".pt"):
+            from mftcalc.model.checkpoint import read_checkpoint
+            cache[key] = read_checkpoint(path)["sha256"]
+        else:
+            import hashlib
+            cache[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return cache[key]
+
+
+def cell_provenance(cfg: BenchConfig, strategy: str, seed: int, cache: Dict[str, Any]) -> Dict[str, Any]:
+    """What a cell's result depends on beyond its key: the pretrained model's content hash (strategies that start
+    from its weights), the QM9 splits file's hash, the force-field data spec and the fine-tuning settings."""
+    settings = asdict(cfg.cell_settings(strategy, seed, progress=False))
+    ff = cfg.forcefield_data(strategy)
+    from_pretrained = get_strategy(settings["strategy"]).from_pretrained
+    return {"pretrained_sha256": _sha256(cfg.pretrained, cache) if cfg.pretrained and from_pretrained else None,
+            "qm9_splits_sha256": _sha256(cfg.qm9_splits, cache) if cfg.qm9_splits else None,
+            "ff_data": json.loads(json.dumps({k: asdict(v) if is_dataclass(v) else v for k, v in ff.items()},
+                                             sort_keys=True, default=str)) if ff else None,
+            "settings": json.loads(json.dumps({k: v for k, v in settings.items() if k not in _NEUTRAL_SETTINGS},
+                                              default=str))}
+
+
+def check_provenance(key: str, stored: Dict[str, Any], current: Dict[str, Any], results_path: Path) -> None:
+    """Refuse to keep a finished cell whose inputs changed since it ran (settings are compared on the keys both
+    records have, so a setting added to the code later does not void old cells)."""
+    differ = [f"{name}: {stored.get(name)} -> {current.get(name)}" for name in ("pretrained_sha256",
+              "qm9_splits_sha256", "ff_data") if stored.get(name) != current.get(name)]
+    old, new = stored.get("settings", {}), current["settings"]
+    differ += [f"settings.{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+    if differ:
+        raise ConfigError(f"{results_path}: finished cell {key} was computed with other inputs than this config "
+                          f"gives ({'; '.join(differ)}). Its result would be reported as current: use a new out_dir "
+                          f"for the changed grid, or remove the cell from {results_path.name} (and its folder) to "
+                          "rerun it")
 
 
 def _cached_ff(name: str, spec: Any, cache: Dict[str, Any]):

@@ -140,3 +140,32 @@ def test_bench_strategies_and_seeds_options_run_a_subset(tiny_pretrained, tmp_pa
     bad = subprocess.run([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--strategies", "fancy"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown strategy 'fancy'" in bad.stderr
+
+
+def test_a_finished_cell_with_other_inputs_is_refused_not_reported(tiny_pretrained, tmp_path, capsys):
+    """Finished cells are skipped on restart; one computed from another pretrained model or other settings must
+    not be reported as if this config had produced it."""
+    import torch
+    from mftcalc.experiments.bench import run_bench
+    from mftcalc.experiments.config import BenchConfig
+    from mftcalc.model.checkpoint import load_model, save_model
+    from mftcalc.schema import ConfigError
+    config = _bench_config(tmp_path, tiny_pretrained, strategies=["ft"], ff_eval={})
+    run_bench(BenchConfig.from_yaml(config), progress=False)
+    results = tmp_path / "bench" / "results.json"
+    stored = json.loads(results.read_text())["qm9:gap|ft|seed0|frac0.0003"]["provenance"]
+    assert stored["pretrained_sha256"] and stored["settings"]["steps"] == 4
+    run_bench(BenchConfig.from_yaml(config), progress=False)                  # same inputs: kept
+    with pytest.raises(ConfigError, match=r"finished cell qm9:gap\|ft\|seed0\|frac0.0003 .*settings.steps: 4 -> 6"
+                                          r".*use a new out_dir"):
+        run_bench(BenchConfig.from_yaml(config, ["settings.steps=6"]), progress=False)
+    other = load_model(tiny_pretrained, torch.float64)
+    other.ff_heads["forcefield"].shift[0] += 0.5
+    save_model(other, tmp_path / "other.pt", other.metadata)
+    with pytest.raises(ConfigError, match="pretrained_sha256"):
+        run_bench(BenchConfig.from_yaml(config, [f"pretrained={tmp_path / 'other.pt'}"]), progress=False)
+    data = json.loads(results.read_text())                                    # a cell written before provenance
+    del data["qm9:gap|ft|seed0|frac0.0003"]["provenance"]
+    results.write_text(json.dumps(data))
+    run_bench(BenchConfig.from_yaml(config, ["settings.steps=6"]), progress=True)
+    assert "1 finished cell(s) predate provenance records and were kept unchecked" in capsys.readouterr().err
