@@ -200,7 +200,12 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     if cfg.refit_energy_shift and trainer.rank == 0:
         # the exported model is a copy: the training state (already written) keeps the shifts it trained with
         model = copy.deepcopy(trainer.model)
-        for source in (s for s in sources if s.prob > 0):     # prob 0: validation only, keeps its shift
+        trained = [s for s in sources if s.prob > 0]          # prob 0: validation only, keeps its shift
+        iterator = trained
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            iterator = tqdm(trained, desc="refit energy shifts", unit="dataset")
+        for source in iterator:
             refit[source.name] = refit_forcefield_shift(model, source.structures, source.dataset_index,
                                                         seed=cfg.seed)
         if val_sources:
