@@ -65,6 +65,10 @@ def model_card(path: str | Path) -> str:
                              f"{name} {1000 * r['mae_before']:.1f} → {1000 * r['mae_after']:.1f}"
                              for name, r in refit.items()) + ". The validation errors above are after the refit.")
             lines.append("")
+    for refit in meta.get("energy_shift_refits", []):           # mftcalc change-bias
+        lines.append(f"- **Energy shift refitted** (`mftcalc change-bias`): dataset `{refit['dataset']}` on "
+                     f"{', '.join(refit['data'])} ({refit['n']} structures): per-atom energy MAE on them "
+                     f"{1000 * refit['mae_before']:.1f} → {1000 * refit['mae_after']:.1f} meV/atom")
     fine = meta.get("finetuning")
     if fine:
         settings = fine.get("settings", {})
