@@ -148,8 +148,8 @@ def _sha256(path: str, cache: Dict[str, Any]) -> str:
             from mftcalc.model.checkpoint import read_checkpoint
             cache[key] = read_checkpoint(path)["sha256"]
         else:
-            import hashlib
-            cache[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            from mftcalc.model.deepmd_source import sha256_file
+            cache[key] = sha256_file(Path(path))
     return cache[key]
 
 
