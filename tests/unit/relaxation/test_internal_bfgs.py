@@ -163,32 +163,44 @@ def test_relax_stream_pulls_structures_only_when_the_batch_has_room(shipped_mode
     assert [e for e in events[:first_done] if e[0] == "pull"] == [("pull", 0), ("pull", 1), ("pull", 2)]
 
 
+def _step_alone(atoms, model, fmax, steps):
+    """Relax ``atoms`` with :class:`InternalBFGSState` stepped on arrays (ASE calculator for energy and forces).
+
+    Returns (steps taken, rejected uphill steps); ``atoms`` ends at the final positions."""
+    atoms.calc = MFTCalculator(model, dtype=torch.float64, dataset="xtb_qm9")
+    state = InternalBFGSState(InternalBFGSParams(), atoms.numbers)
+    taken = rejected = 0
+    while taken < steps and np.sqrt((atoms.get_forces() ** 2).sum(1)).max() >= fmax:
+        here = atoms.get_positions()
+        atoms.positions = state.step(here, atoms.get_forces(), atoms.get_potential_energy())
+        rejected += state.prev[0] is not here             # this step restarted from an earlier point
+        taken += 1
+    return taken, rejected
+
+
 def test_batched_internal_bfgs_takes_the_steps_of_its_state_stepped_alone(shipped_model):
     """The engine's ``bfgs-internal`` equals :class:`InternalBFGSState` stepped on arrays, one molecule at a time,
     through rejected uphill steps (which restart from a start point the state keeps: the engine's position
     updates must not overwrite it)."""
-    # rattle seeds with a rejected step each on the shipped models/mft_gap.pt (re-picked in session 8 when it was
-    # replaced: the rejections depend on the model's energy surface)
-    picks = {"CH3CHO": 7, "CH3COOH": 1, "H2CO": 0}
-    structures = []
-    for name, seed in picks.items():
-        atoms = molecule(name)
-        atoms.rattle(0.05, seed=seed)
-        structures.append(Structure.from_ase(atoms))
-    results = relax(structures, shipped_model, fmax=0.02, steps=40, optimizer="bfgs-internal", dtype=torch.float64,
-                    dataset="xtb_qm9")
-    rejected = 0
-    for s, r in zip(structures, results):
-        atoms = s.to_ase()
-        atoms.calc = MFTCalculator(shipped_model, dtype=torch.float64, dataset="xtb_qm9")
-        state = InternalBFGSState(InternalBFGSParams(), atoms.numbers)
-        steps = 0
-        while steps < 40 and np.sqrt((atoms.get_forces() ** 2).sum(1)).max() >= 0.02:
-            here = atoms.get_positions()
-            atoms.positions = state.step(here, atoms.get_forces(), atoms.get_potential_energy())
-            rejected += state.prev[0] is not here             # this step restarted from an earlier point
-            steps += 1
-        assert r.steps == steps
-        np.testing.assert_allclose(r.structure.positions, atoms.positions, atol=1e-6)
-    assert rejected >= 3, (f"only {rejected} rejected steps: the shipped model changed, so re-pick the rattle seeds "
-                           "(any with a rejected step in InternalBFGSState stepped alone)")
+    # Rejections depend on the model's energy surface, so the rattles are searched here rather than fixed: the
+    # first seed of each molecule whose stand-alone relaxation rejects a step (a fixed pick went stale when the
+    # shipped model was replaced).
+    fmax, steps = 0.02, 40
+    structures, alone = [], []
+    for name in ("CH3CHO", "CH3COOH", "H2CO"):
+        for seed in range(12):
+            atoms = molecule(name)
+            atoms.rattle(0.05, seed=seed)
+            start = Structure.from_ase(atoms)
+            taken, rejected = _step_alone(atoms, shipped_model, fmax, steps)
+            if rejected:
+                structures.append(start)
+                alone.append((taken, atoms.positions.copy()))
+                break
+    assert len(structures) >= 2, (f"only {len(structures)} of 3 molecules reject a step in 12 rattles on the shipped "
+                                  "model: the test no longer exercises rejected steps; widen the rattle search")
+    results = relax(structures, shipped_model, fmax=fmax, steps=steps, optimizer="bfgs-internal",
+                    dtype=torch.float64, dataset="xtb_qm9")
+    for (taken, positions), r in zip(alone, results):
+        assert r.steps == taken
+        np.testing.assert_allclose(r.structure.positions, positions, atol=1e-6)
