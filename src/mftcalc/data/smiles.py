@@ -9,7 +9,6 @@ Rows whose SMILES RDKit cannot parse or embed are skipped and reported with thei
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -17,6 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from mftcalc.data.structure import Structure
+from mftcalc.filehash import sha256_file
 
 
 @dataclass
@@ -34,10 +34,6 @@ class SmilesReport:
             shown = "; ".join(f"row {r} {s!r}: {why}" for r, s, why in self.skipped[:5])
             text += f", {len(self.skipped)} skipped ({shown}{' ...' if len(self.skipped) > 5 else ''})"
         return text + (" (relaxed geometries reused)" if self.reused else "")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_smiles_csv(path: str | Path, prop: str, smiles_column: str = "smiles") -> List[Tuple[int, str, float]]:
@@ -91,7 +87,7 @@ def smiles_structures(path: str | Path, prop: str, unit: str, model_path: str | 
     from mftcalc.data.io import read_structures, write_extxyz
 
     path, out_path = Path(path), Path(out_path)
-    stamp = {"csv_sha256": _sha256(path), "model_sha256": _sha256(Path(model_path)), "dataset": dataset,
+    stamp = {"csv_sha256": sha256_file(path), "model_sha256": sha256_file(model_path), "dataset": dataset,
              "n_conformers": n_conformers, "seed": seed, "fmax": fmax}
     rows = read_smiles_csv(path, prop, smiles_column)
     report = SmilesReport(rows=len(rows))

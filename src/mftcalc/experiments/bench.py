@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from mftcalc.analysis.plots import plot_data_efficiency
 from mftcalc.experiments.bench_summary import summary_markdown
 from mftcalc.experiments.config import BenchConfig
+from mftcalc.filehash import sha256_file
 from mftcalc.experiments.tasks import load_task
 from mftcalc.schema import ConfigError
 from mftcalc.training.finetune import finetune
@@ -148,8 +149,7 @@ def _sha256(path: str, cache: Dict[str, Any]) -> str:
             from mftcalc.model.checkpoint import read_checkpoint
             cache[key] = read_checkpoint(path)["sha256"]
         else:
-            from mftcalc.model.deepmd_source import sha256_file
-            cache[key] = sha256_file(Path(path))
+            cache[key] = sha256_file(path)
     return cache[key]
 
 

@@ -9,7 +9,6 @@ argcheck defaults (``*_DEFAULTS`` below) and are listed in :attr:`BranchSpec.ass
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from mftcalc.filehash import sha256_file
 from mftcalc.model.config import BackboneConfig
 
 REPFLOW_DEFAULTS: Dict[str, Any] = dict(
@@ -81,15 +81,6 @@ class BranchSpec:
     precision: str
     caveats: List[str] = field(default_factory=list)
     assumed: List[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_deepmd_checkpoint(path: Any) -> DeepmdCheckpoint:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mftcalc import __version__
+from mftcalc.filehash import sha256_file
 
 
 class ResumeError(ValueError):
@@ -37,15 +37,6 @@ class ResumeError(ValueError):
 
 class OutputLockedError(RuntimeError):
     """Another process is writing the same output."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_provenance(model_sha256: str, model_file: Optional[str], input_path: str | Path,
@@ -57,7 +48,7 @@ def make_provenance(model_sha256: str, model_file: Optional[str], input_path: st
     ``input_path`` then only describes them)."""
     return {"format": "mftcalc-screen", "version": 1, "mftcalc_version": __version__,
             "model": {"sha256": model_sha256, "file": model_file},
-            "input": {"sha256": input_sha256 or file_sha256(input_path), "file": str(input_path)},
+            "input": {"sha256": input_sha256 or sha256_file(input_path), "file": str(input_path)},
             "options": dict(options), "columns": list(columns)}
 
 

@@ -20,7 +20,8 @@ from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.io import read_structures
 from mftcalc.data.structure import Structure
-from mftcalc.workflows.results_store import ResultsCSV, acquire_lock, file_sha256, make_provenance
+from mftcalc.filehash import sha256_file
+from mftcalc.workflows.results_store import ResultsCSV, acquire_lock, make_provenance
 from mftcalc.workflows.screen_chunk import screen_chunk
 from mftcalc.workflows.screen_format import (ENERGY, FMAX, LEADING, OUTPUT_FORMATS, OUTPUT_HELP,  # noqa: F401
                                              output_format, property_column, provenance_path, result_columns,
@@ -52,7 +53,7 @@ def example_path(name: str = "molecules.extxyz") -> Path:
 def _model_sha256(handle: ModelHandle) -> str:
     """SHA-256 of the model file, or of the weights of a model object without one."""
     if handle.source is not None:
-        return file_sha256(handle.source)
+        return sha256_file(handle.source)
     digest = hashlib.sha256()                    # a model object: its weights
     for key, value in sorted(handle.module.state_dict().items()):
         digest.update(key.encode())

@@ -20,7 +20,8 @@ from mftcalc.model.backbone import angle_widths
 from mftcalc.model.checkpoint import export_torchscript, load_any, load_model
 from mftcalc.model.config import BackboneConfig, ModelConfig, backbone_preset, deepmd_forcefield_head
 from mftcalc.model.deepmd_import import build_imported_model, import_deepmd, pull_back_gradients
-from mftcalc.model.deepmd_source import DeepmdImportError, read_deepmd_checkpoint, sha256_file
+from mftcalc.filehash import sha256_file
+from mftcalc.model.deepmd_source import DeepmdImportError, read_deepmd_checkpoint
 from mftcalc.model.layers import MLP, ResNetDtLayer, SiLUT, exp_switch, make_activation
 from mftcalc.model.mft_model import MFTModel, count_parameters
 
