@@ -1,0 +1,121 @@
+"""How far is the pretrained prior from issue 15's target, and what would reaching it cost on this machine?
+
+    python benchmarks/pretrain_forecast.py                    # checkpoints/pretrain, configs/dev/pretrain_cpu.yaml
+
+Reads the running pretraining's validation log (``val.csv``: held-out xTB force MAE every 1,000 steps) and its
+config (the current cycle's first step, ``lr_start_step``). Over the current learning-rate cycle it fits a power
+law ``f_mae = a · step^(-b)`` by least squares in log–log, and reports:
+
+- the measured held-out force MAE (median of the last three validations, eV/Å) and how fast it fell over the last
+  10,000 steps;
+- the measured training cost: steps per hour of training wall time (``wall_s`` in ``val.csv`` counts only time
+  spent training, so pauses between sessions do not enter);
+- where the fit reaches 0.10 and 0.05 eV/Å, in steps and one-core hours, and where the last 10,000 steps' rate
+  of fall, held constant, would. Both extrapolate a cycle whose learning rate is still decaying; treat them as an
+  order of magnitude, not a promise.
+
+Writes ``benchmarks/results/pretrain_forecast.md`` and ``pretrain_forecast.png`` (measured points, the fit, the
+targets).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMN = "val/xtb_qm9/f_mae"
+
+
+def cycle_points(val_csv: Path, start_step: int) -> pd.DataFrame:
+    """Validation rows of the current cycle (step > ``start_step``), one per step (the last if a resume repeated one)."""
+    frame = pd.read_csv(val_csv)
+    frame = frame[frame["step"] > start_step].drop_duplicates("step", keep="last").sort_values("step")
+    return frame[["step", "wall_s", COLUMN]].dropna()
+
+
+def fit_power_law(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """(a, b) of ``values ≈ a · steps^(-b)``, least squares in log–log."""
+    slope, intercept = np.polyfit(np.log(steps), np.log(values), 1)
+    return float(np.exp(intercept)), float(-slope)
+
+
+def steps_to(target: float, a: float, b: float) -> float:
+    """Step at which ``a · step^(-b)`` reaches ``target`` (inf when the fit does not fall)."""
+    return float((a / target) ** (1.0 / b)) if b > 0 else float("inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default=str(REPO / "checkpoints" / "pretrain"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "dev" / "pretrain_cpu.yaml"))
+    parser.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "pretrain_forecast.md"))
+    args = parser.parse_args()
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    start = int(config.get("lr_start_step") or 0)
+    points = cycle_points(Path(args.out_dir) / "val.csv", start)
+    if len(points) < 5:
+        raise SystemExit(f"{args.out_dir}/val.csv has {len(points)} validations after step {start}: too few to fit")
+    steps, values, wall = points["step"].to_numpy(), points[COLUMN].to_numpy(), points["wall_s"].to_numpy()
+    a, b = fit_power_law(steps, values)
+    now_step = int(steps[-1])
+    now = float(np.median(values[-3:]))
+    recent = points[points["step"] >= now_step - 10_000]
+    fall_10k = float(np.median(recent[COLUMN].to_numpy()[:3]) - now)
+    # training wall per step over the cycle (wall_s is training time only)
+    per_hour = 3600.0 * (steps[-1] - steps[0]) / (wall[-1] - wall[0])
+
+    rows = []
+    for target in (0.10, 0.05):
+        step = steps_to(target, a, b)
+        linear = now_step + 10_000 * (now - target) / fall_10k if fall_10k > 0 else float("inf")
+        rows.append((target, step, (step - now_step) / per_hour, linear, (linear - now_step) / per_hour))
+    lines = [
+        "# Pretraining forecast (issue 15, item 3)",
+        "",
+        f"`python benchmarks/pretrain_forecast.py` on `{Path(args.out_dir).relative_to(REPO)}/val.csv`, cycle from step "
+        f"{start:,} (`{Path(args.config).relative_to(REPO)}`), {len(points)} validations up to step {now_step:,}.",
+        "",
+        f"- Held-out xTB force MAE now: **{now:.3f} eV/Å** (median of the last three validations); it fell "
+        f"{fall_10k:.3f} eV/Å over the last 10,000 steps.",
+        f"- Training cost: {per_hour:,.0f} steps per hour of training wall time on one core (measured over the cycle).",
+        f"- Fit over the cycle: f_mae ≈ {a:.3g} · step^(−{b:.3f}); at the cycle's planned end (step "
+        f"{int(config['steps']):,}, {(int(config['steps']) - now_step) / per_hour:.0f} one-core hours from now) it "
+        f"gives {a * int(config['steps']) ** (-b):.3f} eV/Å.",
+        "",
+        "| target (eV/Å) | power-law fit reaches it at step | one-core hours | last 10k steps' rate reaches it at "
+        "step | one-core hours |",
+        "|---:|---:|---:|---:|---:|",
+        *[f"| {t:.2f} | {s:,.0f} | {h:,.0f} | {ls:,.0f} | {lh:,.0f} |" for t, s, h, ls, lh in rows],
+        "",
+        "Both extrapolate a cycle whose learning rate still decays (to 1e-5 at the config's last step), so the "
+        "figures are an order of magnitude. They say what one CPU core can do; a lent GPU is the way to the target.",
+    ]
+    text = "\n".join(lines) + "\n"
+    Path(args.report).write_text(text)
+    print(text)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.loglog(steps, values, ".", label="held-out xTB force MAE (val.csv)")
+    grid = np.geomspace(steps[0], max(r[1] for r in rows if np.isfinite(r[1])) * 1.1, 200)
+    ax.loglog(grid, a * grid ** (-b), "-", label=f"fit a·step^(−{b:.2f})")
+    for target, step, *_ in rows:
+        ax.axhline(target, color="grey", ls=":", lw=1)
+        ax.annotate(f"{target:.2f} at step {step:,.0f}", (step, target), fontsize=8, ha="right", va="bottom")
+    ax.set_xlabel("pretraining step")
+    ax.set_ylabel("force MAE (eV/Å)")
+    ax.set_title("Pretraining: measured and extrapolated")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(args.report).with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()
