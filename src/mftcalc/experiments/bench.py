@@ -19,8 +19,8 @@ from typing import Any, Dict, Optional, Tuple
 from mftcalc.analysis.plots import plot_data_efficiency
 from mftcalc.experiments.bench_summary import summary_markdown
 from mftcalc.experiments.config import BenchConfig
-from mftcalc.filehash import sha256_file
 from mftcalc.experiments.tasks import load_task
+from mftcalc.filehash import sha256_file
 from mftcalc.schema import ConfigError
 from mftcalc.training.finetune import finetune
 from mftcalc.training.strategies import get_strategy
