@@ -31,6 +31,7 @@ Writes ``benchmarks/results/prior_ladder.md`` and ``prior_ladder.png``.
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 import tempfile
@@ -155,7 +156,7 @@ def main() -> None:
 
     rows = []
     for label, step, weights in priors:
-        model = load_model(REPO / args.skeleton)
+        model = copy.deepcopy(skeleton)
         if weights is None:           # the same architecture, freshly initialised (seed 0)
             fresh = type(skeleton.backbone)(skeleton.config.backbone)
             model.backbone.load_state_dict(fresh.state_dict())
