@@ -30,11 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 COLUMN = "val/xtb_qm9/f_mae"
 
 
+def read_validations(val_csv: Path) -> pd.DataFrame:
+    """The pretraining's ``val.csv``, one row per step (the last if a resume repeated one), by step."""
+    return pd.read_csv(val_csv).drop_duplicates("step", keep="last").sort_values("step")
+
+
 def cycle_points(val_csv: Path, start_step: int) -> pd.DataFrame:
-    """Validation rows of the current cycle (step > ``start_step``), one per step (the last if a resume repeated one)."""
-    frame = pd.read_csv(val_csv)
-    frame = frame[frame["step"] > start_step].drop_duplicates("step", keep="last").sort_values("step")
-    return frame[["step", "wall_s", COLUMN]].dropna()
+    """Validation rows of the current cycle (step > ``start_step``)."""
+    frame = read_validations(val_csv)
+    return frame[frame["step"] > start_step][["step", "wall_s", COLUMN]].dropna()
 
 
 def fit_power_law(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:

@@ -10,8 +10,8 @@ network at its random initialisation (step 0) as the floor. For each prior and e
 
 1. computes the mean-pooled backbone node features (``mftcalc.model.applicability.pooled_features``, [B, 64]) of
    the train, ID-test (5,983) and OOD-test (10,000) molecules (QM9 DFT geometries);
-2. fits two frozen probes on train: a least-squares fit on element fractions (the composition baseline, as every
-   property head's element bias) and, on its residual, scikit-learn's ``RidgeCV`` (linear probe) and an RBF
+2. fits two frozen probes on train: a least-squares fit on element fractions with an intercept (the composition
+   baseline) and, on its residual, scikit-learn's ``RidgeCV`` (linear probe) and an RBF
    ``KernelRidge`` with alpha and gamma chosen by 5-fold ``GridSearchCV`` (nonlinear probe);
 3. reports ID and OOD RMSE (Hartree), beside the bench's trained LP and FT cells on the step-87,016 prior
    (``checkpoints/protocol_gate``; full sets, mean over seeds). The plot draws FT's OOD–ID line (fitted on FT's
@@ -45,10 +45,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from pretrain_forecast import COLUMN, read_validations  # noqa: E402  (a sibling script)
 
 STATE = "checkpoints/pretrain/state.pt"
 # commits whose checkpoints/pretrain/state.pt is the pretraining state at a step (see `git log -- STATE`)
-DEFAULT_REVISIONS = ("27086a3", "cd10e06", "e146da5", "2ebbddd", "HEAD")
+DEFAULT_REVISIONS = ("27086a3", "cd10e06", "e146da5", "2ebbddd", "8b2a08a")   # steps 14,000 ... 87,016
 FRACTIONS = (0.0078125, 0.03125)
 
 
@@ -64,21 +65,16 @@ def state_weights(revision: str) -> tuple[int, Dict[str, torch.Tensor]]:
     return int(state["step"]), state["model"]
 
 
-def force_mae_at(step: int, val_csv: Path) -> float:
+def force_mae_at(step: int, validations: pd.DataFrame) -> float:
     """Held-out xTB force MAE (eV/Å) of the last validation at or below ``step``; nan before the first one."""
-    frame = pd.read_csv(val_csv).drop_duplicates("step", keep="last")
-    rows = frame[frame["step"] <= step]
-    return float(rows.iloc[-1]["val/xtb_qm9/f_mae"]) if len(rows) else float("nan")
+    rows = validations[validations["step"] <= step]
+    return float(rows.iloc[-1][COLUMN]) if len(rows) else float("nan")
 
 
-def composition(structures: Sequence, elements: Sequence[int]) -> np.ndarray:
-    """[B, n_elements] element fractions."""
-    out = np.zeros((len(structures), len(elements)))
-    index = {z: k for k, z in enumerate(elements)}
-    for i, s in enumerate(structures):
-        for z in s.numbers:
-            out[i, index[int(z)]] += 1.0 / len(s.numbers)
-    return out
+def composition(structures: Sequence) -> np.ndarray:
+    """[B, 119] element fractions (:func:`mftcalc.model.fitting.element_counts` over the atom count)."""
+    from mftcalc.model.fitting import element_counts
+    return element_counts(structures) / np.array([[len(s.numbers)] for s in structures], dtype=float)
 
 
 def probe(features: Dict[str, np.ndarray], comps: Dict[str, np.ndarray], y: Dict[str, np.ndarray]) -> Dict:
@@ -146,8 +142,13 @@ def main() -> None:
                           qm9_splits=str(REPO / "data" / "boom_splits.json.gz")) for f in FRACTIONS}
     first = tasks[FRACTIONS[0]]
     tests = {"id_test": first.test_parts["id_test"], "ood_test": first.test_parts["ood_test"]}
-    elements = sorted({int(z) for t in tasks.values() for s in t.train for z in s.numbers}
-                      | {int(z) for part in tests.values() for s in part for z in s.numbers})
+    # per fraction, what does not depend on the prior: element fractions and labels of train and test sets
+    inputs = {}
+    for fraction, task in tasks.items():
+        parts = {"train": task.train, **tests}
+        inputs[fraction] = ({k: composition(v) for k, v in parts.items()},
+                            {k: np.array([s.properties["gap"] for s in v]) for k, v in parts.items()})
+    validations = read_validations(REPO / "checkpoints" / "pretrain" / "val.csv")
     skeleton = load_model(REPO / args.skeleton)
     priors: List[tuple] = [("random init", 0, None)]
     for revision in args.revisions:
@@ -163,15 +164,11 @@ def main() -> None:
         else:
             model.load_state_dict(weights)
         model.eval()
-        f_mae = force_mae_at(step, REPO / "checkpoints" / "pretrain" / "val.csv") if step else float("nan")
+        f_mae = force_mae_at(step, validations) if step else float("nan")
         test_features = {k: pooled_features(model, v) for k, v in tests.items()}
         for fraction, task in tasks.items():
             features = {"train": pooled_features(model, task.train), **test_features}
-            comps = {"train": composition(task.train, elements), **{k: composition(v, elements)
-                                                                    for k, v in tests.items()}}
-            y = {"train": np.array([s.properties["gap"] for s in task.train]),
-                 **{k: np.array([s.properties["gap"] for s in v]) for k, v in tests.items()}}
-            scores = probe(features, comps, y)
+            scores = probe(features, *inputs[fraction])
             for name in ("composition", "ridge", "kernel ridge"):
                 if name == "composition" and label != "random init":
                     continue
