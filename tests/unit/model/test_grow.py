@@ -1,0 +1,57 @@
+"""Growing a trained model by identity-initialised layers (``mftcalc.model.grow``): the grown model predicts what
+the base predicts (energies, forces, stress, properties), its new residual scales get gradients at once, and the
+new layers' weights start learning once a scale moves."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mftcalc.data.batch import collate
+from mftcalc.model.grow import grow_layers
+from mftcalc.model.inference import predict_structures
+
+from _helpers import make_tiny_model
+
+
+def _all_outputs(model, structures):
+    return predict_structures(model, structures, 0, compute_stress=True)
+
+
+def test_grown_model_predicts_what_the_base_predicts(molecules, crystal):
+    base = make_tiny_model()
+    grown = grow_layers(base, 2).eval()
+    assert grown.config.backbone.n_layers == base.config.backbone.n_layers + 2
+    assert grown.metadata["grown_from"]["n_layers"] == base.config.backbone.n_layers
+    structures = molecules + [crystal]
+    for a, b in zip(_all_outputs(base, structures), _all_outputs(grown, structures)):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-10, atol=1e-10, err_msg=key)
+    # the base is not modified, and the base's layers were copied exactly
+    for name, p in base.named_parameters():
+        assert torch.equal(p, dict(grown.named_parameters())[name])
+
+
+def test_new_layers_learn_from_the_first_steps(molecules):
+    base = make_tiny_model()
+    grown = grow_layers(base, 1).train()
+    new = grown.backbone.layers[-1]
+    batch = collate(molecules, dtype=torch.float64, dataset=0, properties=[])
+    out = grown(batch, compute_forces=True, compute_stress=False, compute_properties=False)
+    loss = out["energy"].pow(2).sum() + out["forces"].pow(2).sum()
+    loss.backward()
+    assert float(new.res_node[2].grad.abs().sum()) > 0            # the message scale gets a gradient at once
+    assert float(new.node_self.weight.grad.abs().sum()) == 0      # the weights behind a zero scale do not yet
+    with torch.no_grad():
+        for scale in new.res_node:
+            scale.fill_(0.1)
+    grown.zero_grad()
+    out = grown(batch, compute_forces=True, compute_stress=False, compute_properties=False)
+    (out["energy"].pow(2).sum() + out["forces"].pow(2).sum()).backward()
+    assert float(new.node_self.weight.grad.abs().sum()) > 0
+
+
+def test_growing_by_nothing_is_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        grow_layers(make_tiny_model(), 0)
