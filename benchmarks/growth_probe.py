@@ -63,7 +63,11 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--runs", default="runs/growth_probe")
     parser.add_argument("--report", default="benchmarks/results/growth_probe.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the arms' logs, "
+                        "training nothing")
     args = parser.parse_args()
+    if not args.minutes > 0:
+        raise SystemExit(f"--minutes must be positive, got {args.minutes:g}")
     os.chdir(REPO)
 
     from mftcalc.model.checkpoint import load_model, save_model
@@ -86,6 +90,9 @@ def main() -> None:
     procs = []
     for name, init in arms.items():
         out = runs / name.replace(" ", "").replace("+", "grow")
+        if args.report_only:
+            procs.append((name, out, None))
+            continue
         sets = [f"out_dir={out}", f"state_path={out}/state.pt", f"model_out={out}/model.pt",
                 f"heldout_out={out}/heldout.extxyz.gz", "replay=false", "refit_energy_shift=false",
                 f"lr0={args.lr}", f"lr_end={args.lr}", "lr_start_step=0", "steps=10000000",
@@ -99,9 +106,10 @@ def main() -> None:
         procs.append((name, out, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
     started = time.time()
     for name, _, proc in procs:
-        if proc.wait() != 0:
+        if proc is not None and proc.wait() != 0:
             raise SystemExit(f"arm {name!r} failed (rc {proc.returncode}); see {runs}/*.log")
-    print(f"both arms done in {(time.time() - started) / 60:.1f} min")
+    if not args.report_only:
+        print(f"both arms done in {(time.time() - started) / 60:.1f} min")
     report(args, procs, start_step, prefactors)
 
 
@@ -114,7 +122,8 @@ def report(args, procs, start_step: int, prefactors: Dict[str, float]) -> None:
     from mftcalc.model.mft_model import count_parameters
 
     main_val = read_validations(REPO / "checkpoints" / "pretrain" / "val.csv")
-    start_value = float(main_val[main_val["step"] <= start_step][COLUMN].iloc[-1])
+    before = main_val[main_val["step"] <= start_step]
+    start_value, start_val_step = float(before[COLUMN].iloc[-1]), int(before["step"].iloc[-1])
     frames, rows = {}, []
     for name, out, _ in procs:
         if not (out / "val.csv").exists():
@@ -136,7 +145,7 @@ def report(args, procs, start_step: int, prefactors: Dict[str, float]) -> None:
         axes[0].plot(frame["hours"], frame[COLUMN], "o-", ms=3, label=name)
         axes[1].plot(frame["step"], frame[COLUMN], "o-", ms=3, label=name)
     for ax, xlabel in zip(axes, ("training wall time (h, one core each)", "steps from the state")):
-        ax.axhline(start_value, color="grey", ls=":", label=f"main run at step {start_step:,}")
+        ax.axhline(start_value, color="grey", ls=":", label=f"main run, validation at step {start_val_step:,}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out xTB force MAE (eV/Å)")
         ax.legend()
@@ -150,8 +159,8 @@ def report(args, procs, start_step: int, prefactors: Dict[str, float]) -> None:
         f"Command: `OMP_NUM_THREADS=1 python benchmarks/growth_probe.py --grow {args.grow} --lr {args.lr} "
         f"--minutes {args.minutes:g}` (the two arms at once, one core each; {time.strftime('%Y-%m-%d')}).",
         "",
-        f"Start: the pretraining state at step {start_step:,} (held-out xTB force MAE {start_value:.4f} eV/Å in "
-        f"`checkpoints/pretrain/val.csv`). Both arms: fresh Adam, learning rate {args.lr:g} constant, loss "
+        f"Start: the pretraining state at step {start_step:,} (held-out xTB force MAE {start_value:.4f} eV/Å at the "
+        f"validation of step {start_val_step:,} in `checkpoints/pretrain/val.csv`). Both arms: fresh Adam, learning rate {args.lr:g} constant, loss "
         f"prefactors held at the main run's values there (E {prefactors['start_e']:g}, F {prefactors['start_f']:g}, "
         f"V {prefactors['start_v']:g}), validation every {args.val_every} steps on the pretraining's held-out sets.",
         "",

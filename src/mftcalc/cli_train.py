@@ -11,9 +11,12 @@ def _train(args: argparse.Namespace) -> int:
     from mftcalc.training.distributed import distributed_session
     pairs = list(args.set or []) + ([f"device={args.device}"] if args.device else [])
     pairs += [f"init={args.init}"] if args.init else []
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ValueError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g} (leave it "
+                         "out to train to the config's steps)")
     cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
     with distributed_session(cfg.device) as (rank, world):
-        card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget else None)
+        card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget is not None else None)
         if rank == 0:
             print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
     return 0

@@ -120,3 +120,12 @@ def test_a_message_comes_before_a_cpp_operator_build(monkeypatch, tmp_path, caps
     err = capsys.readouterr().err
     assert "building the C++ angle-block operator (first use, about 30-60 s)" in err
     assert "building the C++ neighbour-list operator (first use, about 30-60 s)" in err
+
+
+@pytest.mark.parametrize("minutes", ["0", "-5"])
+def test_train_refuses_a_time_budget_that_is_not_positive(minutes, tmp_path, capsys):
+    """``--time-budget 0`` once meant "no budget" and trained to the config's last step; it is refused by name."""
+    config = tmp_path / "never_read.yaml"
+    assert main(["train", str(config), "--time-budget", minutes]) == 1
+    err = capsys.readouterr().err
+    assert "--time-budget must be a positive number of minutes" in err and "leave it out" in err
