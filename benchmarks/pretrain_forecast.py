@@ -9,8 +9,9 @@ law ``f_mae = a · step^(-b)`` by least squares in log–log, and reports:
 - the measured held-out force MAE (median of the last three validations, eV/Å) and how fast it fell over the last
   10,000 steps;
 - the measured training cost: steps per hour of training wall time (``wall_s`` in ``val.csv`` counts only time
-  spent training, so pauses between sessions do not enter);
-- where the fit reaches 0.10 and 0.05 eV/Å, in steps and one-core hours, and where the last 10,000 steps' rate
+  spent training, so pauses between sessions do not enter), since the last resume that changed the number of
+  torchrun processes (``resume.log``; with K processes a step carries K times the batch);
+- where the fit reaches 0.10 and 0.05 eV/Å, in steps and wall-clock hours at that rate, and where the last 10,000 steps' rate
   of fall, held constant, would. Both extrapolate a cycle whose learning rate is still decaying; treat them as an
   order of magnitude, not a promise.
 
@@ -20,6 +21,7 @@ targets).
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,21 @@ def cycle_points(val_csv: Path, start_step: int) -> pd.DataFrame:
     """Validation rows of the current cycle (step > ``start_step``)."""
     frame = read_validations(val_csv)
     return frame[frame["step"] > start_step][["step", "wall_s", COLUMN]].dropna()
+
+
+def world_size_changes(resume_log: Path) -> list[tuple[int, int]]:
+    """(step, world size from then on) of every resume in ``resume.log`` that changed the number of processes."""
+    changes, step = [], None
+    if not resume_log.exists():
+        return changes
+    for line in resume_log.read_text().splitlines():
+        match = re.search(r"resuming .* at step (\d+)", line)
+        if match:
+            step = int(match.group(1))
+        match = re.match(r"\s+world_size: \S+ -> (\d+)", line)
+        if match and step is not None:
+            changes.append((step, int(match.group(1))))
+    return changes
 
 
 def fit_power_law(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
@@ -70,8 +87,18 @@ def main() -> None:
     now = float(np.median(values[-3:]))
     recent = points[points["step"] >= now_step - 10_000]
     fall_10k = float(np.median(recent[COLUMN].to_numpy()[:3]) - now)
-    # training wall per step over the cycle (wall_s is training time only)
-    per_hour = 3600.0 * (steps[-1] - steps[0]) / (wall[-1] - wall[0])
+    # training wall per step (wall_s is training time only), over the part of the cycle run with today's number
+    # of processes (one core each): with K processes a step carries K times the batch
+    changes = [c for c in world_size_changes(Path(args.out_dir) / "resume.log") if c[0] >= start]
+    world, since = (changes[-1][1], changes[-1][0]) if changes else (1, start)
+    segment = points[points["step"] > since]
+    if len(segment) < 2:
+        segment, world_note = points, " (too few validations since the last change of processes: whole cycle)"
+    else:
+        world_note = ""
+    seg_steps, seg_wall = segment["step"].to_numpy(), segment["wall_s"].to_numpy()
+    per_hour = 3600.0 * (seg_steps[-1] - seg_steps[0]) / (seg_wall[-1] - seg_wall[0])
+    cores = f"{world} process{'es' if world > 1 else ''} (one core each)"
 
     rows = []
     for target in (0.10, 0.05):
@@ -86,18 +113,21 @@ def main() -> None:
         "",
         f"- Held-out xTB force MAE now: **{now:.3f} eV/Å** (median of the last three validations); it fell "
         f"{fall_10k:.3f} eV/Å over the last 10,000 steps.",
-        f"- Training cost: {per_hour:,.0f} steps per hour of training wall time on one core (measured over the cycle).",
+        f"- Training cost: {per_hour:,.0f} steps per hour of training wall time with {cores}, measured since step "
+        f"{since:,}{world_note}; with K processes a step carries K times the batch, which the step-based fit "
+        "below does not credit.",
         f"- Fit over the cycle: f_mae ≈ {a:.3g} · step^(−{b:.3f}); at the cycle's planned end (step "
-        f"{int(config['steps']):,}, {(int(config['steps']) - now_step) / per_hour:.0f} one-core hours from now) it "
+        f"{int(config['steps']):,}, {(int(config['steps']) - now_step) / per_hour:.0f} hours from now at that rate) it "
         f"gives {a * int(config['steps']) ** (-b):.3f} eV/Å.",
         "",
-        "| target (eV/Å) | power-law fit reaches it at step | one-core hours | last 10k steps' rate reaches it at "
-        "step | one-core hours |",
+        "| target (eV/Å) | power-law fit reaches it at step | hours | last 10k steps' rate reaches it at "
+        "step | hours |",
         "|---:|---:|---:|---:|---:|",
         *[f"| {t:.2f} | {s:,.0f} | {h:,.0f} | {ls:,.0f} | {lh:,.0f} |" for t, s, h, ls, lh in rows],
         "",
         "Both extrapolate a cycle whose learning rate still decays (to 1e-5 at the config's last step), so the "
-        "figures are an order of magnitude. They say what one CPU core can do; a lent GPU is the way to the target.",
+        f"figures are an order of magnitude. Hours are wall-clock hours at the measured rate, with {cores}; a lent "
+        "GPU is the way to the target.",
     ]
     text = "\n".join(lines) + "\n"
     Path(args.report).write_text(text)
