@@ -81,7 +81,7 @@ def main() -> None:
     points = cycle_points(Path(args.out_dir) / "val.csv", start)
     if len(points) < 5:
         raise SystemExit(f"{args.out_dir}/val.csv has {len(points)} validations after step {start}: too few to fit")
-    steps, values, wall = points["step"].to_numpy(), points[COLUMN].to_numpy(), points["wall_s"].to_numpy()
+    steps, values = points["step"].to_numpy(), points[COLUMN].to_numpy()
     a, b = fit_power_law(steps, values)
     now_step = int(steps[-1])
     now = float(np.median(values[-3:]))
