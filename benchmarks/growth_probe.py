@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Dict
 
-import pandas as pd
 import torch
 import yaml
 
@@ -81,9 +80,9 @@ def main() -> None:
         state = torch.load(args.state, map_location="cpu", weights_only=False)
         base = load_model(args.skeleton)
         base.load_state_dict(state["model"])
-        save_model(base, base_path, {**getattr(base, "metadata", {}), "probe_state_step": int(state["step"])})
-        save_model(grow_layers(base, args.grow), grown_path,
-                   {**getattr(base, "metadata", {}), "probe_state_step": int(state["step"])})
+        metadata = {**getattr(base, "metadata", {}), "probe_state_step": int(state["step"])}
+        save_model(base, base_path, metadata)
+        save_model(grow_layers(base, args.grow), grown_path, metadata)
     start_step = int(load_model(base_path).metadata["probe_state_step"])
     prefactors = current_prefactors(config, start_step)
     arms = {"continue": base_path, f"grown +{args.grow}": grown_path}
@@ -101,9 +100,9 @@ def main() -> None:
         cmd = [sys.executable, "-m", "mftcalc.cli", "train", args.config, "--init", str(init),
                "--time-budget", str(args.minutes), "--set", *sets]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        log = open(out.with_suffix(".log"), "a")
         out.mkdir(parents=True, exist_ok=True)
-        procs.append((name, out, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        with open(out.with_suffix(".log"), "a") as log:     # the child keeps its own handle
+            procs.append((name, out, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
     started = time.time()
     for name, _, proc in procs:
         if proc is not None and proc.wait() != 0:
@@ -139,7 +138,6 @@ def report(args, procs, start_step: int, prefactors: Dict[str, float]) -> None:
                      "steps/h": float(frame["step"].iloc[-1] / frame["hours"].iloc[-1]),
                      "first": float(frame[COLUMN].iloc[0]), "min": float(frame[COLUMN].min()),
                      "last3": float(last3.median())})
-    table = pd.DataFrame(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, frame in frames.items():
         axes[0].plot(frame["hours"], frame[COLUMN], "o-", ms=3, label=name)
@@ -174,7 +172,6 @@ def report(args, procs, start_step: int, prefactors: Dict[str, float]) -> None:
               f"`{plot.name}` (against wall time, left, and steps, right).", ""]
     Path(args.report).write_text("\n".join(lines))
     print("\n".join(lines))
-    print(table.to_string())
 
 
 if __name__ == "__main__":
