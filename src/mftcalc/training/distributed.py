@@ -12,13 +12,14 @@ Semantics (the same for ``mftcalc train`` and ``mftcalc finetune``):
   the batch size over small factors), and scale it by ``sqrt(K)`` beyond; the run's settings record the world size.
 - Resume across world sizes works (the sampler state is an epoch and a position); the changed world size, and so
   the changed global batch, is stated in ``resume.log``.
-- Rank 0 alone writes CSVs, plots, checkpoints and model files; the others wait at a barrier.
+- Rank 0 alone writes CSVs, plots, checkpoints and model files; the others wait at a barrier. The logged
+  training losses and errors are those of the global batch (:func:`all_reduce_logged_parts`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Tuple
 
 import torch
 
@@ -93,6 +94,27 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return float(t.item())
+
+
+def all_reduce_logged_parts(parts: Dict[str, float], device: torch.device) -> Dict[str, float]:
+    """Global-batch values of a training step's logged parts from each rank's share (one all-reduce).
+
+    Every rank must pass the same keys. The parts are this rank's shares normalised by global-batch counts (see
+    ``Trainer._batch_loss``): keys ending in ``loss`` or ``mae`` are summed over ranks; ``rmse`` keys are
+    ``sqrt(local squared errors / global count)``, so their squares are summed and the root taken. Other keys
+    are returned as they are. On one process the parts are returned unchanged."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return dict(parts)
+    keys = sorted(k for k in parts if k.endswith(("loss", "mae")) or "rmse" in k.rsplit("/", 1)[-1])
+    squared = ["rmse" in k.rsplit("/", 1)[-1] for k in keys]
+    t = torch.tensor([parts[k] ** 2 if sq else parts[k] for k, sq in zip(keys, squared)], dtype=torch.float64,
+                     device=device)
+    torch.distributed.all_reduce(t)
+    out = dict(parts)
+    for k, sq, v in zip(keys, squared, t.tolist()):
+        out[k] = v ** 0.5 if sq else v
+    return out
 
 
 def barrier() -> None:

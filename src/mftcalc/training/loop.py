@@ -22,7 +22,7 @@ from mftcalc.data.batch import collate
 from mftcalc.data.structure import structures_digest
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
-from mftcalc.training.distributed import all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
+from mftcalc.training.distributed import all_reduce_logged_parts, all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
 from mftcalc.training.evaluate import forcefield_errors, property_errors
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
@@ -257,6 +257,9 @@ class Trainer:
         self.optimizers[kind].step()
         log["loss"] = all_reduce_sum(float(loss.detach()), self.device)
         log["grad_norm"] = float(grad_norm)
+        if self.world > 1:
+            # the parts are this rank's shares of the global batch; log the global batch's errors
+            log = all_reduce_logged_parts(log, self.device) | {"loss": log["loss"]}
         return log
 
     # ------------------------------------------------------------------ validation

@@ -88,7 +88,8 @@ def property_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], name: str, 
 
     The errors enter the loss divided by ``scale`` (property units). ``reduction="sum"``: summed over the
     structures, as deepmd-kit's ``PropertyLoss`` (``F.mse_loss(..., reduction="sum")``, the authors' recipe);
-    ``"mean"``: divided by ``norm_structures`` (default the local count). The logged ``mae`` is in property units.
+    ``"mean"``: divided by ``norm_structures`` (default the local count). The logged ``mae`` is in property units,
+    the absolute errors summed and divided by ``norm_structures`` (default the local count).
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"property loss reduction must be 'sum' or 'mean', got {reduction!r}")
@@ -108,4 +109,7 @@ def property_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], name: str, 
         loss = torch.nn.functional.smooth_l1_loss(scaled, torch.zeros_like(scaled), beta=beta, reduction="sum") / max(count, 1.0)
     else:
         raise ValueError(f"unknown property loss {kind!r}; use 'mse' or 'smooth_l1'")
-    return loss, {"loss": float(loss.detach()), "mae": float(diff.detach().abs().mean()) if diff.numel() else 0.0}
+    # the mae is divided by norm_structures (not the local count) so that under DDP the ranks' shares sum to the
+    # global batch's mae; on one process both counts are the batch's labelled structures
+    mae_count = norm_structures if norm_structures is not None else float(mask.sum())
+    return loss, {"loss": float(loss.detach()), "mae": float(diff.detach().abs().sum()) / max(mae_count, 1.0)}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ase.build import molecule
@@ -60,6 +61,13 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path, mode):
     moved = 0
     for key in w1:
         torch.testing.assert_close(w2[key], w1[key], rtol=1e-9, atol=1e-11, msg=key)
+    # the logged losses and errors (last step) are the global batch's, as on one process
+    one_row, two_row = (np.genfromtxt(tmp_path / f"{n}_run" / "train.csv", delimiter=",", names=True) for n in ("one", "two"))
+    logged = [n for n in one_row.dtype.names if n.endswith(("loss", "mae")) or "rmse" in n]
+    has = [any(n.endswith("mae") for n in logged), any("rmse_f" in n for n in logged)]
+    assert all(has) if mode == "sum" else any(has)        # alternate: the last step drew one of the two sources
+    for name in logged:
+        np.testing.assert_allclose(two_row[name], one_row[name], rtol=1e-7, err_msg=name)
     start = read_checkpoint(REPO / "models" / "pretrained.pt")["state_dict"]
     moved = sum(not torch.equal(w1[k].to(start[k].dtype), start[k]) for k in w1 if k in start)
     assert moved > 10, "the runs should have trained the shared backbone"

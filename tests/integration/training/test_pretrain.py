@@ -120,3 +120,15 @@ def test_torchrun_two_processes_match_one_process_with_double_batch(tiny_config,
                              str(tmp_path / "two.yaml")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_same_weights(tmp_path / "one.pt", tmp_path / "two.pt", exact=False)
+    _assert_same_logged_errors(tmp_path / "one" / "train.csv", tmp_path / "two" / "train.csv")
+
+
+def _assert_same_logged_errors(one_csv: Path, two_csv: Path) -> None:
+    """The logged losses and errors of a 2-rank run are the global batch's (each rank logged only its half, with
+    the global normalisation, before: RMSEs 1/sqrt(2) low)."""
+    one = np.genfromtxt(one_csv, delimiter=",", names=True)
+    two = np.genfromtxt(two_csv, delimiter=",", names=True)
+    errors = [n for n in one.dtype.names if n.endswith(("loss", "mae")) or "rmse" in n]
+    assert any("rmse_f" in n for n in errors) and one.shape == two.shape
+    for name in errors:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-7, err_msg=name)
