@@ -39,6 +39,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grow(args: argparse.Namespace) -> int:
+    from mftcalc.model.checkpoint import load_model, save_model
+    from mftcalc.model.grow import grow_layers
+    if args.layers < 1:
+        raise ValueError(f"--layers must be at least 1, got {args.layers} (the number of layers to append)")
+    base = load_model(args.model)
+    grown = grow_layers(base, args.layers, seed=args.seed)
+    save_model(grown, args.output, grown.metadata)
+    old = base.config.backbone.n_layers
+    print(f"wrote {args.output}: {old} -> {old + args.layers} layers, identity-initialised (same predictions as "
+          f"{args.model}); continue its training with mftcalc train CONFIG --init {args.output}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from mftcalc.model.card import model_card
     print(model_card(args.model), end="")
@@ -133,13 +147,20 @@ def _shard_option(p: Any) -> None:
 
 
 def add_model_parsers(subparsers: Any) -> None:
-    """Register ``export``, ``info``, ``predict``, ``relax``, ``screen``, ``demo`` and ``merge``."""
+    """Register ``export``, ``grow``, ``info``, ``predict``, ``relax``, ``screen``, ``demo`` and ``merge``."""
     p = subparsers.add_parser("export", help="TorchScript export of a checkpoint")
     p.add_argument("checkpoint", help="mftcalc checkpoint (.pt) to export")
     p.add_argument("-o", "--output", required=True, help="TorchScript file to write")
     p.add_argument("--fused", action="store_true", help="use the fused C++ angle operator (fast, needs mftcalc)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the export")
     p.set_defaults(func=_export)
+    p = subparsers.add_parser("grow", help="deepen a trained model: append message-passing layers that start as "
+                              "the identity (same predictions), to train further with more capacity")
+    p.add_argument("model", help="mftcalc checkpoint (.pt)")
+    p.add_argument("--layers", type=int, required=True, help="layers to append (>= 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new layers' weights")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write")
+    p.set_defaults(func=_grow)
     p = subparsers.add_parser("info", help="model card of a checkpoint: heads, units, elements, size, training, "
                               "validation errors (Markdown)")
     p.add_argument("model", help="mftcalc checkpoint (.pt)")

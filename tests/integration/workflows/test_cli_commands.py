@@ -15,6 +15,7 @@ from mftcalc.calculators import MFTCalculator
 from mftcalc.cli import main
 from mftcalc.data import Structure
 from mftcalc.data.io import read_structures
+from mftcalc.model.checkpoint import read_checkpoint
 from mftcalc.workflows.screening import example_path
 
 
@@ -28,6 +29,25 @@ def test_info_prints_the_model_card(model_file, capsys):
     card = capsys.readouterr().out
     assert "**Parameters**" in card and "**Elements seen in training**: H C N O Si" in card
     assert "gap" in card and "Hartree" in card and "bohr^2" in card
+
+
+def test_grow_writes_a_deeper_model_with_the_same_predictions(model_file, tmp_path, capsys):
+    out = tmp_path / "grown.pt"
+    assert main(["grow", str(model_file), "--layers", "2", "-o", str(out)]) == 0
+    assert "-> " in capsys.readouterr().out
+    atoms = molecule("CH3OH")
+    atoms.rattle(0.05, seed=1)
+    results = []
+    for path in (model_file, out):
+        calc = MFTCalculator(path, dtype=torch.float64)
+        results.append((calc.get_potential_energy(atoms.copy()), calc.get_forces(atoms.copy()),
+                        calc.get_property("gap", atoms.copy())))
+    layers = [read_checkpoint(p)["config"]["backbone"]["n_layers"] for p in (model_file, out)]
+    assert layers[1] == layers[0] + 2
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+    assert main(["grow", str(model_file), "--layers", "0", "-o", str(tmp_path / "x.pt")]) != 0
+    assert "--layers must be at least 1" in capsys.readouterr().err
 
 
 def test_screen_predicts_what_the_calculator_gives_and_resumes(model_file, tmp_path, capsys):
