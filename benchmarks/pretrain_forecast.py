@@ -4,16 +4,19 @@
 
 Reads the running pretraining's validation log (``val.csv``: held-out xTB force MAE every 1,000 steps) and its
 config (the current cycle's first step, ``lr_start_step``). Over the current learning-rate cycle it fits a power
-law ``f_mae = a · step^(-b)`` by least squares in log–log, and reports:
+law ``f_mae = a · step^(-b)`` by least squares in log–log, and a saturating law ``f_mae = floor + a · step^(-b)``
+(nonlinear least squares; the floor is where the cycle levels off), and reports:
 
 - the measured held-out force MAE (median of the last three validations, eV/Å) and how fast it fell over the last
   10,000 steps;
 - the measured training cost: steps per hour of training wall time (``wall_s`` in ``val.csv`` counts only time
   spent training, so pauses between sessions do not enter), since the last resume that changed the number of
   torchrun processes (``resume.log``; with K processes a step carries K times the batch);
-- where the fit reaches 0.10 and 0.05 eV/Å, in steps and wall-clock hours at that rate, and where the last 10,000 steps' rate
-  of fall, held constant, would. Both extrapolate a cycle whose learning rate is still decaying; treat them as an
-  order of magnitude, not a promise.
+- where the power law reaches 0.10 and 0.05 eV/Å, in steps and wall-clock hours at that rate, and where the last
+  10,000 steps' rate of fall, held constant, would; and the saturating fit's floor with its standard error, and
+  which of the two fits the points better (residual standard deviation). A floor above a target means the cycle,
+  continued as it is, does not reach it. All extrapolate a cycle whose learning rate is still decaying; treat
+  them as an order of magnitude, not a promise.
 
 Writes ``benchmarks/results/pretrain_forecast.md`` and ``pretrain_forecast.png`` (measured points, the fit, the
 targets).
@@ -64,6 +67,21 @@ def fit_power_law(steps: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(np.exp(intercept)), float(-slope)
 
 
+def fit_saturating(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(floor, a, b) and their standard errors of ``values ≈ floor + a · (steps / 1e5)^(-b)`` (nonlinear least
+    squares, started from the lowest value as the floor)."""
+    from scipy.optimize import curve_fit
+    x = steps / 1e5
+    p0 = [0.9 * float(values.min()), float(values.max() - values.min()) * float(x.min()) ** 0.5 + 1e-6, 0.5]
+    params, cov = curve_fit(saturating, x, values, p0=p0, maxfev=20_000)
+    return params, np.sqrt(np.diag(cov))
+
+
+def saturating(x: np.ndarray, floor: float, a: float, b: float) -> np.ndarray:
+    """``floor + a · x^(-b)`` (x = step / 1e5)."""
+    return floor + a * x ** (-b)
+
+
 def steps_to(target: float, a: float, b: float) -> float:
     """Step at which ``a · step^(-b)`` reaches ``target`` (inf when the fit does not fall)."""
     return float((a / target) ** (1.0 / b)) if b > 0 else float("inf")
@@ -83,6 +101,9 @@ def main() -> None:
         raise SystemExit(f"{args.out_dir}/val.csv has {len(points)} validations after step {start}: too few to fit")
     steps, values = points["step"].to_numpy(), points[COLUMN].to_numpy()
     a, b = fit_power_law(steps, values)
+    (floor, sa, sb), (floor_se, *_) = fit_saturating(steps, values)
+    resid_power = float(np.std(values - a * steps ** (-b)))
+    resid_sat = float(np.std(values - saturating(steps / 1e5, floor, sa, sb)))
     now_step = int(steps[-1])
     now = float(np.median(values[-3:]))
     recent = points[points["step"] >= now_step - 10_000]
@@ -98,7 +119,7 @@ def main() -> None:
         world_note = ""
     seg_steps, seg_wall = segment["step"].to_numpy(), segment["wall_s"].to_numpy()
     per_hour = 3600.0 * (seg_steps[-1] - seg_steps[0]) / (seg_wall[-1] - seg_wall[0])
-    cores = f"{world} process{'es' if world > 1 else ''} (one core each)"
+    cores = f"{world} processes (one core each)" if world > 1 else "1 process (one core)"
 
     rows = []
     for target in (0.10, 0.05):
@@ -125,7 +146,16 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|",
         *[f"| {t:.2f} | {s:,.0f} | {h:,.0f} | {ls:,.0f} | {lh:,.0f} |" for t, s, h, ls, lh in rows],
         "",
-        "Both extrapolate a cycle whose learning rate still decays (to 1e-5 at the config's last step), so the "
+        f"- Saturating fit over the cycle: f_mae ≈ {floor:.3f} (± {floor_se:.3f}) + {sa:.3g} · (step/1e5)^(−{sb:.2f}); "
+        f"it levels off at **{floor:.3f} eV/Å** and gives {saturating(int(config['steps']) / 1e5, floor, sa, sb):.3f} "
+        f"at the cycle's planned end. Residual standard deviation: {resid_sat:.4f} eV/Å (saturating) against "
+        f"{resid_power:.4f} (power law): the {'saturating' if resid_sat < resid_power else 'power'} law fits better"
+        + (f", and its floor lies above {', '.join(f'{t:.2f}' for t in (0.10, 0.05) if floor - 2 * floor_se > t)} "
+           "eV/Å: continued as it is, this cycle does not reach "
+           f"{'that target' if sum(floor - 2 * floor_se > t for t in (0.10, 0.05)) == 1 else 'these targets'}."
+           if floor - 2 * floor_se > 0.05 else "."),
+        "",
+        "All extrapolate a cycle whose learning rate still decays (to 1e-5 at the config's last step), so the "
         f"figures are an order of magnitude. Hours are wall-clock hours at the measured rate, with {cores}; a lent "
         "GPU is the way to the target.",
     ]
@@ -140,6 +170,7 @@ def main() -> None:
     ax.loglog(steps, values, ".", label="held-out xTB force MAE (val.csv)")
     grid = np.geomspace(steps[0], max(r[1] for r in rows if np.isfinite(r[1])) * 1.1, 200)
     ax.loglog(grid, a * grid ** (-b), "-", label=f"fit a·step^(−{b:.2f})")
+    ax.loglog(grid, saturating(grid / 1e5, floor, sa, sb), "--", label=f"saturating fit, floor {floor:.3f}")
     for target, step, *_ in rows:
         ax.axhline(target, color="grey", ls=":", lw=1)
         ax.annotate(f"{target:.2f} at step {step:,.0f}", (step, target), fontsize=8, ha="right", va="bottom")
