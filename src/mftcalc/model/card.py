@@ -24,6 +24,33 @@ def _metric_table(validation: Dict[str, float], datasets: Dict[str, Dict[str, An
     return rows
 
 
+def pretraining_lineage(card: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The chain of pretraining runs behind a pretraining card, oldest first: one entry per run with its
+    ``steps``, ``train_wall_s`` (seconds of training), ``n_layers`` grown from (None unless the run started from a
+    grown model: ``mftcalc grow``) and ``init`` (the model file it started from, None for the first run)."""
+    chain: List[Dict[str, Any]] = []
+    while card:
+        init = card.get("init") or {}
+        grown = init.get("grown_from") or {}
+        chain.append({"steps": int(card.get("steps", 0)), "train_wall_s": float(card.get("train_wall_s", 0.0)),
+                      "init": init.get("path"), "grown": (grown.get("n_layers"), grown.get("n_new")) if grown else None})
+        card = init.get("pretraining") or {}
+    return chain[::-1]
+
+
+def _lineage_line(chain: List[Dict[str, Any]]) -> str:
+    parts = []
+    for k, run in enumerate(chain):
+        grown = (f", after `mftcalc grow` {run['grown'][0]} → {run['grown'][0] + run['grown'][1]} layers"
+                 if run["grown"] else "")
+        start = f" from `{run['init']}`{grown}" if k else ""
+        parts.append(f"run {k + 1}{start}: {run['steps']:,} steps, {run['train_wall_s'] / 3600:.1f} h")
+    steps = sum(r["steps"] for r in chain)
+    hours = sum(r["train_wall_s"] for r in chain) / 3600
+    return (f"- **Pretraining in all**: {steps:,} steps in {hours:.1f} h of training over {len(chain)} runs, each "
+            f"continuing the last ({'; '.join(parts)})")
+
+
 def model_card(path: str | Path) -> str:
     """Markdown card of a checkpoint: heads and units, elements, size, pretraining/fine-tuning provenance and the
     validation errors stored with it."""
@@ -53,6 +80,9 @@ def model_card(path: str | Path) -> str:
         lines += [f"- **Pretraining**: {pre.get('steps', '?'):,} steps in {pre.get('train_wall_s', 0) / 60:.0f} min "
                   f"of training (config steps {cfg.get('steps')}, lr {cfg.get('lr0')} → {cfg.get('lr_end')}, "
                   f"decay every {cfg.get('decay_steps')} steps from step {cfg.get('lr_start_step', 0)})", ""]
+        lineage = pretraining_lineage(pre)
+        if len(lineage) > 1:
+            lines += [_lineage_line(lineage), ""]
         validation = pre.get("validation") or {}
         if validation:
             lines.append(f"Validation errors at step {int(validation.get('step', pre.get('steps', 0))):,}:")

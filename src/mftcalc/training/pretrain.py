@@ -220,6 +220,11 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),
             "datasets": {s.name: {"train": len(s.structures), "batch_size": s.batch_size} for s in sources},
             "validation": metrics, "energy_shift_refit": refit, "elapsed_this_call_s": time.time() - started}
+    if cfg.init:
+        # the lineage: the init's own pretraining card (which holds its init, and so on) and its growth, if any
+        base_meta = getattr(base, "metadata", {})
+        card["init"] = {"path": str(cfg.init), "content_sha256": base.content_sha256,
+                        "pretraining": base_meta.get("pretraining"), "grown_from": base_meta.get("grown_from")}
     if trainer.rank == 0:
         save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card, dataset_domains=domains))
         if cfg.replay:

@@ -53,3 +53,26 @@ def test_train_with_init_appends_a_dataset_and_reports_both(tiny_config, tmp_pat
     assert np.isfinite(card["validation"]["val/al/f_mae"]) and np.isfinite(card["validation"]["val/cu/f_mae"])
     base = load_model(cu_model)
     torch.testing.assert_close(model.ff_heads["forcefield"].shift[0], base.ff_heads["forcefield"].shift[0])
+
+
+def test_training_a_grown_model_keeps_the_lineage_in_the_card(tiny_config, tmp_path):
+    from mftcalc.model.card import model_card, pretraining_lineage
+    from mftcalc.model.checkpoint import save_model
+    from mftcalc.model.grow import grow_layers
+    cu_model = _cu_only(tiny_config, tmp_path)                      # run 1: 4 steps, 2 layers
+    grown = grow_layers(load_model(cu_model), 1)
+    save_model(grown, tmp_path / "grown.pt", grown.metadata)
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["datasets"] = cfg["datasets"][:1]
+    cfg.update(init=str(tmp_path / "grown.pt"), out_dir=str(tmp_path / "g_run"),
+               state_path=str(tmp_path / "g_run/state.pt"), model_out=str(tmp_path / "g.pt"), steps=3)
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    card = pretrain(PretrainConfig.from_yaml(path))                 # run 2: 3 steps, 3 layers
+    chain = pretraining_lineage(card)
+    assert [r["steps"] for r in chain] == [4, 3]
+    assert chain[0]["init"] is None and chain[1]["grown"] == (2, 1) and chain[1]["init"] == str(tmp_path / "grown.pt")
+    assert all(r["train_wall_s"] > 0 for r in chain)
+    text = model_card(tmp_path / "g.pt")
+    assert "**Pretraining in all**: 7 steps" in text and "over 2 runs" in text and "2 → 3 layers" in text
+    assert "Pretraining in all" not in model_card(cu_model)        # one run: no lineage line
