@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
 
 def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional[str] = None,
                    plot: Optional[str] = "parity.png", max_structures: Optional[int] = None,
-                   device: str = "cpu") -> Dict[str, Dict]:
+                   device: str = "cpu", group_by: Optional[str] = None) -> Dict[str, Dict]:
     """Print a table of errors per file and write parity plots.
 
     Force field: energy MAE/atom (meV), force MAE/RMSE (meV/Å), where the file has those labels; ``plot``.
@@ -48,7 +48,9 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     Every file is read and checked (:func:`read_labelled`) before the model runs, so an unreadable or unlabelled
     file stops the command (``SystemExit``, status 1) with a message naming it; so does a file whose only labels
     are properties the model does not predict. A column a file has no labels for is printed as ``-``.
-    ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``).
+    ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``). ``group_by``: an ``info`` key
+    (e.g. ``config_type``); the energy and force errors are also given per value of it, under each file (a row's
+    ``groups``; ``(none)`` for structures without the key).
     """
     from mftcalc.calculators.model_handle import ModelHandle
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
@@ -68,17 +70,8 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             raise SystemExit(f"{path}: {exc}") from None
         preds = predict_structures(handle.module, structures, datasets, compute_forces=want_forces,
                                    compute_stress=False)
-        e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
-        e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
-        f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])
-        f_pred = np.concatenate([p["forces"].ravel() for s, p in zip(structures, preds) if s.forces is not None]
-                                or [np.zeros(0)])
-        row: Dict = {"n": len(structures), "properties": {}}
-        if e_ref.size:
-            row["e_mae_mev_atom"] = 1000 * float(np.abs(e_pred - e_ref).mean())
-        if f_ref.size:
-            row["f_mae_mev_A"] = 1000 * float(np.abs(f_pred - f_ref).mean())
-            row["f_rmse_mev_A"] = 1000 * float(np.sqrt(((f_pred - f_ref) ** 2).mean()))
+        row, (e_ref, e_pred, f_ref, f_pred) = _forcefield_row(structures, preds)
+        row["properties"] = {}
         for name in names:
             true = np.array([s.properties[name] for s in structures if name in s.properties])
             pred = np.array([float(p[name]) for s, p in zip(structures, preds) if name in s.properties])
@@ -89,12 +82,18 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         table[str(path)] = row
         if e_ref.size or f_ref.size:
             parity.append((Path(path).name, e_ref, e_pred, f_ref, f_pred))
+            if group_by:
+                row["groups"] = _grouped_rows(structures, preds, group_by)
     if parity:
         print(f"{'data':40s} {'n':>6s} {'E MAE meV/atom':>15s} {'F MAE meV/Å':>12s} {'F RMSE meV/Å':>13s}")
         for name, row in table.items():
             if "e_mae_mev_atom" in row or "f_mae_mev_A" in row:
                 print(f"{Path(name).name:40s} {row['n']:6d} {_cell(row, 'e_mae_mev_atom', 15, 2)} "
                       f"{_cell(row, 'f_mae_mev_A', 12, 1)} {_cell(row, 'f_rmse_mev_A', 13, 1)}")
+                for value, sub in row.get("groups", {}).items():
+                    label = f"  {group_by}={value}"
+                    print(f"{label[:40]:40s} {sub['n']:6d} {_cell(sub, 'e_mae_mev_atom', 15, 2)} "
+                          f"{_cell(sub, 'f_mae_mev_A', 12, 1)} {_cell(sub, 'f_rmse_mev_A', 13, 1)}")
     if property_parity:
         print(f"{'data':40s} {'property':>12s} {'n':>7s} {'MAE':>12s} {'RMSE':>12s}  unit")
         for name, row in table.items():
@@ -110,6 +109,36 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             plot_parity(arrays, target, f"{Path(model_path).name}: {prop}", handle.unit(prop))
             print(f"wrote {target}")
     return table
+
+
+def _forcefield_row(structures: Sequence[Structure], preds: Sequence[Dict]) -> Tuple[Dict, Tuple[np.ndarray, ...]]:
+    """Energy and force errors of ``structures`` against their predictions ``preds``.
+
+    Returns the row (``n``; ``e_mae_mev_atom`` where energies are labelled; ``f_mae_mev_A``, ``f_rmse_mev_A``
+    where forces are: per force component) and the parity arrays: per-atom energies (eV/atom) and force components
+    (eV/Å), reference and predicted."""
+    e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
+    e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
+    f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])
+    f_pred = np.concatenate([p["forces"].ravel() for s, p in zip(structures, preds) if s.forces is not None]
+                            or [np.zeros(0)])
+    row: Dict = {"n": len(structures)}
+    if e_ref.size:
+        row["e_mae_mev_atom"] = 1000 * float(np.abs(e_pred - e_ref).mean())
+    if f_ref.size:
+        row["f_mae_mev_A"] = 1000 * float(np.abs(f_pred - f_ref).mean())
+        row["f_rmse_mev_A"] = 1000 * float(np.sqrt(((f_pred - f_ref) ** 2).mean()))
+    return row, (e_ref, e_pred, f_ref, f_pred)
+
+
+def _grouped_rows(structures: Sequence[Structure], preds: Sequence[Dict], key: str) -> Dict[str, Dict]:
+    """Energy and force error rows per value of ``info[key]`` (``(none)`` where a structure lacks the key), in
+    order of first appearance."""
+    groups: Dict[str, List[int]] = {}
+    for i, s in enumerate(structures):
+        groups.setdefault(str(s.info.get(key, "(none)")), []).append(i)
+    return {value: _forcefield_row([structures[i] for i in idx], [preds[i] for i in idx])[0]
+            for value, idx in groups.items()}
 
 
 def _property_names(path: str, structures: Sequence[Structure], handle) -> List[str]:

@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mftcalc.cli_evaluate import evaluate_files
     evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures,
-                   device=args.device)
+                   device=args.device, group_by=args.group_by)
     return 0
 
 
@@ -52,4 +52,6 @@ def add_train_parsers(subparsers: Any) -> None:
     p.add_argument("--plot", default="parity.png", help="parity plot output path")
     p.add_argument("--max-structures", type=int, default=None, help="evaluate only the first N structures of "
                    "each file (default: all)")
+    p.add_argument("--group-by", default=None, metavar="KEY", help="also give the energy and force errors per "
+                   "value of this info key of the structures (e.g. config_type), under each file")
     p.set_defaults(func=_evaluate)

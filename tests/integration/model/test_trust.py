@@ -258,3 +258,35 @@ def test_calculator_without_atoms_says_atoms_are_needed():
     atoms = molecule("H2O")
     assert np.isfinite(calc.get_property("energy", atoms))
     assert calc.get_property("energy") == calc.get_property("energy", atoms)  # now it has atoms
+
+
+def test_evaluate_group_by_gives_errors_per_info_value(tmp_path, capsys):
+    """--group-by KEY: energy and force errors per value of info[KEY] under the file row, here against labels that
+    are the model's own predictions plus known force offsets per group; structures without the key form (none)."""
+    from mftcalc.cli import main
+    from mftcalc.cli_evaluate import evaluate_files
+    from mftcalc.data.io import write_extxyz
+    from mftcalc.model.inference import predict_structures
+    from _helpers import save_tiny_model
+    model_path = save_tiny_model(tmp_path / "m.pt", dtype=torch.float64)
+    model = load_model(model_path, torch.float64)
+    rng = np.random.default_rng(5)
+    kinds = ["rattle", "md", "rattle", "md", None]
+    molecules = [Structure(positions=rng.normal(scale=1.2, size=(4, 3)) + np.arange(4)[:, None] * 1.1,
+                           numbers=np.array([6, 1, 1, 8]), info={"dataset": "a", **({"kind": k} if k else {})})
+                 for k in kinds]
+    preds = predict_structures(model, molecules, 0, compute_stress=False)
+    offset = {"rattle": 0.1, "md": 0.3, None: 0.2}
+    labelled = [m.with_labels(energy=float(p["energy"]), forces=p["forces"] + offset[k])
+                for m, p, k in zip(molecules, preds, kinds)]
+    write_extxyz(labelled, tmp_path / "ff.extxyz")
+    table = evaluate_files(str(model_path), [str(tmp_path / "ff.extxyz")], plot=None, group_by="kind")
+    row = table[str(tmp_path / "ff.extxyz")]
+    assert list(row["groups"]) == ["rattle", "md", "(none)"]
+    for name, value in (("rattle", 100.0), ("md", 300.0), ("(none)", 200.0)):
+        assert row["groups"][name]["f_mae_mev_A"] == pytest.approx(value, abs=1e-3)
+        assert row["groups"][name]["e_mae_mev_atom"] == pytest.approx(0.0, abs=1e-3)   # extxyz round trip
+    assert row["groups"]["md"]["n"] == 2 and row["f_mae_mev_A"] == pytest.approx(200.0, abs=1e-3)
+    assert "  kind=md" in capsys.readouterr().out
+    assert main(["evaluate", str(model_path), str(tmp_path / "ff.extxyz"), "--plot", str(tmp_path / "p.png"),
+                 "--group-by", "kind"]) == 0
