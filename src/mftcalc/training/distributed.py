@@ -99,17 +99,21 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
 def all_reduce_logged_parts(parts: Dict[str, float], device: torch.device) -> Dict[str, float]:
     """Global-batch values of a training step's logged parts from each rank's share (one all-reduce).
 
-    Every rank must pass the same keys. The parts are this rank's shares normalised by global-batch counts (see
-    ``Trainer._batch_loss``): keys ending in ``loss`` or ``mae`` are summed over ranks; ``rmse`` keys are
-    ``sqrt(local squared errors / global count)``, so their squares are summed and the root taken. Other keys
-    are returned as they are. On one process the parts are returned unchanged."""
+    The parts are this rank's shares normalised by global-batch counts (see ``Trainer._batch_loss``): keys ending
+    in ``loss`` or ``mae`` are summed over ranks; ``rmse`` keys are ``sqrt(local squared errors / global count)``,
+    so their squares are summed and the root taken. A key that only some ranks have (their shard of the batch
+    held no such labels) counts 0 on the others. Other keys are returned as they are. On one process the parts
+    are returned unchanged."""
     rank, world = rank_and_world()
     if world == 1:
         return dict(parts)
-    keys = sorted(k for k in parts if k.endswith(("loss", "mae")) or "rmse" in k.rsplit("/", 1)[-1])
+    mine = sorted(k for k in parts if k.endswith(("loss", "mae")) or "rmse" in k.rsplit("/", 1)[-1])
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    keys = sorted(set().union(*gathered))
     squared = ["rmse" in k.rsplit("/", 1)[-1] for k in keys]
-    t = torch.tensor([parts[k] ** 2 if sq else parts[k] for k, sq in zip(keys, squared)], dtype=torch.float64,
-                     device=device)
+    t = torch.tensor([parts.get(k, 0.0) ** 2 if sq else parts.get(k, 0.0) for k, sq in zip(keys, squared)],
+                     dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     out = dict(parts)
     for k, sq, v in zip(keys, squared, t.tolist()):

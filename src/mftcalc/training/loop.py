@@ -255,11 +255,11 @@ class Trainer:
         (loss * self.world if self.world > 1 else loss).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizers[kind].step()
-        log["loss"] = all_reduce_sum(float(loss.detach()), self.device)
-        log["grad_norm"] = float(grad_norm)
         if self.world > 1:
             # the parts are this rank's shares of the global batch; log the global batch's errors
-            log = all_reduce_logged_parts(log, self.device) | {"loss": log["loss"]}
+            log = all_reduce_logged_parts(log, self.device)
+        log["loss"] = all_reduce_sum(float(loss.detach()), self.device)
+        log["grad_norm"] = float(grad_norm)
         return log
 
     # ------------------------------------------------------------------ validation
