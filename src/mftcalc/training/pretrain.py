@@ -7,6 +7,7 @@ splits off validation structures, fits the per-dataset element energy shifts, ru
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from mftcalc.model.mft_model import MFTModel, count_parameters
 from mftcalc.schema import option, suggest
 from mftcalc.training.forcefield_data import (read_dataset, replay_path, select_structures, split_train_val,
                                               task_domain)
+from mftcalc.training.distributed import rank_and_world
 from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
@@ -81,7 +83,8 @@ class PretrainConfig:
                                         "weaker)")
     device: str = option("auto", "'cpu', 'cuda[:k]' or 'auto' (CUDA when available)")
     init: Optional[str] = option(None, "start from this trained model: its datasets keep their embeddings, new ones "
-                                       "are appended (force-field fine-tuning on your own DFT data)")
+                                       "are appended (force-field fine-tuning on your own DFT data); its architecture "
+                                       "trains, and where preset, backbone or ff_hidden differ from it, that is said")
     seed: int = option(0, "seed of the model, the splits, the subsamples and the batches")
     log_every: int = option(10, "steps between rows of train.csv")
     val_every: int = option(500, "steps between validations (val.csv, learning_curve.png)")
@@ -163,6 +166,21 @@ def build_model(cfg: PretrainConfig) -> MFTModel:
     return MFTModel(model_cfg)
 
 
+def architecture_notice(cfg: PretrainConfig, base: MFTModel) -> Optional[str]:
+    """A line saying which of the config's architecture keys (``preset``, ``backbone``, ``ff_hidden``) differ from
+    the ``init`` model's, whose architecture is the one trained; None when they agree."""
+    wanted = asdict(backbone_preset(cfg.preset, **cfg.backbone))
+    have = asdict(base.config.backbone)
+    differ = [f"{k} {have.get(k)!r} (config: {v!r})" for k, v in wanted.items() if have.get(k) != v]
+    head = base.config.heads.get("forcefield")
+    if head is not None and tuple(head.hidden) != tuple(cfg.ff_hidden):
+        differ.append(f"ff_hidden {list(head.hidden)} (config: {list(cfg.ff_hidden)})")
+    if not differ:
+        return None
+    return (f"init {cfg.init}: training its own architecture, not the config's (preset {cfg.preset!r}, backbone, "
+            f"ff_hidden): " + ", ".join(differ))
+
+
 def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: Optional[float] = None
              ) -> Dict[str, Any]:
     """Run (or resume) pretraining, until ``cfg.steps`` or earlier (``stop_at`` step, ``time_budget_s`` seconds);
@@ -174,6 +192,9 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         from mftcalc.model.checkpoint import load_model
         from mftcalc.model.datasets import extend_datasets
         base = load_model(cfg.init, DTYPES[cfg.dtype])
+        notice = architecture_notice(cfg, base)
+        if notice and rank_and_world()[0] == 0:
+            print(notice, file=sys.stderr)
         base_elements = list(getattr(base, "metadata", {}).get("elements", []))
         model = extend_datasets(base, [d.name for d in cfg.datasets],
                                 {d.name: d.init_from for d in cfg.datasets if d.init_from})

@@ -55,7 +55,7 @@ def test_train_with_init_appends_a_dataset_and_reports_both(tiny_config, tmp_pat
     torch.testing.assert_close(model.ff_heads["forcefield"].shift[0], base.ff_heads["forcefield"].shift[0])
 
 
-def test_training_a_grown_model_keeps_the_lineage_in_the_card(tiny_config, tmp_path):
+def test_training_a_grown_model_keeps_the_lineage_in_the_card(tiny_config, tmp_path, capsys):
     from mftcalc.model.card import model_card, pretraining_lineage
     from mftcalc.model.checkpoint import save_model
     from mftcalc.model.grow import grow_layers
@@ -69,6 +69,9 @@ def test_training_a_grown_model_keeps_the_lineage_in_the_card(tiny_config, tmp_p
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(cfg))
     card = pretrain(PretrainConfig.from_yaml(path))                 # run 2: 3 steps, 3 layers
+    # the config's preset (tiny, 2 layers) is not what trains: said, naming the difference
+    err = capsys.readouterr().err
+    assert "training its own architecture" in err and "n_layers 3 (config: 2)" in err
     chain = pretraining_lineage(card)
     assert [r["steps"] for r in chain] == [4, 3]
     assert chain[0]["init"] is None and chain[1]["grown"] == (2, 1) and chain[1]["init"] == str(tmp_path / "grown.pt")
