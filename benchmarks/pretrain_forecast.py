@@ -111,12 +111,20 @@ def main() -> None:
     # training wall per step (wall_s is training time only), over the part of the cycle run with today's number
     # of processes (one core each): with K processes a step carries K times the batch
     changes = [c for c in world_size_changes(Path(args.out_dir) / "resume.log") if c[0] >= start]
-    world, since = (changes[-1][1], changes[-1][0]) if changes else (1, start)
-    segment = points[points["step"] > since]
-    if len(segment) < 2:
-        segment, world_note = points, " (too few validations since the last change of processes: whole cycle)"
+    # segments of constant process count, newest first: (first step, world size, last step)
+    bounds = [(start, 1)] + [(step, world) for step, world in changes]
+    segments = [(first, world, bounds[k + 1][0] if k + 1 < len(bounds) else float("inf"))
+                for k, (first, world) in enumerate(bounds)][::-1]
+    world_note = ""
+    for k, (since, world, until) in enumerate(segments):
+        segment = points[(points["step"] > since) & (points["step"] <= until)]
+        if len(segment) >= 2:
+            if k:
+                world_note = (f" up to step {int(until):,} (too few validations since the last change of "
+                              "processes)")
+            break
     else:
-        world_note = ""
+        raise SystemExit("too few validations with one number of processes to measure the training rate")
     seg_steps, seg_wall = segment["step"].to_numpy(), segment["wall_s"].to_numpy()
     per_hour = 3600.0 * (seg_steps[-1] - seg_steps[0]) / (seg_wall[-1] - seg_wall[0])
     cores = f"{world} processes (one core each)" if world > 1 else "1 process (one core)"
