@@ -26,8 +26,9 @@ def _metric_table(validation: Dict[str, float], datasets: Dict[str, Dict[str, An
 
 def pretraining_lineage(card: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The chain of pretraining runs behind a pretraining card, oldest first: one entry per run with its
-    ``steps``, ``train_wall_s`` (seconds of training), ``n_layers`` grown from (None unless the run started from a
-    grown model: ``mftcalc grow``) and ``init`` (the model file it started from, None for the first run)."""
+    ``steps``, ``train_wall_s`` (seconds of training), ``grown`` ((layers before, layers added) when the run
+    started from a model deepened by ``mftcalc grow``, else None) and ``init`` (the model file it started from,
+    None for the first run)."""
     chain: List[Dict[str, Any]] = []
     while card:
         init = card.get("init") or {}
