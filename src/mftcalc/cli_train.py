@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -14,9 +15,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.time_budget is not None and not args.time_budget > 0:
         raise ValueError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g} (leave it "
                          "out to train to the config's steps)")
+    if args.export_only and args.time_budget is not None:
+        raise ValueError("--export-only trains no step; leave out --time-budget (or --export-only to train)")
     cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
+    if args.export_only and not Path(cfg.state_path).exists():
+        raise ValueError(f"--export-only writes the model of the training state {cfg.state_path}, which does not "
+                         "exist; train first (without --export-only), or point state_path at a state with --set")
     with distributed_session(cfg.device) as (rank, world):
-        card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget is not None else None)
+        if args.export_only:          # stop at step 0: resume the state, train nothing, validate and export
+            card = pretrain(cfg, stop_at=0)
+        else:
+            card = pretrain(cfg, time_budget_s=args.time_budget * 60 if args.time_budget is not None else None)
         if rank == 0:
             print(json.dumps({k: card[k] for k in ("steps", "train_wall_s", "parameters", "validation")}, indent=1))
     return 0
@@ -42,6 +51,10 @@ def add_train_parsers(subparsers: Any) -> None:
                         "new ones are appended (init_from: start from a named one)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop (with a checkpoint and the model written) after this many minutes; rerun to resume")
+    p.add_argument("--export-only", action="store_true",
+                   help="train no step: load the config's training state (state_path), validate it and write the "
+                        "model, its card, replay and held-out sets as a finished run would (a snapshot of a run "
+                        "in progress; the state is left as it is)")
     p.set_defaults(func=_train)
     p = subparsers.add_parser("evaluate", help="energy/force errors of a model on labelled data, with parity plot")
     p.add_argument("model", help="checkpoint (.pt) or TorchScript export")

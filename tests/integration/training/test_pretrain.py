@@ -62,6 +62,38 @@ def test_resume_in_process_is_exact(tiny_config, tmp_path):
     _assert_same_weights(tmp_path / "a.pt", tmp_path / "b.pt")
 
 
+def test_export_only_writes_the_state_model_without_training(tiny_config, tmp_path, capsys):
+    """``mftcalc train --export-only``: the model of a run in progress, with the weights of its state (shifts
+    refit as at the end of a run), its step and validation in the card; the state file is left untouched."""
+    from mftcalc.cli import main
+    from mftcalc.model.checkpoint import load_training_state
+    cfg = PretrainConfig.from_yaml(tiny_config, {"refit_energy_shift": False})
+    pretrain(cfg, stop_at=3)
+    state_path = Path(cfg.state_path)
+    before = state_path.read_bytes()
+    out = tmp_path / "snapshot.pt"
+    assert main(["train", str(tiny_config), "--export-only", "--set", f"model_out={out}",
+                 "refit_energy_shift=false"]) == 0
+    assert state_path.read_bytes() == before
+    state = load_training_state(state_path)
+    weights = _weights(out)
+    assert weights.keys() == state["model"].keys()
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+    card = load_model(out).metadata["pretraining"]
+    assert card["steps"] == 3 and card["validation"]["val/cu/f_mae"] > 0
+    rows = (Path(cfg.out_dir) / "train.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3                                    # header + the 3 trained steps: none added
+
+
+def test_export_only_refuses_without_a_state_or_with_a_budget(tiny_config, tmp_path, capsys):
+    from mftcalc.cli import main
+    assert main(["train", str(tiny_config), "--export-only"]) == 1
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "train first" in err
+    assert main(["train", str(tiny_config), "--export-only", "--time-budget", "5"]) == 1
+    assert "leave out --time-budget" in capsys.readouterr().err
+
+
 def _cli(*args: str) -> list:
     return [sys.executable, "-m", "mftcalc.cli", *args]
 
