@@ -9,7 +9,7 @@ import numpy as np
 from mftcalc.data.io import read_structures
 from mftcalc.data.structure import Structure, StructureError
 from mftcalc.model.inference import predict_structures
-from mftcalc.training.evaluate import require_labels
+from mftcalc.training.evaluate import errors_from_predictions, require_labels
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
             "(types S, R, I, L), e.g. Properties=species:S:1:pos:R:3:forces:R:3")
@@ -112,23 +112,16 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
 
 
 def _forcefield_row(structures: Sequence[Structure], preds: Sequence[Dict]) -> Tuple[Dict, Tuple[np.ndarray, ...]]:
-    """Energy and force errors of ``structures`` against their predictions ``preds``.
-
-    Returns the row (``n``; ``e_mae_mev_atom`` where energies are labelled; ``f_mae_mev_A``, ``f_rmse_mev_A``
-    where forces are: per force component) and the parity arrays: per-atom energies (eV/atom) and force components
-    (eV/Å), reference and predicted."""
-    e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
-    e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
-    f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])
-    f_pred = np.concatenate([p["forces"].ravel() for s, p in zip(structures, preds) if s.forces is not None]
-                            or [np.zeros(0)])
+    """The table row of :func:`~mftcalc.training.evaluate.errors_from_predictions` in meV: ``n``;
+    ``e_mae_mev_atom`` where energies are labelled; ``f_mae_mev_A``, ``f_rmse_mev_A`` where forces are (per force
+    component); and the parity arrays: per-atom energies (eV/atom) and force components (eV/Å), reference and
+    predicted."""
+    errors, arrays = errors_from_predictions(structures, preds)
     row: Dict = {"n": len(structures)}
-    if e_ref.size:
-        row["e_mae_mev_atom"] = 1000 * float(np.abs(e_pred - e_ref).mean())
-    if f_ref.size:
-        row["f_mae_mev_A"] = 1000 * float(np.abs(f_pred - f_ref).mean())
-        row["f_rmse_mev_A"] = 1000 * float(np.sqrt(((f_pred - f_ref) ** 2).mean()))
-    return row, (e_ref, e_pred, f_ref, f_pred)
+    for key, column in (("e_mae_per_atom", "e_mae_mev_atom"), ("f_mae", "f_mae_mev_A"), ("f_rmse", "f_rmse_mev_A")):
+        if key in errors:
+            row[column] = 1000 * errors[key]
+    return row, (arrays["e_ref"], arrays["e_pred"], arrays["f_ref"], arrays["f_pred"])
 
 
 def _grouped_rows(structures: Sequence[Structure], preds: Sequence[Dict], key: str) -> Dict[str, Dict]:

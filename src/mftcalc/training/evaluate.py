@@ -1,7 +1,7 @@
 """Error metrics of a model on labelled structures (energy per atom, forces, stress, properties)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,31 +23,40 @@ def require_labels(structures: Sequence[Structure], source: str) -> None:
 
 def forcefield_errors(model: torch.nn.Module, structures: Sequence[Structure], dataset: int = 0,
                       max_atoms: int = 4096) -> Dict[str, float]:
-    """Energy MAE/RMSE per atom (eV/atom), force MAE/RMSE per component (eV/Å), stress MAE (eV/Å³) if labelled."""
+    """Energy MAE/RMSE per atom (eV/atom), force MAE/RMSE per component (eV/Å), stress MAE (eV/Å³) if labelled,
+    and ``n_structures``."""
     want_stress = any(s.stress is not None for s in structures)
     preds = predict_structures(model, structures, dataset, compute_forces=True, compute_stress=want_stress,
                                max_atoms=max_atoms)
-    e_err: List[float] = []
-    f_err: List[np.ndarray] = []
-    s_err: List[np.ndarray] = []
-    for s, p in zip(structures, preds):
-        if s.energy is not None:
-            e_err.append((float(p["energy"]) - s.energy) / s.n_atoms)
-        if s.forces is not None:
-            f_err.append((p["forces"] - s.forces).ravel())
-        if want_stress and s.stress is not None:
-            s_err.append((p["stress"] - s.stress).ravel())
-    out: Dict[str, float] = {"n_structures": float(len(structures))}
-    if e_err:
-        e = np.asarray(e_err)
+    return {"n_structures": float(len(structures)), **errors_from_predictions(structures, preds)[0]}
+
+
+def errors_from_predictions(structures: Sequence[Structure], preds: Sequence[Dict[str, Any]]
+                            ) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Energy, force and stress errors of ``structures`` against their predictions ``preds`` (one dict per
+    structure, as :func:`~mftcalc.model.inference.predict_structures` returns them).
+
+    Returns the errors, each only where some structure has the label: ``e_mae_per_atom``, ``e_rmse_per_atom``
+    (eV/atom), ``f_mae``, ``f_rmse`` (eV/Å, per force component), ``s_mae`` (eV/Å³, where ``preds`` hold
+    stresses); and the parity arrays ``e_ref``/``e_pred`` [n labelled] (eV/atom) and ``f_ref``/``f_pred``
+    [3 x labelled atoms] (eV/Å)."""
+    e_ref = np.array([s.energy / s.n_atoms for s in structures if s.energy is not None])
+    e_pred = np.array([float(p["energy"]) / s.n_atoms for s, p in zip(structures, preds) if s.energy is not None])
+    f_ref = np.concatenate([s.forces.ravel() for s in structures if s.forces is not None] or [np.zeros(0)])
+    f_pred = np.concatenate([p["forces"].ravel() for s, p in zip(structures, preds) if s.forces is not None]
+                            or [np.zeros(0)])
+    s_err = [(p["stress"] - s.stress).ravel() for s, p in zip(structures, preds)
+             if s.stress is not None and "stress" in p]
+    out: Dict[str, float] = {}
+    if e_ref.size:
+        e = e_pred - e_ref
         out.update(e_mae_per_atom=float(np.abs(e).mean()), e_rmse_per_atom=float(np.sqrt((e * e).mean())))
-    if f_err:
-        f = np.concatenate(f_err)
+    if f_ref.size:
+        f = f_pred - f_ref
         out.update(f_mae=float(np.abs(f).mean()), f_rmse=float(np.sqrt((f * f).mean())))
     if s_err:
-        st = np.concatenate(s_err)
-        out.update(s_mae=float(np.abs(st).mean()))
-    return out
+        out.update(s_mae=float(np.abs(np.concatenate(s_err)).mean()))
+    return out, {"e_ref": e_ref, "e_pred": e_pred, "f_ref": f_ref, "f_pred": f_pred}
 
 
 def property_errors(model: torch.nn.Module, structures: Sequence[Structure], name: str,
