@@ -41,15 +41,25 @@ def _export(args: argparse.Namespace) -> int:
 
 def _grow(args: argparse.Namespace) -> int:
     from mftcalc.model.checkpoint import load_model, save_model
-    from mftcalc.model.grow import grow_layers
-    if args.layers < 1:
+    from mftcalc.model.grow import grow_layers, widen_backbone
+    widths = (args.n_dim, args.e_dim, args.a_dim)
+    if args.layers is None and widths == (None, None, None):
+        raise ValueError("nothing to grow: give --layers N (deeper) and/or --n-dim/--e-dim/--a-dim (wider)")
+    if args.layers is not None and args.layers < 1:
         raise ValueError(f"--layers must be at least 1, got {args.layers} (the number of layers to append)")
     base = load_model(args.model)
-    grown = grow_layers(base, args.layers, seed=args.seed)
-    save_model(grown, args.output, grown.metadata)
-    old = base.config.backbone.n_layers
-    print(f"wrote {args.output}: {old} -> {old + args.layers} layers, identity-initialised (same predictions as "
-          f"{args.model}); continue its training with mftcalc train CONFIG --init {args.output}")
+    bb = base.config.backbone
+    model, done = base, []
+    if widths != (None, None, None):
+        n, e, a = (w if w is not None else old for w, old in zip(widths, (bb.n_dim, bb.e_dim, bb.a_dim)))
+        model = widen_backbone(model, n, e, a, seed=args.seed)
+        done.append(f"widths {bb.n_dim}/{bb.e_dim}/{bb.a_dim} -> {n}/{e}/{a} (node/edge/angle)")
+    if args.layers is not None:
+        model = grow_layers(model, args.layers, seed=args.seed)
+        done.append(f"{bb.n_layers} -> {bb.n_layers + args.layers} layers")
+    save_model(model, args.output, model.metadata)
+    print(f"wrote {args.output}: {', '.join(done)}, new parts initialised so that it predicts what {args.model} "
+          f"predicts; continue its training with mftcalc train CONFIG --init {args.output}")
     return 0
 
 
@@ -154,11 +164,15 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--fused", action="store_true", help="use the fused C++ angle operator (fast, needs mftcalc)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the export")
     p.set_defaults(func=_export)
-    p = subparsers.add_parser("grow", help="deepen a trained model: append message-passing layers that start as "
-                              "the identity (same predictions), to train further with more capacity")
+    p = subparsers.add_parser("grow", help="deepen and/or widen a trained model: appended layers start as the "
+                              "identity, new feature channels at zero (same predictions), to train further with "
+                              "more capacity")
     p.add_argument("model", help="mftcalc checkpoint (.pt)")
-    p.add_argument("--layers", type=int, required=True, help="layers to append (>= 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the new layers' weights")
+    p.add_argument("--layers", type=int, default=None, help="layers to append (>= 1; default: none)")
+    p.add_argument("--n-dim", type=int, default=None, help="new node feature width (default: unchanged)")
+    p.add_argument("--e-dim", type=int, default=None, help="new edge feature width (default: unchanged)")
+    p.add_argument("--a-dim", type=int, default=None, help="new angle feature width (default: unchanged)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new weights")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write")
     p.set_defaults(func=_grow)
     p = subparsers.add_parser("info", help="model card of a checkpoint: heads, units, elements, size, training, "

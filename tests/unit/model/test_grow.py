@@ -55,3 +55,41 @@ def test_new_layers_learn_from_the_first_steps(molecules):
 def test_growing_by_nothing_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
         grow_layers(make_tiny_model(), 0)
+
+
+def test_widened_model_predicts_what_the_base_predicts(molecules, crystal):
+    from mftcalc.model.grow import widen_backbone
+    base = make_tiny_model()
+    bb = base.config.backbone
+    wide = widen_backbone(base, bb.n_dim + 8, bb.e_dim + 4, bb.a_dim + 2).eval()
+    assert (wide.config.backbone.n_dim, wide.config.backbone.e_dim) == (bb.n_dim + 8, bb.e_dim + 4)
+    assert wide.metadata["widened_from"]["n_dim"] == bb.n_dim
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in base.parameters())
+    structures = molecules + [crystal]
+    for a, b in zip(_all_outputs(base, structures), _all_outputs(wide, structures)):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def test_widened_channels_learn_from_the_first_step(molecules):
+    from mftcalc.model.grow import widen_backbone
+    base = make_tiny_model()
+    n0 = base.config.backbone.n_dim
+    wide = widen_backbone(base, n0 + 8, base.config.backbone.e_dim, base.config.backbone.a_dim).train()
+    first = wide.backbone.layers[0]
+    assert float(first.node_self.weight.detach()[n0:].abs().sum()) == 0          # rows producing new channels start at 0
+    batch = collate(molecules, dtype=torch.float64, dataset=0, properties=[])
+    out = wide(batch, compute_forces=True, compute_stress=False, compute_properties=False)
+    (out["energy"].pow(2).sum() + out["forces"].pow(2).sum()).backward()
+    assert float(first.node_self.weight.grad[n0:].abs().sum()) > 0      # ... and get gradients at once
+
+
+def test_widening_refuses_narrower_or_equal_widths():
+    from mftcalc.model.grow import widen_backbone
+    base = make_tiny_model()
+    bb = base.config.backbone
+    with pytest.raises(ValueError, match="at least the model's"):
+        widen_backbone(base, bb.n_dim - 1, bb.e_dim, bb.a_dim)
+    with pytest.raises(ValueError, match="one of them larger"):
+        widen_backbone(base, bb.n_dim, bb.e_dim, bb.a_dim)
