@@ -1,4 +1,4 @@
-"""The prior's whole pretraining history in one picture: the 3-layer cycles, then the 6-layer continuation.
+"""The prior's whole pretraining history in one picture: the 3-layer cycles, then the deeper and the wider arm.
 
     python benchmarks/pretrain_lineage.py
 
@@ -7,7 +7,9 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
 - ``checkpoints/pretrain`` (``configs/dev/pretrain_cpu.yaml``, 3 layers, steps 0–126,001; earlier cycles' rates
   are not in today's config, so the rate is drawn from its third cycle on, step 44,200);
 - ``checkpoints/pretrain6`` (``configs/dev/pretrain_cpu_6l.yaml``, 6 layers grown from the 3-layer state at step
-  126,001 by ``mftcalc grow``), its steps placed after the 3-layer ones.
+  126,001 by ``mftcalc grow``), its steps placed after the 3-layer ones;
+- ``checkpoints/pretrain_wide`` (``configs/dev/pretrain_cpu_wide.yaml``, the same 3-layer state widened to
+  128/64/32 by ``mftcalc grow --n-dim 128 --e-dim 64 --a-dim 32``, same schedule), where it has validations.
 
 Writes ``benchmarks/results/pretrain_lineage.png`` (force MAE and learning rate against the cumulative step;
 the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line) and
@@ -28,7 +30,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from pretrain_forecast import COLUMN, fit_saturating, read_validations  # noqa: E402  (a sibling script)
 
 STAGES = (("3 layers", "checkpoints/pretrain", "configs/dev/pretrain_cpu.yaml"),
-          ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"))
+          ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"),
+          ("3 layers, 128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
 
 
 def schedule(config_path: str):
@@ -43,7 +46,7 @@ def main() -> None:
     parser.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "pretrain_lineage.md"))
     args = parser.parse_args()
 
-    (name3, dir3, cfg3), (name6, dir6, cfg6) = STAGES
+    (name3, dir3, cfg3), (name6, dir6, cfg6), (name_w, dir_w, _) = STAGES
     lr3, c3 = schedule(cfg3)
     lr6, _ = schedule(cfg6)
     v3 = read_validations(REPO / dir3 / "val.csv")[["step", "wall_s", COLUMN]].dropna()
@@ -57,15 +60,24 @@ def main() -> None:
     v6 = v6.assign(lr=[lr6(int(s)) for s in v6["step"]], total=v6["step"] + offset,
                    hours=(v6["wall_s"] + wall3) / 3600)
 
+    wide_csv = REPO / dir_w / "val.csv"
+    vw = read_validations(wide_csv)[["step", "wall_s", COLUMN]].dropna() if wide_csv.exists() else None
+    wide_at = {int(r["step"]): float(r[COLUMN]) for _, r in vw.iterrows()} if vw is not None else {}
     rows = []
     for _, r in v6.iterrows():
         same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / r["lr"])) < np.log(1.1)]
+        wide = wide_at.get(int(r["step"]))
         rows.append(f"| {int(r['step']):,} | {int(r['total']):,} | {r['hours']:.1f} | {r['lr']:.2e} | "
-                    f"{r[COLUMN]:.4f} | {same[COLUMN].median():.4f} ({len(same)}) |" if len(same) else
-                    f"| {int(r['step']):,} | {int(r['total']):,} | {r['hours']:.1f} | {r['lr']:.2e} | "
-                    f"{r[COLUMN]:.4f} | – |")
+                    f"{r[COLUMN]:.4f} | " + (f"{wide:.4f}" if wide is not None else "–") + " | "
+                    + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
+    arms_time = []
+    for name, frame in ((name6, v6), (name_w, vw)):
+        if frame is not None and len(frame):
+            last = frame.iloc[-1]
+            arms_time.append(f"{name}: {int(last['step']):,} steps in {last['wall_s'] / 3600:.2f} h of training "
+                             f"({last['step'] / last['wall_s'] * 3600:,.0f} steps/h)")
     lines = [
-        "# Pretraining lineage: 3 layers, then 6 (issue 15, item 3)",
+        "# Pretraining lineage: 3 layers, then 6 layers or wider (issue 15, item 3)",
         "",
         "`python benchmarks/pretrain_lineage.py`. Held-out xTB force MAE (eV/Å, 500 conformers of unseen molecules).",
         f"The 3-layer state stopped at step {offset:,} after {wall3 / 3600:.1f} h of training; its third cycle's "
@@ -73,11 +85,16 @@ def main() -> None:
         "same predictions (`mftcalc grow`), a fresh Adam state and its own learning-rate cycle. The last column is "
         "the 3-layer third cycle's median at a learning rate within 10 % of the 6-layer row's (count in brackets): "
         "earlier in its training, so not a like-for-like comparison (no 3-layer control restarted with the "
-        "6-layer schedule ran).",
+        "6-layer schedule ran). The widened arm starts from the same state with the same schedule, data, seed and "
+        "loss: it and the 6-layer arm differ only in how the capacity was added.",
         "",
-        "| 6-layer step | total step | training hours in all | learning rate | 6 layers | 3 layers at that rate |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| cycle-4 step | total step | training hours in all (6 layers) | learning rate | 6 layers | "
+        "128/64/32 | 3 layers at that rate |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
+        "",
+        "Training time of the cycle-4 arms (two torchrun processes each, beside other work): "
+        + "; ".join(arms_time) + ".",
         "",
         "Plot: `pretrain_lineage.png`.",
         "",
@@ -91,6 +108,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
     ax.plot(v6["total"], v6[COLUMN], "o", ms=4, label=name6)
+    if vw is not None and len(vw):
+        ax.plot(vw["step"] + offset, vw[COLUMN], "s", ms=4, label=name_w)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
@@ -105,7 +124,7 @@ def main() -> None:
     twin.semilogy(steps6 + offset, [lr6(int(s)) for s in steps6], color="C1", alpha=0.3, lw=1)
     twin.set_ylabel("learning rate (faint lines)")
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("Pretraining of the prior: 3-layer cycles, then 6 layers grown from them")
+    ax.set_title("Pretraining of the prior: 3-layer cycles, then deeper or wider")
     fig.tight_layout()
     fig.savefig(Path(args.report).with_suffix(".png"), dpi=120)
 
