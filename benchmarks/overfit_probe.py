@@ -1,0 +1,167 @@
+"""Can the backbone fit the forces of a few xTB conformers, and how fast? (issue 15: why the prior levels off)
+
+    OMP_NUM_THREADS=1 python benchmarks/overfit_probe.py            # four arms, one after another, one core
+
+The pretraining's held-out xTB force MAE levels off near 0.15 eV/Å with training error equal to validation error.
+This probe is the overfit-a-batch sanity check: one fixed full batch of ``--n`` conformers from
+``data/xtb/chunk_00000.extxyz.xz`` (seeded draw), forces only (mean squared error per component), plain Adam at a
+constant ``--lr`` for ``--steps`` steps, float32. Arms:
+
+- ``prior``: the shipped ``models/pretrained.pt``;
+- ``prior_renorm``: the same model reparametrised to DPA3's input normalisation (``edge_std = h2_std = 0.3``,
+  deepmd-kit's ``fix_stat_std``): the edge-embedding weights scale by 0.3 and each layer's ``node_sym`` weights by
+  0.3² (its input is quadratic in h2), so the predictions are unchanged (checked, printed) but Adam's steps are
+  relatively larger on those layers;
+- ``scratch``: a fresh ``cpu``-preset model (as the prior's architecture, ``edge_std = h2_std = 1``);
+- ``scratch_norm``: a fresh ``cpu``-preset model with ``edge_std = h2_std = 0.3``.
+
+Writes ``benchmarks/results/overfit_probe.md`` (force RMSE/MAE every ``--every`` steps per arm) and ``.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mftcalc.data.batch import collate  # noqa: E402
+from mftcalc.data.io import read_structures  # noqa: E402
+from mftcalc.data.structure import Structure  # noqa: E402
+from mftcalc.model.checkpoint import load_model  # noqa: E402
+from mftcalc.model.config import ModelConfig, backbone_preset, default_forcefield_head  # noqa: E402
+from mftcalc.model.mft_model import MFTModel  # noqa: E402
+
+ARMS = ("prior", "prior_renorm", "scratch", "scratch_norm")
+
+
+def renormalised(model: MFTModel, std: float) -> MFTModel:
+    """A copy of ``model`` (built with ``edge_std = h2_std = 1``) with ``edge_std = h2_std = std`` and the weights
+    rescaled so that its predictions are the same: the edge input s/r and h2 are divided by ``std``; the edge
+    embedding is linear in s/r, and the symmetrised term feeding ``node_sym`` is quadratic in h2."""
+    bb = model.config.backbone
+    if bb.edge_std != 1.0 or bb.h2_std != 1.0:
+        raise ValueError(f"expected a model with edge_std = h2_std = 1, got {bb.edge_std}, {bb.h2_std}")
+    config = ModelConfig(backbone=dataclasses.replace(bb, edge_std=std, h2_std=std), heads=dict(model.config.heads),
+                         datasets=list(model.config.datasets))
+    new = MFTModel(config).to(next(model.parameters()).dtype)
+    state = model.state_dict()
+    state["backbone.edge_embedding.weight"] = state["backbone.edge_embedding.weight"] * std
+    for key in [k for k in state if k.endswith(".node_sym.weight")]:
+        state[key] = state[key] * std * std
+    new.load_state_dict(state)
+    return new
+
+
+NOTES: List[str] = []      # lines for the report (the reparametrisation check)
+
+
+def build(arm: str, dtype: torch.dtype, check: List[Structure]) -> MFTModel:
+    """The arm's model in train mode (see the module docstring)."""
+    if arm.startswith("prior"):
+        model = load_model(ROOT / "models" / "pretrained.pt", dtype)
+        if arm == "prior_renorm":
+            new = renormalised(model, 0.3).eval()
+            batch = collate(check, dtype=dtype, dataset=0, properties=[])
+            old_p = model(batch, compute_stress=False, compute_properties=False)
+            new_p = new(batch, compute_stress=False, compute_properties=False)
+            NOTES.append(f"prior_renorm against prior before training (3 conformers, float32): max |dE| "
+                         f"{(old_p['energy'] - new_p['energy']).abs().max():.1e} eV, max |dF| "
+                         f"{(old_p['forces'] - new_p['forces']).abs().max():.1e} eV/Å.")
+            print(NOTES[-1], flush=True)
+            model = new
+    else:
+        torch.manual_seed(0)
+        extra = {"edge_std": 0.3, "h2_std": 0.3} if arm == "scratch_norm" else {}
+        config = ModelConfig(backbone=backbone_preset("cpu", **extra),
+                             heads={"forcefield": default_forcefield_head(1, (128, 128))}, datasets=["xtb"])
+        model = MFTModel(config).to(dtype)
+    return model.train()
+
+
+def run_arm(arm: str, structures: List[Structure], steps: int, lr: float, every: int) -> List[Tuple[int, float, float]]:
+    """[(step, force RMSE, force MAE)] in eV/Å on the fixed batch, every ``every`` steps (before that step's update)."""
+    dtype = torch.float32
+    model = build(arm, dtype, structures[:3])
+    batch = collate(structures, dtype=dtype, dataset=0, properties=[])
+    target = torch.tensor(np.concatenate([s.forces for s in structures]), dtype=dtype)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rows = []
+    start = time.perf_counter()
+    for step in range(steps + 1):
+        pred = model(batch, compute_forces=True, compute_stress=False, compute_properties=False)
+        diff = pred["forces"] - target
+        loss = diff.pow(2).mean()
+        if step % every == 0:
+            rows.append((step, float(loss.detach().sqrt()), float(diff.detach().abs().mean())))
+            print(f"{arm} step {step}: force RMSE {rows[-1][1]:.4f}, MAE {rows[-1][2]:.4f} eV/Å "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        if step == steps:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="conformers in the fixed batch")
+    parser.add_argument("--steps", type=int, default=800, help="Adam steps per arm")
+    parser.add_argument("--lr", type=float, default=1e-3, help="constant learning rate")
+    parser.add_argument("--every", type=int, default=100, help="report every this many steps")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run, in order")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "overfit_probe"),
+                        help="output stem (.md and .png)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pool = read_structures(ROOT / "data" / "xtb" / "chunk_00000.extxyz.xz")
+    pick = np.random.default_rng(1).choice(len(pool), args.n, replace=False)
+    structures = [pool[i] for i in pick]
+    forces = np.concatenate([s.forces for s in structures])
+    results: Dict[str, List[Tuple[int, float, float]]] = {arm: run_arm(arm, structures, args.steps, args.lr, args.every)
+                                                          for arm in args.arms}
+    out = Path(args.out)
+    steps = [r[0] for r in next(iter(results.values()))]
+    lines = [
+        "# Overfit probe: fitting the forces of a few xTB conformers (issue 15)", "",
+        f"Command: `OMP_NUM_THREADS=1 python benchmarks/overfit_probe.py --n {args.n} --steps {args.steps} --lr "
+        f"{args.lr:g}` (one core, beside the two pretraining processes).", "",
+        f"One fixed batch of {args.n} conformers ({sum(s.n_atoms for s in structures)} atoms, "
+        f"{forces.size} force components; label force RMS {np.sqrt((forces ** 2).mean()):.3f} eV/Å, kinds "
+        f"{', '.join(sorted({str(s.info.get('kind')) for s in structures}))}), forces only, Adam at a constant "
+        f"{args.lr:g}, float32. Force RMSE in eV/Å on that batch (MAE in brackets) before the step's update.", "",
+        "| step | " + " | ".join(results) + " |", "|---:|" + "---:|" * len(results)]
+    for k, step in enumerate(steps):
+        lines.append(f"| {step} | " + " | ".join(f"{results[a][k][1]:.4f} ({results[a][k][2]:.4f})" for a in results)
+                     + " |")
+    lines += ["", "Arms: `prior` the shipped `models/pretrained.pt`; `prior_renorm` the same weights reparametrised "
+              "to `edge_std = h2_std = 0.3` (same predictions); `scratch` a fresh `cpu`-preset model; "
+              "`scratch_norm` a fresh one with `edge_std = h2_std = 0.3` (DPA3's `fix_stat_std`).",
+              *NOTES, f"Plot: `{out.name}.png`."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, rows in results.items():
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", label=arm)
+    ax.set_yscale("log")
+    ax.set_xlabel("Adam step (full batch)")
+    ax.set_ylabel("force RMSE on the batch (eV/Å)")
+    ax.set_title(f"Overfit probe: {args.n} xTB conformers, lr {args.lr:g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out.with_suffix('.md')} and .png")
+
+
+if __name__ == "__main__":
+    main()
