@@ -1,4 +1,6 @@
-"""Deepening a trained model: append message-passing layers that start as the identity.
+"""Adding capacity to a trained model without changing its predictions: deeper (``grow_layers``: appended
+message-passing layers that start as the identity) or wider (``widen_backbone``: more node/edge/angle channels that
+start at zero).
 
 A trained backbone that underfits its data (train error ≈ validation error) has too little capacity or too little
 training; adding layers tests the first without throwing the training away. Each appended
