@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import yaml
@@ -41,28 +42,34 @@ def schedule(config_path: str):
     return ExponentialLR(c["lr0"], c["lr_end"], c["steps"], c["decay_steps"], c.get("lr_start_step") or 0), c
 
 
-def paired_training_errors(csv_a: Path, csv_b: Path, window: int = 1000) -> list:
-    """Markdown lines comparing two cycle-4 arms on their training batches: the mean xTB force RMSE of the logged
-    steps in each ``window`` of steps, and the mean ratio b/a over the steps both logged. Both arms draw the same
-    batches at the same step (same seed, sources and world size), so the ratio is a paired comparison, far less
-    noisy than the 500-conformer validation. Empty when either file is missing."""
+def paired_training_errors(arms: Dict[str, Path], window: int = 1000) -> list:
+    """Markdown lines comparing cycle-4 arms on their training batches: the mean xTB force RMSE of the logged steps
+    in each ``window`` of steps, and each arm's mean per-step ratio to the first arm over the steps both logged.
+    The arms draw the same batches at the same step (same seed, sources and world size), so the ratios are paired
+    comparisons, far less noisy than the 500-conformer validation. Arms without a ``train.csv`` are left out;
+    empty when fewer than two remain."""
     import pandas as pd
-    if not (csv_a.exists() and csv_b.exists()):
-        return []
     key = "xtb_qm9/rmse_f"
-    a = pd.read_csv(csv_a)[["step", key]].dropna()
-    b = pd.read_csv(csv_b)[["step", key]].dropna()
-    both = a.merge(b, on="step", suffixes=("_a", "_b"))
-    if both.empty:
+    frames = {name: pd.read_csv(path)[["step", key]].dropna().drop_duplicates("step", keep="last")
+              for name, path in arms.items() if path.exists()}
+    if len(frames) < 2:
         return []
-    both = both.assign(window=(both["step"] // window).astype(int))
+    (ref_name, ref), *others = frames.items()
+    names = [name for name, _ in others]
     lines = ["Training batches, paired (the same xTB batches at the same steps; force RMSE in eV/Å, mean over "
-             f"the logged steps of each {window:,}-step window):", "",
-             "| cycle-4 steps | logged steps | 6 layers | 128/64/32 | ratio 128/64/32 : 6 layers (mean of "
-             "per-step ratios) |", "|---|---:|---:|---:|---:|"]
-    for w, g in both.groupby("window"):
-        lines.append(f"| {w * window:,}–{(w + 1) * window - 1:,} | {len(g)} | {g[key + '_a'].mean():.4f} | "
-                     f"{g[key + '_b'].mean():.4f} | {(g[key + '_b'] / g[key + '_a']).mean():.3f} |")
+             f"the logged steps of each {window:,}-step window; ratio: mean of the per-step ratios to "
+             f"{ref_name}, over the steps both logged, count in brackets):", "",
+             f"| cycle-4 steps | {ref_name} | " + " | ".join(f"{n} | ratio" for n in names) + " |",
+             "|---|---:|" + "---:|---:|" * len(names)]
+    last = int(max(f["step"].max() for _, f in others))
+    for start in range(0, last + 1, window):
+        inside = ref[(ref["step"] >= start) & (ref["step"] < start + window)]
+        cells = []
+        for _, frame in others:
+            both = inside.merge(frame, on="step", suffixes=("_ref", ""))
+            cells.append("–" if both.empty else f"{both[key].mean():.4f} | "
+                         f"{(both[key] / both[key + '_ref']).mean():.3f} ({len(both)})")
+        lines.append(f"| {start:,}–{start + window - 1:,} | {inside[key].mean():.4f} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -95,7 +102,8 @@ def main() -> None:
         rows.append(f"| {int(r['step']):,} | {int(r['total']):,} | {r['hours']:.1f} | {r['lr']:.2e} | "
                     f"{r[COLUMN]:.4f} | " + (f"{wide:.4f}" if wide is not None else "–") + " | "
                     + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
-    paired = paired_training_errors(REPO / dir6 / "train.csv", REPO / dir_w / "train.csv")
+    paired = paired_training_errors({name6: REPO / dir6 / "train.csv", name_w: REPO / dir_w / "train.csv",
+                                     "3 layers (control)": REPO / "checkpoints" / "pretrain3_control" / "train.csv"})
     arms_time = []
     for name, frame in ((name6, v6), (name_w, vw)):
         if frame is not None and len(frame):
