@@ -9,7 +9,10 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
 - ``checkpoints/pretrain6`` (``configs/dev/pretrain_cpu_6l.yaml``, 6 layers grown from the 3-layer state at step
   126,001 by ``mftcalc grow``), its steps placed after the 3-layer ones;
 - ``checkpoints/pretrain_wide`` (``configs/dev/pretrain_cpu_wide.yaml``, the same 3-layer state widened to
-  128/64/32 by ``mftcalc grow --n-dim 128 --e-dim 64 --a-dim 32``, same schedule), where it has validations.
+  128/64/32 by ``mftcalc grow --n-dim 128 --e-dim 64 --a-dim 32``, same schedule), where it has validations;
+- ``checkpoints/pretrain3_control`` (``configs/dev/pretrain_cpu_3l_control.yaml``, the same 3-layer state as it is,
+  same schedule), where it has validations. The cycle-4 arms draw the same batches at the same step, so their
+  training errors are also compared step by step (the paired table).
 
 Writes ``benchmarks/results/pretrain_lineage.png`` (force MAE and learning rate against the cumulative step;
 the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line) and
@@ -33,6 +36,7 @@ from pretrain_forecast import COLUMN, fit_saturating, read_validations  # noqa: 
 STAGES = (("3 layers", "checkpoints/pretrain", "configs/dev/pretrain_cpu.yaml"),
           ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"),
           ("3 layers, 128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
+CONTROL = "checkpoints/pretrain3_control"      # configs/dev/pretrain_cpu_3l_control.yaml: no capacity added
 
 
 def schedule(config_path: str):
@@ -67,7 +71,7 @@ def paired_training_errors(arms: Dict[str, Path], window: int = 1000) -> list:
         cells = []
         for _, frame in others:
             both = inside.merge(frame, on="step", suffixes=("_ref", ""))
-            cells.append("–" if both.empty else f"{both[key].mean():.4f} | "
+            cells.append("– | –" if both.empty else f"{both[key].mean():.4f} | "
                          f"{(both[key] / both[key + '_ref']).mean():.3f} ({len(both)})")
         lines.append(f"| {start:,}–{start + window - 1:,} | {inside[key].mean():.4f} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -92,20 +96,23 @@ def main() -> None:
     v6 = v6.assign(lr=[lr6(int(s)) for s in v6["step"]], total=v6["step"] + offset,
                    hours=(v6["wall_s"] + wall3) / 3600)
 
-    wide_csv = REPO / dir_w / "val.csv"
+    wide_csv, control_csv = REPO / dir_w / "val.csv", REPO / CONTROL / "val.csv"
     vw = read_validations(wide_csv)[["step", "wall_s", COLUMN]].dropna() if wide_csv.exists() else None
+    vc = read_validations(control_csv)[["step", "wall_s", COLUMN]].dropna() if control_csv.exists() else None
     wide_at = {int(r["step"]): float(r[COLUMN]) for _, r in vw.iterrows()} if vw is not None else {}
+    control_at = {int(r["step"]): float(r[COLUMN]) for _, r in vc.iterrows()} if vc is not None else {}
     rows = []
     for _, r in v6.iterrows():
         same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / r["lr"])) < np.log(1.1)]
-        wide = wide_at.get(int(r["step"]))
+        wide, control = wide_at.get(int(r["step"])), control_at.get(int(r["step"]))
         rows.append(f"| {int(r['step']):,} | {int(r['total']):,} | {r['hours']:.1f} | {r['lr']:.2e} | "
                     f"{r[COLUMN]:.4f} | " + (f"{wide:.4f}" if wide is not None else "–") + " | "
+                    + (f"{control:.4f}" if control is not None else "–") + " | "
                     + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
     paired = paired_training_errors({name6: REPO / dir6 / "train.csv", name_w: REPO / dir_w / "train.csv",
-                                     "3 layers (control)": REPO / "checkpoints" / "pretrain3_control" / "train.csv"})
+                                     "3 layers (control)": REPO / CONTROL / "train.csv"})
     arms_time = []
-    for name, frame in ((name6, v6), (name_w, vw)):
+    for name, frame in ((name6, v6), (name_w, vw), ("3 layers (control)", vc)):
         if frame is not None and len(frame):
             last = frame.iloc[-1]
             arms_time.append(f"{name}: {int(last['step']):,} steps in {last['wall_s'] / 3600:.2f} h of training "
@@ -119,12 +126,12 @@ def main() -> None:
         "same predictions (`mftcalc grow`), a fresh Adam state and its own learning-rate cycle. The last column is "
         "the 3-layer third cycle's median at a learning rate within 10 % of the 6-layer row's (count in brackets): "
         "earlier in its training, so not a like-for-like comparison (no 3-layer control restarted with the "
-        "6-layer schedule ran). The widened arm starts from the same state with the same schedule, data, seed and "
-        "loss: it and the 6-layer arm differ only in how the capacity was added.",
+        "6-layer schedule ran then). The widened arm and the 3-layer control (session 13) start from the same "
+        "state with the same schedule, data, seed and loss: the three arms differ only in the capacity added.",
         "",
         "| cycle-4 step | total step | training hours in all (6 layers) | learning rate | 6 layers | "
-        "128/64/32 | 3 layers at that rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "128/64/32 | 3 layers (control) | 3 layers' third cycle at that rate |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         *paired,
@@ -145,6 +152,8 @@ def main() -> None:
     ax.plot(v6["total"], v6[COLUMN], "o", ms=4, label=name6)
     if vw is not None and len(vw):
         ax.plot(vw["step"] + offset, vw[COLUMN], "s", ms=4, label=name_w)
+    if vc is not None and len(vc):
+        ax.plot(vc["step"] + offset, vc[COLUMN], "^", ms=4, label="3 layers (control, same schedule)")
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
