@@ -31,21 +31,26 @@ def test_info_prints_the_model_card(model_file, capsys):
     assert "gap" in card and "Hartree" in card and "bohr^2" in card
 
 
+def _assert_same_predictions(path_a, path_b):
+    """Energy, forces and gap of a rattled methanol agree (float64) between two model files."""
+    atoms = molecule("CH3OH")
+    atoms.rattle(0.05, seed=1)
+    results = []
+    for path in (path_a, path_b):
+        calc = MFTCalculator(path, dtype=torch.float64)
+        results.append((calc.get_potential_energy(atoms.copy()), calc.get_forces(atoms.copy()),
+                        calc.get_property("gap", atoms.copy())))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+
+
 def test_grow_writes_a_deeper_model_with_the_same_predictions(model_file, tmp_path, capsys):
     out = tmp_path / "grown.pt"
     assert main(["grow", str(model_file), "--layers", "2", "-o", str(out)]) == 0
     assert "-> " in capsys.readouterr().out
-    atoms = molecule("CH3OH")
-    atoms.rattle(0.05, seed=1)
-    results = []
-    for path in (model_file, out):
-        calc = MFTCalculator(path, dtype=torch.float64)
-        results.append((calc.get_potential_energy(atoms.copy()), calc.get_forces(atoms.copy()),
-                        calc.get_property("gap", atoms.copy())))
     layers = [read_checkpoint(p)["config"]["backbone"]["n_layers"] for p in (model_file, out)]
     assert layers[1] == layers[0] + 2
-    for a, b in zip(*results):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+    _assert_same_predictions(model_file, out)
     assert main(["grow", str(model_file), "--layers", "0", "-o", str(tmp_path / "x.pt")]) != 0
     assert "--layers must be at least 1" in capsys.readouterr().err
     assert main(["grow", str(model_file), "-o", str(tmp_path / "x.pt")]) != 0
@@ -61,15 +66,7 @@ def test_grow_wider_and_deeper_keeps_the_predictions(model_file, tmp_path, capsy
     new = read_checkpoint(out)["config"]["backbone"]
     assert (new["n_dim"], new["e_dim"], new["a_dim"], new["n_layers"]) == (
         old["n_dim"] + 8, old["e_dim"], old["a_dim"] + 4, old["n_layers"] + 1)
-    atoms = molecule("CH3OH")
-    atoms.rattle(0.05, seed=1)
-    results = []
-    for path in (model_file, out):
-        calc = MFTCalculator(path, dtype=torch.float64)
-        results.append((calc.get_potential_energy(atoms.copy()), calc.get_forces(atoms.copy()),
-                        calc.get_property("gap", atoms.copy())))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-10)
+    _assert_same_predictions(model_file, out)
 
 
 def test_screen_predicts_what_the_calculator_gives_and_resumes(model_file, tmp_path, capsys):
