@@ -16,7 +16,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g} (leave it "
                          "out to train to the config's steps)")
     if args.export_only and args.time_budget is not None:
-        raise ValueError("--export-only trains no step; leave out --time-budget (or --export-only to train)")
+        raise ValueError("--export-only trains no step; leave out --time-budget (or leave out --export-only to train)")
     cfg = PretrainConfig.from_yaml(args.config, set_pairs=pairs)
     if args.export_only and not Path(cfg.state_path).exists():
         raise ValueError(f"--export-only writes the model of the training state {cfg.state_path}, which does not "
