@@ -97,10 +97,10 @@ def main() -> None:
                    hours=(v6["wall_s"] + wall3) / 3600)
 
     wide_csv, control_csv = REPO / dir_w / "val.csv", REPO / CONTROL / "val.csv"
-    vw = read_validations(wide_csv)[["step", "wall_s", COLUMN]].dropna() if wide_csv.exists() else None
-    vc = read_validations(control_csv)[["step", "wall_s", COLUMN]].dropna() if control_csv.exists() else None
-    wide_at = {int(r["step"]): float(r[COLUMN]) for _, r in vw.iterrows()} if vw is not None else {}
-    control_at = {int(r["step"]): float(r[COLUMN]) for _, r in vc.iterrows()} if vc is not None else {}
+    vw, vc = (read_validations(path)[["step", "wall_s", COLUMN]].dropna() if path.exists() else None
+              for path in (wide_csv, control_csv))
+    wide_at, control_at = ({int(r["step"]): float(r[COLUMN]) for _, r in frame.iterrows()} if frame is not None
+                           else {} for frame in (vw, vc))
     rows = []
     for _, r in v6.iterrows():
         same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / r["lr"])) < np.log(1.1)]
