@@ -47,6 +47,8 @@ def _grow(args: argparse.Namespace) -> int:
         raise ValueError("nothing to grow: give --layers N (deeper) and/or --n-dim/--e-dim/--a-dim (wider)")
     if args.layers is not None and args.layers < 1:
         raise ValueError(f"--layers must be at least 1, got {args.layers} (the number of layers to append)")
+    if args.residual_init != 0.0 and args.layers is None:
+        raise ValueError("--residual-init sets the scales of appended layers: give --layers N with it")
     base = load_model(args.model)
     bb = base.config.backbone
     model, done = base, []
@@ -55,11 +57,16 @@ def _grow(args: argparse.Namespace) -> int:
         model = widen_backbone(model, n, e, a, seed=args.seed)
         done.append(f"widths {bb.n_dim}/{bb.e_dim}/{bb.a_dim} -> {n}/{e}/{a} (node/edge/angle)")
     if args.layers is not None:
-        model = grow_layers(model, args.layers, seed=args.seed)
+        model = grow_layers(model, args.layers, seed=args.seed, residual_init=args.residual_init)
         done.append(f"{bb.n_layers} -> {bb.n_layers + args.layers} layers")
+    if args.layers is not None and args.residual_init != 0.0:
+        init = (f"new layers' residual scales at {args.residual_init:g}, so it predicts differently from "
+                f"{args.model} until trained")
+    else:
+        init = f"new parts initialised so that it predicts what {args.model} predicts"
     save_model(model, args.output, model.metadata)
-    print(f"wrote {args.output}: {', '.join(done)}, new parts initialised so that it predicts what {args.model} "
-          f"predicts; continue its training with mftcalc train CONFIG --init {args.output}")
+    print(f"wrote {args.output}: {', '.join(done)}, {init}; continue its training with "
+          f"mftcalc train CONFIG --init {args.output}")
     return 0
 
 
@@ -173,6 +180,9 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--e-dim", type=int, default=None, help="new edge feature width (default: unchanged)")
     p.add_argument("--a-dim", type=int, default=None, help="new angle feature width (default: unchanged)")
     p.add_argument("--seed", type=int, default=0, help="seed of the new weights")
+    p.add_argument("--residual-init", type=float, default=0.0,
+                   help="with --layers: the new layers' residual scales (default 0: same predictions, but the new "
+                   "layers engage slowly at a small learning rate; 0.1: a fresh layer's, engaged at once)")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write")
     p.set_defaults(func=_grow)
     p = subparsers.add_parser("info", help="model card of a checkpoint: heads, units, elements, size, training, "

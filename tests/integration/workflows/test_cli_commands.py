@@ -55,6 +55,13 @@ def test_grow_writes_a_deeper_model_with_the_same_predictions(model_file, tmp_pa
     assert "--layers must be at least 1" in capsys.readouterr().err
     assert main(["grow", str(model_file), "-o", str(tmp_path / "x.pt")]) != 0
     assert "nothing to grow" in capsys.readouterr().err
+    assert main(["grow", str(model_file), "--n-dim", "512", "--residual-init", "0.1", "-o",
+                 str(tmp_path / "x.pt")]) != 0
+    assert "give --layers N with it" in capsys.readouterr().err
+    engaged = tmp_path / "engaged.pt"
+    assert main(["grow", str(model_file), "--layers", "1", "--residual-init", "0.1", "-o", str(engaged)]) == 0
+    assert "residual scales at 0.1" in capsys.readouterr().out
+    assert read_checkpoint(engaged)["metadata"]["grown_from"]["residual_init"] == 0.1
 
 
 def test_grow_wider_and_deeper_keeps_the_predictions(model_file, tmp_path, capsys):

@@ -52,6 +52,31 @@ def test_new_layers_learn_from_the_first_steps(molecules):
     assert float(new.node_self.weight.grad.abs().sum()) > 0
 
 
+def test_engaged_growth_sets_the_new_scales_and_changes_the_predictions(molecules):
+    base = make_tiny_model()
+    grown = grow_layers(base, 2, residual_init=0.1).eval()
+    for layer in list(grown.backbone.layers)[-2:]:
+        for scale in [*layer.res_node, *layer.res_edge, layer.res_angle]:
+            assert torch.all(scale == 0.1)
+    for layer_base, layer_grown in zip(base.backbone.layers, grown.backbone.layers):
+        for (name, p), q in zip(layer_base.named_parameters(), layer_grown.parameters()):
+            assert torch.equal(p, q), name                         # the base's layers are copied as they are
+    assert grown.metadata["grown_from"]["residual_init"] == 0.1
+    e_base = _all_outputs(base, molecules)[0]["energy"]
+    e_grown = _all_outputs(grown, molecules)[0]["energy"]
+    assert abs(e_grown - e_base) > 1e-6                            # the new layers act from step 0
+    batch = collate(molecules, dtype=torch.float64, dataset=0, properties=[])
+    grown.train()
+    out = grown(batch, compute_forces=True, compute_stress=False, compute_properties=False)
+    (out["energy"].pow(2).sum() + out["forces"].pow(2).sum()).backward()
+    assert float(grown.backbone.layers[-2].node_self.weight.grad.abs().sum()) > 0
+
+
+def test_negative_residual_init_is_refused():
+    with pytest.raises(ValueError, match="residual_init must be >= 0"):
+        grow_layers(make_tiny_model(), 1, residual_init=-0.1)
+
+
 def test_growing_by_nothing_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
         grow_layers(make_tiny_model(), 0)
