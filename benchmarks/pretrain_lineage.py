@@ -6,18 +6,17 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
 
 - ``checkpoints/pretrain`` (``configs/dev/pretrain_cpu.yaml``, 3 layers, steps 0–126,001; earlier cycles' rates
   are not in today's config, so the rate is drawn from its third cycle on, step 44,200);
-- ``checkpoints/pretrain6`` (``configs/dev/pretrain_cpu_6l.yaml``, 6 layers grown from the 3-layer state at step
-  126,001 by ``mftcalc grow``), its steps placed after the 3-layer ones;
-- ``checkpoints/pretrain_wide`` (``configs/dev/pretrain_cpu_wide.yaml``, the same 3-layer state widened to
-  128/64/32 by ``mftcalc grow --n-dim 128 --e-dim 64 --a-dim 32``, same schedule), where it has validations;
-- ``checkpoints/pretrain3_control`` (``configs/dev/pretrain_cpu_3l_control.yaml``, the same 3-layer state as it is,
-  same schedule), where it has validations. The cycle-4 arms draw the same batches at the same step, so their
-  training errors are also compared step by step (the paired table).
+- the fourth cycle's arms (``ARMS``), each from that state at step 126,001 with one schedule, seed and data, their
+  steps placed after the 3-layer ones: the 3-layer control; 6 layers grown with zero residual scales
+  (``mftcalc grow --layers 3``); 6 layers grown with the new scales at 0.1 (``--residual-init 0.1``); widened to
+  128/64/32 (``--n-dim 128 --e-dim 64 --a-dim 32``). They draw the same batches at the same step, so their training
+  errors are also compared step by step (the paired table, ratios to the control), and the grown arms' residual
+  scales show how far their appended layers act.
 
 Writes ``benchmarks/results/pretrain_lineage.png`` (force MAE and learning rate against the cumulative step;
 the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line) and
-``pretrain_lineage.md`` (the 6-layer validations beside the 3-layer ones at the same learning rate, and the
-cumulative training hours).
+``pretrain_lineage.md`` (the arms' validations beside the 3-layer third cycle's at the same learning rate, the
+paired table, the scales and the training hours).
 """
 from __future__ import annotations
 
@@ -33,10 +32,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from pretrain_forecast import COLUMN, fit_saturating, read_validations  # noqa: E402  (a sibling script)
 
-STAGES = (("3 layers", "checkpoints/pretrain", "configs/dev/pretrain_cpu.yaml"),
-          ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"),
-          ("3 layers, 128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
-CONTROL = "checkpoints/pretrain3_control"      # configs/dev/pretrain_cpu_3l_control.yaml: no capacity added
+BASE = ("3 layers", "checkpoints/pretrain", "configs/dev/pretrain_cpu.yaml")
+# The cycle-4 arms (label, folder, config): the same 3-layer state at step 126,001 and the same schedule, data,
+# seed, loss and world size, so the same batches at the same step. The control comes first: the paired ratios are
+# to it.
+ARMS = (("3 layers (control)", "checkpoints/pretrain3_control", "configs/dev/pretrain_cpu_3l_control.yaml"),
+        ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"),
+        ("6 layers (engaged)", "checkpoints/pretrain6_engaged", "configs/dev/pretrain_cpu_6l_engaged.yaml"),
+        ("128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
+N_BASE_LAYERS = 3
+
+
+def new_layer_scales(state_path: Path) -> str:
+    """How far the appended layers act in a grown model's training state: the mean |residual scale| of the node
+    updates of the base layers and of the appended ones (a fresh layer starts at 0.1; an identity-grown one at 0).
+    Empty when the state is missing or has no appended layers."""
+    if not state_path.exists():
+        return ""
+    import torch
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    scales: Dict[int, list] = {}
+    for key, value in state["model"].items():
+        parts = key.split(".")
+        if key.startswith("backbone.layers.") and parts[3] == "res_node":
+            scales.setdefault(int(parts[2]), []).append(float(value.abs().mean()))
+    if len(scales) <= N_BASE_LAYERS:
+        return ""
+    base = [np.mean(scales[k]) for k in sorted(scales) if k < N_BASE_LAYERS]
+    new = [np.mean(scales[k]) for k in sorted(scales) if k >= N_BASE_LAYERS]
+    return (f"step {int(state['step']):,}: base layers " + ", ".join(f"{v:.3f}" for v in base)
+            + "; appended layers " + ", ".join(f"{v:.4f}" for v in new))
 
 
 def schedule(config_path: str):
@@ -68,6 +93,8 @@ def paired_training_errors(arms: Dict[str, Path], window: int = 1000) -> list:
     last = int(max(f["step"].max() for _, f in others))
     for start in range(0, last + 1, window):
         inside = ref[(ref["step"] >= start) & (ref["step"] < start + window)]
+        if inside.empty:
+            continue
         cells = []
         for _, frame in others:
             both = inside.merge(frame, on="step", suffixes=("_ref", ""))
@@ -82,59 +109,68 @@ def main() -> None:
     parser.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "pretrain_lineage.md"))
     args = parser.parse_args()
 
-    (name3, dir3, cfg3), (name6, dir6, cfg6), (name_w, dir_w, _) = STAGES
+    name3, dir3, cfg3 = BASE
     lr3, c3 = schedule(cfg3)
-    lr6, _ = schedule(cfg6)
+    lr4, c4 = schedule(ARMS[0][2])                 # the arms share one schedule (checked below)
+    for _, _, cfg in ARMS[1:]:
+        other = yaml.safe_load((REPO / cfg).read_text())
+        if any(other[k] != c4[k] for k in ("lr0", "lr_end", "steps", "decay_steps", "seed", "datasets")):
+            raise SystemExit(f"{cfg} does not share the control's schedule, seed and data: the arms do not pair")
     v3 = read_validations(REPO / dir3 / "val.csv")[["step", "wall_s", COLUMN]].dropna()
-    v6 = read_validations(REPO / dir6 / "val.csv")[["step", "wall_s", COLUMN]].dropna()
     import torch
     handover = torch.load(REPO / dir3 / "state.pt", map_location="cpu", weights_only=False)
     offset, wall3 = int(handover["step"]), float(handover["wall"])
     cycle = v3[v3["step"] > c3["lr_start_step"]]
     (floor, _, _), (floor_se, *_) = fit_saturating(cycle["step"].to_numpy(), cycle[COLUMN].to_numpy())
     v3 = v3.assign(lr=[lr3(int(s)) for s in v3["step"]])
-    v6 = v6.assign(lr=[lr6(int(s)) for s in v6["step"]], total=v6["step"] + offset,
-                   hours=(v6["wall_s"] + wall3) / 3600)
 
-    wide_csv, control_csv = REPO / dir_w / "val.csv", REPO / CONTROL / "val.csv"
-    vw, vc = (read_validations(path)[["step", "wall_s", COLUMN]].dropna() if path.exists() else None
-              for path in (wide_csv, control_csv))
-    wide_at, control_at = ({int(r["step"]): float(r[COLUMN]) for _, r in frame.iterrows()} if frame is not None
-                           else {} for frame in (vw, vc))
+    vals = {name: read_validations(REPO / d / "val.csv")[["step", "wall_s", COLUMN]].dropna()
+            for name, d, _ in ARMS if (REPO / d / "val.csv").exists()}
+    at = {name: {int(r["step"]): float(r[COLUMN]) for _, r in frame.iterrows()} for name, frame in vals.items()}
+    steps = sorted(set().union(*(set(a) for a in at.values())))
     rows = []
-    for _, r in v6.iterrows():
-        same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / r["lr"])) < np.log(1.1)]
-        wide, control = wide_at.get(int(r["step"])), control_at.get(int(r["step"]))
-        rows.append(f"| {int(r['step']):,} | {int(r['total']):,} | {r['hours']:.1f} | {r['lr']:.2e} | "
-                    f"{r[COLUMN]:.4f} | " + (f"{wide:.4f}" if wide is not None else "–") + " | "
-                    + (f"{control:.4f}" if control is not None else "–") + " | "
+    for step in steps:
+        lr = lr4(step)
+        same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / lr)) < np.log(1.1)]
+        cells = [f"{at[name][step]:.4f}" if step in at.get(name, {}) else "–" for name, _, _ in ARMS]
+        rows.append(f"| {step:,} | {step + offset:,} | {lr:.2e} | " + " | ".join(cells) + " | "
                     + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
-    paired = paired_training_errors({name6: REPO / dir6 / "train.csv", name_w: REPO / dir_w / "train.csv",
-                                     "3 layers (control)": REPO / CONTROL / "train.csv"})
-    arms_time = []
-    for name, frame in ((name6, v6), (name_w, vw), ("3 layers (control)", vc)):
+    paired = paired_training_errors({name: REPO / d / "train.csv" for name, d, _ in ARMS})
+    arms_time, engaged = [], []
+    for name, d, _ in ARMS:
+        frame = vals.get(name)
         if frame is not None and len(frame):
             last = frame.iloc[-1]
             arms_time.append(f"{name}: {int(last['step']):,} steps in {last['wall_s'] / 3600:.2f} h of training "
                              f"({last['step'] / last['wall_s'] * 3600:,.0f} steps/h)")
+        scales = new_layer_scales(REPO / d / "state.pt")
+        if scales:
+            engaged.append(f"- {name}, {scales}")
     lines = [
-        "# Pretraining lineage: 3 layers, then 6 layers or wider (issue 15, item 3)",
+        "# Pretraining lineage: 3 layers, then deeper or wider (issue 15, item 3)",
         "",
         "`python benchmarks/pretrain_lineage.py`. Held-out xTB force MAE (eV/Å, 500 conformers of unseen molecules).",
         f"The 3-layer state stopped at step {offset:,} after {wall3 / 3600:.1f} h of training; its third cycle's "
-        f"saturating fit levels off at {floor:.3f} ± {floor_se:.3f} eV/Å. The 6-layer model starts there with the "
-        "same predictions (`mftcalc grow`), a fresh Adam state and its own learning-rate cycle. The last column is "
-        "the 3-layer third cycle's median at a learning rate within 10 % of the 6-layer row's (count in brackets): "
-        "earlier in its training, so not a like-for-like comparison (no 3-layer control restarted with the "
-        "6-layer schedule ran then). The widened arm and the 3-layer control (session 13) start from the same "
-        "state with the same schedule, data, seed and loss: the three arms differ only in the capacity added.",
+        f"saturating fit levels off at {floor:.3f} ± {floor_se:.3f} eV/Å. The fourth cycle's arms all start from "
+        "that state with a fresh Adam state and the same learning-rate cycle, data, seed, loss and world size, so "
+        "they draw the same batches at the same step; they differ only in the capacity added and how it starts: "
+        "the control as it is; 6 layers grown with zero residual scales (the same predictions at the start, "
+        "`mftcalc grow --layers 3`); 6 layers grown with the new scales at a fresh layer's 0.1 (they act from "
+        "step 0, `--residual-init 0.1`); widened with zero new channels (`--n-dim 128 --e-dim 64 --a-dim 32`). "
+        "The last column is the 3-layer third cycle's median at a learning rate within 10 % of the row's (count in "
+        "brackets): earlier in its training, so not like for like.",
         "",
-        "| cycle-4 step | total step | training hours in all (6 layers) | learning rate | 6 layers | "
-        "128/64/32 | 3 layers (control) | 3 layers' third cycle at that rate |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cycle-4 step | total step | learning rate | " + " | ".join(name for name, _, _ in ARMS)
+        + " | 3 layers' third cycle at that rate |",
+        "|---:|---:|---:|" + "---:|" * len(ARMS) + "---:|",
         *rows,
         "",
         *paired,
+        "How far the appended layers act (mean |residual scale| of the node updates per layer, from the training "
+        "states; a fresh layer starts at 0.1):",
+        "",
+        *(engaged or ["- no grown arm's state is here"]),
+        "",
         "Training time of the cycle-4 arms (two torchrun processes each, beside other work): "
         + "; ".join(arms_time) + ".",
         "",
@@ -149,11 +185,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
-    ax.plot(v6["total"], v6[COLUMN], "o", ms=4, label=name6)
-    if vw is not None and len(vw):
-        ax.plot(vw["step"] + offset, vw[COLUMN], "s", ms=4, label=name_w)
-    if vc is not None and len(vc):
-        ax.plot(vc["step"] + offset, vc[COLUMN], "^", ms=4, label="3 layers (control, same schedule)")
+    for (name, _, _), marker in zip(ARMS, "^osD"):
+        if name in vals and len(vals[name]):
+            ax.plot(vals[name]["step"] + offset, vals[name][COLUMN], marker, ms=4, label=name)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
@@ -164,8 +198,8 @@ def main() -> None:
     twin = ax.twinx()
     steps3 = np.arange(c3["lr_start_step"], offset, 500)
     twin.semilogy(steps3, [lr3(int(s)) for s in steps3], color="C0", alpha=0.3, lw=1)
-    steps6 = np.arange(0, int(yaml.safe_load((REPO / cfg6).read_text())["steps"]), 500)
-    twin.semilogy(steps6 + offset, [lr6(int(s)) for s in steps6], color="C1", alpha=0.3, lw=1)
+    steps4 = np.arange(0, int(c4["steps"]), 500)
+    twin.semilogy(steps4 + offset, [lr4(int(s)) for s in steps4], color="C1", alpha=0.3, lw=1)
     twin.set_ylabel("learning rate (faint lines)")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Pretraining of the prior: 3-layer cycles, then deeper or wider")
