@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 import yaml
@@ -41,6 +41,7 @@ ARMS = (("3 layers (control)", "checkpoints/pretrain3_control", "configs/dev/pre
         ("6 layers (engaged)", "checkpoints/pretrain6_engaged", "configs/dev/pretrain_cpu_6l_engaged.yaml"),
         ("128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
 N_BASE_LAYERS = 3
+TRAIN_KEY = "xtb_qm9/rmse_f"                    # train.csv column: the batch's xTB force RMSE (eV/Å)
 
 
 def new_layer_scales(state_path: Path) -> str:
@@ -71,18 +72,37 @@ def schedule(config_path: str):
     return ExponentialLR(c["lr0"], c["lr_end"], c["steps"], c["decay_steps"], c.get("lr_start_step") or 0), c
 
 
-def paired_training_errors(arms: Dict[str, Path], window: int = 1000) -> list:
+def paired_frames(arms: Dict[str, Path]) -> Dict[str, Any]:
+    """The logged training xTB force RMSE (eV/Å) of each arm with a ``train.csv``, as step-indexed frames, in the
+    order of ``arms`` (the first is the reference of the paired ratios)."""
+    import pandas as pd
+    return {name: pd.read_csv(path)[["step", TRAIN_KEY]].dropna().drop_duplicates("step", keep="last")
+            for name, path in arms.items() if path.exists()}
+
+
+def paired_ratio_curves(frames: Dict[str, Any], window: int = 500) -> Dict[str, tuple]:
+    """For each arm after the first: (window starts, mean per-step ratio of its training force RMSE to the first
+    arm's over the steps both logged in that window), windows with at least 5 such steps."""
+    (_, ref), *others = frames.items()
+    curves = {}
+    for name, frame in others:
+        both = ref.merge(frame, on="step", suffixes=("_ref", ""))
+        both = both.assign(window=(both["step"] // window) * window,
+                           ratio=both[TRAIN_KEY] / both[TRAIN_KEY + "_ref"])
+        grouped = both.groupby("window")["ratio"].agg(["mean", "size"])
+        grouped = grouped[grouped["size"] >= 5]
+        curves[name] = (grouped.index.to_numpy(), grouped["mean"].to_numpy())
+    return curves
+
+
+def paired_training_errors(frames: Dict[str, Any], window: int = 1000) -> list:
     """Markdown lines comparing cycle-4 arms on their training batches: the mean xTB force RMSE of the logged steps
     in each ``window`` of steps, and each arm's mean per-step ratio to the first arm over the steps both logged.
     The arms draw the same batches at the same step (same seed, sources and world size), so the ratios are paired
-    comparisons, far less noisy than the 500-conformer validation. Arms without a ``train.csv`` are left out;
-    empty when fewer than two remain."""
-    import pandas as pd
-    key = "xtb_qm9/rmse_f"
-    frames = {name: pd.read_csv(path)[["step", key]].dropna().drop_duplicates("step", keep="last")
-              for name, path in arms.items() if path.exists()}
+    comparisons, far less noisy than the 500-conformer validation. Empty when fewer than two arms have frames."""
     if len(frames) < 2:
         return []
+    key = TRAIN_KEY
     (ref_name, ref), *others = frames.items()
     names = [name for name, _ in others]
     lines = ["Training batches, paired (the same xTB batches at the same steps; force RMSE in eV/Å, mean over "
@@ -135,7 +155,8 @@ def main() -> None:
         cells = [f"{at[name][step]:.4f}" if step in at.get(name, {}) else "–" for name, _, _ in ARMS]
         rows.append(f"| {step:,} | {step + offset:,} | {lr:.2e} | " + " | ".join(cells) + " | "
                     + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
-    paired = paired_training_errors({name: REPO / d / "train.csv" for name, d, _ in ARMS})
+    frames = paired_frames({name: REPO / d / "train.csv" for name, d, _ in ARMS})
+    paired = paired_training_errors(frames)
     arms_time, engaged = [], []
     for name, d, _ in ARMS:
         frame = vals.get(name)
@@ -183,11 +204,12 @@ def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
+    color = {name: f"C{k + 1}" for k, (name, _, _) in enumerate(ARMS)}      # one colour per arm in both panels
     for (name, _, _), marker in zip(ARMS, "^osD"):
         if name in vals and len(vals[name]):
-            ax.plot(vals[name]["step"] + offset, vals[name][COLUMN], marker, ms=4, label=name)
+            ax.plot(vals[name]["step"] + offset, vals[name][COLUMN], marker, ms=4, color=color[name], label=name)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
@@ -199,10 +221,19 @@ def main() -> None:
     steps3 = np.arange(c3["lr_start_step"], offset, 500)
     twin.semilogy(steps3, [lr3(int(s)) for s in steps3], color="C0", alpha=0.3, lw=1)
     steps4 = np.arange(0, int(c4["steps"]), 500)
-    twin.semilogy(steps4 + offset, [lr4(int(s)) for s in steps4], color="C1", alpha=0.3, lw=1)
+    twin.semilogy(steps4 + offset, [lr4(int(s)) for s in steps4], color="grey", alpha=0.4, lw=1)
     twin.set_ylabel("learning rate (faint lines)")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("Pretraining of the prior: 3-layer cycles, then deeper or wider")
+    if len(frames) >= 2:
+        ref_name = next(iter(frames))
+        for (name, (starts, ratios)), marker in zip(paired_ratio_curves(frames).items(), "osD"):
+            ax_ratio.plot(starts + 250, ratios, marker + "-", ms=3, lw=1, color=color[name], label=name)
+        ax_ratio.axhline(1.0, color="grey", lw=0.8)
+        ax_ratio.set_xlabel("cycle-4 step")
+        ax_ratio.set_ylabel(f"training xTB force RMSE / {ref_name}'s")
+        ax_ratio.set_title("Paired: the same batches, 500-step windows")
+        ax_ratio.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(Path(args.report).with_suffix(".png"), dpi=120)
 
