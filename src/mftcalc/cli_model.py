@@ -172,8 +172,8 @@ def add_model_parsers(subparsers: Any) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="floating-point precision of the export")
     p.set_defaults(func=_export)
     p = subparsers.add_parser("grow", help="deepen and/or widen a trained model: appended layers start as the "
-                              "identity, new feature channels at zero (same predictions), to train further with "
-                              "more capacity")
+                              "identity (or act at once with --residual-init), new feature channels at zero, to "
+                              "train further with more capacity")
     p.add_argument("model", help="mftcalc checkpoint (.pt)")
     p.add_argument("--layers", type=int, default=None, help="layers to append (>= 1; default: none)")
     p.add_argument("--n-dim", type=int, default=None, help="new node feature width (default: unchanged)")

@@ -1,13 +1,15 @@
-"""Adding capacity to a trained model without changing its predictions: deeper (``grow_layers``: appended
-message-passing layers that start as the identity unless told otherwise) or wider (``widen_backbone``: more node/edge/angle channels that
-start at zero).
+"""Adding capacity to a trained model: deeper (``grow_layers``: appended message-passing layers that start as the
+identity, keeping the predictions, or with set residual scales, acting at once) or wider (``widen_backbone``: more
+node/edge/angle channels that start at zero, keeping the predictions).
 
 A trained backbone that underfits its data (train error ≈ validation error) has too little capacity or too little
 training; adding layers tests the first without throwing the training away. Each appended
-:class:`~mftcalc.model.backbone.RepFlowLayer` gets freshly initialised weights and **zero residual scales**
+:class:`~mftcalc.model.backbone.RepFlowLayer` gets freshly initialised weights and, by default, **zero residual scales**
 (``res_node``, ``res_edge``, ``res_angle``), so its node, edge and angle outputs equal its inputs and the grown
 model's energies, forces, stresses and properties equal the base model's to rounding. The residual scales
-receive gradients from the first step (ReZero-style), and the new layers' weights do once their scales move.
+receive gradients from the first step (ReZero-style), and the new layers' weights do once their scales move;
+at a continuation's small learning rate that is slow (``residual_init`` says how slow, and how to start the
+scales at a fresh layer's value instead).
 
 The base's last layer skipped its edge and angle updates (nothing read them; see ``Backbone.forward``), so those
 weights are untrained; in the grown model they feed the new layers, which ignore them until their scales move.
@@ -37,7 +39,8 @@ def grow_layers(base: MFTModel, n_new: int, seed: int = 0, residual_init: float 
             at step 0, which the training must first recover.
     Returns:
         The grown model (``base``'s dtype, train mode), whose ``config.backbone.n_layers`` is the base's plus
-        ``n_new``; ``metadata`` is the base's plus ``grown_from`` (the base's content hash and layer count).
+        ``n_new``; ``metadata`` is the base's plus ``grown_from`` (the base's content hash and layer count, the
+        seed and ``residual_init``).
     """
     if n_new < 1:
         raise ValueError(f"n_new must be at least 1, got {n_new}")
