@@ -9,7 +9,7 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
 - the fourth cycle's arms (``ARMS``), each from that state at step 126,001 with one schedule, seed and data, their
   steps placed after the 3-layer ones: the 3-layer control; 6 layers grown with zero residual scales
   (``mftcalc grow --layers 3``); 6 layers grown with the new scales at 0.1 (``--residual-init 0.1``); widened to
-  128/64/32 (``--n-dim 128 --e-dim 64 --a-dim 32``). They draw the same batches at the same step, so their training
+  128/64/32 (``--n-dim 128 --e-dim 64 --a-dim 32``); the control without its gradient clip. They draw the same batches at the same step, so their training
   errors are also compared step by step (the paired table, ratios to the control), and the grown arms' residual
   scales show how far their appended layers act.
 
@@ -39,7 +39,8 @@ BASE = ("3 layers", "checkpoints/pretrain", "configs/dev/pretrain_cpu.yaml")
 ARMS = (("3 layers (control)", "checkpoints/pretrain3_control", "configs/dev/pretrain_cpu_3l_control.yaml"),
         ("6 layers (grown)", "checkpoints/pretrain6", "configs/dev/pretrain_cpu_6l.yaml"),
         ("6 layers (engaged)", "checkpoints/pretrain6_engaged", "configs/dev/pretrain_cpu_6l_engaged.yaml"),
-        ("128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"))
+        ("128/64/32 (widened)", "checkpoints/pretrain_wide", "configs/dev/pretrain_cpu_wide.yaml"),
+        ("3 layers, no clip", "checkpoints/pretrain3_noclip", "configs/dev/pretrain_cpu_3l_noclip.yaml"))
 N_BASE_LAYERS = 3
 TRAIN_KEY = "xtb_qm9/rmse_f"                    # train.csv column: the batch's xTB force RMSE (eV/Å)
 
@@ -174,10 +175,11 @@ def main() -> None:
         f"The 3-layer state stopped at step {offset:,} after {wall3 / 3600:.1f} h of training; its third cycle's "
         f"saturating fit levels off at {floor:.3f} ± {floor_se:.3f} eV/Å. The fourth cycle's arms all start from "
         "that state with a fresh Adam state and the same learning-rate cycle, data, seed, loss and world size, so "
-        "they draw the same batches at the same step; they differ only in the capacity added and how it starts: "
-        "the control as it is; 6 layers grown with zero residual scales (the same predictions at the start, "
-        "`mftcalc grow --layers 3`); 6 layers grown with the new scales at a fresh layer's 0.1 (they act from "
-        "step 0, `--residual-init 0.1`); widened with zero new channels (`--n-dim 128 --e-dim 64 --a-dim 32`). "
+        "they draw the same batches at the same step; they differ only in the capacity added and how it starts, "
+        "or in one setting: the control as it is; 6 layers grown with zero residual scales (the same predictions "
+        "at the start, `mftcalc grow --layers 3`); 6 layers grown with the new scales at a fresh layer's 0.1 "
+        "(they act from step 0, `--residual-init 0.1`); widened with zero new channels (`--n-dim 128 --e-dim 64 "
+        "--a-dim 32`); the control with its gradient-norm clip (10, reached at 99 % of its steps) lifted. "
         "The last column is the 3-layer third cycle's median at a learning rate within 10 % of the row's (count in "
         "brackets): earlier in its training, so not like for like.",
         "",
@@ -207,7 +209,7 @@ def main() -> None:
     fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
     color = {name: f"C{k + 1}" for k, (name, _, _) in enumerate(ARMS)}      # one colour per arm in both panels
-    for (name, _, _), marker in zip(ARMS, "^osD"):
+    for (name, _, _), marker in zip(ARMS, "^osDv"):
         if name in vals and len(vals[name]):
             ax.plot(vals[name]["step"] + offset, vals[name][COLUMN], marker, ms=4, color=color[name], label=name)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
@@ -227,7 +229,7 @@ def main() -> None:
     ax.set_title("Pretraining of the prior: 3-layer cycles, then deeper or wider")
     if len(frames) >= 2:
         ref_name = next(iter(frames))
-        for (name, (starts, ratios)), marker in zip(paired_ratio_curves(frames).items(), "osD"):
+        for (name, (starts, ratios)), marker in zip(paired_ratio_curves(frames).items(), "osDv"):
             ax_ratio.plot(starts + 250, ratios, marker + "-", ms=3, lw=1, color=color[name], label=name)
         ax_ratio.axhline(1.0, color="grey", lw=0.8)
         ax_ratio.set_xlabel("cycle-4 step")
