@@ -9,9 +9,9 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
 - the fourth cycle's arms (``ARMS``), each from that state at step 126,001 with one schedule, seed and data, their
   steps placed after the 3-layer ones: the 3-layer control; 6 layers grown with zero residual scales
   (``mftcalc grow --layers 3``); 6 layers grown with the new scales at 0.1 (``--residual-init 0.1``); widened to
-  128/64/32 (``--n-dim 128 --e-dim 64 --a-dim 32``); the control without its gradient clip. They draw the same batches at the same step, so their training
-  errors are also compared step by step (the paired table, ratios to the control), and the grown arms' residual
-  scales show how far their appended layers act.
+  128/64/32 (``--n-dim 128 --e-dim 64 --a-dim 32``); the control without its gradient clip. They draw the same
+  batches at the same step, so their training errors are also compared step by step (the paired table and panel,
+  ratios to the control), and the grown arms' residual scales show how far their appended layers act.
 
 Writes ``benchmarks/results/pretrain_lineage.png`` (force MAE and learning rate against the cumulative step;
 the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line) and
@@ -81,15 +81,21 @@ def paired_frames(arms: Dict[str, Path]) -> Dict[str, Any]:
             for name, path in arms.items() if path.exists()}
 
 
+def paired_steps(ref: Any, frame: Any) -> Any:
+    """The steps both arms logged: ``frame``'s force RMSE (``TRAIN_KEY``), the reference's (``TRAIN_KEY_ref``) and
+    their ``ratio``."""
+    both = ref.merge(frame, on="step", suffixes=("_ref", ""))
+    return both.assign(ratio=both[TRAIN_KEY] / both[TRAIN_KEY + "_ref"])
+
+
 def paired_ratio_curves(frames: Dict[str, Any], window: int = 500) -> Dict[str, tuple]:
     """For each arm after the first: (window starts, mean per-step ratio of its training force RMSE to the first
     arm's over the steps both logged in that window), windows with at least 5 such steps."""
     (_, ref), *others = frames.items()
     curves = {}
     for name, frame in others:
-        both = ref.merge(frame, on="step", suffixes=("_ref", ""))
-        both = both.assign(window=(both["step"] // window) * window,
-                           ratio=both[TRAIN_KEY] / both[TRAIN_KEY + "_ref"])
+        both = paired_steps(ref, frame)
+        both = both.assign(window=(both["step"] // window) * window)
         grouped = both.groupby("window")["ratio"].agg(["mean", "size"])
         grouped = grouped[grouped["size"] >= 5]
         curves[name] = (grouped.index.to_numpy(), grouped["mean"].to_numpy())
@@ -103,7 +109,6 @@ def paired_training_errors(frames: Dict[str, Any], window: int = 1000) -> list:
     comparisons, far less noisy than the 500-conformer validation. Empty when fewer than two arms have frames."""
     if len(frames) < 2:
         return []
-    key = TRAIN_KEY
     (ref_name, ref), *others = frames.items()
     names = [name for name, _ in others]
     lines = ["Training batches, paired (the same xTB batches at the same steps; force RMSE in eV/Å, mean over "
@@ -118,10 +123,10 @@ def paired_training_errors(frames: Dict[str, Any], window: int = 1000) -> list:
             continue
         cells = []
         for _, frame in others:
-            both = inside.merge(frame, on="step", suffixes=("_ref", ""))
-            cells.append("– | –" if both.empty else f"{both[key].mean():.4f} | "
-                         f"{(both[key] / both[key + '_ref']).mean():.3f} ({len(both)})")
-        lines.append(f"| {start:,}–{start + window - 1:,} | {inside[key].mean():.4f} | " + " | ".join(cells) + " |")
+            both = paired_steps(inside, frame)
+            cells.append("– | –" if both.empty else f"{both[TRAIN_KEY].mean():.4f} | "
+                         f"{both['ratio'].mean():.3f} ({len(both)})")
+        lines.append(f"| {start:,}–{start + window - 1:,} | {inside[TRAIN_KEY].mean():.4f} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

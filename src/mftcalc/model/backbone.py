@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +71,10 @@ class RepFlowLayer(nn.Module):
         self.res_angle = _residual(a, r)
         # the fused C++ angle operator implements SiLUT; other activations take the eager path below
         self.angle_block = AngleBlock(e, self.act.threshold, cfg.angle_backend) if isinstance(self.act, SiLUT) else None
+
+    def residual_scales(self) -> List[nn.Parameter]:
+        """The per-channel scales of the residual updates: three node [n], two edge [e], one angle [a]."""
+        return [*self.res_node, *self.res_edge, self.res_angle]
 
     def _sym(self, node: Tensor, edge: Tensor, h2_pad: Tensor, graph: Dict[str, Tensor]) -> Tensor:
         """grrg of edge features and of neighbour node features -> [N, axis·(e+n)] invariant.

@@ -4,8 +4,8 @@ node/edge/angle channels that start at zero, keeping the predictions).
 
 A trained backbone that underfits its data (train error ≈ validation error) has too little capacity or too little
 training; adding layers tests the first without throwing the training away. Each appended
-:class:`~mftcalc.model.backbone.RepFlowLayer` gets freshly initialised weights and, by default, **zero residual scales**
-(``res_node``, ``res_edge``, ``res_angle``), so its node, edge and angle outputs equal its inputs and the grown
+:class:`~mftcalc.model.backbone.RepFlowLayer` gets freshly initialised weights and, by default, **zero residual
+scales** (``RepFlowLayer.residual_scales``), so its node, edge and angle outputs equal its inputs and the grown
 model's energies, forces, stresses and properties equal the base model's to rounding. The residual scales
 receive gradients from the first step (ReZero-style), and the new layers' weights do once their scales move;
 at a continuation's small learning rate that is slow (``residual_init`` says how slow, and how to start the
@@ -61,7 +61,7 @@ def grow_layers(base: MFTModel, n_new: int, seed: int = 0, residual_init: float 
                            f"missing keys outside the new layers {[k for k in missing if not k.startswith(new_prefixes)]}")
     with torch.no_grad():
         for layer in list(model.backbone.layers)[old:]:
-            for scale in [*layer.res_node, *layer.res_edge, layer.res_angle]:
+            for scale in layer.residual_scales():
                 scale.fill_(residual_init)
     meta = dict(getattr(base, "metadata", {}))
     meta["grown_from"] = {"content_sha256": getattr(base, "content_sha256", None), "n_layers": old,

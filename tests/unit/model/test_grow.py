@@ -56,7 +56,7 @@ def test_engaged_growth_sets_the_new_scales_and_changes_the_predictions(molecule
     base = make_tiny_model()
     grown = grow_layers(base, 2, residual_init=0.1).eval()
     for layer in list(grown.backbone.layers)[-2:]:
-        for scale in [*layer.res_node, *layer.res_edge, layer.res_angle]:
+        for scale in layer.residual_scales():
             assert torch.all(scale == 0.1)
     for layer_base, layer_grown in zip(base.backbone.layers, grown.backbone.layers):
         for (name, p), q in zip(layer_base.named_parameters(), layer_grown.parameters()):
