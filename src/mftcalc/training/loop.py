@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -53,6 +54,7 @@ class TrainSettings:
     progress: bool = True
     optimizer_per_kind: bool = False
     energy_norm: str = "deepmd"           # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
+    force_huber: float = 0.0              # force term: 0 = squared error; > 0 = Huber threshold in eV/Å
     device: str = "auto"                  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
 
 
@@ -140,8 +142,12 @@ class Trainer:
         if old is None:
             return ["the state predates settings records: its settings cannot be compared"]
         new = self.settings_record()
+        defaults = {name: str(f.default) for name, f in TrainSettings.__dataclass_fields__.items()
+                    if f.default is not dataclasses.MISSING}
+        # a setting added after the state was written, at its default, is no change
         return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
-                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+                and not (k not in old and new.get(k) == defaults.get(k))]
 
     def _load_state(self) -> None:
         from mftcalc.model.checkpoint import load_training_state   # errors name the file and how to restart
@@ -209,7 +215,8 @@ class Trainer:
             norm_v = float(sum(s.stress is not None for s in global_structures))
             return forcefield_loss(pred, batch, lr, self.settings.lr.lr0, self.settings.prefactors,
                                    norm_structures=norm_e, norm_force_components=norm_f,
-                                   norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm)
+                                   norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm,
+                                   force_huber=self.settings.force_huber)
         assert source.property is not None
         batch = collate(local, dtype=dtype, properties=[source.property], device=self.device)
         pred = self.forward(batch, compute_forces=False, compute_stress=False, compute_properties=True)

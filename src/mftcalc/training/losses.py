@@ -32,18 +32,23 @@ class ForceFieldPrefactors:
 def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float, lr0: float,
                     pref: ForceFieldPrefactors = ForceFieldPrefactors(),
                     norm_structures: Optional[float] = None, norm_force_components: Optional[float] = None,
-                    norm_virial_structures: Optional[float] = None, energy_norm: str = "deepmd"
-                    ) -> Tuple[Tensor, Dict[str, float]]:
+                    norm_virial_structures: Optional[float] = None, energy_norm: str = "deepmd",
+                    force_huber: float = 0.0) -> Tuple[Tensor, Dict[str, float]]:
     """Energy, force and virial terms over the labels present (``has_*`` masks).
 
     ``energy_norm="deepmd"`` (default, deepmd-kit's ``EnergyStdLoss``): λ_E·⟨(E−Ê)²/N⟩ + λ_F·MSE(F) +
     λ_V·⟨|W−Ŵ|²/(9N)⟩, the mean over structures of the squared total-energy (virial) error divided by the atom
     count N. ``energy_norm="per_atom"`` (mftcalc before 2026-12): λ_E·MSE(E/N) + λ_V·MSE(W/N), N× weaker.
+    ``force_huber`` δ > 0 (eV/Å) replaces each force component's squared error x² by the Huber form scaled to
+    match it below δ: x² for |x| ≤ δ, 2δ|x| − δ² above, so large errors (rattled conformers) pull linearly
+    and the fit leans towards the mean absolute error. The logged ``rmse_f`` stays the plain RMSE.
     Energies eV, forces eV/Å, virial W = −stress·V in eV. Norms default to the local counts. The logged
     ``rmse_e_per_atom``/``rmse_v_per_atom`` are per-atom errors in both modes.
     """
     if energy_norm not in ("deepmd", "per_atom"):
         raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {energy_norm!r}")
+    if not force_huber >= 0:
+        raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {force_huber!r}")
     n_atoms = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
     parts: Dict[str, float] = {}
     total = pred[K.ENERGY].new_zeros(())
@@ -62,7 +67,12 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
         count = norm_force_components if norm_force_components is not None else float(diff.numel())
         if count > 0:
             mse = (diff * diff).sum() / count
-            total = total + prefactor(pref.start_f, pref.limit_f, lr, lr0) * mse
+            if force_huber > 0:
+                term = 2.0 * torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="sum",
+                                                            delta=force_huber) / count
+            else:
+                term = mse
+            total = total + prefactor(pref.start_f, pref.limit_f, lr, lr0) * term
             parts["rmse_f"] = float(mse.detach()) ** 0.5
     if K.STRESS in batch and K.VIRIAL in pred:
         mask = batch[K.HAS_STRESS]

@@ -81,6 +81,8 @@ class PretrainConfig:
     grad_clip: float = option(10.0, "gradient norm clip")
     energy_norm: str = option("deepmd", "'deepmd': λ_E·MSE(E)/N as deepmd-kit; 'per_atom': λ_E·MSE(E/N) (N× "
                                         "weaker)")
+    force_huber: float = option(0.0, "force loss: 0 = squared error; > 0 = Huber with this threshold (eV/Å), equal "
+                                     "to the squared error below it and linear above (leans the fit towards the MAE)")
     device: str = option("auto", "'cpu', 'cuda[:k]' or 'auto' (CUDA when available)")
     init: Optional[str] = option(None, "start from this trained model: its datasets keep their embeddings, new ones "
                                        "are appended (force-field fine-tuning on your own DFT data); its architecture "
@@ -117,6 +119,8 @@ class PretrainConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
+        if not self.force_huber >= 0:
+            raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {self.force_huber!r}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None,
@@ -211,7 +215,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     settings = TrainSettings(
         num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps, cfg.lr_start_step),
         prefactors=ForceFieldPrefactors(**cfg.prefactors), grad_clip=cfg.grad_clip, seed=cfg.seed,
-        energy_norm=cfg.energy_norm, device=cfg.device,
+        energy_norm=cfg.energy_norm, force_huber=cfg.force_huber, device=cfg.device,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     origin = {"init": base.content_sha256} if cfg.init else {}

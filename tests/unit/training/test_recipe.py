@@ -124,6 +124,31 @@ def test_sampler_resumes_when_its_source_shrank():
     assert len(small.next_indices()) == 4
 
 
+def test_force_huber_is_the_squared_error_below_delta_and_linear_above():
+    """force_huber δ: x² for |x| ≤ δ, 2δ|x| − δ² above (per component, mean over components); rmse_f stays plain."""
+    batch = {K.N_ATOMS: torch.tensor([2]), K.HAS_FORCES: torch.tensor([True]), K.BATCH: torch.zeros(2, dtype=torch.long),
+             K.FORCES: torch.zeros(2, 3), K.ENERGY: torch.zeros(1), K.HAS_ENERGY: torch.tensor([False])}
+    errors = torch.tensor([[0.05, -0.05, 0.0], [1.0, -2.0, 0.0]])
+    pred = {K.ENERGY: torch.zeros(1), K.FORCES: errors}
+    mse, parts = forcefield_loss(pred, batch, lr=1e-3, lr0=1e-3)                 # pref_f = 100 at lr0
+    huber, parts_h = forcefield_loss(pred, batch, lr=1e-3, lr0=1e-3, force_huber=0.1)
+    assert float(mse) == pytest.approx(100 * (2 * 0.05 ** 2 + 1.0 + 4.0) / 6)
+    assert float(huber) == pytest.approx(100 * (2 * 0.05 ** 2 + (0.2 * 1.0 - 0.01) + (0.2 * 2.0 - 0.01)) / 6)
+    assert parts_h["rmse_f"] == pytest.approx(parts["rmse_f"])
+    small = {K.ENERGY: torch.zeros(1), K.FORCES: errors * (errors.abs() < 0.5)}   # all below δ: the same loss
+    assert float(forcefield_loss(small, batch, 1e-3, 1e-3, force_huber=0.1)[0]) == pytest.approx(
+        float(forcefield_loss(small, batch, 1e-3, 1e-3)[0]))
+    with pytest.raises(ValueError, match="force_huber"):
+        forcefield_loss(pred, batch, lr=1e-3, lr0=1e-3, force_huber=-0.1)
+
+
+def test_force_huber_config_is_checked_and_passed_on(tiny_config):
+    from mftcalc.training.pretrain import PretrainConfig
+    with pytest.raises(ValueError, match="force_huber"):
+        PretrainConfig.from_yaml(tiny_config, {"force_huber": -1.0})
+    assert PretrainConfig.from_yaml(tiny_config, {"force_huber": 0.1}).force_huber == 0.1
+
+
 def test_resume_with_changed_settings_is_stated(tiny_config, capsys):
     from mftcalc.training.pretrain import PretrainConfig, pretrain
     pretrain(PretrainConfig.from_yaml(tiny_config, {"steps": 4}))
@@ -132,6 +157,22 @@ def test_resume_with_changed_settings_is_stated(tiny_config, capsys):
     assert "at step 4 with changed settings" in log and "grad_clip: 10.0 -> 5.0" in log
     assert "lr: ExponentialLR(lr0=0.001" in log and "num_steps" in log
     assert "changed settings" in capsys.readouterr().err
+
+
+def test_a_setting_added_later_at_its_default_is_no_change(tiny_config, capsys):
+    """A state written before a setting existed resumes without a false 'changed' line when it is at its
+    default; a non-default value is stated."""
+    from mftcalc.training.pretrain import PretrainConfig, pretrain
+    cfg = PretrainConfig.from_yaml(tiny_config, {"steps": 2})
+    pretrain(cfg)
+    state = torch.load(cfg.state_path, weights_only=False)
+    del state["settings"]["force_huber"]                        # as written before the setting existed
+    torch.save(state, cfg.state_path)
+    pretrain(PretrainConfig.from_yaml(tiny_config, {"steps": 3}))
+    resume_log = Path(cfg.out_dir) / "resume.log"
+    assert "force_huber" not in (resume_log.read_text() if resume_log.exists() else "")
+    pretrain(PretrainConfig.from_yaml(tiny_config, {"steps": 4, "force_huber": 0.2}))
+    assert "force_huber: 0.0 -> 0.2" in resume_log.read_text()
 
 
 def _molecules(n):
