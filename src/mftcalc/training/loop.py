@@ -55,6 +55,8 @@ class TrainSettings:
     optimizer_per_kind: bool = False
     energy_norm: str = "deepmd"           # force-field energy/virial term: "deepmd" (MSE(E)/N) or "per_atom"
     force_huber: float = 0.0              # force term: 0 = squared error; > 0 = Huber threshold in eV/Å
+    ema_decay: float = 0.0                # > 0: keep an exponential moving average of the weights (validated
+                                          # beside the raw weights, exported); 0 = off
     device: str = "auto"                  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
 
 
@@ -108,6 +110,12 @@ class Trainer:
             raise ValueError("the model has no trainable parameters")
         kinds = sorted({s.kind for s in self.sources}) if settings.optimizer_per_kind else ["all"]
         self.optimizers = {kind: torch.optim.Adam(self.params, lr=settings.lr.lr0) for kind in kinds}
+        if not 0.0 <= settings.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no weight average), got {settings.ema_decay!r}")
+        self.ema: Optional[torch.optim.swa_utils.AveragedModel] = None
+        if settings.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
         self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
                          for k, s in enumerate(self.sources)]
         self._digests: Dict[str, str] = {}             # source name -> structures_digest (computed once)
@@ -122,6 +130,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict:
         return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self._optimizer_state(), "samplers": [s.state_dict() for s in self.samplers],
                 "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
                 "sources": [s.name for s in self.sources], "settings": self.settings_record(),
@@ -166,6 +175,15 @@ class Trainer:
                              f"its weights descend from that one. Delete {self.state_path.parent} to train from "
                              "the new model, or restore the old one to resume")
         self.model.load_state_dict(state["model"])
+        ema_note = ""
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:   # averaging switched on at this resume: it starts here (the first update copies the weights)
+                self.ema = type(self.ema)(self.model, multi_avg_fn=self.ema.multi_avg_fn)
+                ema_note = "the weight average starts at this resume"
+        elif state.get("ema") is not None:
+            ema_note = "the state's weight average is dropped (ema_decay is 0 now); the raw weights train on"
         self._load_optimizer_state(state["optimizer"])
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(st)
@@ -173,7 +191,7 @@ class Trainer:
         self.best_value = float(state["best_value"])
         self.wall = float(state["wall"])
         torch.set_rng_state(state["torch_rng"])
-        changes = self._state_changes(state.get("settings"))
+        changes = self._state_changes(state.get("settings")) + ([ema_note] if ema_note else [])
         if changes and self.rank == 0:
             import sys
             message = (f"resuming {self.state_path} at step {self.step} with changed settings:\n  "
@@ -262,6 +280,8 @@ class Trainer:
         (loss * self.world if self.world > 1 else loss).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizers[kind].step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         if self.world > 1:
             # the parts are this rank's shares of the global batch; log the global batch's errors
             log = all_reduce_logged_parts(log, self.device)
@@ -270,8 +290,16 @@ class Trainer:
         return log
 
     # ------------------------------------------------------------------ validation
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The weights to export: the moving average when ``ema_decay > 0``, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validate(self) -> Dict[str, float]:
+        """``val/...`` metrics of the trained weights; with a weight average also ``ema/val/...`` of it."""
         metrics = validation_metrics(self.model, self.val_sources)
+        if self.ema is not None:
+            metrics.update({f"ema/{k}": v for k, v in validation_metrics(self.ema.module, self.val_sources).items()})
         if self.on_validate is not None:
             metrics.update(self.on_validate(self.step, metrics))
         return metrics

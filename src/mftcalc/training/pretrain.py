@@ -81,6 +81,9 @@ class PretrainConfig:
     grad_clip: float = option(10.0, "gradient norm clip")
     energy_norm: str = option("deepmd", "'deepmd': λ_E·MSE(E)/N as deepmd-kit; 'per_atom': λ_E·MSE(E/N) (N× "
                                         "weaker)")
+    ema_decay: float = option(0.0, "> 0: keep an exponential moving average of the weights with this decay per "
+                                   "step (0.999: about the last 1,000 steps); val.csv gets its ema/val/... "
+                                   "columns beside the raw weights' and model_out holds the average; 0 = off")
     force_huber: float = option(0.0, "force loss: 0 = squared error; > 0 = Huber with this threshold (eV/Å), equal "
                                      "to the squared error below it and linear above (leans the fit towards the MAE)")
     device: str = option("auto", "'cpu', 'cuda[:k]' or 'auto' (CUDA when available)")
@@ -119,6 +122,8 @@ class PretrainConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no weight average), got {self.ema_decay!r}")
         if not self.force_huber >= 0:
             raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {self.force_huber!r}")
 
@@ -215,7 +220,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     settings = TrainSettings(
         num_steps=cfg.steps, lr=ExponentialLR(cfg.lr0, cfg.lr_end, cfg.steps, cfg.decay_steps, cfg.lr_start_step),
         prefactors=ForceFieldPrefactors(**cfg.prefactors), grad_clip=cfg.grad_clip, seed=cfg.seed,
-        energy_norm=cfg.energy_norm, force_huber=cfg.force_huber, device=cfg.device,
+        energy_norm=cfg.energy_norm, force_huber=cfg.force_huber, ema_decay=cfg.ema_decay, device=cfg.device,
         log_every=cfg.log_every, val_every=cfg.val_every, checkpoint_every=cfg.checkpoint_every,
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     origin = {"init": base.content_sha256} if cfg.init else {}
@@ -224,7 +229,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     refit: Dict[str, Dict[str, float]] = {}
     if cfg.refit_energy_shift and trainer.rank == 0:
         # the exported model is a copy: the training state (already written) keeps the shifts it trained with
-        model = copy.deepcopy(trainer.model)
+        model = copy.deepcopy(trainer.final_model)
         trained = [s for s in sources if s.prob > 0]          # prob 0: validation only, keeps its shift
         iterator = trained
         if cfg.progress:
@@ -235,6 +240,8 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
                                                         seed=cfg.seed)
         if val_sources:
             metrics = {"step": float(trainer.step), **validation_metrics(model, val_sources)}
+    else:
+        model = trainer.final_model
     if not metrics and val_sources and trainer.rank == 0:   # stopped between validations: validate now
         metrics = {"step": float(trainer.step), **trainer.validate()}
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
