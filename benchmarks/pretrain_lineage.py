@@ -69,6 +69,24 @@ def new_layer_scales(state_path: Path) -> str:
             + "; appended layers " + ", ".join(f"{v:.4f}" for v in new))
 
 
+AVERAGE_SUFFIX = ", weight average"
+
+
+def weight_average_validations(val_csvs: Dict[str, Path]) -> Dict[str, Any]:
+    """``{"<arm>, weight average": frame}`` for each arm whose ``val.csv`` validated a moving average of its
+    weights (``ema/`` columns, ``ema_decay > 0``): step, wall time and the averaged weights' force MAE renamed
+    to ``COLUMN``, rows where it was validated."""
+    out = {}
+    for name, path in val_csvs.items():
+        if not path.exists():
+            continue
+        frame = read_validations(path)
+        if "ema/" + COLUMN in frame:
+            ema = frame[["step", "wall_s", "ema/" + COLUMN]].dropna()
+            out[name + AVERAGE_SUFFIX] = ema.rename(columns={"ema/" + COLUMN: COLUMN})
+    return out
+
+
 def schedule(config_path: str):
     """The learning rate of a pretraining config as a function of its step."""
     from mftcalc.training.schedule import ExponentialLR
@@ -155,13 +173,18 @@ def main() -> None:
 
     vals = {name: read_validations(REPO / d / "val.csv")[["step", "wall_s", COLUMN]].dropna()
             for name, d, _ in ARMS if (REPO / d / "val.csv").exists()}
-    at = {name: {int(r["step"]): float(r[COLUMN]) for _, r in frame.iterrows()} for name, frame in vals.items()}
+    averaged = weight_average_validations({name: REPO / d / "val.csv" for name, d, _ in ARMS})
+    columns = [name for name, _, _ in ARMS]
+    for name, frame in averaged.items():                  # beside the arm whose weights it averages
+        columns.insert(columns.index(name.rsplit(AVERAGE_SUFFIX, 1)[0]) + 1, name)
+    at = {name: {int(r["step"]): float(r[COLUMN]) for _, r in frame.iterrows()}
+          for name, frame in {**vals, **averaged}.items()}
     steps = sorted(set().union(*(set(a) for a in at.values())))
     rows = []
     for step in steps:
         lr = lr4(step)
         same = cycle[np.abs(np.log(v3.loc[cycle.index, "lr"] / lr)) < np.log(1.1)]
-        cells = [f"{at[name][step]:.4f}" if step in at.get(name, {}) else "–" for name, _, _ in ARMS]
+        cells = [f"{at[name][step]:.4f}" if step in at.get(name, {}) else "–" for name in columns]
         rows.append(f"| {step:,} | {step + offset:,} | {lr:.2e} | " + " | ".join(cells) + " | "
                     + (f"{same[COLUMN].median():.4f} ({len(same)})" if len(same) else "–") + " |")
     frames = paired_frames({name: REPO / d / "train.csv" for name, d, _ in ARMS})
@@ -187,13 +210,16 @@ def main() -> None:
         "or in one setting: the control as it is; 6 layers grown with zero residual scales (the same predictions "
         "at the start, `mftcalc grow --layers 3`); 6 layers grown with the new scales at a fresh layer's 0.1 "
         "(they act from step 0, `--residual-init 0.1`); widened with zero new channels (`--n-dim 128 --e-dim 64 "
-        "--a-dim 32`); the control with its gradient-norm clip (10, reached at 99 % of its steps) lifted. "
+        "--a-dim 32`); the control with its gradient-norm clip (10, reached at 99 % of its steps) lifted; the "
+        "control with a Huber force loss (`force_huber: 0.1`, linear above 0.1 eV/Å). A column ending in "
+        f"'{AVERAGE_SUFFIX}' is the exponential moving average of that arm's weights (`ema_decay`), validated on "
+        "the same steps: the same training, averaged. "
         "The last column is the 3-layer third cycle's median at a learning rate within 10 % of the row's (count in "
         "brackets): earlier in its training, so not like for like.",
         "",
-        "| cycle-4 step | total step | learning rate | " + " | ".join(name for name, _, _ in ARMS)
+        "| cycle-4 step | total step | learning rate | " + " | ".join(columns)
         + " | 3 layers' third cycle at that rate |",
-        "|---:|---:|---:|" + "---:|" * len(ARMS) + "---:|",
+        "|---:|---:|---:|" + "---:|" * len(columns) + "---:|",
         *rows,
         "",
         *paired,
@@ -217,9 +243,12 @@ def main() -> None:
     fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
     color = {name: f"C{k + 1}" for k, (name, _, _) in enumerate(ARMS)}      # one colour per arm in both panels
-    for (name, _, _), marker in zip(ARMS, "^osDv"):
+    for (name, _, _), marker in zip(ARMS, "^osDvP"):
         if name in vals and len(vals[name]):
             ax.plot(vals[name]["step"] + offset, vals[name][COLUMN], marker, ms=4, color=color[name], label=name)
+    for name, frame in averaged.items():
+        arm = name.rsplit(AVERAGE_SUFFIX, 1)[0]
+        ax.plot(frame["step"] + offset, frame[COLUMN], "*-", ms=6, lw=0.8, color=color[arm], label=name)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
@@ -237,7 +266,7 @@ def main() -> None:
     ax.set_title("Pretraining of the prior: 3-layer cycles, then deeper or wider")
     if len(frames) >= 2:
         ref_name = next(iter(frames))
-        for (name, (starts, ratios)), marker in zip(paired_ratio_curves(frames).items(), "osDv"):
+        for (name, (starts, ratios)), marker in zip(paired_ratio_curves(frames).items(), "osDvP"):
             ax_ratio.plot(starts + 250, ratios, marker + "-", ms=3, lw=1, color=color[name], label=name)
         ax_ratio.axhline(1.0, color="grey", lw=0.8)
         ax_ratio.set_xlabel("cycle-4 step")
