@@ -100,14 +100,15 @@ def all_reduce_logged_parts(parts: Dict[str, float], device: torch.device) -> Di
     """Global-batch values of a training step's logged parts from each rank's share (one all-reduce).
 
     The parts are this rank's shares normalised by global-batch counts (see ``Trainer._batch_loss``): keys ending
-    in ``loss`` or ``mae`` are summed over ranks; ``rmse`` keys are ``sqrt(local squared errors / global count)``,
+    in ``loss`` or ``mae``, or whose last part starts with ``mae_``, are summed over ranks; ``rmse`` keys are ``sqrt(local squared errors / global count)``,
     so their squares are summed and the root taken. A key that only some ranks have (their shard of the batch
     held no such labels) counts 0 on the others. Other keys are returned as they are. On one process the parts
     are returned unchanged."""
     rank, world = rank_and_world()
     if world == 1:
         return dict(parts)
-    mine = sorted(k for k in parts if k.endswith(("loss", "mae")) or "rmse" in k.rsplit("/", 1)[-1])
+    mine = sorted(k for k in parts if k.endswith(("loss", "mae")) or k.rsplit("/", 1)[-1].startswith("mae_")
+                  or "rmse" in k.rsplit("/", 1)[-1])
     gathered: list = [None] * world
     torch.distributed.all_gather_object(gathered, mine)
     keys = sorted(set().union(*gathered))

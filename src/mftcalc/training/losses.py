@@ -41,7 +41,8 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
     count N. ``energy_norm="per_atom"`` (mftcalc before 2026-12): λ_E·MSE(E/N) + λ_V·MSE(W/N), N× weaker.
     ``force_huber`` δ > 0 (eV/Å) replaces each force component's squared error x² by the Huber form scaled to
     match it below δ: x² for |x| ≤ δ, 2δ|x| − δ² above, so large errors (rattled conformers) pull linearly
-    and the fit leans towards the mean absolute error. The logged ``rmse_f`` stays the plain RMSE.
+    and the fit leans towards the mean absolute error. The logged ``rmse_f`` stays the plain RMSE; ``mae_f`` is
+    the force MAE (eV/Å).
     Energies eV, forces eV/Å, virial W = −stress·V in eV. Norms default to the local counts. The logged
     ``rmse_e_per_atom``/``rmse_v_per_atom`` are per-atom errors in both modes.
     """
@@ -74,6 +75,7 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
                 term = mse
             total = total + prefactor(pref.start_f, pref.limit_f, lr, lr0) * term
             parts["rmse_f"] = float(mse.detach()) ** 0.5
+            parts["mae_f"] = float(diff.detach().abs().sum()) / count
     if K.STRESS in batch and K.VIRIAL in pred:
         mask = batch[K.HAS_STRESS]
         volume = torch.abs(torch.linalg.det(batch[K.CELL]))

@@ -21,7 +21,8 @@ def _worker(rank: int, port: int, results) -> None:
     from mftcalc.training.distributed import all_reduce_logged_parts
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        parts = {"step": 7.0, "a/loss": 1.0 + rank, "a/mae": 0.25, "a/rmse_f": 0.3 if rank == 0 else 0.4}
+        parts = {"step": 7.0, "a/loss": 1.0 + rank, "a/mae": 0.25, "a/rmse_f": 0.3 if rank == 0 else 0.4,
+                 "a/mae_f": 0.1 + 0.1 * rank}
         if rank == 1:
             parts["a/rmse_v_per_atom"] = 0.5          # only rank 1's shard had stress labels
         results[rank] = all_reduce_logged_parts(parts, torch.device("cpu"))
@@ -41,4 +42,5 @@ def test_two_ranks_combine_their_shares():
         assert got["step"] == 7.0
         assert got["a/loss"] == pytest.approx(3.0) and got["a/mae"] == pytest.approx(0.5)
         assert got["a/rmse_f"] == pytest.approx(0.5)                 # sqrt(0.3² + 0.4²)
+        assert got["a/mae_f"] == pytest.approx(0.3)                  # shares of the global count: summed
         assert got["a/rmse_v_per_atom"] == pytest.approx(0.5)        # sqrt(0 + 0.5²)

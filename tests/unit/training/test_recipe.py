@@ -135,6 +135,7 @@ def test_force_huber_is_the_squared_error_below_delta_and_linear_above():
     assert float(mse) == pytest.approx(100 * (2 * 0.05 ** 2 + 1.0 + 4.0) / 6)
     assert float(huber) == pytest.approx(100 * (2 * 0.05 ** 2 + (0.2 * 1.0 - 0.01) + (0.2 * 2.0 - 0.01)) / 6)
     assert parts_h["rmse_f"] == pytest.approx(parts["rmse_f"])
+    assert parts["mae_f"] == pytest.approx((0.05 + 0.05 + 1.0 + 2.0) / 6)
     small = {K.ENERGY: torch.zeros(1), K.FORCES: errors * (errors.abs() < 0.5)}   # all below δ: the same loss
     assert float(forcefield_loss(small, batch, 1e-3, 1e-3, force_huber=0.1)[0]) == pytest.approx(
         float(forcefield_loss(small, batch, 1e-3, 1e-3)[0]))
