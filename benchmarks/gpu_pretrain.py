@@ -1,8 +1,9 @@
 """Pretraining steps on a lent GPU: the first and most valuable part of the GPU session (issue 15 before issue 19).
 
-The prior (``configs/dev/pretrain_cpu_6l.yaml``, its fourth cycle with 6 layers, state in ``checkpoints/pretrain6/``;
-the 3-layer cycles before it: ``configs/dev/pretrain_cpu.yaml``, ``checkpoints/pretrain/``) trains at ~1.7 steps/s
-on two CPU cores, far from its target. A lent GPU continues the same run from its committed state, with every batch
+The prior (``configs/dev/pretrain_cpu_3l_huber.yaml``, the best arm of its fourth cycle: 3 layers, Huber force
+loss, a moving average of the weights; state in ``checkpoints/pretrain3_huber/``; the 3-layer cycles before it:
+``configs/dev/pretrain_cpu.yaml``, ``checkpoints/pretrain/``) trains at ~3 steps/s on two CPU cores, far from its
+target. A lent GPU continues the same run from its committed state, with every batch
 ``--batch-scale`` times larger (the same molecular-weighted mixture and learning-rate schedule; the resume states the
 changed batch sizes and device in the state folder's ``resume.log``), for ``--minutes``, then packs the new state
 and logs into one tar file to bring back.
@@ -16,7 +17,7 @@ Two steps:
   overrides that point the config at them;
 - on the device machine (``gpu_session.sh`` does it first): ``python benchmarks/gpu_pretrain.py --minutes 3.5``
   trains on CUDA and writes ``$OUT/pretrain.tar`` (``state.pt``, ``train.csv``, ``val.csv``, ``resume.log``).
-  Back here: ``tar -xf <files_at>/pretrain.tar -C checkpoints/pretrain6`` and commit.
+  Back here: ``tar -xf <files_at>/pretrain.tar -C checkpoints/pretrain3_huber`` and commit.
 
 ``--dry-run`` runs the same path on CPU for a few seconds on a copy of the state in a temporary folder (the
 committed state is not touched).
@@ -35,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-CONFIG = "configs/dev/pretrain_cpu_6l.yaml"
+CONFIG = "configs/dev/pretrain_cpu_3l_huber.yaml"
 PACK = REPO / ".gpu"
 OVERRIDES = PACK / "pretrain.json"
 BROUGHT_BACK = ("state.pt", "train.csv", "val.csv", "resume.log")
