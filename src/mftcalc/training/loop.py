@@ -9,9 +9,9 @@ force-field sources in ``alternate`` or ``sum`` mode, optionally with frozen par
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -282,6 +282,9 @@ class Trainer:
         self.optimizers[kind].step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+            with torch.no_grad():                 # buffers are not trained: the average carries the current ones
+                for averaged, current in zip(self.ema.module.buffers(), self.model.buffers()):
+                    averaged.copy_(current)
         if self.world > 1:
             # the parts are this rank's shares of the global batch; log the global batch's errors
             log = all_reduce_logged_parts(log, self.device)
