@@ -15,8 +15,9 @@ Reads the held-out xTB force MAE (``val.csv``) of each stage and its config's le
   paired table and panel, ratios to the control), and the grown arms' residual scales show how far their
   appended layers act.
 
-Writes ``benchmarks/results/pretrain_lineage.png`` (force MAE and learning rate against the cumulative step;
-the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line) and
+Writes ``benchmarks/results/pretrain_lineage.png`` (three panels: force MAE and learning rate against the
+cumulative step, with the 3-layer cycle's saturating floor from ``pretrain_forecast.fit_saturating`` as a line;
+the fourth cycle's validations alone; the paired training-error ratios) and
 ``pretrain_lineage.md`` (the arms' validations beside the 3-layer third cycle's at the same learning rate, the
 paired table, the scales and the training hours).
 """
@@ -240,7 +241,7 @@ def main() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax, ax_zoom, ax_ratio) = plt.subplots(1, 3, figsize=(18, 4.5), gridspec_kw={"width_ratios": [3, 2, 2]})
     ax.plot(v3["step"], v3[COLUMN], ".", ms=4, label=name3)
     color = {name: f"C{k + 1}" for k, (name, _, _) in enumerate(ARMS)}      # one colour per arm in both panels
     for (name, _, _), marker in zip(ARMS, "^osDvP"):
@@ -249,6 +250,19 @@ def main() -> None:
     for name, frame in averaged.items():
         arm = name.rsplit(AVERAGE_SUFFIX, 1)[0]
         ax.plot(frame["step"] + offset, frame[COLUMN], "*-", ms=6, lw=0.8, color=color[arm], label=name)
+    # the fourth cycle alone, on a linear scale: the arms' validations side by side
+    for (name, _, _), marker in zip(ARMS, "^osDvP"):
+        if name in vals and len(vals[name]):
+            ax_zoom.plot(vals[name]["step"], vals[name][COLUMN], marker + "-", ms=4, lw=0.6, color=color[name],
+                         label=name)
+    for name, frame in averaged.items():
+        ax_zoom.plot(frame["step"], frame[COLUMN], "*-", ms=6, lw=1.2,
+                     color=color[name.rsplit(AVERAGE_SUFFIX, 1)[0]], label=name)
+    ax_zoom.axhline(floor, color="C0", ls="--", lw=1)
+    ax_zoom.set_xlabel("cycle-4 step")
+    ax_zoom.set_ylabel("held-out xTB force MAE (eV/Å)")
+    ax_zoom.set_title("The fourth cycle's arms (validations)")
+    ax_zoom.legend(fontsize=7)
     ax.axhline(floor, color="C0", ls="--", lw=1, label=f"3-layer cycle's saturating floor {floor:.3f}")
     ax.axhline(0.10, color="grey", ls=":", lw=1, label="issue 15's target 0.10")
     ax.axvline(offset, color="grey", lw=0.8)
