@@ -28,6 +28,7 @@ from mftcalc.training.evaluate import forcefield_errors, property_errors
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
 from mftcalc.training.schedule import ExponentialLR
+from mftcalc.training.weight_average import resume_weight_average, update_weight_average, weight_average
 
 STATE_FORMAT = "mftcalc-train-state"
 
@@ -110,12 +111,7 @@ class Trainer:
             raise ValueError("the model has no trainable parameters")
         kinds = sorted({s.kind for s in self.sources}) if settings.optimizer_per_kind else ["all"]
         self.optimizers = {kind: torch.optim.Adam(self.params, lr=settings.lr.lr0) for kind in kinds}
-        if not 0.0 <= settings.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 = no weight average), got {settings.ema_decay!r}")
-        self.ema: Optional[torch.optim.swa_utils.AveragedModel] = None
-        if settings.ema_decay > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
+        self.ema = weight_average(self.model, settings.ema_decay)      # None without ema_decay
         self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
                          for k, s in enumerate(self.sources)]
         self._digests: Dict[str, str] = {}             # source name -> structures_digest (computed once)
@@ -175,15 +171,7 @@ class Trainer:
                              f"its weights descend from that one. Delete {self.state_path.parent} to train from "
                              "the new model, or restore the old one to resume")
         self.model.load_state_dict(state["model"])
-        ema_note = ""
-        if self.ema is not None:
-            if state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-            else:   # averaging switched on at this resume: it starts here (the first update copies the weights)
-                self.ema = type(self.ema)(self.model, multi_avg_fn=self.ema.multi_avg_fn)
-                ema_note = "the weight average starts at this resume"
-        elif state.get("ema") is not None:
-            ema_note = "the state's weight average is dropped (ema_decay is 0 now); the raw weights train on"
+        self.ema, ema_note = resume_weight_average(self.ema, self.model, state.get("ema"))
         self._load_optimizer_state(state["optimizer"])
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(st)
@@ -281,10 +269,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizers[kind].step()
         if self.ema is not None:
-            self.ema.update_parameters(self.model)
-            with torch.no_grad():                 # buffers are not trained: the average carries the current ones
-                for averaged, current in zip(self.ema.module.buffers(), self.model.buffers()):
-                    averaged.copy_(current)
+            update_weight_average(self.ema, self.model)
         if self.world > 1:
             # the parts are this rank's shares of the global batch; log the global batch's errors
             log = all_reduce_logged_parts(log, self.device)

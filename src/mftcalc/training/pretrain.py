@@ -30,6 +30,7 @@ from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
+from mftcalc.training.weight_average import check_decay
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -122,8 +123,7 @@ class PretrainConfig:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (0 = no weight average), got {self.ema_decay!r}")
+        check_decay(self.ema_decay)
         if not self.force_huber >= 0:
             raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {self.force_huber!r}")
 
