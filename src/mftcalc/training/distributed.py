@@ -100,15 +100,17 @@ def all_reduce_logged_parts(parts: Dict[str, float], device: torch.device) -> Di
     """Global-batch values of a training step's logged parts from each rank's share (one all-reduce).
 
     The parts are this rank's shares normalised by global-batch counts (see ``Trainer._batch_loss``): keys ending
-    in ``loss`` or ``mae``, or whose last part starts with ``mae_``, are summed over ranks; ``rmse`` keys are ``sqrt(local squared errors / global count)``,
-    so their squares are summed and the root taken. A key that only some ranks have (their shard of the batch
+    in ``loss`` or ``mae``, or whose last part starts with ``mae_``, are summed over ranks; ``rmse`` keys are
+    ``sqrt(local squared errors / global count)``, so their squares are summed and the root taken. A key that only some ranks have (their shard of the batch
     held no such labels) counts 0 on the others. Other keys are returned as they are. On one process the parts
     are returned unchanged."""
     rank, world = rank_and_world()
     if world == 1:
         return dict(parts)
-    mine = sorted(k for k in parts if k.endswith(("loss", "mae")) or k.rsplit("/", 1)[-1].startswith("mae_")
-                  or "rmse" in k.rsplit("/", 1)[-1])
+    def reduced(key: str) -> bool:
+        last = key.rsplit("/", 1)[-1]
+        return key.endswith(("loss", "mae")) or last.startswith("mae_") or "rmse" in last
+    mine = sorted(k for k in parts if reduced(k))
     gathered: list = [None] * world
     torch.distributed.all_gather_object(gathered, mine)
     keys = sorted(set().union(*gathered))

@@ -29,6 +29,11 @@ class ForceFieldPrefactors:
     limit_v: float = option(1.0, "virial prefactor as lr → 0")
 
 
+def check_force_huber(delta: float) -> None:
+    if not delta >= 0:
+        raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {delta!r}")
+
+
 def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float, lr0: float,
                     pref: ForceFieldPrefactors = ForceFieldPrefactors(),
                     norm_structures: Optional[float] = None, norm_force_components: Optional[float] = None,
@@ -48,8 +53,7 @@ def forcefield_loss(pred: Dict[str, Tensor], batch: Dict[str, Tensor], lr: float
     """
     if energy_norm not in ("deepmd", "per_atom"):
         raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {energy_norm!r}")
-    if not force_huber >= 0:
-        raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {force_huber!r}")
+    check_force_huber(force_huber)
     n_atoms = batch[K.N_ATOMS].to(pred[K.ENERGY].dtype)
     parts: Dict[str, float] = {}
     total = pred[K.ENERGY].new_zeros(())

@@ -27,7 +27,7 @@ from mftcalc.training.forcefield_data import (read_dataset, replay_path, select_
                                               task_domain)
 from mftcalc.training.distributed import rank_and_world
 from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
-from mftcalc.training.losses import ForceFieldPrefactors
+from mftcalc.training.losses import ForceFieldPrefactors, check_force_huber
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
 from mftcalc.training.weight_average import check_decay
@@ -124,8 +124,7 @@ class PretrainConfig:
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
         check_decay(self.ema_decay)
-        if not self.force_huber >= 0:
-            raise ValueError(f"force_huber must be >= 0 eV/Å (0 = squared error), got {self.force_huber!r}")
+        check_force_huber(self.force_huber)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Optional[Dict[str, Any]] = None,
