@@ -9,10 +9,9 @@ force-field sources in ``alternate`` or ``sum`` mode, optionally with frozen par
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -148,7 +147,7 @@ class Trainer:
             return ["the state predates settings records: its settings cannot be compared"]
         new = self.settings_record()
         defaults = {name: str(f.default) for name, f in TrainSettings.__dataclass_fields__.items()
-                    if f.default is not dataclasses.MISSING}
+                    if f.default is not MISSING}
         # a setting added after the state was written, at its default, is no change
         return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}"
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
