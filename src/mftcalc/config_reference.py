@@ -31,6 +31,11 @@ converted. `--set KEY=VALUE` overrides any key before loading, dotted for nested
 (`--set settings.steps=500 tasks.0.property=homo variants.mft_fast.settings.model_prob=0.7`); the value is read as
 YAML. A bench grid is validated whole (every task, fraction, strategy, variant and force-field data spec) before
 any data is read. Lengths are in Å, energies in eV, forces in eV/Å.
+
+`base: OTHER.yaml` (a path relative to the config's own folder) makes a config a variant of another: OTHER's keys,
+with this file's keys on top. A mapping in both (`backbone`, `settings`) is merged key by key; any other value,
+lists included (`datasets`), replaces OTHER's whole. Bases may chain; a missing base or a cycle is refused.
+Paths inside a config (`init`, dataset paths) stay relative to the working directory, as without `base`.
 """
 
 

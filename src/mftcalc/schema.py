@@ -8,7 +8,9 @@ you mean"), values of the wrong type (``steps: fifty``), missing required keys. 
 declared with :func:`option` ``(keys_of=Cls)`` holds some keys of dataclass ``Cls`` (e.g. the fine-tuning
 settings a bench variant overrides), checked key by key. :func:`apply_overrides` applies ``--set key=value``
 pairs, where ``a.b.c`` reaches nested keys and list items (``datasets.0.prob=0.9``). Every field's help text
-(:func:`option`) feeds the generated reference, :func:`reference_markdown` (``docs/config.md``).
+(:func:`option`) feeds the generated reference, :func:`reference_markdown` (``docs/config.md``). A file may
+start from another with ``base: OTHER.yaml`` (:func:`merge_base`: its keys on top of OTHER's, mappings merged
+key by key), so a variant states only what it changes.
 """
 from __future__ import annotations
 
@@ -40,9 +42,50 @@ def load_config(cls: Type[T], path: str | Path, set_pairs: Sequence[str] = ()) -
 
 
 def read_yaml(path: str | Path) -> Dict[str, Any]:
-    """A YAML mapping from ``path``; a missing file, a parse error or a non-mapping names the file."""
+    """A YAML mapping from ``path``, its ``base:`` chain resolved (:func:`merge_base`); a missing file, a parse
+    error or a non-mapping names the file."""
+    return _read_with_base(Path(path), ())
+
+
+BASE_KEY = "base"
+
+
+def merge_base(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``overrides`` on top: a mapping in both is merged key by key (recursively), any other value
+    (a number, a string, a list) replaces the base's whole."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_base(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_with_base(path: Path, chain: tuple) -> Dict[str, Any]:
+    """The mapping of ``path``; with a top-level ``base: OTHER.yaml`` (relative to ``path``'s folder), OTHER's
+    resolved mapping with this file's keys merged on top. ``chain`` holds the files already being read (a cycle
+    is refused)."""
+    data = _read_mapping(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another YAML config (relative to {path.parent}), "
+                          f"got {base!r}")
+    base_path = path.parent / base
+    here = path.resolve()
+    if base_path.resolve() in chain + (here,):
+        names = " -> ".join(str(p) for p in chain + (here, base_path.resolve()))
+        raise ConfigError(f"{path}: base configs form a cycle ({names}); remove one of the base keys")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config {base!r} not found (looked for {base_path}; the path is relative "
+                          f"to the folder of {path.name})")
+    return merge_base(_read_with_base(base_path, chain + (here,)), data)
+
+
+def _read_mapping(path: Path) -> Dict[str, Any]:
     import yaml
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:

@@ -206,3 +206,66 @@ def test_config_reference_is_generated_from_the_schema():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
             assert f"| `{f.name}` |" in committed
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_config_merges_mappings_and_replaces_other_values(tmp_path):
+    from mftcalc.schema import read_yaml
+    _write(tmp_path / "root.yaml", "steps: 100\nlr0: 1e-3\nbackbone: {n_layers: 3, n_dim: 16}\n"
+                                   "datasets: [{name: a, path: a.xyz}, {name: b, path: b.xyz}]\n")
+    _write(tmp_path / "arms" / "mid.yaml", "base: ../root.yaml\nsteps: 200\nbackbone: {n_dim: 32}\n")
+    leaf = _write(tmp_path / "arms" / "leaf.yaml", "base: mid.yaml\ndatasets: [{name: c, path: c.xyz}]\n")
+    data = read_yaml(leaf)
+    assert data == {"steps": 200, "lr0": "1e-3", "backbone": {"n_layers": 3, "n_dim": 32},
+                    "datasets": [{"name": "c", "path": "c.xyz"}]}
+
+
+def test_base_config_errors_name_the_file_and_the_fix(tmp_path):
+    from mftcalc.schema import read_yaml
+    missing = _write(tmp_path / "a.yaml", "base: nowhere.yaml\nsteps: 1\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: base config 'nowhere.yaml' not found .*relative to the folder"):
+        read_yaml(missing)
+    with pytest.raises(ConfigError, match=r"base must be the path of another YAML config"):
+        read_yaml(_write(tmp_path / "b.yaml", "base: [x.yaml]\n"))
+    _write(tmp_path / "c.yaml", "base: d.yaml\n")
+    _write(tmp_path / "d.yaml", "base: c.yaml\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        read_yaml(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        read_yaml(_write(tmp_path / "self.yaml", "base: self.yaml\n"))
+
+
+def test_pretraining_arms_are_their_control_plus_the_stated_change():
+    """Each arm config of the fourth cycle is the control with only its own keys changed, so the arms differ
+    where their headers say and nowhere else (the same data, schedule and seed: paired batches)."""
+    import dataclasses
+    root = Path(__file__).resolve().parents[2] / "configs" / "dev"
+    control = PretrainConfig.from_yaml(root / "pretrain_cpu_3l_control.yaml")
+    main = PretrainConfig.from_yaml(root / "pretrain_cpu.yaml")
+    assert control.datasets == main.datasets and control.steps == 40000 and control.init
+    paths = {"out_dir", "state_path", "model_out", "heldout_out"}
+    expected = {"pretrain_cpu_3l_huber.yaml": {"force_huber", "ema_decay"},
+                "pretrain_cpu_3l_noclip.yaml": {"grad_clip"},
+                "pretrain_cpu_6l.yaml": {"backbone", "init"},
+                "pretrain_cpu_6l_engaged.yaml": {"backbone", "init"},
+                "pretrain_cpu_wide.yaml": {"backbone", "init"}}
+    for name, keys in expected.items():
+        arm = PretrainConfig.from_yaml(root / name)
+        changed = {f.name for f in dataclasses.fields(arm) if getattr(arm, f.name) != getattr(control, f.name)}
+        assert changed == keys | paths, name
+
+
+def test_interim_protocol_configs_differ_from_the_protocol_only_in_the_prior():
+    import dataclasses
+    root = Path(__file__).resolve().parents[2] / "configs" / "protocol"
+    for name in ("gate_gap", "grid_gap", "grid_homo_lumo"):
+        plain = BenchConfig.from_yaml(root / f"{name}.yaml")
+        interim = BenchConfig.from_yaml(root / f"{name}_interim.yaml")
+        changed = {f.name for f in dataclasses.fields(plain) if getattr(plain, f.name) != getattr(interim, f.name)}
+        assert changed - {"out_dir"} == {"pretrained", "ff_eval"}, name
+        assert interim.pretrained.startswith("checkpoints/protocol_gate/prior/")
