@@ -29,6 +29,7 @@ from mftcalc.schema import option
 from mftcalc.training.evaluate import property_errors, property_predictions
 from mftcalc.training.forcefield_data import replay_structures, task_domain
 from mftcalc.training.loop import Trainer, TrainSettings
+from mftcalc.training.weight_average import check_decay
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.distributed import rank_and_world
 from mftcalc.training.sampler import Source, resolve_batch_size
@@ -62,6 +63,10 @@ class FinetuneSettings:
     head_activation: str = option("tanh", "activation of the property head")
     head_resnet_dt: bool = option(True, "deepmd-kit's fitting net (timestep residuals; the authors' head)")
     grad_clip: float = option(5.0, "gradient norm clip (the authors' gradient_max_norm)")
+    ema_decay: float = option(0.0, "> 0: keep an exponential moving average of the weights with this decay per "
+                                   "step (0.999: about the last 1,000 steps); the average is what is validated "
+                                   "(curve probes, drift, best-on-validation) and written; val.csv keeps the "
+                                   "trained weights' val/... beside its ema/val/.... 0: off (the authors' recipe)")
     normalize_property_loss: bool = option(True, "divide property errors by the label std in the loss (as "
                                                  "deepmd-kit's out_std)")
     property_reduction: str = option("sum", "'sum' over the batch (deepmd-kit's PropertyLoss) or 'mean'")
@@ -94,6 +99,7 @@ class FinetuneSettings:
             raise ValueError(f"property_reduction must be 'sum' or 'mean', got {self.property_reduction!r}")
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
+        check_decay(self.ema_decay)
         if self.curve_probe < 0:
             raise ValueError(f"curve_probe must be >= 0, got {self.curve_probe}")
         if self.dtype not in ("float32", "float64"):
@@ -192,13 +198,14 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     probe = task.val[: settings.probe_size]
     drift = DriftMonitor(model, probe, settings.seed) if strategy.from_pretrained else None
 
-    def on_validate(step: int, metrics: Dict[str, float]) -> Dict[str, float]:
-        out = {"drift_w1": drift(model)} if drift is not None else {}
+    def on_validate(step: int, metrics: Dict[str, float], kept: torch.nn.Module) -> Dict[str, float]:
+        """Drift and probe curves of the weights that are kept (the average with ema_decay > 0)."""
+        out = {"drift_w1": drift(kept)} if drift is not None else {}
         for part, structures in curve_sets.items():
             scored = f"val/{task.name}/rmse" in metrics and structures is val_structures
             # the val probe is the trainer's validation set: reuse its errors instead of a second pass
             errs = ({"rmse": metrics[f"val/{task.name}/rmse"], "mae": metrics[f"val/{task.name}/mae"]} if scored
-                    else property_errors(model, structures, task.property))
+                    else property_errors(kept, structures, task.property))
             out[f"curve/{part}/rmse"] = errs["rmse"]
             out[f"curve/{part}/mae"] = errs["mae"]
         return out
@@ -209,7 +216,8 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         prefactors=ForceFieldPrefactors(), grad_clip=settings.grad_clip, seed=settings.seed, mode=settings.mode,
         sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
         dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress,
-        optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm, device=settings.device)
+        optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm, ema_decay=settings.ema_decay,
+        device=settings.device)
     metadata = model_metadata(model, _elements(model, task), finetuning={
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -69,8 +70,10 @@ class Trainer:
         val_sources: validation sources (same kinds); metrics go to ``<out_dir>/val.csv`` and the curve PNG.
         out_dir: where ``train.csv``, ``val.csv`` and ``learning_curve.png`` go.
         state_path: the one checkpoint file of this run (written atomically; resumed from when it exists).
-        on_validate: optional callback ``(step, metrics)`` (e.g. drift logging) whose returned dict is logged.
-        best_path: where the best-on-validation model checkpoint is written (with ``settings.best_metric``).
+        on_validate: optional callback ``(step, metrics, model)`` (e.g. drift logging) whose returned dict is
+            logged; ``model`` is :attr:`final_model` and ``metrics`` its ``val/...`` errors.
+        best_path: where the best-on-validation model checkpoint is written (with ``settings.best_metric``, judged
+            on and taken from :attr:`final_model`: the weight average when ``ema_decay > 0``).
         save_model_fn: ``(model, path) -> None`` writing a model checkpoint (used for ``best_path``).
         origin: what the run starts from (e.g. ``{"pretrained": "<content sha256>"}``), stored with the state; a
             resume from another origin is refused (its weights descend from something else).
@@ -78,7 +81,7 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, sources: Sequence[Source], settings: TrainSettings,
                  out_dir: str | Path, state_path: str | Path, val_sources: Sequence[Source] = (),
-                 on_validate: Optional[Callable[[int, Dict[str, float]], Dict[str, float]]] = None,
+                 on_validate: Optional[Callable[[int, Dict[str, float], torch.nn.Module], Dict[str, float]]] = None,
                  best_path: Optional[str | Path] = None,
                  save_model_fn: Optional[Callable[[torch.nn.Module, Path], None]] = None,
                  origin: Optional[Dict[str, str]] = None) -> None:
@@ -92,7 +95,6 @@ class Trainer:
             raise ValueError("optimizer_per_kind needs mode 'alternate' (sum mode takes one step on both tasks)")
         self.device = resolve_device(local_device(settings.device))
         if settings.progress and rank_and_world()[0] == 0:
-            import sys
             print(f"training on {describe_device(self.device, settings.device)}", file=sys.stderr)
         self.model = model.to(device=self.device, dtype=settings.dtype)
         self.sources = list(sources)
@@ -180,7 +182,6 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         changes = self._state_changes(state.get("settings")) + ([ema_note] if ema_note else [])
         if changes and self.rank == 0:
-            import sys
             message = (f"resuming {self.state_path} at step {self.step} with changed settings:\n  "
                        + "\n  ".join(changes))
             print(message, file=sys.stderr)
@@ -279,8 +280,13 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @property
     def final_model(self) -> torch.nn.Module:
-        """The weights to export: the moving average when ``ema_decay > 0``, else the trained weights."""
+        """The weights to export, score and keep: the moving average with ``ema_decay > 0``, else the trained ones."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def final_prefix(self) -> str:
+        """The prefix of :attr:`final_model`'s validation metrics (``ema/`` for the weight average)."""
+        return "ema/" if self.ema is not None else ""
 
     def validate(self) -> Dict[str, float]:
         """``val/...`` metrics of the trained weights; with a weight average also ``ema/val/...`` of it."""
@@ -288,7 +294,8 @@ class Trainer:
         if self.ema is not None:
             metrics.update({f"ema/{k}": v for k, v in validation_metrics(self.ema.module, self.val_sources).items()})
         if self.on_validate is not None:
-            metrics.update(self.on_validate(self.step, metrics))
+            final = {k[len(self.final_prefix):]: v for k, v in metrics.items() if k.startswith(self.final_prefix)}
+            metrics.update(self.on_validate(self.step, final, self.final_model))
         return metrics
 
     # ------------------------------------------------------------------ run
@@ -349,11 +356,12 @@ class Trainer:
         key = self.settings.best_metric
         if key is None or self.best_path is None or self.save_model_fn is None:
             return
+        key = self.final_prefix + key
         if key not in metrics:
             raise KeyError(f"best_metric {key!r} not among validation metrics {sorted(metrics)}")
         if metrics[key] < self.best_value:
             self.best_value = metrics[key]
-            self.save_model_fn(self.model, self.best_path)
+            self.save_model_fn(self.final_model, self.best_path)
 
 
 def validation_metrics(model: torch.nn.Module, val_sources: Sequence[Source]) -> Dict[str, float]:

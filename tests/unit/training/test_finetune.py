@@ -229,3 +229,24 @@ def test_structures_digest_sees_every_label():
     assert structures_digest(s[::-1]) != base
     assert structures_digest([s[0].with_labels(energy=s[0].energy + 1e-9)] + s[1:]) != base
     assert structures_digest([s[0].with_labels(properties={"x": 1.0})] + s[1:]) != base
+
+
+def test_weight_average_is_what_finetuning_validates_keeps_and_writes(pretrained, tmp_path):
+    """With ``ema_decay`` the probes, drift and best-on-validation follow the weight average: the written model
+    scores exactly the best ``ema/val`` error, and ``curve/val`` is the average's, not the trained weights'."""
+    import csv
+    from mftcalc.model.checkpoint import load_model
+    from mftcalc.training.evaluate import property_errors
+    task = _task()
+    finetune(task, _settings("ft", ema_decay=0.5, curve_probe=100, steps=9), tmp_path / "ft", pretrained)
+    rows = list(csv.DictReader(open(tmp_path / "ft" / "val.csv")))
+    raw = [float(r["val/toy-vpa/mae"]) for r in rows]
+    avg = [float(r["ema/val/toy-vpa/mae"]) for r in rows]
+    assert len(rows) == 3 and all(a != b for a, b in zip(raw, avg))
+    for row in rows:
+        assert float(row["curve/val/rmse"]) == float(row["ema/val/toy-vpa/rmse"])
+    written = load_model(tmp_path / "ft" / "model.pt", dtype=torch.float64)
+    mae = property_errors(written, task.val, "vpa")["mae"]
+    assert mae == pytest.approx(min(avg), rel=1e-9, abs=0) and mae != pytest.approx(min(raw), rel=1e-6)
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        _settings("ft", ema_decay=1.0)
