@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Dict
 
 import torch
-import yaml
+
+from mftcalc.schema import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -74,7 +75,7 @@ def main() -> None:
 
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load(open(args.config))
+    config = read_yaml(args.config)                  # its base: chain resolved
     base_path, grown_path = runs / "base.pt", runs / f"grown_{args.grow}.pt"
     if not base_path.exists():
         state = torch.load(args.state, map_location="cpu", weights_only=False)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from mftcalc.schema import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMN = "val/xtb_qm9/f_mae"
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "pretrain_forecast.md"))
     args = parser.parse_args()
 
-    config = yaml.safe_load(Path(args.config).read_text())
+    config = read_yaml(args.config)                  # its base: chain resolved
     start = int(config.get("lr_start_step") or 0)
     points = cycle_points(Path(args.out_dir) / "val.csv", start)
     if len(points) < 5:

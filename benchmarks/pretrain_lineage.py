@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
-import yaml
+
+from mftcalc.schema import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -91,7 +92,7 @@ def weight_average_validations(val_csvs: Dict[str, Path]) -> Dict[str, Any]:
 def schedule(config_path: str):
     """The learning rate of a pretraining config as a function of its step."""
     from mftcalc.training.schedule import ExponentialLR
-    c = yaml.safe_load((REPO / config_path).read_text())
+    c = read_yaml(REPO / config_path)             # its base: chain resolved
     return ExponentialLR(c["lr0"], c["lr_end"], c["steps"], c["decay_steps"], c.get("lr_start_step") or 0), c
 
 
@@ -161,7 +162,7 @@ def main() -> None:
     lr3, c3 = schedule(cfg3)
     lr4, c4 = schedule(ARMS[0][2])                 # the arms share one schedule (checked below)
     for _, _, cfg in ARMS[1:]:
-        other = yaml.safe_load((REPO / cfg).read_text())
+        other = read_yaml(REPO / cfg)
         if any(other[k] != c4[k] for k in ("lr0", "lr_end", "steps", "decay_steps", "seed", "datasets")):
             raise SystemExit(f"{cfg} does not share the control's schedule, seed and data: the arms do not pair")
     v3 = read_validations(REPO / dir3 / "val.csv")[["step", "wall_s", COLUMN]].dropna()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from mftcalc.schema import from_mapping
+from mftcalc.schema import from_mapping, read_yaml
 from mftcalc.experiments.config import BenchConfig, FinetuneConfig
 from mftcalc.training.finetune import FinetuneSettings
 from mftcalc.training.pretrain import PretrainConfig
@@ -27,7 +26,7 @@ def _kind(data: dict) -> str:
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_loads_strictly(path):
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)                    # a variant's base: chain resolved
     kind = _kind(data)
     if kind == "pretrain":
         PretrainConfig.from_yaml(path)
@@ -45,7 +44,7 @@ def test_there_are_user_configs():
 @pytest.mark.parametrize("path", USER, ids=lambda p: p.name)
 def test_user_config_runs_from_a_clone(path):
     """A user config names only files inside the repository, and they exist."""
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)
     assert _kind(data) == "finetune", f"{path.name}: pretraining and bench configs belong in configs/dev"
     for key in ("pretrained", "qm9_splits", "matbench_path"):
         if data.get(key):
