@@ -28,7 +28,8 @@ from mftcalc.training.evaluate import forcefield_errors, property_errors
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
 from mftcalc.training.schedule import ExponentialLR
-from mftcalc.training.weight_average import resume_weight_average, update_weight_average, weight_average
+from mftcalc.training.weight_average import (AVERAGE_PREFIX, final_metrics, resume_weight_average,
+                                             update_weight_average, weight_average)
 
 STATE_FORMAT = "mftcalc-train-state"
 
@@ -283,19 +284,13 @@ class Trainer:
         """The weights to export, score and keep: the moving average with ``ema_decay > 0``, else the trained ones."""
         return self.ema.module if self.ema is not None else self.model
 
-    @property
-    def final_prefix(self) -> str:
-        """The prefix of :attr:`final_model`'s validation metrics (``ema/`` for the weight average)."""
-        return "ema/" if self.ema is not None else ""
-
     def validate(self) -> Dict[str, float]:
         """``val/...`` metrics of the trained weights; with a weight average also ``ema/val/...`` of it."""
         metrics = validation_metrics(self.model, self.val_sources)
         if self.ema is not None:
-            metrics.update({f"ema/{k}": v for k, v in validation_metrics(self.ema.module, self.val_sources).items()})
+            metrics.update({AVERAGE_PREFIX + k: v for k, v in validation_metrics(self.ema.module, self.val_sources).items()})
         if self.on_validate is not None:
-            final = {k[len(self.final_prefix):]: v for k, v in metrics.items() if k.startswith(self.final_prefix)}
-            metrics.update(self.on_validate(self.step, final, self.final_model))
+            metrics.update(self.on_validate(self.step, final_metrics(metrics, self.ema is not None), self.final_model))
         return metrics
 
     # ------------------------------------------------------------------ run
@@ -356,7 +351,7 @@ class Trainer:
         key = self.settings.best_metric
         if key is None or self.best_path is None or self.save_model_fn is None:
             return
-        key = self.final_prefix + key
+        key = (AVERAGE_PREFIX if self.ema is not None else "") + key
         if key not in metrics:
             raise KeyError(f"best_metric {key!r} not among validation metrics {sorted(metrics)}")
         if metrics[key] < self.best_value:

@@ -30,7 +30,7 @@ from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
 from mftcalc.training.losses import ForceFieldPrefactors, check_force_huber
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
-from mftcalc.training.weight_average import check_decay
+from mftcalc.training.weight_average import check_decay, final_metrics
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -224,7 +224,8 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         dtype=DTYPES[cfg.dtype], progress=cfg.progress)
     origin = {"init": base.content_sha256} if cfg.init else {}
     trainer = Trainer(model, sources, settings, cfg.out_dir, cfg.state_path, val_sources, origin=origin)
-    metrics = trainer.run(stop_at=stop_at, time_budget_s=time_budget_s)
+    # the card states the exported weights' errors: with ema_decay the average's, not the trained weights'
+    metrics = final_metrics(trainer.run(stop_at=stop_at, time_budget_s=time_budget_s), trainer.ema is not None)
     refit: Dict[str, Dict[str, float]] = {}
     if cfg.refit_energy_shift and trainer.rank == 0:
         # the exported model is a copy: the training state (already written) keeps the shifts it trained with
@@ -242,7 +243,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     else:
         model = trainer.final_model
     if not metrics and val_sources and trainer.rank == 0:   # stopped between validations: validate now
-        metrics = {"step": float(trainer.step), **trainer.validate()}
+        metrics = final_metrics({"step": float(trainer.step), **trainer.validate()}, trainer.ema is not None)
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
                       | set(base_elements))
     domains = dict(getattr(base, "metadata", {}).get("dataset_domains", {})) if cfg.init else {}

@@ -44,3 +44,17 @@ def resume_weight_average(average: Optional[AveragedModel], model: torch.nn.Modu
         return average, ""
     # switched on at this resume: a fresh average of the resumed model (its first update copies the weights)
     return AveragedModel(model, multi_avg_fn=average.multi_avg_fn), "the weight average starts at this resume"
+
+
+AVERAGE_PREFIX = "ema/"      # validation metrics of the average: ema/val/<source>/<metric>
+
+
+def final_metrics(metrics: Dict[str, float], averaged: bool) -> Dict[str, float]:
+    """The validation metrics of the weights a run keeps: with an average (``averaged``), its ``ema/val/...``
+    entries renamed ``val/...`` (the trained weights' ``val/...`` left out); without, ``metrics`` as they are.
+    Other entries (``step``, ``wall_s``) stay."""
+    if not averaged:
+        return dict(metrics)
+    out = {k: v for k, v in metrics.items() if not k.startswith(("val/", AVERAGE_PREFIX))}
+    out.update({k[len(AVERAGE_PREFIX):]: v for k, v in metrics.items() if k.startswith(AVERAGE_PREFIX)})
+    return out

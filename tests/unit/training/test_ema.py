@@ -32,6 +32,9 @@ def test_ema_is_validated_beside_the_raw_weights_and_exported(tiny_config):
     assert differs, "the average should differ from the last weights after 8 steps"
     for k in ema:                                                 # model_out holds the average
         assert torch.allclose(exported[k], ema[k]), k
+    # and its card states the average's validation errors, not the trained weights'
+    card = load_model(cfg.model_out).metadata["pretraining"]["validation"]
+    assert card["val/cu/f_mae"] == pytest.approx(avg, rel=1e-12) and not any(k.startswith("ema/") for k in card)
 
 
 def test_ema_resumes_to_the_same_average(tiny_config, tmp_path):
