@@ -1,9 +1,9 @@
 """Pretraining steps on a lent GPU: the first and most valuable part of the GPU session (issue 15 before issue 19).
 
-The prior (``configs/dev/pretrain_cpu_3l_huber.yaml``, the best arm of its fourth cycle: 3 layers, Huber force
-loss, a moving average of the weights; state in ``checkpoints/pretrain3_huber/``; the 3-layer cycles before it:
-``configs/dev/pretrain_cpu.yaml``, ``checkpoints/pretrain/``) trains at ~3 steps/s on two CPU cores, far from its
-target. A lent GPU continues the same run from its committed state, with every batch
+The prior (``configs/dev/pretrain_cpu_3l_cycle5.yaml``, its fifth cycle: 3 layers, Huber force loss, a moving
+average of the weights, restarted from the fourth cycle's best arm ``configs/dev/pretrain_cpu_3l_huber.yaml``; state
+in ``checkpoints/pretrain5/``; the cycles before it: ``configs/dev/pretrain_cpu.yaml``, ``checkpoints/pretrain/``)
+trains at ~3 steps/s on two CPU cores, far from its target. A lent GPU continues the same run from its committed state, with every batch
 ``--batch-scale`` times larger (the same molecular-weighted mixture and learning-rate schedule; the resume states the
 changed batch sizes and device in the state folder's ``resume.log``), for ``--minutes``, then packs the new state
 and logs into one tar file to bring back.
@@ -17,7 +17,7 @@ Two steps:
   overrides that point the config at them;
 - on the device machine (``gpu_session.sh`` does it first): ``python benchmarks/gpu_pretrain.py --minutes 3.5``
   trains on CUDA and writes ``$OUT/pretrain.tar`` (``state.pt``, ``train.csv``, ``val.csv``, ``resume.log``).
-  Back here: ``tar -xf <files_at>/pretrain.tar -C checkpoints/pretrain3_huber`` and commit.
+  Back here: ``tar -xf <files_at>/pretrain.tar -C <the config's out_dir>`` (printed at the end) and commit.
 
 ``--dry-run`` runs the same path on CPU for a few seconds on a copy of the state in a temporary folder (the
 committed state is not touched).
@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-CONFIG = "configs/dev/pretrain_cpu_3l_huber.yaml"
+CONFIG = "configs/dev/pretrain_cpu_3l_cycle5.yaml"
 PACK = REPO / ".gpu"
 OVERRIDES = PACK / "pretrain.json"
 BROUGHT_BACK = ("state.pt", "train.csv", "val.csv", "resume.log")
@@ -108,7 +108,7 @@ def train(minutes: float, batch_scale: int, device: str, out: Path, dry_run: boo
         for name in BROUGHT_BACK:
             if (work / name).is_file():
                 tar.add(work / name, arcname=name)
-    print(f"gpu_pretrain: wrote {out / 'pretrain.tar'}")
+    print(f"gpu_pretrain: wrote {out / 'pretrain.tar'}; back here: tar -xf <files_at>/pretrain.tar -C {base.out_dir}")
 
 
 def main() -> None:

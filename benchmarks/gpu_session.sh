@@ -12,8 +12,8 @@
 #   bash benchmarks/gpu_session.sh             # [--dry-run] [--sections neighbors,relax,training]
 # It installs the carried wheels offline (pip --no-index) into /tmp/gpu-site, or none if .whl/ is absent;
 # downloads nothing. With $OUT set (the device machine) it leaves there pretrain.tar (new pretraining state and
-# logs: `tar -xf <files_at>/pretrain.tar -C checkpoints/pretrain3_huber`, then commit), the gpu_*.md tables (copy into
-# benchmarks/results/) and the log. PRETRAIN_MINUTES=0 skips the pretraining; --dry-run runs everything on CPU
+# logs: `tar -xf <files_at>/pretrain.tar -C checkpoints/pretrain5`, the folder it prints, then commit), the
+# gpu_*.md tables (copy into benchmarks/results/) and the log. PRETRAIN_MINUTES=0 skips the pretraining; --dry-run runs everything on CPU
 # on tiny sizes and a copy of the state.
 set -u
 cd "$(dirname "$0")/.."
