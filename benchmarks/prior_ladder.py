@@ -26,6 +26,9 @@ below the state's step; the validation set itself changed when the third cycle s
 Caveat: states before step 44,200 were trained on xTB conformers chosen against the old (void) splits, so some
 of today's OOD molecules' conformers (forces, not gap labels) were in their training data.
 
+``--models FILE ...`` adds exported priors of the same architecture (their pretraining chain's steps, their card's
+force MAE), e.g. the shipped ``models/pretrained.pt``; ``--report`` names the Markdown file (the plot goes beside it).
+
 Writes ``benchmarks/results/prior_ladder.md`` and ``prior_ladder.png``.
 """
 from __future__ import annotations
@@ -123,6 +126,10 @@ def bench_reference(bench_dir: Path) -> Dict[float, Dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revisions", nargs="*", default=list(DEFAULT_REVISIONS))
+    parser.add_argument("--models", nargs="*", default=[],
+                        help="exported model files of the same architecture as further priors (e.g. "
+                             "models/pretrained.pt); their step is the whole pretraining chain's, their xTB force "
+                             "MAE the one their card records")
     parser.add_argument("--skeleton", default="checkpoints/protocol_gate/prior/pretrained.pt",
                         help="a model file of the same architecture; the states' weights are loaded into it")
     parser.add_argument("--bench-dir", default="checkpoints/protocol_gate")
@@ -133,6 +140,7 @@ def main() -> None:
     from mftcalc.experiments.config import TaskSpec
     from mftcalc.experiments.tasks import load_task
     from mftcalc.model.applicability import pooled_features
+    from mftcalc.model.card import pretraining_lineage
     from mftcalc.model.checkpoint import load_model
 
     started = time.time()
@@ -155,16 +163,27 @@ def main() -> None:
         step, weights = state_weights(revision)
         priors.append((revision, step, weights))
 
+    for path in args.models:
+        loaded = load_model(REPO / path)
+        card = loaded.metadata.get("pretraining") or {}
+        chain_steps = sum(run["steps"] for run in pretraining_lineage(card))
+        priors.append((Path(path).name, chain_steps, loaded))
+
     rows = []
     for label, step, weights in priors:
         model = copy.deepcopy(skeleton)
-        if weights is None:           # the same architecture, freshly initialised (seed 0)
+        if isinstance(weights, torch.nn.Module):      # an exported model file
+            model = weights
+        elif weights is None:           # the same architecture, freshly initialised (seed 0)
             fresh = type(skeleton.backbone)(skeleton.config.backbone)
             model.backbone.load_state_dict(fresh.state_dict())
         else:
             model.load_state_dict(weights)
         model.eval()
-        f_mae = force_mae_at(step, validations) if step else float("nan")
+        if isinstance(weights, torch.nn.Module):
+            f_mae = float(weights.metadata["pretraining"]["validation"].get("val/xtb_qm9/f_mae", float("nan")))
+        else:
+            f_mae = force_mae_at(step, validations) if step else float("nan")
         test_features = {k: pooled_features(model, v) for k, v in tests.items()}
         for fraction, task in tasks.items():
             features = {"train": pooled_features(model, task.train), **test_features}
@@ -179,9 +198,9 @@ def main() -> None:
 
     frame = pd.DataFrame(rows)
     out = ["# Frozen-feature probes along the pretraining history (issue 15, the gate's premise)", "",
-           f"`python benchmarks/prior_ladder.py` ({time.time() - started:.0f} s, one core). Gap (Hartree), BOOM split, "
+           f"`{' '.join(['python', 'benchmarks/prior_ladder.py', *sys.argv[1:]])}` ({time.time() - started:.0f} s, one core). Gap (Hartree), BOOM split, "
            "seed-0 training subsets, full ID (5,983) and OOD (10,000) test sets; xTB force MAE as logged in "
-           "`checkpoints/pretrain/val.csv`. Last rows: the bench's trained cells on the step-87,016 prior "
+           "`checkpoints/pretrain/val.csv` (a model file's: as its card records it). Last rows: the bench's trained cells on the step-87,016 prior "
            f"(`{args.bench_dir}`, 20,000 steps, mean over seeds).", "",
            "| fraction | prior | xTB force MAE (eV/Å) | probe | ID RMSE | OOD RMSE |",
            "|---|---|---:|---|---:|---:|"]
