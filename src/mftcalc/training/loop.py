@@ -24,6 +24,7 @@ from mftcalc.data.structure import structures_digest
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
 from mftcalc.training.distributed import all_reduce_logged_parts, all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
+from mftcalc.training.best_checkpoint import restore_best, snapshot
 from mftcalc.training.evaluate import forcefield_errors, property_errors
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
@@ -119,6 +120,7 @@ class Trainer:
         self._digests: Dict[str, str] = {}             # source name -> structures_digest (computed once)
         self.step = 0
         self.best_value = math.inf
+        self.best_weights: Optional[Dict[str, torch.Tensor]] = None    # a copy of what best_path holds
         self.wall = 0.0
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.state_path.exists():
@@ -130,9 +132,9 @@ class Trainer:
         return {"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self._optimizer_state(), "samplers": [s.state_dict() for s in self.samplers],
-                "best_value": self.best_value, "wall": self.wall, "torch_rng": torch.get_rng_state(),
-                "sources": [s.name for s in self.sources], "settings": self.settings_record(),
-                "origin": self.origin}
+                "best_value": self.best_value, "best_model": self.best_weights, "wall": self.wall,
+                "torch_rng": torch.get_rng_state(), "sources": [s.name for s in self.sources],
+                "settings": self.settings_record(), "origin": self.origin}
 
     def settings_record(self) -> Dict[str, str]:
         """The run's settings and source mixture as strings, stored with the state so that a resume under
@@ -178,10 +180,12 @@ class Trainer:
         for sampler, st in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(st)
         self.step = int(state["step"])
-        self.best_value = float(state["best_value"])
+        self.best_weights = state.get("best_model")
+        best_note, self.best_value = restore_best(self.best_path if self.rank == 0 else None, self.best_weights,
+                                                  self.final_model, self.save_model_fn, float(state["best_value"]))
         self.wall = float(state["wall"])
         torch.set_rng_state(state["torch_rng"])
-        changes = self._state_changes(state.get("settings")) + ([ema_note] if ema_note else [])
+        changes = self._state_changes(state.get("settings")) + [n for n in (ema_note, best_note) if n]
         if changes and self.rank == 0:
             message = (f"resuming {self.state_path} at step {self.step} with changed settings:\n  "
                        + "\n  ".join(changes))
@@ -357,6 +361,7 @@ class Trainer:
         if metrics[key] < self.best_value:
             self.best_value = metrics[key]
             self.save_model_fn(self.final_model, self.best_path)
+            self.best_weights = snapshot(self.final_model)
 
 
 def validation_metrics(model: torch.nn.Module, val_sources: Sequence[Source]) -> Dict[str, float]:

@@ -250,3 +250,34 @@ def test_weight_average_is_what_finetuning_validates_keeps_and_writes(pretrained
     assert mae == pytest.approx(min(avg), rel=1e-9, abs=0) and mae != pytest.approx(min(raw), rel=1e-6)
     with pytest.raises(ValueError, match="ema_decay must be in"):
         _settings("ft", ema_decay=1.0)
+
+
+def test_resume_without_the_best_model_file_rewrites_it_from_the_state(pretrained, tmp_path, monkeypatch):
+    """A committed state resumed on another machine has no ``model.pt`` (git-ignored): the best weights kept in
+    the state rewrite it, so the run ends as an uninterrupted one does. A state without that copy (written before
+    it existed) restarts best-on-validation at the resume, and says so, instead of crashing at the end."""
+    import csv
+    import mftcalc.training.loop as loop
+    task = _task()
+    settings = _settings("ft", steps=9, lr0=0.05)     # a rate that overshoots: the best validation is the first
+    straight = finetune(task, settings, tmp_path / "a", pretrained)
+    maes = [float(r["val/toy-vpa/mae"]) for r in csv.DictReader(open(tmp_path / "a" / "val.csv"))]
+    assert len(maes) == 3 and maes[0] < min(maes[1:])
+    original = loop.Trainer.run
+    for name, keep_copy in (("b", True), ("c", False)):
+        with monkeypatch.context() as patch:      # killed after the first validation
+            patch.setattr(loop.Trainer, "run", lambda self, stop_at=None, time_budget_s=None: original(self, stop_at=3))
+            finetune(task, settings, tmp_path / name, pretrained)
+        (tmp_path / name / "model.pt").unlink()   # a fresh clone: the state is committed, the model is not
+        if not keep_copy:
+            state = torch.load(tmp_path / name / "state.pt", weights_only=False)
+            del state["best_model"]
+            torch.save(state, tmp_path / name / "state.pt")
+        resumed = finetune(task, settings, tmp_path / name, pretrained)
+        log = (tmp_path / name / "resume.log").read_text()
+        if keep_copy:
+            assert "rewritten from the state's copy" in log
+            assert resumed["test"] == straight["test"] and resumed["val"] == straight["val"]
+        else:
+            assert "best-on-validation restarts at this resume" in log
+            assert resumed["val"]["mae"] == pytest.approx(min(maes[1:]), rel=1e-9)
