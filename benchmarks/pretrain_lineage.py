@@ -31,6 +31,7 @@ from typing import Any, Dict
 import numpy as np
 
 from mftcalc.schema import read_yaml
+from mftcalc.training.weight_average import AVERAGE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -83,9 +84,9 @@ def weight_average_validations(val_csvs: Dict[str, Path]) -> Dict[str, Any]:
         if not path.exists():
             continue
         frame = read_validations(path)
-        if "ema/" + COLUMN in frame:
-            ema = frame[["step", "wall_s", "ema/" + COLUMN]].dropna()
-            out[name + AVERAGE_SUFFIX] = ema.rename(columns={"ema/" + COLUMN: COLUMN})
+        if AVERAGE_PREFIX + COLUMN in frame:
+            ema = frame[["step", "wall_s", AVERAGE_PREFIX + COLUMN]].dropna()
+            out[name + AVERAGE_SUFFIX] = ema.rename(columns={AVERAGE_PREFIX + COLUMN: COLUMN})
     return out
 
 

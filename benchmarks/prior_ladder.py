@@ -171,19 +171,17 @@ def main() -> None:
 
     rows = []
     for label, step, weights in priors:
-        model = copy.deepcopy(skeleton)
-        if isinstance(weights, torch.nn.Module):      # an exported model file
+        if isinstance(weights, torch.nn.Module):      # an exported model file: its card holds its force MAE
             model = weights
-        elif weights is None:           # the same architecture, freshly initialised (seed 0)
-            fresh = type(skeleton.backbone)(skeleton.config.backbone)
-            model.backbone.load_state_dict(fresh.state_dict())
+            f_mae = float(weights.metadata["pretraining"]["validation"].get(COLUMN, float("nan")))
         else:
-            model.load_state_dict(weights)
-        model.eval()
-        if isinstance(weights, torch.nn.Module):
-            f_mae = float(weights.metadata["pretraining"]["validation"].get("val/xtb_qm9/f_mae", float("nan")))
-        else:
+            model = copy.deepcopy(skeleton)
+            if weights is None:                       # the same architecture, freshly initialised (seed 0)
+                model.backbone.load_state_dict(type(skeleton.backbone)(skeleton.config.backbone).state_dict())
+            else:
+                model.load_state_dict(weights)
             f_mae = force_mae_at(step, validations) if step else float("nan")
+        model.eval()
         test_features = {k: pooled_features(model, v) for k, v in tests.items()}
         for fraction, task in tasks.items():
             features = {"train": pooled_features(model, task.train), **test_features}
