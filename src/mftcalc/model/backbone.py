@@ -177,6 +177,11 @@ class Backbone(nn.Module):
         self.n_dim = cfg.n_dim
         self.e_dim = cfg.e_dim
 
+    def edge_input(self, dist: Tensor, sw: Tensor) -> Tensor:
+        """Radial input of the edge embedding, [E, 1] in 1/Å: DPA3's ``s = sw(r)/r`` over ``edge_std``, from the
+        distances ``dist`` [E] (Å) and switch values ``sw`` [E]. (A probe may override it with a wider basis.)"""
+        return (sw / dist / self.edge_std.to(dist.dtype)).unsqueeze(1)
+
     def forward(self, numbers: Tensor, vectors: Tensor, graph: Dict[str, Tensor],
                 edge_features: bool = True) -> Tuple[Tensor, Tensor]:
         """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); ``graph`` from ``build_graph``.
@@ -190,8 +195,7 @@ class Backbone(nn.Module):
         sw = switch_function(self.switch, dist, self.e_rcut_smth, self.e_rcut)   # [E]
         s = sw / dist
         h2 = vectors * (s / dist).unsqueeze(1) / self.h2_std.to(vectors.dtype)   # [E, 3] 1/Å
-        s = s / self.edge_std.to(vectors.dtype)                              # [E] 1/Å
-        edge = self.act(self.edge_embedding(s.unsqueeze(1)))                 # [E, e]
+        edge = self.act(self.edge_embedding(self.edge_input(dist, sw)))      # [E, e]
         d_a = dist[a_edges]
         sw_a = switch_function(self.switch, d_a, self.a_rcut_smth, self.a_rcut)
         unit = vectors[a_edges] / (d_a + 1e-6).unsqueeze(1)

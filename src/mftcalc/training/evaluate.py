@@ -8,6 +8,7 @@ import torch
 
 from mftcalc.data.structure import Structure
 from mftcalc.model.inference import predict_structures
+from mftcalc.training.sampler import Source
 
 
 def require_labels(structures: Sequence[Structure], source: str) -> None:
@@ -82,3 +83,16 @@ def property_predictions(model: torch.nn.Module, structures: Sequence[Structure]
             raise KeyError(f"model has no property head {n!r}")
     arrays = [np.array([float(p[n]) for p in preds]) for n in names]
     return arrays[0] if isinstance(name, str) else arrays
+
+
+def validation_metrics(model: torch.nn.Module, val_sources: Sequence[Source]) -> Dict[str, float]:
+    """``val/<source>/<metric>`` of ``model`` on each validation source: energy/force/stress errors
+    (:func:`forcefield_errors`) or property MAE/RMSE (:func:`property_errors`)."""
+    metrics: Dict[str, float] = {}
+    for source in val_sources:
+        if source.kind == "forcefield":
+            errs = forcefield_errors(model, source.structures, source.dataset_index)
+        else:
+            errs = property_errors(model, source.structures, source.property)
+        metrics.update({f"val/{source.name}/{k}": v for k, v in errs.items() if k not in ("n", "n_structures")})
+    return metrics

@@ -8,7 +8,6 @@ force-field sources in ``alternate`` or ``sum`` mode, optionally with frozen par
 """
 from __future__ import annotations
 
-import csv
 import math
 import sys
 import time
@@ -25,7 +24,8 @@ from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
 from mftcalc.training.distributed import all_reduce_logged_parts, all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
 from mftcalc.training.best_checkpoint import restore_best, snapshot
-from mftcalc.training.evaluate import forcefield_errors, property_errors
+from mftcalc.training.csv_log import append_row
+from mftcalc.training.evaluate import validation_metrics
 from mftcalc.training.losses import ForceFieldPrefactors, forcefield_loss, property_loss
 from mftcalc.training.sampler import EpochSampler, Source, choose_source
 from mftcalc.training.schedule import ExponentialLR
@@ -322,14 +322,14 @@ class Trainer:
             log["wall_s"] = self.wall
             if self.rank == 0:
                 if self.step % settings.log_every == 0 or self.step == settings.num_steps:
-                    _append_csv(train_csv, log)
+                    append_row(train_csv, log)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(self._running_losses(log), refresh=False)
             is_val = self.val_sources and (self.step % settings.val_every == 0 or self.step == settings.num_steps)
             if is_val and self.rank == 0:
                 last_val = {"step": float(self.step), "wall_s": self.wall, **self.validate()}
-                _append_csv(val_csv, last_val)
+                append_row(val_csv, last_val)
                 self._maybe_save_best(last_val)
                 plot_learning_curves(self.out_dir)
             if self.step % settings.checkpoint_every == 0 or self.step in (end, settings.num_steps):
@@ -362,39 +362,3 @@ class Trainer:
             self.best_value = metrics[key]
             self.save_model_fn(self.final_model, self.best_path)
             self.best_weights = snapshot(self.final_model)
-
-
-def validation_metrics(model: torch.nn.Module, val_sources: Sequence[Source]) -> Dict[str, float]:
-    """``val/<source>/<metric>`` of ``model`` on each validation source: energy/force/stress errors
-    (:func:`forcefield_errors`) or property MAE/RMSE (:func:`property_errors`)."""
-    metrics: Dict[str, float] = {}
-    for source in val_sources:
-        if source.kind == "forcefield":
-            errs = forcefield_errors(model, source.structures, source.dataset_index)
-        else:
-            errs = property_errors(model, source.structures, source.property)
-        metrics.update({f"val/{source.name}/{k}": v for k, v in errs.items() if k not in ("n", "n_structures")})
-    return metrics
-
-
-def _append_csv(path: Path, row: Dict[str, float]) -> None:
-    """Append a row; when the row brings new columns the file is rewritten with the union header."""
-    fields: List[str] = []
-    if path.exists():
-        with open(path, newline="") as fh:
-            fields = next(csv.reader(fh), [])
-    if path.exists() and all(k in fields for k in row):
-        with open(path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=fields).writerow(row)
-        return
-    rows: List[Dict[str, str]] = []
-    if path.exists():
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    fields = fields + [k for k in row if k not in fields]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        writer.writerow(row)
-

@@ -26,7 +26,8 @@ from mftcalc.schema import option, suggest
 from mftcalc.training.forcefield_data import (read_dataset, replay_path, select_structures, split_train_val,
                                               task_domain)
 from mftcalc.training.distributed import rank_and_world
-from mftcalc.training.loop import Trainer, TrainSettings, validation_metrics
+from mftcalc.training.evaluate import validation_metrics
+from mftcalc.training.loop import Trainer, TrainSettings
 from mftcalc.training.losses import ForceFieldPrefactors, check_force_huber
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR

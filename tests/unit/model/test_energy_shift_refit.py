@@ -14,7 +14,7 @@ from mftcalc.model.config import ModelConfig, backbone_preset, default_forcefiel
 from mftcalc.model.fitting import fit_forcefield_shift, refit_forcefield_shift
 from mftcalc.model.inference import predict_structures
 from mftcalc.model.mft_model import MFTModel
-from mftcalc.training.loop import validation_metrics
+from mftcalc.training.evaluate import validation_metrics
 from mftcalc.training.pretrain import PretrainConfig, load_sources, pretrain
 
 from _helpers import emt_structures
