@@ -2,7 +2,9 @@
 
 Usage (by ``_common.run_peer``): ``/work/peers/mace/bin/python benchmarks/_peer_mace.py SPEC.json``; prints one JSON
 line. SPEC: ``{"model": {"channels", "max_L", "num_interactions", "correlation", "r_max", "max_ell"},
-"workloads": [...], "threads": 2}`` as in ``_peer_deepmd.py``. Each npz group is one batched call. The graphs
+"workloads": [...], "threads": 2}`` as in ``_peer_deepmd.py``; or, with an ``"overfit"`` entry (``{"structures":
+[{"numbers", "positions" Å, "forces" eV/Å}], "steps", "lr", "every"}``), the overfit probe's fit of one fixed
+batch (forces only, Adam at a constant rate; ``benchmarks/overfit_probe.py``). Each npz group is one batched call. The graphs
 (matscipy neighbour lists) are built once, outside the timed calls.
 """
 from __future__ import annotations
@@ -40,7 +42,53 @@ def build_model(m: Dict[str, Any], zs: list):
         atomic_numbers=zs, correlation=m["correlation"], gate=torch.nn.functional.silu)
 
 
+def overfit(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Force RMSE/MAE (eV/Å) of a fresh MACE on one fixed batch, every ``every`` Adam steps before that step's
+    update, up to ``steps`` steps or ``seconds`` of fitting (when > 0): ``{"rows": [[step, rmse, mae, seconds], ...],
+    "params": n}``."""
+    import time
+
+    import ase
+    import torch
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+    from mace.tools.utils import AtomicNumberTable
+
+    torch.set_num_threads(spec.get("threads", 1))
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(0)
+    m, job = spec["model"], spec["overfit"]
+    zs = sorted({int(z) for s in job["structures"] for z in s["numbers"]})
+    model = build_model(m, zs).train()
+    z_table = AtomicNumberTable(zs)
+    graphs = [mace_data.AtomicData.from_config(mace_data.config_from_atoms(
+        ase.Atoms(numbers=s["numbers"], positions=s["positions"])), z_table=z_table, cutoff=m["r_max"])
+        for s in job["structures"]]
+    batch = torch_geometric.Batch.from_data_list(graphs).to_dict()
+    target = torch.tensor([f for s in job["structures"] for f in s["forces"]], dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr=job["lr"])
+    rows = []
+    start = time.perf_counter()
+    for step in range(job["steps"] + 1):
+        out = model(dict(batch), training=True, compute_force=True)
+        diff = out["forces"] - target
+        loss = diff.pow(2).mean()
+        elapsed = time.perf_counter() - start
+        over = 0 < job.get("seconds", 0) <= elapsed
+        if step % job["every"] == 0 or step == job["steps"] or over:
+            rows.append([step, float(loss.detach().sqrt()), float(diff.detach().abs().mean()), elapsed])
+            print(f"mace step {step}: force RMSE {rows[-1][1]:.4f}", file=sys.stderr, flush=True)
+        if step == job["steps"] or over:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"rows": rows, "params": sum(p.numel() for p in model.parameters()), "config": describe(m)}
+
+
 def run(spec: Dict[str, Any]) -> Dict[str, Any]:
+    if "overfit" in spec:
+        return overfit(spec)
     C.set_threads(spec.get("threads", C.THREADS))
     import ase
     import mace

@@ -182,6 +182,10 @@ class Backbone(nn.Module):
         distances ``dist`` [E] (Å) and switch values ``sw`` [E]. (A probe may override it with a wider basis.)"""
         return (sw / dist / self.edge_std.to(dist.dtype)).unsqueeze(1)
 
+    def angle_input(self, cos: Tensor) -> Tensor:
+        """Input of the angle embedding, [A, 1]: DPA3's ``cos θ_jik / sqrt(π)`` from the cosines ``cos`` [A]."""
+        return (cos / math.sqrt(math.pi)).unsqueeze(1)
+
     def forward(self, numbers: Tensor, vectors: Tensor, graph: Dict[str, Tensor],
                 edge_features: bool = True) -> Tuple[Tensor, Tensor]:
         """Args: numbers [N]; vectors [E, 3] Å (edge vectors r_ij); ``graph`` from ``build_graph``.
@@ -200,7 +204,7 @@ class Backbone(nn.Module):
         sw_a = switch_function(self.switch, d_a, self.a_rcut_smth, self.a_rcut)
         unit = vectors[a_edges] / (d_a + 1e-6).unsqueeze(1)
         cos = (unit[a_ij] * unit[a_ik]).sum(1) * (1.0 - 1e-6)
-        angle = self.angle_embedding((cos / math.sqrt(math.pi)).unsqueeze(1))   # [A, a]
+        angle = self.angle_embedding(self.angle_input(cos))                   # [A, a]
         a_sw = sw_a[a_ij] * sw_a[a_ik]
         node = self.act(self.type_embedding(numbers))
         n_nodes = numbers.shape[0]
