@@ -194,20 +194,20 @@ def main() -> None:
     pick = np.random.default_rng(1).choice(len(pool), args.n, replace=False)
     structures = [pool[i] for i in pick]
     forces = np.concatenate([s.forces for s in structures])
-    results: Dict[str, List[Tuple[int, float, float]]] = {arm: run_arm(arm, structures, args.steps, args.lr, args.every,
+    results: Dict[str, List[Row]] = {arm: run_arm(arm, structures, args.steps, args.lr, args.every,
                                                                                  60.0 * args.minutes)
                                                           for arm in args.arms}
     results = {arm: rows for arm, rows in results.items() if rows}
     out = Path(args.out)
     steps = sorted({r[0] for rows in results.values() for r in rows})
     at = {arm: {r[0]: r for r in rows} for arm, rows in results.items()}
-    budget = f" --minutes {args.minutes:g}" if args.minutes else ""
+    more_args = f" --minutes {args.minutes:g}" if args.minutes else ""
     default_out = ROOT / "benchmarks" / "results" / "overfit_probe"
-    budget += "" if out.resolve() == default_out else f" --out {args.out}"
+    more_args += "" if out.resolve() == default_out else f" --out {args.out}"
     lines = [
         "# Overfit probe: fitting the forces of a few xTB conformers (issue 15)", "",
         f"Command: `OMP_NUM_THREADS=1 python benchmarks/overfit_probe.py --n {args.n} --steps {args.steps} --lr "
-        f"{args.lr:g} --every {args.every} --arms {' '.join(args.arms)}{budget}` (one core, beside two other training processes).", "",
+        f"{args.lr:g} --every {args.every} --arms {' '.join(args.arms)}{more_args}` (one core, beside two other training processes).", "",
         f"One fixed batch of {args.n} conformers ({sum(s.n_atoms for s in structures)} atoms, "
         f"{forces.size} force components; label force RMS {np.sqrt((forces ** 2).mean()):.3f} eV/Å, kinds "
         f"{', '.join(sorted({str(s.info.get('kind')) for s in structures}))}), forces only, Adam at a constant "
