@@ -19,6 +19,8 @@ constant ``--lr`` for ``--steps`` steps, float32. Arms:
   ``s = sw(r)/r``: does a richer radial input let the backbone fit faster?
 - ``scratch_rich``: ``scratch_norm`` with the Bessel radial input and Legendre polynomials P1..P4 of cos θ as the
   angle embedding's input (DPA3: cos θ alone): do richer inputs on both ends close the gap to MACE?
+- ``scratch_wide`` and ``scratch_deep``: ``scratch_norm`` with twice the widths (128/64/32, DPA3's paper widths)
+  or twice the layers (6): does a larger model trained from scratch fit faster per step, and per CPU-second?
 - ``mace``: a fresh MACE (mace-torch in its own venv, ``benchmarks/peers/README.md``; ``MACE_MODEL`` below: 64
   scalar channels, 2 interactions, correlation 3, 8 Bessel functions, r_max 6 Å like our edge cutoff), the same
   batch, loss and optimiser: is this slow fit our architecture's, or what any MLIP does here? Skipped, and said so,
@@ -51,7 +53,10 @@ from mftcalc.model.checkpoint import load_model  # noqa: E402
 from mftcalc.model.config import ModelConfig, backbone_preset, default_forcefield_head  # noqa: E402
 from mftcalc.model.mft_model import MFTModel  # noqa: E402
 
-ARMS = ("prior", "prior_renorm", "scratch", "scratch_norm", "scratch_bessel", "scratch_rich", "mace")
+ARMS = ("prior", "prior_renorm", "scratch", "scratch_norm", "scratch_bessel", "scratch_rich", "scratch_wide",
+        "scratch_deep", "mace")
+NORMALISED = {"edge_std": 0.3, "h2_std": 0.3}
+LARGER = {"scratch_wide": dict(NORMALISED, n_dim=128, e_dim=64, a_dim=32), "scratch_deep": dict(NORMALISED, n_layers=6)}
 MACE_MODEL = {"channels": 64, "max_L": 0, "num_interactions": 2, "correlation": 3, "max_ell": 3, "r_max": 6.0}
 N_BESSEL = 8
 
@@ -118,7 +123,7 @@ def build(arm: str, dtype: torch.dtype, check: List[Structure]) -> MFTModel:
             model = new
     else:
         torch.manual_seed(0)
-        extra = {"edge_std": 0.3, "h2_std": 0.3} if arm in ("scratch_norm", "scratch_rich") else {}
+        extra = NORMALISED if arm in ("scratch_norm", "scratch_rich") else LARGER.get(arm, {})
         config = ModelConfig(backbone=backbone_preset("cpu", **extra),
                              heads={"forcefield": default_forcefield_head(1, (128, 128))}, datasets=["xtb"])
         model = MFTModel(config)
@@ -225,6 +230,7 @@ def main() -> None:
               "`scratch_norm` a fresh one with `edge_std = h2_std = 0.3` (DPA3's `fix_stat_std`); `scratch_bessel` a fresh "
               f"one whose edge embedding reads {N_BESSEL} Bessel functions times the switch instead of s = sw(r)/r; "
               "`scratch_rich` scratch_norm with that Bessel input and Legendre P1..P4 of cos θ as the angle input; "
+              "`scratch_wide`/`scratch_deep` scratch_norm with widths 128/64/32 or 6 layers; "
               "`mace` a fresh MACE (mace-torch, own venv).",
               *NOTES, f"Plot: `{out.name}.png`."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
