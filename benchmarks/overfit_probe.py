@@ -1,6 +1,6 @@
 """Can the backbone fit the forces of a few xTB conformers, and how fast? (issue 15: why the prior levels off)
 
-    OMP_NUM_THREADS=1 python benchmarks/overfit_probe.py            # four arms, one after another, one core
+    OMP_NUM_THREADS=1 python benchmarks/overfit_probe.py            # every arm in ARMS, one after another, one core
 
 The pretraining's held-out xTB force MAE levels off near 0.15 eV/Å with training error equal to validation error.
 This probe is the overfit-a-batch sanity check: one fixed full batch of ``--n`` conformers from
