@@ -12,6 +12,7 @@ import pytest
 import torch
 from ase.build import molecule
 
+from mftcalc.cli import main
 from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import read_checkpoint
@@ -37,14 +38,17 @@ def _finetune(tmp_path: Path, name: str, world: int, mode: str) -> Path:
            "--unit", "eV", "--val", str(tmp_path / "val.extxyz"), "--steps", "4", "--strategy", "mft",
            "--device", "cpu", "--set", "val_every=4", "head_hidden=[8]", "dtype=float64", f"mode={mode}",
            f"property_batch={per_rank}", f"ff_batch={per_rank}", "-o", str(out)]
-    if world == 1:
-        cmd = [sys.executable, *cli]
-    else:
-        torchrun = Path(sys.executable).with_name("torchrun")
-        if not torchrun.exists():
-            pytest.skip("torchrun not found beside the Python executable")
-        cmd = [str(torchrun), "--nproc_per_node", str(world), "--standalone", *cli]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MFTCALC_PRETRAINED=str(REPO / "models" / "pretrained.pt"))
+    pretrained = str(REPO / "models" / "pretrained.pt")
+    if world == 1:     # the reference runs in this process: the same CLI without an interpreter's start-up
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MFTCALC_PRETRAINED", pretrained)
+            assert main(cli[2:]) == 0
+        return out
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found beside the Python executable")
+    cmd = [str(torchrun), "--nproc_per_node", str(world), "--standalone", *cli]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MFTCALC_PRETRAINED=pretrained)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
