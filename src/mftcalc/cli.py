@@ -22,6 +22,7 @@ import warnings  # noqa: E402
 from typing import Any, Iterator, Optional, Sequence  # noqa: E402
 
 from mftcalc import __version__  # noqa: E402
+from mftcalc.cli_calibrate import add_calibrate_parser  # noqa: E402
 from mftcalc.cli_change_bias import add_change_bias_parser  # noqa: E402
 from mftcalc.cli_data import add_data_parser  # noqa: E402
 from mftcalc.cli_finetune import add_finetune_parsers  # noqa: E402
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_parser(subparsers)
     add_import_parser(subparsers)
     add_change_bias_parser(subparsers)
+    add_calibrate_parser(subparsers)
     for name in MODEL_COMMANDS:
         subparsers.choices[name].add_argument(
             "--threads", type=int, default=None,

@@ -29,7 +29,7 @@ def change_bias(model_path: str, data_paths: List[str], dataset: str, output: st
     if Path(output).resolve() == Path(model_path).resolve():
         raise SystemExit(f"{output}: change-bias writes a new checkpoint; give -o another path than the input")
     try:
-        model = load_model(model_path)
+        model = load_model(model_path, dtype=None)        # as stored: a float64 model stays float64
     except CheckpointError as exc:
         raise SystemExit(str(exc)) from None
     except Exception as exc:                              # a TorchScript export or not a model at all

@@ -49,7 +49,7 @@ def _grow(args: argparse.Namespace) -> int:
         raise ValueError(f"--layers must be at least 1, got {args.layers} (the number of layers to append)")
     if args.residual_init != 0.0 and args.layers is None:
         raise ValueError("--residual-init sets the scales of appended layers: give --layers N with it")
-    base = load_model(args.model)
+    base = load_model(args.model, dtype=None)           # as stored: a float64 model stays float64
     bb = base.config.backbone
     model, done = base, []
     if widths != (None, None, None):

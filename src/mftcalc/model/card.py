@@ -70,6 +70,13 @@ def model_card(path: str | Path) -> str:
     lines.append(f"- **Parameters**: {n_params:,}")
     heads = meta.get("heads", {})
     lines.append("- **Heads**: " + ", ".join(f"`{n}` ({h.get('kind')}, {h.get('unit')})" for n, h in heads.items()))
+    for name, head in heads.items():
+        iv = head.get("interval")
+        if iv:
+            lines.append(f"- **Prediction interval** `{name}`: `{iv['of']}` ± `{name}` holds the true value with "
+                         f"probability {iv['coverage']:g} for structures like its {iv['n_calibration']:,} calibration "
+                         f"structures ({iv.get('source') or 'source not recorded'}); half-width {iv['q']:.4g} "
+                         f"{head.get('unit', '')} × `{iv['score']}` (split-conformal, `mftcalc.model.intervals`)")
     if meta.get("datasets"):
         lines.append(f"- **Datasets of the force-field head**: {', '.join(meta['datasets'])}")
     if meta.get("elements"):

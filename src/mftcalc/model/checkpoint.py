@@ -170,10 +170,13 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     return payload
 
 
-def load_model(path: PathLike, dtype: torch.dtype = torch.float32) -> MFTModel:
-    """Load a checkpoint into an ``MFTModel`` (eval mode, ``dtype``), with ``model.metadata`` and
+def load_model(path: PathLike, dtype: Optional[torch.dtype] = torch.float32) -> MFTModel:
+    """Load a checkpoint into an ``MFTModel`` (eval mode, ``dtype``; ``None``: the dtype its weights were stored
+    in, for commands that rewrite a checkpoint and must not round it), with ``model.metadata`` and
     ``model.content_sha256`` (:func:`content_hash` of the file's config, weights and metadata) set."""
     payload = read_checkpoint(path)
+    if dtype is None:
+        dtype = next((v.dtype for v in payload["state_dict"].values() if v.is_floating_point()), torch.float32)
     model = MFTModel(ModelConfig.from_dict(payload["config"])).to(dtype)
     try:
         model.load_state_dict(payload["state_dict"])

@@ -68,7 +68,7 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    """One head. ``kind``: ``forcefield`` | ``scalar`` | ``dipole`` | ``r2``.
+    """One head. ``kind``: ``forcefield`` | ``scalar`` | ``dipole`` | ``r2`` | ``knn_ood`` | ``interval``.
 
     ``extensive`` (scalar heads): sum over atoms, else mean. ``element_bias``: add a per-element bias fitted by
     least squares. ``unit``: unit of the head's output. ``n_datasets``: size of the dataset (case) embedding of a
@@ -76,6 +76,9 @@ class HeadConfig:
     checkpoints written before the option existed. ``deepmd_fitting``: hidden layers exactly as deepmd-kit's
     fitting net (skip on equal/doubled widths always, ``idt`` only on those layers when ``resnet_dt``); False keeps
     mftcalc's first layout (``idt`` on every hidden layer with ``resnet_dt``, no skip without it).
+    ``of``, ``score``, ``coverage`` (``interval`` heads): the half-width of a split-conformal prediction interval
+    of property head ``of`` at ``coverage`` (e.g. 0.9), scaled by the applicability head ``score``
+    (:mod:`mftcalc.model.intervals`).
     """
 
     kind: str = "scalar"
@@ -87,11 +90,21 @@ class HeadConfig:
     n_datasets: int = 1
     resnet_dt: bool = False
     deepmd_fitting: bool = False
+    of: str = ""
+    score: str = ""
+    coverage: float = 0.0
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
-        if self.kind not in ("forcefield", "scalar", "dipole", "r2", "knn_ood"):
-            raise ValueError(f"unknown head kind {self.kind!r}; use forcefield, scalar, dipole, r2 or knn_ood")
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head kind {self.kind!r}; use one of {', '.join(HEAD_KINDS)}")
+        if self.kind == "interval" and not (self.of and self.score and 0.0 < float(self.coverage) < 1.0):
+            raise ValueError(f"an interval head needs the property it bounds (of), the applicability head that "
+                             f"scales it (score) and a coverage in (0, 1); got of={self.of!r}, "
+                             f"score={self.score!r}, coverage={self.coverage!r}")
+
+
+HEAD_KINDS = ("forcefield", "scalar", "dipole", "r2", "knn_ood", "interval")
 
 
 @dataclass

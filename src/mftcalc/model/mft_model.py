@@ -23,10 +23,12 @@ from mftcalc.model.backbone import Backbone
 from mftcalc.model.config import ModelConfig
 from mftcalc.model.graph import build_graph, edge_vectors
 from mftcalc.model.heads import make_head
+from mftcalc.model.intervals import IntervalHead
 
 
 class MFTModel(nn.Module):
-    """Backbone + heads. ``config.heads`` kinds: ``forcefield`` (in ``ff_heads``) or property (``property_heads``).
+    """Backbone + heads. ``config.heads`` kinds: ``forcefield`` (in ``ff_heads``), ``interval`` (in
+    ``interval_heads``, computed from the other outputs) or property (``property_heads``).
 
     Outputs (when the model has a force-field head): ``energy [B]`` eV, ``energies [N]`` eV, ``forces [N,3]``
     eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (zero for structures that are not periodic in all three
@@ -43,7 +45,10 @@ class MFTModel(nn.Module):
         self.ff_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
                                        if h.kind == "forcefield"})
         self.property_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
-                                             if h.kind != "forcefield"})
+                                             if h.kind not in ("forcefield", "interval")})
+        # interval heads read the outputs of the property heads (mftcalc.model.intervals), so they run after them
+        self.interval_heads = nn.ModuleDict({k: IntervalHead(h) for k, h in config.heads.items()
+                                             if h.kind == "interval"})
         names: List[str] = list(self.ff_heads.keys())
         self.active_ff_head: str = names[0] if names else ""
         self.e_rcut = float(config.backbone.e_rcut)
@@ -52,7 +57,7 @@ class MFTModel(nn.Module):
     @torch.jit.unused
     def head_names(self) -> List[str]:
         """Names of all heads."""
-        return list(self.ff_heads.keys()) + list(self.property_heads.keys())
+        return list(self.ff_heads.keys()) + list(self.property_heads.keys()) + list(self.interval_heads.keys())
 
     def forward(self, data: Dict[str, Tensor], compute_forces: bool = True, compute_stress: bool = True,
                 compute_properties: bool = True, features: bool = False) -> Dict[str, Tensor]:
@@ -121,6 +126,8 @@ class MFTModel(nn.Module):
             for name, prop_head in self.property_heads.items():
                 _, value = prop_head(node, numbers, batch, positions, dataset, n_structures)
                 out[name] = value
+            for name, interval_head in self.interval_heads.items():
+                out[name] = interval_head(out)
         return out
 
 

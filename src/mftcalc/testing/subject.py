@@ -26,8 +26,9 @@ Row = Dict[str, np.ndarray]
 def head_classes(metadata: Dict[str, Any]) -> Dict[str, str]:
     """``{property head: class}`` from checkpoint metadata: a scalar head is ``extensive`` (a sum of per-atom
     terms) or ``intensive`` (their mean); the applicability score (``knn_ood``, a function of the mean of per-atom
-    features) is ``pooled``: equal in a supercell, with no rule for two structures joined; the dipole magnitude and
-    ⟨R²⟩ heads, which read positions, are ``dipole`` and ``r2``; other kinds ``other``."""
+    features) and the prediction interval (``interval``, a constant times it) are ``pooled``: equal in a
+    supercell, with no rule for two structures joined; the dipole magnitude and ⟨R²⟩ heads, which read positions,
+    are ``dipole`` and ``r2``; other kinds ``other``."""
     out = {}
     for name, head in (metadata.get("heads") or {}).items():
         kind = head.get("kind")
@@ -35,7 +36,7 @@ def head_classes(metadata: Dict[str, Any]) -> Dict[str, str]:
             continue
         if kind == "scalar":
             out[name] = EXTENSIVE if head.get("extensive") else INTENSIVE
-        elif kind == "knn_ood":
+        elif kind in ("knn_ood", "interval"):        # an interval head is a constant times the score
             out[name] = POOLED
         elif kind in (DIPOLE, R2):
             out[name] = kind

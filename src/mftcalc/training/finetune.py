@@ -21,6 +21,7 @@ from mftcalc.analysis.plots import plot_parity
 from mftcalc.data.structure import Structure
 from mftcalc.experiments.tasks import PropertyTask
 from mftcalc.model.applicability import fit_applicability, pooled_features
+from mftcalc.model.intervals import calibrate_on_validation, interval_coverage
 from mftcalc.model.checkpoint import load_model, model_metadata, save_model
 from mftcalc.model.config import HeadConfig, ModelConfig
 from mftcalc.model.fitting import fit_property_head
@@ -85,6 +86,8 @@ class FinetuneSettings:
                                                    "embedding column copied from this dataset, its energy shift "
                                                    "fitted by least squares")
     probe_size: int = option(64, "molecules of the drift probe set")
+    interval_coverage: float = option(0.9, "coverage of the prediction-interval head <property>_pi90 "
+                                           "(split-conformal on the validation set, scaled by ood_score); 0: none")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ class FinetuneSettings:
             raise ValueError(f"mode must be 'alternate' or 'sum', got {self.mode!r}")
         if not 0 < self.model_prob <= 1:
             raise ValueError("model_prob must be in (0, 1]")
+        if not 0 <= self.interval_coverage < 1:
+            raise ValueError(f"interval_coverage must be in [0, 1) (0.9: a 90 % interval; 0: none), got "
+                             f"{self.interval_coverage}")
         if self.task_optimizers and (not strategy.forcefield_data or self.mode != "alternate"):
             raise ValueError("task_optimizers applies to a strategy with force-field data (mft) in mode 'alternate'")
         if self.property_reduction not in ("sum", "mean"):
@@ -253,14 +259,20 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         reference = [reference[i] for i in keep]
     fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, reference),
                       [s.numbers for s in task.train], seed=settings.seed)
+    interval = calibrate_on_validation(best, task.val, task.property, settings.interval_coverage, metadata)
     save_model(best, out_dir / "model.pt", metadata)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
                               "train_wall_s": wall, "n_train": len(task.train)}
+    if interval is not None:
+        result["interval"] = interval
     parity: Dict[str, np.ndarray] = {}
     for part, structures in {"val": task.val, **task.test_parts}.items():
         labelled = [s for s in structures if task.property in s.properties]
         pred, score = property_predictions(best, labelled, [task.property, OOD_HEAD])
         result[part] = property_errors(best, labelled, task.property, predictions=pred)
+        if interval is not None:
+            truth = np.array([s.properties[task.property] for s in labelled])
+            result[part]["interval_coverage"] = interval_coverage(truth, pred, interval["q"] * score)
         parity[f"{part}_true"] = np.array([s.properties[task.property] for s in labelled])
         parity[f"{part}_pred"] = pred
         parity[f"{part}_ood_score"] = score

@@ -51,7 +51,7 @@ def _task() -> PropertyTask:
 
 def _settings(strategy: str, **kw) -> FinetuneSettings:
     base = dict(steps=6, property_batch=4, ff_batch=4, val_every=3, checkpoint_every=2, head_hidden=(8,),
-                dtype="float64", progress=False, probe_size=4)
+                dtype="float64", progress=False, probe_size=4, interval_coverage=0.8)   # 5 val: at most 0.83
     return FinetuneSettings(strategy=strategy, **{**base, **kw})
 
 
@@ -60,6 +60,9 @@ def test_strategies_train_what_they_should(pretrained, tmp_path, strategy):
     task = _task()
     result = finetune(task, _settings(strategy), tmp_path / strategy, pretrained)
     assert result["steps"] == 6 and result["test"]["mae"] > 0
+    # the interval head, calibrated on the 5 validation structures: the 5th smallest, so all 5 covered
+    assert result["interval"]["name"] == "vpa_pi80" and result["val"]["interval_coverage"] == 1.0
+    assert 0.0 <= result["test"]["interval_coverage"] <= 1.0
     parity = np.load(tmp_path / strategy / "parity.npz")
     errors = parity["test_pred"] - parity["test_true"]
     assert np.sqrt(np.mean(errors ** 2)) == pytest.approx(result["test"]["rmse"])
@@ -100,8 +103,10 @@ def test_finetuned_checkpoint_passes_the_physics_checks(pretrained, tmp_path):
     cluster = Structure.from_ase(Atoms("Cu3", positions=[[0.0, 0.0, 0.0], [2.4, 0.2, 0.0], [1.1, 2.1, 0.3]]))
     structures = [cluster] + emt_structures("Cu", 1, 9) + emt_structures("Al", 1, 10)
     report = check_model(tmp_path / "mft" / "model.pt", structures, dataset="cu").raise_for_failures()
-    assert [r.name for r in report.skips] == ["additivity/*/ood_score"]       # a k-NN score of pooled features
+    # a k-NN score of pooled features, and the interval (a constant times it)
+    assert sorted(r.name for r in report.skips) == ["additivity/*/ood_score", "additivity/*/vpa_pi80"]
     assert report.select("supercell", quantity="vpa") and report.select("supercell", quantity="ood_score")
+    assert report.select("supercell", quantity="vpa_pi80") and report.select("export", quantity="vpa_pi80")
     assert report.select("rotation", quantity="stress") and report.select("additivity", quantity="forces")
 
 

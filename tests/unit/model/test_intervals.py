@@ -1,0 +1,159 @@
+"""Prediction intervals (mftcalc.model.intervals): the split-conformal rank, its coverage on exchangeable data,
+the interval head in the model (q × ood_score, through save/load, TorchScript and the ASE calculator) and the
+errors that name what is missing."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from mftcalc.calculators import MFTCalculator
+from mftcalc.data.structure import Structure
+from mftcalc.model.applicability import fit_applicability, pooled_features
+from mftcalc.model.checkpoint import export_torchscript, load_model, model_metadata, read_checkpoint, save_model
+from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.intervals import (calibrate_interval, calibrate_on_validation, conformal_quantile,
+                                     interval_coverage, interval_name)
+from mftcalc.model.mft_model import MFTModel
+from mftcalc.testing import check_model
+
+NAMES = ["H2O", "CH4", "NH3", "C2H6", "CH3OH", "HCN", "C2H4", "HCOOH", "CH3CN", "C2H2"]
+
+
+def test_rank_is_the_finite_sample_one():
+    values = np.arange(1.0, 20.0)[::-1]                        # n = 19: rank ceil(20 * 0.9) = 18
+    assert conformal_quantile(values, 0.9) == 18.0
+    assert conformal_quantile(np.arange(1.0, 10.0), 0.9) == 9.0  # n = 9: the largest
+    with pytest.raises(ValueError, match="at least 9 labelled calibration structures; got 8"):
+        conformal_quantile(np.arange(8.0), 0.9)
+    with pytest.raises(ValueError, match=r"coverage must lie in \(0, 1\)"):
+        conformal_quantile(np.arange(50.0), 1.0)
+
+
+def test_coverage_holds_on_exchangeable_draws():
+    """n = 9 calibration points and one new point, 20,000 times: covered 9/10 of the time. A plain 0.9 quantile
+    (numpy's default interpolation) would cover about 0.82 here."""
+    rng = np.random.default_rng(0)
+    draws = np.abs(rng.standard_t(3, size=(20000, 10)))
+    covered = [d[9] <= conformal_quantile(d[:9], 0.9) for d in draws]
+    assert abs(np.mean(covered) - 0.9) < 0.007
+    assert np.mean([d[9] <= np.quantile(d[:9], 0.9) for d in draws]) < 0.85
+
+
+def _structures(n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = molecule(NAMES[k % len(NAMES)])
+        atoms.rattle(0.05, seed=seed * 1000 + k)
+        gap = 0.3 + 0.01 * len(atoms) + 0.02 * rng.normal()
+        out.append(Structure.from_ase(atoms).with_labels(properties={"gap": gap}, property_units={"gap": "Hartree"}))
+    return out
+
+
+def _model_with_score() -> MFTModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone_preset("tiny"),
+                      heads={"ff": default_forcefield_head(1, hidden=(16,)),
+                             "gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(16,)),
+                             "ood_score": HeadConfig(kind="knn_ood", unit="")})
+    model = MFTModel(cfg).double().eval()
+    train = _structures(30, seed=1)
+    fit_applicability(model.property_heads["ood_score"], pooled_features(model, train), [s.numbers for s in train])
+    return model
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    model = _model_with_score()
+    metadata = model_metadata(model, elements=[1, 6, 7, 8, 14])
+    record = calibrate_interval(model, _structures(40, seed=2), "gap", 0.9, source="unit test", metadata=metadata)
+    path = tmp_path_factory.mktemp("iv") / "gap_pi.pt"
+    save_model(model, path, metadata)
+    return model, record, path
+
+
+def test_head_is_q_times_score_and_is_recorded(calibrated):
+    model, record, path = calibrated
+    assert record["name"] == "gap_pi90" == interval_name("gap", 0.9) and record["n_calibration"] == 40
+    probe = _structures(6, seed=3)
+    from mftcalc.model.inference import predict_structures
+    rows = predict_structures(model, probe, compute_forces=False, compute_stress=False)
+    for row in rows:
+        assert float(row["gap_pi90"]) == pytest.approx(record["q"] * float(row["ood_score"]), rel=1e-12)
+    head = read_checkpoint(path)["metadata"]["heads"]["gap_pi90"]
+    assert head["kind"] == "interval" and head["unit"] == "Hartree" and head["interval"]["q"] == record["q"]
+    # 40 calibration structures at 0.9: the 37th smallest nonconformity, so exactly 37 of them are covered
+    cal = _structures(40, seed=2)
+    rows = predict_structures(model, cal, compute_forces=False, compute_stress=False)
+    truth = np.array([s.properties["gap"] for s in cal])
+    pred = np.array([float(r["gap"]) for r in rows])
+    width = np.array([float(r["gap_pi90"]) for r in rows])
+    assert interval_coverage(truth, pred, width) == pytest.approx(math.ceil(41 * 0.9) / 40)
+
+
+def test_head_survives_load_export_and_the_calculator(calibrated, tmp_path):
+    model, record, path = calibrated
+    loaded = load_model(path, torch.float64)
+    assert "gap_pi90" in loaded.head_names() and float(loaded.interval_heads["gap_pi90"].q) == record["q"]
+    atoms = molecule("CH3OH")
+    atoms.calc = MFTCalculator(path, dtype=torch.float64)
+    eager = atoms.calc.get_property("gap_pi90", atoms)
+    assert atoms.calc.property_units["gap_pi90"] == "Hartree"
+    assert eager == pytest.approx(record["q"] * atoms.calc.get_property("ood_score", atoms), rel=1e-12)
+    export_torchscript(loaded, tmp_path / "gap_pi.ts", read_checkpoint(path)["metadata"])
+    atoms.calc = MFTCalculator(tmp_path / "gap_pi.ts", dtype=torch.float64)
+    assert atoms.calc.get_property("gap_pi90", atoms) == pytest.approx(eager, rel=1e-9)
+
+
+def test_physics_checks_treat_the_interval_as_pooled(calibrated):
+    _, _, path = calibrated
+    report = check_model(path, checks=["rotation", "translation", "permutation", "supercell", "batch", "export"])
+    assert report.passed, report.failures
+    assert any("gap_pi90" in str(r) for r in report.results), "the checks should have covered the interval head"
+
+
+def test_errors_name_what_is_missing():
+    model = _model_with_score()
+    few = _structures(5)
+    with pytest.raises(ValueError, match="at least 9 labelled calibration structures; got 5"):
+        calibrate_interval(model, few, "gap", 0.9)
+    with pytest.raises(KeyError, match="no property head 'homo'.*'gap'"):
+        calibrate_interval(model, few, "homo")
+    with pytest.raises(KeyError, match="no applicability head 'knn'"):
+        calibrate_interval(model, few, "gap", score="knn")
+    unlabelled = [Structure.from_ase(molecule("CH4"))] * 20
+    with pytest.raises(ValueError, match="none of the 20 calibration structures carries a 'gap' label"):
+        calibrate_interval(model, unlabelled, "gap")
+    with pytest.warns(UserWarning, match="no prediction interval for 'gap'.*lower interval_coverage"):
+        assert calibrate_on_validation(model, few, "gap", 0.9, {}) is None
+    assert calibrate_on_validation(model, few, "gap", 0.0, {}) is None
+    with pytest.raises(ValueError, match="an interval head needs the property it bounds"):
+        HeadConfig(kind="interval", of="gap", score="ood_score", coverage=1.5)
+
+
+def test_calibrate_command_writes_the_head_and_refuses_bad_input(tmp_path, capsys):
+    from mftcalc.cli import main
+    from mftcalc.data.io import write_extxyz
+    model = _model_with_score()
+    save_model(model, tmp_path / "m.pt", model_metadata(model, elements=[1, 6, 7, 8]))
+    write_extxyz(_structures(30, seed=4), tmp_path / "cal.extxyz")
+    assert main(["calibrate", str(tmp_path / "m.pt"), str(tmp_path / "cal.extxyz"), "--property", "gap",
+                 "--coverage", "0.8", "-o", str(tmp_path / "m_pi.pt")]) == 0
+    assert "gap_pi80: gap ± gap_pi80 holds the true value with probability 0.8" in capsys.readouterr().out
+    payload = read_checkpoint(tmp_path / "m_pi.pt")
+    assert payload["metadata"]["heads"]["gap_pi80"]["interval"]["n_calibration"] == 30
+    assert payload["state_dict"]["interval_heads.gap_pi80.q"].dtype == torch.float64     # stored dtype kept
+    for argv, message in [
+            (["-o", str(tmp_path / "m.pt")], "give -o another path than the input"),
+            (["--coverage", "1.2", "-o", str(tmp_path / "x.pt")], "--coverage must lie in"),
+            (["--property", "homo", "-o", str(tmp_path / "x.pt")], "no structure carries a 'homo' label")]:
+        args = ["calibrate", str(tmp_path / "m.pt"), str(tmp_path / "cal.extxyz"), *argv]
+        if "--property" not in argv:
+            args += ["--property", "gap"]
+        with pytest.raises(SystemExit, match=message):
+            main(args)
+    assert not (tmp_path / "x.pt").exists()
