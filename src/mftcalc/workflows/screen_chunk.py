@@ -8,7 +8,7 @@ shares a chunk's structures among its processes, so its batches, and the last di
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -63,15 +63,15 @@ def screen_chunk(structures: Dict[int, Structure], handle: ModelHandle, pool: An
             f = p.get("forces")
             fm = float(np.sqrt((f * f).sum(1)).max()) if f is not None else float("nan")
             props = {n: v for n, v in p.items() if n not in ("energy", "forces", "stress")}
-            rows[k] = _row(handle, k, structures[k], datasets[k], p.get("energy", float("nan")), fm, 0, False, props)
+            rows[k] = _row(handle, k, structures[k], datasets[k], p.get("energy", float("nan")), fm, 0, "", props)
     return [rows[k] for k in structures]
 
 
 def _row(handle: ModelHandle, k: int, s: Structure, dataset: str, energy: float = float("nan"),
-         fmax: float = float("nan"), steps: int = 0, converged: bool = False,
+         fmax: float = float("nan"), steps: int = 0, converged: Union[bool, str] = "",
          props: Optional[Dict[str, float]] = None, error: str = "") -> Dict[str, Any]:
     """One result row (columns: :mod:`mftcalc.workflows.screen_format`); a failed structure has ``error`` set and
-    no values."""
+    no values; ``converged`` is empty for a structure that was predicted, not relaxed."""
     from ase.data import chemical_symbols
     from ase.formula import Formula
     formula = str(Formula("".join(chemical_symbols[z] for z in s.numbers)).format("hill"))

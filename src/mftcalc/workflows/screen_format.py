@@ -4,7 +4,8 @@ Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry 
 ``<quantity>_<unit>``, the unit spelled in ASCII letters and digits (:func:`unit_tag`: ``Å`` -> ``A``, ``/`` ->
 ``_per_``, powers as plain digits, ``unitless`` for dimensionless heads): ``energy_eV``, ``fmax_eV_per_A``,
 ``gap_Hartree``, ``mu_Debye``, ``r2_bohr2``. Counts and labels have none: ``index``, ``name``, ``formula``,
-``n_atoms``, ``dataset`` (the force-field dataset used), ``steps``, ``converged``, ``error`` (empty, or why the
+``n_atoms``, ``dataset`` (the force-field dataset used), ``steps``, ``converged`` (True or False after a
+relaxation, empty for a prediction), ``error`` (empty, or why the
 structure has no results: it failed the structure check, or its relaxation ended with overlapping atoms).
 In extxyz and ASE-db outputs each structure also carries the model's energy (eV), forces (eV/Å) and, when periodic
 in all three directions, stress (eV/Å³) as ASE calculator results, so ``ase.io.read(out, ":")[i]

@@ -197,13 +197,15 @@ def _results(out: Path, handle: ModelHandle, input_path: Optional[str | Path], c
             os.close(fd)
         return
     allowed = {k for block in mine for k in block}
-    with ResultsCSV(out, columns, provenance, _row_validator(structures, columns, allowed)) as store:
+    with ResultsCSV(out, columns, provenance, _row_validator(structures, columns, allowed, run["do_relax"])) as store:
         yield store, provenance
 
 
-def _row_validator(structures: List[Structure], columns: List[str], allowed: set):
+def _row_validator(structures: List[Structure], columns: List[str], allowed: set, relaxed: bool):
     """``validate(row) -> None or reason`` for rows read back on resume; ``allowed``: the indices this output
-    holds (all, or a shard's)."""
+    holds (all, or a shard's); ``relaxed``: the run relaxes (``converged`` True or False; else empty, or False as
+    outputs of predictions written before December 2026 have it)."""
+    flags = ("True", "False") if relaxed else ("", "False")
     numbers = [ENERGY, FMAX] + columns[len(LEADING):-1]
 
     def validate(row: Dict[str, str]) -> Optional[str]:
@@ -226,8 +228,8 @@ def _row_validator(structures: List[Structure], columns: List[str], allowed: set
                 return f"{column} = {row[column]!r} is not a number"
         if not row["steps"].isdigit():
             return f"steps = {row['steps']!r} is not a count"
-        if row["converged"] not in ("True", "False"):
-            return f"converged = {row['converged']!r} is not True or False"
+        if row["converged"] not in flags:
+            return f"converged = {row['converged']!r} is not {' or '.join(repr(f) for f in flags)}"
         return None
 
     return validate

@@ -115,3 +115,22 @@ def test_columns_carry_units(model_file, tmp_path):
     assert {"gap_Hartree", "mu_Debye", "r2_bohr2", "error"} <= set(rows[0])
     assert [unit_tag(u) for u in ("eV/Å", "eV/Å^3", "cal/mol/K", "unitless", "")] == [
         "eV_per_A", "eV_per_A3", "cal_per_mol_per_K", "unitless", "unitless"]
+
+
+def test_a_prediction_is_not_called_unconverged(model_file, tmp_path):
+    """``converged`` is empty for a structure that was predicted, not relaxed (False read as a failed relaxation);
+    a prediction written with False before that change still resumes; a relaxation needs True or False."""
+    out = tmp_path / "p.csv"
+    _predict(model_file, out)
+    assert {r["converged"] for r in _rows(out)} == {""} and {r["steps"] for r in _rows(out)} == {"0"}
+    out.write_text(out.read_text().replace(",0,,", ",0,False,"))         # as predictions were written before
+    _predict(model_file, out)                                           # every row kept: no torn-row warning
+    assert {r["converged"] for r in _rows(out)} == {"False"}
+    relaxed = tmp_path / "r.csv"
+    screen(example_path(), model_file, relaxed, do_relax=True, steps=2, chunk=3, progress=False,
+           dtype=torch.float64)
+    assert {r["converged"] for r in _rows(relaxed)} <= {"True", "False"}
+    relaxed.write_text(relaxed.read_text().replace(",True,", ",,").replace(",False,", ",,"))
+    with pytest.warns(UserWarning, match="converged = '' is not 'True' or 'False'"):
+        screen(example_path(), model_file, relaxed, do_relax=True, steps=2, chunk=3, progress=False,
+               dtype=torch.float64)
