@@ -109,7 +109,7 @@ def main() -> int:
             metadata = dict(model.metadata)
             metadata["heads"] = dict(metadata["heads"])
             record = calibrate_interval(model, structures["val"], "gap", 0.9, metadata=metadata,
-                                        source="BOOM's gap validation set (data/boom_splits.json.gz, part val)")
+                                        source="BOOM's gap validation set: part val of data/boom_splits.json.gz")
             from mftcalc.model.intervals import conformal_quantile
             truth, pred, score = data["val"]
             q_table = conformal_quantile(np.abs(truth - pred) / score, 0.9)
@@ -143,7 +143,7 @@ def plot(curves: dict, models: list, methods: tuple, path: Path) -> None:
             for part, style in (("id_test", "-"), ("ood_test", "--")):
                 ax.plot(LEVELS, [curves[(name, method, lv)][part] for lv in LEVELS], style, color=colour,
                         marker="o", ms=3, label=f"{method}, {part.replace('_test', '')}")
-        ax.set(title=name, xlabel="nominal coverage", ylabel="measured coverage", ylim=(0.2, 1.0))
+        ax.set(title=name, xlabel="nominal coverage", ylabel="measured coverage", ylim=(0.0, 1.0))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,5 +1,6 @@
 """Ship the protocol's gap models (issue 15, item 5): the best FT and MFT seeds of a bench folder become
-``models/ft_gap.pt`` and ``models/mft_gap.pt``, then both are re-scored with the user-facing commands.
+``models/ft_gap.pt`` and ``models/mft_gap.pt`` (with the ``gap_pi90`` interval head calibrated on the validation set
+where the cell's model predates it), then both are re-scored with the user-facing commands.
 
     python benchmarks/ship_gap_models.py checkpoints/protocol_gate --fraction 0.0078125
 
@@ -52,6 +53,18 @@ def record_benchmark(path: Path, key: str, result: dict, out_dir: Path) -> None:
     save_model(model, path, metadata)
 
 
+def add_interval(path: Path, val: Path) -> None:
+    """Give a model fine-tuned before fine-tuning fitted one the ``gap_pi90`` head: ``mftcalc calibrate`` on the
+    validation set, as ``mftcalc finetune`` does (``benchmarks/prediction_intervals.py`` measures its coverage)."""
+    from mftcalc.cli_calibrate import calibrate
+    from mftcalc.model.checkpoint import read_checkpoint
+    if "gap_pi90" in read_checkpoint(path)["metadata"].get("heads", {}):
+        return
+    calibrated = path.with_name(path.stem + ".calibrated.pt")
+    calibrate(str(path), [str(val)], "gap", str(calibrated))
+    calibrated.replace(path)
+
+
 def rescore(model: Path, sets: Path) -> dict:
     """Errors per part from :func:`mftcalc.cli_evaluate.evaluate_files`, the function behind ``mftcalc evaluate``
     (the command a user runs), with its parity plots."""
@@ -74,14 +87,15 @@ def main() -> None:
     chosen = best_cells(out_dir, args.fraction)
     sets = Path(tempfile.mkdtemp(prefix="qm9_gap_sets_"))
     subprocess.run([sys.executable, "-m", "mftcalc", "data", "qm9", "--property", "gap", "--splits",
-                    str(REPO / "data" / "boom_splits.json.gz"), "--export", str(sets)], check=True,
-                   capture_output=True)
+                    str(REPO / "data" / "boom_splits.json.gz"), "--export", str(sets), "--parts",
+                    "val,id_test,ood_test"], check=True, capture_output=True)
     rows, worst = [], 0.0
     for strategy, (key, result) in chosen.items():
         source = out_dir / "cells" / key.replace("|", "__").replace(":", "_") / "model.pt"
         target = Path(args.models) / f"{strategy}_gap.pt"
         shutil.copy2(source, target)
         record_benchmark(target, key, result, out_dir)
+        add_interval(target, sets / "qm9_gap_val.extxyz.gz")
         start = time.perf_counter()
         again = rescore(target, sets)
         wall = time.perf_counter() - start
