@@ -158,13 +158,18 @@ def plot_phonons(ph: Any, path: str, npoints: int = 51, band: Optional[str] = No
     plt.close("all")
 
 
-def plot_bars(names: Sequence[str], panels: Dict[str, Sequence[float]], path: Path) -> None:
+def plot_bars(names: Sequence[str], panels: Dict[str, Sequence[float]], path: Path,
+              errors: Optional[Dict[str, Sequence[float]]] = None) -> None:
     """One bar panel per entry of ``panels`` (y-axis label -> one value per name), side by side (the demo's
-    relaxation steps and predicted properties per molecule)."""
+    relaxation steps and predicted properties per molecule); ``errors`` (y-axis label -> half-widths) draws
+    error bars on a panel (a property's prediction interval)."""
     plt = _pyplot()
+    errors = errors or {}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     for k, (label, values) in enumerate(panels.items()):
-        axes[0, k].bar(list(names), list(values), color="tab:blue" if k == 0 else "tab:orange")
+        yerr = list(errors[label]) if label in errors else None
+        axes[0, k].bar(list(names), list(values), color="tab:blue" if k == 0 else "tab:orange", yerr=yerr,
+                       capsize=3 if yerr else 0)
         axes[0, k].set_ylabel(label)
     for ax in axes[0]:
         ax.tick_params(axis="x", rotation=60, labelsize=8)

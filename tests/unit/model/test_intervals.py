@@ -157,3 +157,18 @@ def test_calibrate_command_writes_the_head_and_refuses_bad_input(tmp_path, capsy
         with pytest.raises(SystemExit, match=message):
             main(args)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_demo_prints_the_interval_and_draws_it_as_error_bars(calibrated, tmp_path, monkeypatch, capsys):
+    import mftcalc.analysis.plots as plots
+    from mftcalc.workflows.demo import run_demo
+    _, _, path = calibrated
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_bars", lambda names, panels, out, errors=None: drawn.update(
+        panels=panels, errors=errors))
+    rows = run_demo(str(path), tmp_path / "demo", dataset="default")
+    assert "gap_pi90 (Hartree)" in capsys.readouterr().out
+    assert list(drawn["errors"]) == ["gap (Hartree) ± gap_pi90"] and "gap (Hartree) ± gap_pi90" in drawn["panels"]
+    assert not any(label.startswith("gap_pi90") for label in drawn["panels"])
+    done = [r for r in rows if not r["error"]]
+    assert drawn["errors"]["gap (Hartree) ± gap_pi90"] == [float(r["gap_pi90_Hartree"]) for r in done]
