@@ -20,9 +20,11 @@ def _shipped(name: str) -> Path:
 
 
 def _pooled_heads(path: Path) -> set:
-    """Heads of a pooled kind (the k-NN applicability score): no additivity rule relates a whole to its parts."""
+    """Heads of a pooled kind (the k-NN applicability score and the interval scaled by it): no additivity rule
+    relates a whole to its parts."""
     from mftcalc.model.checkpoint import read_checkpoint
-    return {name for name, head in read_checkpoint(path)["metadata"]["heads"].items() if head["kind"] == "knn_ood"}
+    from mftcalc.testing.subject import POOLED, head_classes
+    return {name for name, kind in head_classes(read_checkpoint(path)["metadata"]).items() if kind == POOLED}
 
 
 def _assert_no_skips_but_pooled_additivity(report, path: Path) -> None:
