@@ -154,9 +154,11 @@ def test_mft_model_records_its_domains_and_default_dataset(tmp_path):
     from mftcalc.training.finetune import FinetuneSettings, finetune
     write_extxyz(_molecules(20), tmp_path / "d.extxyz")
     task = file_task(str(tmp_path / "d.extxyz"), "my_gap", "eV", val_fraction=0.2)
-    finetune(task, FinetuneSettings(strategy="mft", steps=2, val_every=2, head_hidden=(8,), progress=False),
-             tmp_path / "run", REPO / "models" / "pretrained.pt")
+    with pytest.warns(UserWarning, match="no prediction interval for 'my_gap'.*at least 9.*got 4"):   # 4 val
+        finetune(task, FinetuneSettings(strategy="mft", steps=2, val_every=2, head_hidden=(8,), progress=False),
+                 tmp_path / "run", REPO / "models" / "pretrained.pt")
     handle = ModelHandle.load(tmp_path / "run" / "model.pt")
+    assert "my_gap_pi90" not in handle.heads
     assert handle.metadata["default_datasets"] == {"molecule": "xtb_qm9"}
     assert handle.metadata["heads"]["my_gap"]["domain"] == {"elements": [1, 6, 7, 8], "periodic": False}
     ethanol = Structure.from_ase(molecule("CH3CH2OH"))
