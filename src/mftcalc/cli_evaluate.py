@@ -44,7 +44,9 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
 
     Force field: energy MAE/atom (meV), force MAE/RMSE (meV/Å), where the file has those labels; ``plot``.
     Properties: MAE and RMSE of every labelled property the model has a head for, in the unit of its head (the
-    labels' own unit must agree: a file that declares another unit is refused); ``<plot stem>_<property>.png``.
+    labels' own unit must agree: a file that declares another unit is refused); ``<plot stem>_<property>.png``;
+    where the model has a prediction interval of the property (``<property>_pi90``), the fraction of the file's
+    structures it holds and its mean half-width (a row's ``properties[name]["interval"]``).
     Every file is read and checked (:func:`read_labelled`) before the model runs, so an unreadable or unlabelled
     file stops the command (``SystemExit``, status 1) with a message naming it; so does a file whose only labels
     are properties the model does not predict. A column a file has no labels for is printed as ``-``.
@@ -77,6 +79,13 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             pred = np.array([float(p[name]) for s, p in zip(structures, preds) if name in s.properties])
             row["properties"][name] = {"n": int(true.size), "mae": float(np.abs(pred - true).mean()),
                                        "rmse": float(np.sqrt(((pred - true) ** 2).mean())), "unit": handle.unit(name)}
+            for head, info in handle.heads.items():          # the model's prediction interval of this property
+                interval = info.get("interval") or {}
+                if interval.get("of") == name:
+                    width = np.array([float(p[head]) for s, p in zip(structures, preds) if name in s.properties])
+                    row["properties"][name]["interval"] = {
+                        "head": head, "nominal": interval["coverage"], "mean_half_width": float(width.mean()),
+                        "coverage": float(np.mean(np.abs(pred - true) <= width))}
             property_parity.setdefault(name, {}).update({f"{Path(path).name}_true": true,
                                                          f"{Path(path).name}_pred": pred})
         table[str(path)] = row
@@ -98,8 +107,11 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         print(f"{'data':40s} {'property':>12s} {'n':>7s} {'MAE':>12s} {'RMSE':>12s}  unit")
         for name, row in table.items():
             for prop, err in row["properties"].items():
+                iv = err.get("interval")
+                covered = (f"  {iv['head']} holds {iv['coverage']:.3f} (nominal {iv['nominal']:g}; mean half-width "
+                           f"{iv['mean_half_width']:.4g})" if iv else "")
                 print(f"{Path(name).name:40s} {prop:>12s} {err['n']:7d} {err['mae']:12.6g} {err['rmse']:12.6g}  "
-                      f"{err['unit']}")
+                      f"{err['unit']}{covered}")
     if plot:
         from mftcalc.analysis.plots import plot_forcefield_parity, plot_parity
         if parity:

@@ -172,3 +172,16 @@ def test_demo_prints_the_interval_and_draws_it_as_error_bars(calibrated, tmp_pat
     assert not any(label.startswith("gap_pi90") for label in drawn["panels"])
     done = [r for r in rows if not r["error"]]
     assert drawn["errors"]["gap (Hartree) ± gap_pi90"] == [float(r["gap_pi90_Hartree"]) for r in done]
+
+
+def test_evaluate_reports_the_interval_coverage(calibrated, tmp_path, capsys):
+    from mftcalc.cli_evaluate import evaluate_files
+    from mftcalc.data.io import write_extxyz
+    _, record, path = calibrated
+    write_extxyz(_structures(40, seed=2), tmp_path / "cal.extxyz")      # the calibration set itself
+    table = evaluate_files(str(path), [str(tmp_path / "cal.extxyz")], plot=None)
+    interval = table[str(tmp_path / "cal.extxyz")]["properties"]["gap"]["interval"]
+    assert interval["head"] == "gap_pi90" and interval["nominal"] == 0.9
+    # the calibrated rank holds 37 of 40 in float64; evaluate runs float32, which may move a point on the edge
+    assert abs(interval["coverage"] - 37 / 40) <= 2 / 40 + 1e-12
+    assert f"gap_pi90 holds {interval['coverage']:.3f} (nominal 0.9" in capsys.readouterr().out
