@@ -29,6 +29,8 @@ def summary_markdown(results: Dict[str, Dict], settings: Dict[str, Any], seeds: 
             if part in r:
                 metric = "rmse" if task.startswith("qm9") else "mae"
                 cell.setdefault(f"{part}_{metric}", []).append(r[part][metric])
+                if "interval_coverage" in r[part]:
+                    cell.setdefault(f"cover:{part}", []).append(r[part]["interval_coverage"])
         if "drift_w1" in r:
             cell.setdefault("drift", []).append(r["drift_w1"])
         for ds, errs in r.get("forcefield", {}).items():
@@ -37,19 +39,27 @@ def summary_markdown(results: Dict[str, Dict], settings: Dict[str, Any], seeds: 
         cell.setdefault("runs", []).append(1.0)
     lines = [f"Settings: {settings}; seeds {seeds}; mean ± std over the runs of each row.", "",
              "| task | train fraction | strategy | runs | ID RMSE | OOD RMSE | test MAE | drift (sliced W1) | "
-             "FF force MAE (eV/Å) |",
-             "|---|---|---|---:|---|---|---|---|---|"]
+             "FF force MAE (eV/Å) | interval coverage |",
+             "|---|---|---|---:|---|---|---|---|---|---|"]
     for (task, frac, strategy), cell in sorted(rows.items()):
         lines.append(f"| {task} | {frac[4:]} | {strategy} | {len(cell['runs'])} | "
                      f"{_mean_std(cell.get('id_test_rmse', []))} | "
                      f"{_mean_std(cell.get('ood_test_rmse', []))} | {_mean_std(cell.get('test_mae', []))} | "
-                     f"{_mean_std(cell.get('drift', []))} | {_ff_column(cell)} |")
+                     f"{_mean_std(cell.get('drift', []))} | {_ff_column(cell)} | {_coverage_column(cell)} |")
     lines += _mft_vs_ft(rows)
     ref = results.get("_forcefield_reference", {}).get("pretrained", {})
     if ref:
         lines += ["", "Pretrained model on the same force-field data: " +
                   ", ".join(f"{k}: force MAE {v.get('f_mae', float('nan')):.4f} eV/Å" for k, v in ref.items())]
     return "\n".join(lines) + "\n"
+
+
+def _coverage_column(cell: Dict[str, List[float]]) -> str:
+    """Measured coverage of the models' prediction interval (``<property>_pi90``) per test part, mean over runs;
+    ``–`` for cells fine-tuned before models carried one."""
+    names = {"id_test": "ID", "ood_test": "OOD", "test": "test"}
+    parts = [f"{names[p]} {np.mean(cell[f'cover:{p}']):.3f}" for p in names if f"cover:{p}" in cell]
+    return ", ".join(parts) if parts else "–"
 
 
 def _ff_column(cell: Dict[str, List[float]]) -> str:

@@ -185,3 +185,13 @@ def test_evaluate_reports_the_interval_coverage(calibrated, tmp_path, capsys):
     # the calibrated rank holds 37 of 40 in float64; evaluate runs float32, which may move a point on the edge
     assert abs(interval["coverage"] - 37 / 40) <= 2 / 40 + 1e-12
     assert f"gap_pi90 holds {interval['coverage']:.3f} (nominal 0.9" in capsys.readouterr().out
+
+
+def test_bench_summary_shows_the_measured_coverage():
+    from mftcalc.experiments.bench_summary import summary_markdown
+    cell = {"id_test": {"rmse": 0.01, "interval_coverage": 0.9}, "ood_test": {"rmse": 0.03, "interval_coverage": 0.6}}
+    old = {"id_test": {"rmse": 0.01}, "ood_test": {"rmse": 0.03}}             # fine-tuned before intervals existed
+    text = summary_markdown({"qm9:gap|mft|seed0|frac0.5": cell, "qm9:gap|mft|seed1|frac0.5": dict(
+        cell, ood_test={"rmse": 0.03, "interval_coverage": 0.7}), "qm9:gap|ft|seed0|frac0.5": old}, {}, [0, 1])
+    rows = {line.split("|")[3].strip(): line for line in text.splitlines() if line.startswith("| qm9:gap")}
+    assert rows["mft"].endswith("| ID 0.900, OOD 0.650 |") and rows["ft"].endswith("| – |")
