@@ -73,8 +73,9 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
         source: where the calibration structures came from, for the record.
         metadata: checkpoint metadata to enter the head in (``metadata["heads"][name]``, with the record).
     Returns:
-        The record: ``name``, ``of``, ``score``, ``coverage``, ``q``, ``n_calibration``, ``n_unscored``
-        (calibration structures left out because their score is infinite), ``source``.
+        The record: ``name``, ``of``, ``score``, ``coverage``, ``q``, ``median_half_width`` (on the calibration
+        structures, the property's unit), ``n_calibration``, ``n_unscored`` (calibration structures left out because
+        their score is infinite), ``source``.
     """
     from mftcalc.model.inference import predict_structures
     heads = model.config.heads
@@ -101,6 +102,7 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
     heads[name] = cfg
     model.interval_heads[name] = head
     record = {"name": name, "of": prop, "score": score, "coverage": float(coverage), "q": q,
+              "median_half_width": q * float(np.median(scores[finite])),
               "n_calibration": int(finite.sum()), "n_unscored": int((~finite).sum()), "source": source}
     if metadata is not None:
         metadata.setdefault("heads", {})[name] = {"kind": "interval", "unit": cfg.unit, "extensive": False,
