@@ -55,6 +55,7 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     ``groups``; ``(none)`` for structures without the key).
     """
     from mftcalc.calculators.model_handle import ModelHandle
+    from mftcalc.model.intervals import interval_coverage, intervals_by_property
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
     try:
         handle = ModelHandle.load(model_path, dataset=dataset, device=device)
@@ -79,13 +80,12 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             pred = np.array([float(p[name]) for s, p in zip(structures, preds) if name in s.properties])
             row["properties"][name] = {"n": int(true.size), "mae": float(np.abs(pred - true).mean()),
                                        "rmse": float(np.sqrt(((pred - true) ** 2).mean())), "unit": handle.unit(name)}
-            for head, info in handle.heads.items():          # the model's prediction interval of this property
-                interval = info.get("interval") or {}
-                if interval.get("of") == name:
-                    width = np.array([float(p[head]) for s, p in zip(structures, preds) if name in s.properties])
-                    row["properties"][name]["interval"] = {
-                        "head": head, "nominal": interval["coverage"], "mean_half_width": float(width.mean()),
-                        "coverage": float(np.mean(np.abs(pred - true) <= width))}
+            head = intervals_by_property(handle.heads).get(name)      # the model's prediction interval of it
+            if head is not None:
+                width = np.array([float(p[head]) for s, p in zip(structures, preds) if name in s.properties])
+                row["properties"][name]["interval"] = {
+                    "head": head, "nominal": handle.heads[head]["interval"]["coverage"],
+                    "mean_half_width": float(width.mean()), "coverage": interval_coverage(true, pred, width)}
             property_parity.setdefault(name, {}).update({f"{Path(path).name}_true": true,
                                                          f"{Path(path).name}_pred": pred})
         table[str(path)] = row

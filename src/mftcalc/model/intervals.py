@@ -37,6 +37,11 @@ class IntervalHead(nn.Module):
         return out[self.score_name] * self.q
 
 
+def intervals_by_property(heads: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """``{property: interval head}`` from checkpoint metadata ``heads`` (the heads with an ``interval`` record)."""
+    return {h["interval"]["of"]: name for name, h in heads.items() if h.get("interval")}
+
+
 def interval_name(prop: str, coverage: float) -> str:
     """Default head name, e.g. ``gap_pi90`` for a 90 % interval of ``gap``."""
     percent = 100.0 * coverage

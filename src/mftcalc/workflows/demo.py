@@ -46,13 +46,12 @@ def run_demo(model: Optional[str], out_dir: Path, dataset: Optional[str] = None,
     from mftcalc.analysis.plots import plot_bars
     done = [r for r in rows if not r["error"]]
     panels = {"FIRE steps to fmax 0.05 eV/Å": [int(r["steps"]) for r in done]}
-    # an interval head is drawn as error bars on the property it bounds
-    bounds = {handle.heads[p]["interval"]["of"]: p for p in props if handle.heads[p].get("interval")}
+    from mftcalc.model.intervals import intervals_by_property   # an interval: error bars on the property it bounds
+    bounds = {of: p for of, p in intervals_by_property(handle.heads).items() if p in props and of in props}
     label = {p: _titled(p, handle.unit(p)) + (f" ± {bounds[p]}" if p in bounds else "") for p in props}
     panels.update({label[p]: [float(r[property_column(handle, p)]) for r in done] for p in props
                    if p not in bounds.values()})
-    errors = {label[of]: [float(r[property_column(handle, p)]) for r in done] for of, p in bounds.items()
-              if of in props}
+    errors = {label[of]: [float(r[property_column(handle, p)]) for r in done] for of, p in bounds.items()}
     plot_bars([str(r["name"]) for r in done], panels, out_dir / "demo.png", errors)
     print(f"wrote {csv_path} and {out_dir / 'demo.png'}")
     return rows
