@@ -42,8 +42,8 @@ def calibrate(model_path: str, data_paths: List[str], prop: str, output: str, co
     save_model(model, output, metadata)
     unit = metadata["heads"][record["name"]]["unit"]
     print(f"{record['name']}: {prop} ± {record['name']} holds the true value with probability {coverage:g} for "
-          f"structures like these {record['n_calibration']:,} ({record['n_unscored']} left out: elements the "
-          f"model never trained on); half-width {record['q']:.4g} {unit} × {score} (median "
+          f"structures like these {record['n_calibration']:,} ({record['n_unscored']} left out: an element its "
+          f"property training data lacked, ood_score inf); half-width {record['q']:.4g} {unit} × {score} (median "
           f"{record['median_half_width']:.4g} {unit} on them); wrote {output}. Score it on other labelled structures "
           "with mftcalc evaluate.")
     return record
