@@ -29,7 +29,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("val", "id_test", "ood_test")
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-Z = {0.5: 0.6745, 0.6: 0.8416, 0.7: 1.0364, 0.8: 1.2816, 0.9: 1.6449, 0.95: 1.9600}   # two-sided normal
 
 
 def export_sets(sets: Path) -> None:
@@ -60,7 +59,8 @@ def half_widths(method: str, level: float, data: dict) -> dict:
     truth, pred, score = data["val"]
     resid = np.abs(truth - pred)
     if method == "gaussian":
-        width = Z[level] * float(np.sqrt(np.mean(resid ** 2)))
+        from scipy.stats import norm
+        width = float(norm.ppf(0.5 + level / 2)) * float(np.sqrt(np.mean(resid ** 2)))   # two-sided normal
         return {p: np.full(len(d[0]), width) for p, d in data.items()}
     if method == "conformal":
         q = conformal_quantile(resid, level)
