@@ -13,7 +13,7 @@ structure with an element no training structure had has ``ood_score = inf`` and 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -67,7 +67,8 @@ def conformal_quantile(nonconformity: np.ndarray, coverage: float) -> float:
 
 def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, coverage: float = 0.9,
                        score: str = "ood_score", name: Optional[str] = None, source: str = "",
-                       metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                       metadata: Optional[Dict[str, Any]] = None,
+                       predictions: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, Any]:
     """Add (or recalibrate) the interval head of property ``prop`` on labelled ``structures`` not trained on.
 
     Args:
@@ -77,6 +78,8 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
         name: the head's name (default :func:`interval_name`, e.g. ``gap_pi90``).
         source: where the calibration structures came from, for the record.
         metadata: checkpoint metadata to enter the head in (``metadata["heads"][name]``, with the record).
+        predictions: the model's ``(prop, score)`` values [L] on the ``L`` structures that carry a ``prop`` label, in
+            their order, when the caller has them already (saves a second pass); default: predicted here.
     Returns:
         The record: ``name``, ``of``, ``score``, ``coverage``, ``q``, ``median_half_width`` (on the calibration
         structures, the property's unit), ``n_calibration``, ``n_unscored`` (calibration structures left out because
@@ -95,9 +98,13 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
         raise ValueError(f"none of the {len(structures)} calibration structures carries a {prop!r} label")
     name = name or interval_name(prop, coverage)
     cfg = HeadConfig(kind="interval", unit=heads[prop].unit, hidden=(), of=prop, score=score, coverage=coverage)
-    rows = predict_structures(model, labelled, 0, compute_forces=False, compute_stress=False)
-    predicted = np.array([float(r[prop]) for r in rows])
-    scores = np.array([float(r[score]) for r in rows])
+    if predictions is None:
+        rows = predict_structures(model, labelled, 0, compute_forces=False, compute_stress=False)
+        predictions = (np.array([float(r[prop]) for r in rows]), np.array([float(r[score]) for r in rows]))
+    predicted, scores = (np.asarray(a, dtype=np.float64) for a in predictions)
+    if predicted.shape != (len(labelled),) or scores.shape != (len(labelled),):
+        raise ValueError(f"predictions must be two arrays of shape ({len(labelled)},), one value per labelled "
+                         f"calibration structure; got {predicted.shape} and {scores.shape}")
     truth = np.array([float(s.properties[prop]) for s in labelled])
     finite = np.isfinite(scores) & (scores > 0)
     q = conformal_quantile(np.abs(truth - predicted)[finite] / scores[finite], coverage)
@@ -116,7 +123,8 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
 
 
 def calibrate_on_validation(model: nn.Module, validation: Sequence[Any], prop: str, coverage: float,
-                            metadata: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+                            metadata: Dict[str, Any],
+                            predictions: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Optional[Dict[str, Any]]:
     """The fine-tuning's interval head: :func:`calibrate_interval` on its validation structures, or ``None`` with
     a warning naming the reason and the fix when there are too few of them (``coverage`` 0: no head, no warning).
 
@@ -127,7 +135,7 @@ def calibrate_on_validation(model: nn.Module, validation: Sequence[Any], prop: s
         return None
     try:
         return calibrate_interval(model, validation, prop, coverage, source="the fine-tuning's validation set",
-                                  metadata=metadata)
+                                  metadata=metadata, predictions=predictions)
     except ValueError as exc:
         import warnings
         warnings.warn(f"the model gets no prediction interval for {prop!r}: {exc}. Give more validation "

@@ -259,23 +259,24 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         reference = [reference[i] for i in keep]
     fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, reference),
                       [s.numbers for s in task.train], seed=settings.seed)
-    interval = calibrate_on_validation(best, task.val, task.property, settings.interval_coverage, metadata)
+    predicted = {}                                # one pass per part: (labelled, property, ood_score)
+    for part, structures in {"val": task.val, **task.test_parts}.items():
+        labelled = [s for s in structures if task.property in s.properties]
+        predicted[part] = (labelled, *property_predictions(best, labelled, [task.property, OOD_HEAD]))
+    interval = calibrate_on_validation(best, task.val, task.property, settings.interval_coverage, metadata,
+                                       predictions=predicted["val"][1:])
     save_model(best, out_dir / "model.pt", metadata)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
                               "train_wall_s": wall, "n_train": len(task.train)}
     if interval is not None:
         result["interval"] = interval
     parity: Dict[str, np.ndarray] = {}
-    for part, structures in {"val": task.val, **task.test_parts}.items():
-        labelled = [s for s in structures if task.property in s.properties]
-        pred, score = property_predictions(best, labelled, [task.property, OOD_HEAD])
+    for part, (labelled, pred, score) in predicted.items():
         result[part] = property_errors(best, labelled, task.property, predictions=pred)
+        truth = parity[f"{part}_true"] = np.array([s.properties[task.property] for s in labelled])
         if interval is not None:
-            truth = np.array([s.properties[task.property] for s in labelled])
             result[part]["interval_coverage"] = interval_coverage(truth, pred, interval["q"] * score)
-        parity[f"{part}_true"] = np.array([s.properties[task.property] for s in labelled])
-        parity[f"{part}_pred"] = pred
-        parity[f"{part}_ood_score"] = score
+        parity[f"{part}_pred"], parity[f"{part}_ood_score"] = pred, score
     result["ood_score"] = applicability_report(parity)
     np.savez_compressed(out_dir / "parity.npz", **parity)
     plot_parity(parity, out_dir / "parity.png", f"{task.description}: {settings.strategy}", task.unit)

@@ -109,6 +109,22 @@ def test_head_survives_load_export_and_the_calculator(calibrated, tmp_path):
     assert atoms.calc.get_property("gap_pi90", atoms) == pytest.approx(eager, rel=1e-9)
 
 
+def test_given_predictions_calibrate_the_same_head_without_a_second_pass(calibrated, monkeypatch):
+    model, record, _ = calibrated
+    from mftcalc.model.inference import predict_structures
+    cal = _structures(40, seed=2)
+    rows = predict_structures(model, cal, compute_forces=False, compute_stress=False)
+    given = (np.array([float(r["gap"]) for r in rows]), np.array([float(r["ood_score"]) for r in rows]))
+    import mftcalc.model.inference as inference
+    monkeypatch.setattr(inference, "predict_structures", lambda *a, **k: pytest.fail("predicted a second time"))
+    again = calibrate_interval(model, cal, "gap", 0.9, name="gap_again", predictions=given)
+    assert again["q"] == pytest.approx(record["q"], rel=1e-12)
+    assert again["median_half_width"] == pytest.approx(record["median_half_width"], rel=1e-12)
+    with pytest.raises(ValueError, match=r"shape \(40,\), one value per labelled calibration structure"):
+        calibrate_interval(model, cal, "gap", 0.9, name="gap_bad", predictions=(given[0][:39], given[1][:39]))
+    del model.interval_heads["gap_again"], model.config.heads["gap_again"]
+
+
 def test_physics_checks_treat_the_interval_as_pooled(calibrated):
     _, _, path = calibrated
     report = check_model(path, checks=["rotation", "translation", "permutation", "supercell", "batch", "export"])
