@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional, Sequence  # noqa: E402
 
 from mftcalc import __version__  # noqa: E402
 from mftcalc.cli_calibrate import add_calibrate_parser  # noqa: E402
+from mftcalc.cli_descriptors import add_descriptors_parser  # noqa: E402
 from mftcalc.cli_change_bias import add_change_bias_parser  # noqa: E402
 from mftcalc.cli_data import add_data_parser  # noqa: E402
 from mftcalc.cli_finetune import add_finetune_parsers  # noqa: E402
@@ -32,7 +33,7 @@ from mftcalc.cli_model import add_model_parsers  # noqa: E402
 from mftcalc.cli_train import add_train_parsers  # noqa: E402
 
 #: sub-commands that evaluate the model: they take ``--threads``
-MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate")
+MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(subparsers)
     add_change_bias_parser(subparsers)
     add_calibrate_parser(subparsers)
+    add_descriptors_parser(subparsers)
     for name in MODEL_COMMANDS:
         subparsers.choices[name].add_argument(
             "--threads", type=int, default=None,

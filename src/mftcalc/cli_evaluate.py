@@ -6,13 +6,24 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mftcalc.data.io import read_structures
+from mftcalc.data.io import PropertySpec, read_structures
 from mftcalc.data.structure import Structure, StructureError
 from mftcalc.model.inference import predict_structures
 from mftcalc.training.evaluate import errors_from_predictions, require_labels
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
             "(types S, R, I, L), e.g. Properties=species:S:1:pos:R:3:forces:R:3")
+
+
+def read_input(path: str, properties: PropertySpec = None) -> List[Structure]:
+    """The structures of one file (``properties``: info keys to take as labels, as for :func:`read_structures`);
+    raises ``SystemExit`` (status 1) naming the file, the problem and the fix when it cannot be read."""
+    try:
+        return read_structures(path, properties=properties)
+    except (FileNotFoundError, StructureError) as exc:   # these already name the file (and frame) and the fix
+        raise SystemExit(str(exc)) from None
+    except (ValueError, KeyError, IndexError, OSError, EOFError) as exc:   # raw parser errors (ASE, gzip)
+        raise SystemExit(f"{path}: cannot read the structures ({type(exc).__name__}: {exc}); {READ_FIX}") from None
 
 
 def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Structure]:
@@ -22,12 +33,7 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
     Raises ``SystemExit`` (the ``mftcalc evaluate`` exit, status 1) with a message naming the file and the problem
     when it cannot be read or none of its structures has a label.
     """
-    try:
-        structures = read_structures(path)
-    except (FileNotFoundError, StructureError) as exc:   # these already name the file (and frame) and the fix
-        raise SystemExit(str(exc)) from None
-    except (ValueError, KeyError, IndexError, OSError, EOFError) as exc:   # raw parser errors (ASE, gzip)
-        raise SystemExit(f"{path}: cannot read the structures ({type(exc).__name__}: {exc}); {READ_FIX}") from None
+    structures = read_input(path)
     if max_structures is not None:
         structures = structures[:max_structures]
     try:

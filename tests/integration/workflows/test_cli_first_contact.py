@@ -38,7 +38,7 @@ def test_version(capsys):
 
 def test_help_shows_defaults_and_every_option_has_help():
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for name in ("predict", "relax", "screen", "demo", "export", "info"):
+    for name in ("predict", "relax", "screen", "demo", "export", "info", "descriptors"):
         parser = subparsers.choices[name]
         for action in parser._actions:
             assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
