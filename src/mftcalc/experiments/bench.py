@@ -109,7 +109,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
         result = finetune(task, settings, cell_dir, cfg.pretrained if from_pretrained else None, ff_structures=ff,
                           backbone_cfg=None if from_pretrained else pretrained_backbone(cfg.pretrained, cache))
         if cfg.ff_eval:
-            result["forcefield"] = _ff_retention(cell_dir / "model.pt", cfg, cache)
+            result["forcefield"] = forcefield_retention(cell_dir / "model.pt", cfg, cache)
         result.update(train_fraction=frac, seed=seed, fold=fold,
                       provenance=cell_provenance(cfg, strategy, seed, cache))
         results = _merge_result(results_path, key, result)
@@ -124,7 +124,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, shard: Tuple[int, int] = 
     prior_sha = _sha256(cfg.pretrained, cache) if cfg.pretrained else None
     if cfg.ff_eval and ("pretrained" not in reference or reference.get("pretrained_sha256", prior_sha) != prior_sha):
         results = _merge_result(results_path, "_forcefield_reference",
-                                {"pretrained": _ff_retention(Path(cfg.pretrained), cfg, cache),
+                                {"pretrained": forcefield_retention(Path(cfg.pretrained), cfg, cache),
                                  "pretrained_sha256": prior_sha})
     # Re-read and write the summary under the lock: a shard that finishes first must not overwrite the summary of
     # a shard that finished later with its older view of results.json.
@@ -200,8 +200,9 @@ def pretrained_backbone(pretrained: str, cache: Optional[Dict[str, Any]] = None)
     return cache["backbone"]
 
 
-def _ff_retention(model_path: Path, cfg: BenchConfig, cache: Dict) -> Dict[str, Dict[str, float]]:
-    """Energy/force errors of a model's force-field head on held-out force-field data, per dataset."""
+def forcefield_retention(model_path: Path, cfg: BenchConfig, cache: Dict) -> Dict[str, Dict[str, float]]:
+    """Energy/force errors of a model's force-field head on the held-out force-field data of ``cfg.ff_eval``, per dataset
+    (:func:`mftcalc.training.evaluate.forcefield_errors`: eV/atom, eV/Å, eV/Å³); ``cache`` keeps the files read."""
     import torch
     from mftcalc.data.io import read_structures
     from mftcalc.model.checkpoint import load_model
