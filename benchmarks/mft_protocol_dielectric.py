@@ -68,7 +68,7 @@ def fold_summary(pairs: List[Dict]) -> List[str]:
         if len(ratios) >= 5:
             from scipy.stats import wilcoxon
             p = float(wilcoxon(np.log(ratios)).pvalue)
-            text += (f"Paired Wilcoxon signed-rank test of the log ratios: p = {p:.3f} (exact, two-sided; with "
+            text += (f"Paired Wilcoxon signed-rank test of the log ratios: p = {p:.3g} (exact, two-sided; with "
                      f"{len(ratios)} folds the smallest possible p is {2 / 2 ** len(ratios):.4f}).")
         else:
             text += "Too few folds for a paired test (needs 5); read each fold as one draw."
