@@ -30,10 +30,11 @@ from mftcalc.cli_finetune import add_finetune_parsers  # noqa: E402
 from mftcalc.cli_import import add_import_parser  # noqa: E402
 from mftcalc.cli_label import add_label_parser  # noqa: E402
 from mftcalc.cli_model import add_model_parsers  # noqa: E402
+from mftcalc.cli_vibrations import add_vibrations_parser  # noqa: E402
 from mftcalc.cli_train import add_train_parsers  # noqa: E402
 
 #: sub-commands that evaluate the model: they take ``--threads``
-MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors")
+MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors", "vibrations")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_change_bias_parser(subparsers)
     add_calibrate_parser(subparsers)
     add_descriptors_parser(subparsers)
+    add_vibrations_parser(subparsers)
     for name in MODEL_COMMANDS:
         subparsers.choices[name].add_argument(
             "--threads", type=int, default=None,

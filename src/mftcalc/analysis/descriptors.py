@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
+from mftcalc.files import atomic_write
 
 POOLS = ("mean", "sum", "atoms")
 FORMATS = (".npz", ".npy", ".csv")
@@ -96,20 +95,6 @@ def compute_descriptors(model: Any, structures: Sequence[Any], pool: str = "mean
                        labels=labels, units=units, record=record)
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename over it (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_descriptors(desc: Descriptors, path: str | Path) -> Path:
     """Write ``desc`` by suffix:
 
@@ -130,11 +115,11 @@ def write_descriptors(desc: Descriptors, path: str | Path) -> Path:
                   "record": np.array(json.dumps({**desc.record, "units": desc.units}))}
         if desc.pool == "atoms":
             arrays["structure_index"] = desc.structure_index
-        _atomic(path, lambda tmp: _write_numpy(tmp, np.savez_compressed, **arrays))
+        atomic_write(path, lambda tmp: _write_numpy(tmp, np.savez_compressed, **arrays))
     elif suffix == ".npy":
-        _atomic(path, lambda tmp: _write_numpy(tmp, np.save, desc.values))
+        atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, desc.values))
     else:
-        _atomic(path, lambda tmp: _write_csv(desc, tmp))
+        atomic_write(path, lambda tmp: _write_csv(desc, tmp))
     return path
 
 

@@ -49,6 +49,18 @@ class MFTCalculator(Calculator):
         """Unit of every property head, from the model metadata."""
         return {name: self.handle.unit(name) for name in self.handle.property_names}
 
+    def get_vibrations(self, atoms: Any = None, delta: float = 0.005) -> Any:
+        """``ase.vibrations.VibrationsData`` of ``atoms`` (default: the attached ones): the Hessian by central
+        differences of step ``delta`` Å, all 6N displaced copies in batched calls of this calculator's model
+        (:mod:`mftcalc.workflows.vibrations`). Relax first; a float64 calculator gives the cleanest low modes.
+        ``mftcalc.workflows.vibrations.normal_modes`` projects out the rigid-body modes."""
+        from mftcalc.workflows.vibrations import hessians, vibrations_data
+        atoms = self.atoms if atoms is None else atoms
+        if atoms is None:
+            raise ValueError("MFTCalculator has no atoms to analyse: pass them, calc.get_vibrations(atoms)")
+        structure = Structure.from_ase(atoms)
+        return vibrations_data(structure, hessians([structure], self.handle, delta)[0])
+
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         if name not in self.implemented_properties:
             raise PropertyNotImplementedError(

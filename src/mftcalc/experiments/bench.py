@@ -9,8 +9,6 @@ table in the paper's layout and, in data-efficiency mode, a plot of error agains
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -21,16 +19,14 @@ from mftcalc.experiments.bench_summary import summary_markdown
 from mftcalc.experiments.config import BenchConfig
 from mftcalc.experiments.tasks import load_task
 from mftcalc.filehash import sha256_file
+from mftcalc.files import atomic_write_text
 from mftcalc.schema import ConfigError
 from mftcalc.training.finetune import finetune
 from mftcalc.training.strategies import get_strategy
 
 
 def _save_json(path: Path, data: Dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _read_results(path: Path) -> Dict[str, Dict]:

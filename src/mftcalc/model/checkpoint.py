@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import torch
 
 from mftcalc import __version__
+from mftcalc.files import atomic_write
 from mftcalc.model.config import ModelConfig
 from mftcalc.model.mft_model import MFTModel
 
@@ -107,17 +107,7 @@ NONFINITE_FIX = ("do not use it; re-export the model from a training state saved
 
 def atomic_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path`` (never a half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)                # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def model_metadata(model: MFTModel, elements: Optional[list] = None, **extra: Any) -> Dict[str, Any]:
@@ -203,14 +193,10 @@ def export_torchscript(model: MFTModel, path: PathLike, metadata: Optional[Dict[
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.active_ff_head = model.active_ff_head
     scripted = torch.jit.script(rebuilt.eval())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     meta_json, config_json = json.dumps(meta), json.dumps(model.config.to_dict())
     digest = _export_hash(scripted.state_dict(), meta_json, config_json)
-    torch.jit.save(scripted, str(tmp), _extra_files={"metadata.json": meta_json, "config.json": config_json,
-                                                       "weights.sha256": digest})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files={
+        "metadata.json": meta_json, "config.json": config_json, "weights.sha256": digest}))
 
 
 def _export_hash(state_dict: Mapping[str, torch.Tensor], meta_json: str, config_json: str) -> str:

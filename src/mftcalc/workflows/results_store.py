@@ -22,13 +22,13 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mftcalc import __version__
 from mftcalc.filehash import sha256_file
+from mftcalc.files import atomic_write_text
 
 
 class ResumeError(ValueError):
@@ -108,8 +108,8 @@ class ResultsCSV:
     def _open(self) -> None:
         has_rows = self.path.exists() and len(self.path.read_bytes().splitlines()) > 1    # beyond the header
         if not has_rows:
-            _atomic_write(self.record, json.dumps(self.provenance, indent=1, sort_keys=True) + "\n")
-            _atomic_write(self.path, _lines([self.columns]))
+            atomic_write_text(self.record, json.dumps(self.provenance, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(self.path, _lines([self.columns]))
             return
         start_over = (f"write to a new --out, or delete {self.path.name} and {self.record.name} to start over")
         if not self.record.exists():
@@ -153,7 +153,7 @@ class ResultsCSV:
         if problems:
             warnings.warn(f"{self.path}: dropped {len(problems)} torn or invalid row(s), whose structures are redone: "
                           + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""), stacklevel=3)
-            _atomic_write(self.path, _lines([self.columns] + [[row[c] for c in self.columns]
+            atomic_write_text(self.path, _lines([self.columns] + [[row[c] for c in self.columns]
                                                                for row in done.values()]))
         return done
 
@@ -177,9 +177,9 @@ def write_results(path: str | Path, columns: Sequence[str], rows: Sequence[Dict[
     """A finished results CSV in one go (e.g. merged shards): its provenance record, then the table, each
     written atomically, formatted exactly as :class:`ResultsCSV` appends rows (so a resume reads it back)."""
     path = Path(path)
-    _atomic_write(path.with_name(path.name + ".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True)
+    atomic_write_text(path.with_name(path.name + ".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True)
                   + "\n")
-    _atomic_write(path, _lines([list(columns)] + [[row.get(c, "") for c in columns] for row in rows]))
+    atomic_write_text(path, _lines([list(columns)] + [[row.get(c, "") for c in columns] for row in rows]))
 
 
 def acquire_lock(lock_path: Path, output: Path) -> int:
@@ -205,18 +205,3 @@ def _lines(records: Sequence[Sequence[Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerows([[_cell(v) for v in record] for record in records])
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -1,0 +1,98 @@
+"""Vibrational analysis: mftcalc's batched Hessian against ASE's ``Vibrations`` on the same calculator, same model.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/vibrations.py [--model models/mft_gap.pt] [--repeats 3] [--write]
+
+The 8 bundled molecules (``src/mftcalc/examples/molecules.extxyz``, 3–18 atoms) are relaxed first (float64, BFGS,
+fmax 1e-4 eV/Å, dataset ``xtb_qm9``). Then, per molecule, in turn and after one untimed warm-up of each:
+
+- ``ase``: ``ase.vibrations.Vibrations(atoms, delta=0.005, nfree=2)`` with ``MFTCalculator`` (float64): 6N + 1
+  single-structure calls, each with its own neighbour search, force evaluation and cache file;
+- ``mftcalc``: ``mftcalc.workflows.vibrations.hessians`` with the calculator's loaded model: the 6N + 1 structures
+  in batched calls (``calc.get_vibrations(atoms)`` does the same).
+
+The table gives the best-of-``repeats`` time per molecule, the ratio ase/mftcalc, the largest Hessian difference
+(eV/Å²) and the largest frequency difference after the rigid-body projection (cm⁻¹). ``--write`` saves the table to
+``benchmarks/results/vibrations.md``. Run it alone (other jobs paused): it measures CPU time on one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    from ase.optimize import BFGS
+    from ase.vibrations import Vibrations
+
+    from mftcalc import MFTCalculator, read_structures
+    from mftcalc.workflows.screening import example_path
+    from mftcalc.workflows.vibrations import hessians, normal_modes
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/mft_gap.pt")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--write", action="store_true", help="save the table to benchmarks/results/vibrations.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    calc = MFTCalculator(args.model, dtype=torch.float64, dataset="xtb_qm9")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for k, structure in enumerate(read_structures(example_path())):
+            atoms = structure.to_ase()
+            atoms.calc = calc
+            BFGS(atoms, logfile=None).run(fmax=1e-4, steps=500)
+            relaxed = type(structure).from_ase(atoms)
+
+            def run_ase(tag: str) -> np.ndarray:
+                vib = Vibrations(atoms, delta=0.005, nfree=2, name=os.path.join(scratch, f"vib{k}{tag}"))
+                vib.run()
+                hessian = vib.get_vibrations().get_hessian_2d()
+                vib.clean()
+                return hessian
+
+            def run_ours() -> np.ndarray:
+                return hessians([relaxed], calc.handle, delta=0.005)[0]
+
+            run_ase("warm")
+            run_ours()
+            times = {"ase": [], "mftcalc": []}
+            for r in range(args.repeats):
+                start = time.perf_counter()
+                reference = run_ase(str(r))
+                times["ase"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                ours = run_ours()
+                times["mftcalc"].append(time.perf_counter() - start)
+            f_ase = normal_modes(relaxed, reference).frequencies
+            f_ours = normal_modes(relaxed, ours).frequencies
+            rows.append((atoms.get_chemical_formula(), len(atoms), min(times["ase"]), min(times["mftcalc"]),
+                         float(np.abs(ours - reference).max()), float(np.abs(f_ours - f_ase).max()), f_ours[0]))
+    lines = [f"Vibrational analysis, {args.model} (float64, delta 0.005 Å), one thread, {platform.processor() or platform.machine()}; "
+             f"best of {args.repeats}. `OMP_NUM_THREADS=1 python benchmarks/vibrations.py`", "",
+             "| molecule | atoms | ASE Vibrations (s) | mftcalc batched (s) | ASE / mftcalc | max ΔH (eV/Å²) | "
+             "max Δν (cm⁻¹) | lowest ν (cm⁻¹) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, n, t_ase, t_ours, dh, dnu, low in rows:
+        lines.append(f"| {name} | {n} | {t_ase:.3f} | {t_ours:.3f} | {t_ase / t_ours:.1f} | {dh:.1e} | {dnu:.1e} | "
+                     f"{low:.1f} |")
+    total_ase, total_ours = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    lines.append(f"| all {len(rows)} | {sum(r[1] for r in rows)} | {total_ase:.3f} | {total_ours:.3f} | "
+                 f"{total_ase / total_ours:.1f} | | | |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "vibrations.md").write_text(text)
+        print(f"wrote {RESULTS / 'vibrations.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Vibrational analysis from the model's forces: Hessians by central differences with every displaced copy of every
+structure predicted in batched model calls (one call per few thousand atoms, where ASE's ``Vibrations`` makes 6N + 1
+single-structure calls per structure), harmonic frequencies with the rigid-body modes projected out, zero-point
+energies, and an ``ase.vibrations.VibrationsData`` for what ASE does with a Hessian (modes, DOS, files, thermochemistry).
+
+Units: Hessian eV/Å², frequencies cm⁻¹ (an imaginary frequency is given as a negative number), energies eV, masses
+amu (ASE's standard masses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+import torch
+from ase import units
+
+from mftcalc.data.structure import Structure
+
+#: eV per (eV/Å²/amu)^½: ħ·sqrt(λ) of a mass-weighted Hessian eigenvalue λ in eV/(Å²·amu), as ASE's VibrationsData
+_HBAR_OMEGA = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
+
+
+@dataclass
+class NormalModes:
+    """Harmonic vibrations of one structure.
+
+    Attributes:
+        frequencies: [3N − k] cm⁻¹, ascending; an imaginary frequency as a negative number.
+        modes: [3N − k, N, 3] Cartesian displacement of each mode (unit norm in mass-weighted coordinates).
+        n_rigid: k, the rigid-body modes projected out (6 for a molecule, 5 for a linear one, 3 for a periodic
+            structure: the translations only).
+        zero_point_energy: ½ Σ ħω over the real frequencies, eV.
+    """
+
+    frequencies: np.ndarray
+    modes: np.ndarray
+    n_rigid: int
+    zero_point_energy: float
+
+    def n_imaginary(self, threshold: float = 20.0) -> int:
+        """Imaginary modes beyond ``threshold`` cm⁻¹ (smaller ones are numerical noise of a flat direction)."""
+        return int((self.frequencies < -threshold).sum())
+
+
+def displaced(structure: Structure, delta: float) -> List[Structure]:
+    """The 6N copies of ``structure`` with one Cartesian coordinate moved by +delta, then −delta (Å), atom by atom."""
+    copies = []
+    for index in range(3 * structure.n_atoms):
+        for sign in (1.0, -1.0):
+            positions = structure.positions.copy()
+            positions[index // 3, index % 3] += sign * delta
+            copies.append(Structure(positions=positions, numbers=structure.numbers, cell=structure.cell,
+                                    pbc=structure.pbc, info=dict(structure.info)))
+    return copies
+
+
+def hessians(structures: Sequence[Any], model: Any, delta: float = 0.005, dataset: Optional[str] = None,
+             dtype: torch.dtype = torch.float64, device: str = "cpu", progress: bool = False) -> List[np.ndarray]:
+    """The Hessian [3N, 3N] (eV/Å², symmetrised) of each structure: −∂F/∂x by central differences of step ``delta``
+    Å, the displaced copies of all structures predicted in batched calls.
+
+    ``model``: a checkpoint or TorchScript path, a loaded model or a ``ModelHandle``; ``dataset`` the force-field
+    dataset for every structure (default: each structure's, as everywhere, :mod:`mftcalc.calculators.domains`).
+    float64 by default: the differences of float32 forces leave ~1e-3 eV/Å² of noise at this step.
+    """
+    return [row["hessian"] for row in _analyse(structures, model, delta, dataset, dtype, device, progress)]
+
+
+def vibrational_analysis(structures: Sequence[Any], model: Any, delta: float = 0.005, dataset: Optional[str] = None,
+                         dtype: torch.dtype = torch.float64, device: str = "cpu",
+                         progress: bool = False) -> List[dict]:
+    """Per structure: ``energy`` (eV) and ``fmax`` (eV/Å) of the structure as given, its ``hessian`` [3N, 3N] eV/Å²
+    (:func:`hessians`) and ``modes`` (:class:`NormalModes`). Frequencies mean something only at a stationary
+    point: relax first (``fmax`` says how far from one a structure is)."""
+    rows = _analyse(structures, model, delta, dataset, dtype, device, progress)
+    for row in rows:
+        row["modes"] = normal_modes(row["structure"], row["hessian"])
+    return rows
+
+
+def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optional[str], dtype: torch.dtype,
+             device: str, progress: bool) -> List[dict]:
+    from mftcalc.calculators.inputs import as_structures
+    from mftcalc.calculators.model_handle import ModelHandle
+    from mftcalc.model.inference import predict_structures
+    if not delta > 0:
+        raise ValueError(f"delta must be a positive displacement in Å (e.g. 0.005), got {delta}")
+    structures = as_structures(structures, "vibrations")
+    handle = model if isinstance(model, ModelHandle) else ModelHandle.load(model, device, dtype, dataset=dataset)
+    if not handle.forcefield_heads:
+        raise ValueError("the model has no force-field head, so no forces to differentiate; use a model trained "
+                         "as a force field (mftcalc info MODEL lists its heads)")
+    datasets = handle.check_structures(structures)
+    copies, copy_datasets = list(structures), list(datasets)        # the structures themselves first: E, fmax
+    for structure, index in zip(structures, datasets):
+        copies += displaced(structure, delta)
+        copy_datasets += [index] * (6 * structure.n_atoms)
+    predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False,
+                                   progress=progress)
+    out, start = [], len(structures)
+    for k, structure in enumerate(structures):
+        n3 = 3 * structure.n_atoms
+        forces = np.stack([r["forces"].reshape(-1) for r in predicted[start:start + 2 * n3]]).astype(np.float64)
+        start += 2 * n3
+        h = -(forces[0::2] - forces[1::2]) / (2.0 * delta)      # row i: −∂F/∂x_i
+        own = predicted[k]
+        out.append({"structure": structure, "hessian": 0.5 * (h + h.T), "energy": float(own["energy"]),
+                    "fmax": float(np.linalg.norm(own["forces"], axis=1).max())})
+    return out
+
+
+def rigid_body_basis(structure: Structure, masses: np.ndarray) -> np.ndarray:
+    """Orthonormal [3N, k] mass-weighted translations (and, for a non-periodic structure, rotations about the
+    centre of mass; 2 for a linear molecule, none for an atom beyond its translations)."""
+    n = structure.n_atoms
+    root = np.sqrt(masses)
+    vectors = []
+    for axis in range(3):
+        t = np.zeros((n, 3))
+        t[:, axis] = root
+        vectors.append(t.reshape(-1))
+    if not structure.pbc.any():
+        centred = structure.positions - (masses[:, None] * structure.positions).sum(0) / masses.sum()
+        for axis in np.eye(3):
+            vectors.append((np.cross(axis, centred) * root[:, None]).reshape(-1))
+    basis, singular, _ = np.linalg.svd(np.stack(vectors, axis=1), full_matrices=False)
+    return basis[:, singular > 1e-6 * singular.max()]
+
+
+def normal_modes(structure: Structure, hessian: np.ndarray, masses: Optional[np.ndarray] = None) -> NormalModes:
+    """Frequencies and modes of ``hessian`` [3N, 3N] eV/Å² with the rigid-body motions projected out (the mass-
+    weighted Hessian diagonalised in the complement of :func:`rigid_body_basis`)."""
+    from ase.data import atomic_masses
+    masses = atomic_masses[structure.numbers] if masses is None else np.asarray(masses, dtype=np.float64)
+    n3 = 3 * structure.n_atoms
+    if hessian.shape != (n3, n3):
+        raise ValueError(f"hessian has shape {hessian.shape}; a structure of {structure.n_atoms} atoms needs "
+                         f"({n3}, {n3})")
+    inv_root = np.repeat(1.0 / np.sqrt(masses), 3)
+    weighted = hessian * inv_root[:, None] * inv_root[None, :]
+    rigid = rigid_body_basis(structure, masses)
+    complement = np.linalg.svd(np.eye(n3) - rigid @ rigid.T)[0][:, :n3 - rigid.shape[1]]
+    values, vectors = np.linalg.eigh(complement.T @ weighted @ complement)
+    energies = _HBAR_OMEGA * np.sign(values) * np.sqrt(np.abs(values))          # eV, negative = imaginary
+    modes = (complement @ vectors * inv_root[:, None]).T.reshape(-1, structure.n_atoms, 3)
+    return NormalModes(frequencies=energies / units.invcm, modes=modes, n_rigid=rigid.shape[1],
+                       zero_point_energy=float(0.5 * energies[energies > 0].sum()))
+
+
+def vibrations_data(structure: Structure, hessian: np.ndarray) -> Any:
+    """``ase.vibrations.VibrationsData`` of the (unprojected) Hessian, for ASE's tools: ``get_frequencies``,
+    ``tabulate``, ``write_jmol``, ``get_dos``, and the energies that ``ase.thermochemistry`` takes."""
+    from ase.vibrations import VibrationsData
+    return VibrationsData.from_2d(structure.to_ase(), hessian)
