@@ -34,6 +34,10 @@ def test_batched_hessian_is_ases_finite_difference_hessian(model_path, tmp_path)
     np.testing.assert_allclose(ours, reference, atol=1e-9 * np.abs(reference).max())
     from_calculator = atoms.calc.get_vibrations(atoms, delta=0.004)
     np.testing.assert_allclose(from_calculator.get_hessian_2d(), ours, rtol=1e-12, atol=1e-12)
+    from mftcalc.model.checkpoint import export_torchscript, load_model, read_checkpoint
+    export_torchscript(load_model(model_path, torch.float64), tmp_path / "tiny.ts", read_checkpoint(model_path)["metadata"])
+    scripted = hessians([Structure.from_ase(atoms)], tmp_path / "tiny.ts", delta=0.004)[0]
+    np.testing.assert_allclose(scripted, ours, atol=1e-8 * np.abs(ours).max())
     np.testing.assert_array_equal(ours, ours.T)
     # translation invariance: the forces do not change when every atom moves alike, up to O(delta²)
     assert np.abs(ours.reshape(18, 6, 3).sum(1)).max() < 1e-3 * np.abs(ours).max()
