@@ -17,6 +17,8 @@ from ase import units
 
 from mftcalc.data.structure import Structure
 
+#: displaced atoms predicted in one block (6N² per structure): bounds the memory of a long file, not the batch size
+BLOCK_ATOMS = 50_000
 #: eV per (eV/Å²/amu)^½: ħ·sqrt(λ) of a mass-weighted Hessian eigenvalue λ in eV/(Å²·amu), as ASE's VibrationsData
 _HBAR_OMEGA = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
 
@@ -83,7 +85,6 @@ def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optio
              device: str, progress: bool) -> List[dict]:
     from mftcalc.calculators.inputs import as_structures
     from mftcalc.calculators.model_handle import ModelHandle
-    from mftcalc.model.inference import predict_structures
     if not delta > 0:
         raise ValueError(f"delta must be a positive displacement in Å (e.g. 0.005), got {delta}")
     structures = as_structures(structures, "vibrations")
@@ -92,12 +93,35 @@ def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optio
         raise ValueError("the model has no force-field head, so no forces to differentiate; use a model trained "
                          "as a force field (mftcalc info MODEL lists its heads)")
     datasets = handle.check_structures(structures)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(structures), desc="vibrations", unit="structure")
+    out: List[dict] = []
+    block: List[int] = []
+    atoms = 0
+    for k, structure in enumerate(structures):
+        block.append(k)
+        atoms += 6 * structure.n_atoms ** 2
+        if atoms >= BLOCK_ATOMS or k == len(structures) - 1:
+            out += _block([structures[j] for j in block], [datasets[j] for j in block], handle, delta)
+            if bar is not None:
+                bar.update(len(block))
+            block, atoms = [], 0
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _block(structures: List[Structure], datasets: List[int], handle: Any, delta: float) -> List[dict]:
+    """Energy, fmax and Hessian of each structure of one block, from one batched prediction of the structures and
+    their displaced copies."""
+    from mftcalc.model.inference import predict_structures
     copies, copy_datasets = list(structures), list(datasets)        # the structures themselves first: E, fmax
     for structure, index in zip(structures, datasets):
         copies += displaced(structure, delta)
         copy_datasets += [index] * (6 * structure.n_atoms)
-    predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False,
-                                   progress=progress)
+    predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False)
     out, start = [], len(structures)
     for k, structure in enumerate(structures):
         n3 = 3 * structure.n_atoms
