@@ -10,6 +10,11 @@ fmax 1e-4 eV/Å, dataset ``xtb_qm9``). Then, per molecule, in turn and after one
 - ``mftcalc``: ``mftcalc.workflows.vibrations.hessians`` with the calculator's loaded model: the 6N + 1 structures
   in batched calls (``calc.get_vibrations(atoms)`` does the same).
 
+A second table times phonopy force constants (``mftcalc.workflows.phonons.phonons``) of diamond Si rattled by 0.03 Å
+(no symmetry left), 2×2×2 supercell, ``models/pretrained.pt`` float64: an ``MFTCalculator`` (all displaced
+supercells in batched calls) against the same calculator behind ASE's ``LinearCombinationCalculator`` (one
+supercell per call, as for any ASE calculator).
+
 The table gives the best-of-``repeats`` time per molecule, the ratio ase/mftcalc, the largest Hessian difference
 (eV/Å²) and the largest frequency difference after the rigid-body projection (cm⁻¹). ``--write`` saves the table to
 ``benchmarks/results/vibrations.md``. Run it alone (other jobs paused): it measures CPU time on one thread.
@@ -86,12 +91,44 @@ def main() -> None:
     total_ase, total_ours = sum(r[2] for r in rows), sum(r[3] for r in rows)
     lines.append(f"| all {len(rows)} | {sum(r[1] for r in rows)} | {total_ase:.3f} | {total_ours:.3f} | "
                  f"{total_ase / total_ours:.1f} | | | |")
+    lines += ["", *phonon_table(args.repeats)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "vibrations.md").write_text(text)
         print(f"wrote {RESULTS / 'vibrations.md'}")
+
+
+def phonon_table(repeats: int) -> list:
+    """Phonopy force constants of rattled Si, batched through the model against one supercell per call."""
+    from ase.build import bulk
+    from ase.calculators.mixing import LinearCombinationCalculator
+
+    from mftcalc import MFTCalculator
+    from mftcalc.workflows.phonons import phonons
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=0)
+    calc = MFTCalculator("models/pretrained.pt", dtype=torch.float64, dataset="mlearn_si")
+    plain = LinearCombinationCalculator([calc], [1.0])
+    phonons(atoms, calc, mesh=(2, 2, 2))
+    phonons(atoms, plain, mesh=(2, 2, 2))
+    times = {"batched": [], "one by one": []}
+    constants = {}
+    for _ in range(repeats):
+        for name, c in (("batched", calc), ("one by one", plain)):
+            start = time.perf_counter()
+            ph = phonons(atoms, c, mesh=(2, 2, 2))
+            times[name].append(time.perf_counter() - start)
+            constants[name] = ph.force_constants
+    n = len(ph.supercells_with_displacements)
+    difference = float(np.abs(constants["batched"] - constants["one by one"]).max())
+    return [f"Phonopy force constants, Si (rattled, 2×2×2 supercell, {n} displaced supercells of 16 atoms), "
+            f"models/pretrained.pt float64, best of {repeats}; largest force-constant difference {difference:.1e} eV/Å²:",
+            "",
+            "| forces from | time (s) | one by one / batched |", "|---|---:|---:|",
+            f"| MFTCalculator, batched | {min(times['batched']):.3f} | {min(times['one by one']) / min(times['batched']):.1f} |",
+            f"| the same calculator, one supercell per call | {min(times['one by one']):.3f} | 1.0 |"]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def phonons(atoms: Any, calc: Any, supercell: Sequence[int] = (2, 2, 2), displac
     """A ``phonopy.Phonopy`` with force constants computed by ``calc`` on displaced supercells.
 
     Args:
-        atoms: periodic ``ase.Atoms`` (relax it first). calc: ASE calculator giving forces (eV/Å).
+        atoms: periodic ``ase.Atoms`` (relax it first). calc: ASE calculator giving forces (eV/Å); an
+            ``MFTCalculator`` evaluates all displaced supercells in batched calls of its model.
         supercell: diagonal supercell. displacement: Å. mesh: Γ-centred q-mesh (three integers) for the DOS and
             the thermal properties.
         primitive_matrix: phonopy's primitive cell (``"auto"``: found by symmetry).
@@ -37,13 +38,18 @@ def phonons(atoms: Any, calc: Any, supercell: Sequence[int] = (2, 2, 2), displac
                         scaled_positions=atoms.get_scaled_positions())
     ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix=primitive_matrix)
     ph.generate_displacements(distance=displacement)
-    forces = []
-    for sc in ph.supercells_with_displacements:
-        sc_atoms = Atoms(symbols=sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        sc_atoms.calc = calc
-        f = sc_atoms.get_forces()
-        forces.append(f - f.mean(axis=0))          # remove the residual drift
-    ph.forces = np.array(forces)
+    supercells = [Atoms(symbols=sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+                  for sc in ph.supercells_with_displacements]
+    handle = getattr(calc, "handle", None)                  # an MFTCalculator: every supercell in batched calls
+    if handle is not None and hasattr(handle, "forcefield_heads"):
+        from mftcalc.calculators.predict import predict
+        raw = [row["forces"] for row in predict(supercells, handle, properties=[], forces=True)]
+    else:
+        raw = []
+        for sc_atoms in supercells:
+            sc_atoms.calc = calc
+            raw.append(sc_atoms.get_forces())
+    ph.forces = np.array([f - f.mean(axis=0) for f in raw])        # remove the residual drift
     ph.produce_force_constants()
     ph.run_mesh(list(mesh), is_gamma_center=True)
     # the Γ-centred mesh holds Γ, whose three acoustic modes (zero frequency) add nothing: phonopy 4 warns about

@@ -76,6 +76,17 @@ def test_phonons_of_silicon(model_file, tmp_path, no_seekpath):
     assert plot.stat().st_size > 10_000
 
 
+def test_phonons_batched_through_the_model_equal_the_calculator_one_by_one(model_file, no_seekpath):
+    from ase.calculators.mixing import LinearCombinationCalculator
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.03, seed=0)                                    # no symmetry left: six or more displacements
+    calc = MFTCalculator(model_file, dtype=torch.float64)
+    batched = phonons(atoms, calc, supercell=(2, 2, 2), mesh=(2, 2, 2))
+    one_by_one = phonons(atoms, LinearCombinationCalculator([calc], [1.0]), supercell=(2, 2, 2), mesh=(2, 2, 2))
+    assert len(batched.supercells_with_displacements) > 1
+    np.testing.assert_allclose(batched.force_constants, one_by_one.force_constants, rtol=1e-9, atol=1e-10)
+
+
 def test_crystal_phonons_example_runs_without_seekpath(model_file, tmp_path, monkeypatch, no_seekpath, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["crystal_phonons.py", str(model_file)])
