@@ -29,3 +29,7 @@ E_BOHR_TO_DEBYE: float = BOHR / DEBYE
 KJ_PER_MOL: float = _ASE["kJ"] / _ASE["mol"]
 #: one femtosecond in ASE's time unit (Å √(amu/eV)), for ASE's molecular dynamics
 FS: float = _ASE["fs"]
+#: eV per cm⁻¹ (a wavenumber's photon energy)
+INVCM: float = _ASE["invcm"]
+#: eV per (eV/(Å²·amu))^½: ħω of a mass-weighted Hessian eigenvalue ω² given in eV/(Å²·amu), as ASE's VibrationsData
+HBAR_OMEGA: float = _ASE["_hbar"] * 1e10 / (_ASE["_e"] * _ASE["_amu"]) ** 0.5

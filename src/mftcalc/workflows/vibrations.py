@@ -13,14 +13,12 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 import torch
-from ase import units
 
 from mftcalc.data.structure import Structure
+from mftcalc.geometry.units import HBAR_OMEGA, INVCM
 
 #: displaced atoms predicted in one block (6N² per structure): bounds the memory of a long file, not the batch size
 BLOCK_ATOMS = 50_000
-#: eV per (eV/Å²/amu)^½: ħ·sqrt(λ) of a mass-weighted Hessian eigenvalue λ in eV/(Å²·amu), as ASE's VibrationsData
-_HBAR_OMEGA = units._hbar * 1e10 / np.sqrt(units._e * units._amu)
 
 
 @dataclass
@@ -166,9 +164,9 @@ def normal_modes(structure: Structure, hessian: np.ndarray, masses: Optional[np.
     rigid = rigid_body_basis(structure, masses)
     complement = np.linalg.svd(np.eye(n3) - rigid @ rigid.T)[0][:, :n3 - rigid.shape[1]]
     values, vectors = np.linalg.eigh(complement.T @ weighted @ complement)
-    energies = _HBAR_OMEGA * np.sign(values) * np.sqrt(np.abs(values))          # eV, negative = imaginary
+    energies = HBAR_OMEGA * np.sign(values) * np.sqrt(np.abs(values))          # eV, negative = imaginary
     modes = (complement @ vectors * inv_root[:, None]).T.reshape(-1, structure.n_atoms, 3)
-    return NormalModes(frequencies=energies / units.invcm, modes=modes, n_rigid=rigid.shape[1],
+    return NormalModes(frequencies=energies / INVCM, modes=modes, n_rigid=rigid.shape[1],
                        zero_point_energy=float(0.5 * energies[energies > 0].sum()))
 
 
