@@ -19,7 +19,9 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
     from mftcalc.calculators.domains import formula
     from mftcalc.cli_evaluate import read_input
     from mftcalc.cli_model import DTYPES
-    from mftcalc.files import atomic_write
+    import numpy as np
+
+    from mftcalc.files import atomic_write, atomic_write_binary
     from mftcalc.workflows.vibrations import vibrational_analysis
     if not out.lower().endswith(".csv"):
         raise SystemExit(f"--out {out}: the table is written as .csv; give a name ending in .csv (--modes FILE.npz "
@@ -48,7 +50,7 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
         for k, row in enumerate(rows):
             arrays.update({f"frequencies_{k}": row["modes"].frequencies, f"modes_{k}": row["modes"].modes,
                            f"hessian_{k}": row["hessian"]})
-        atomic_write(modes, lambda tmp: _savez(tmp, arrays))
+        atomic_write_binary(modes, lambda fh: np.savez_compressed(fh, **arrays))
     saddles = [k for k, row in enumerate(rows) if row["modes"].n_imaginary(imaginary_threshold)]
     moving = [k for k, row in enumerate(rows) if row["fmax"] > stationary_fmax]
     print(f"{len(rows)} structure{'s' if len(rows) != 1 else ''}: {len(rows) - len(saddles)} without and "
@@ -59,12 +61,6 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
         print(f"structures {_few(moving)} are not at a stationary point (fmax above {stationary_fmax:g} eV/Å): their "
               "frequencies are not those of a minimum; relax them first (mftcalc relax MODEL FILE --out R.extxyz)")
     return rows
-
-
-def _savez(tmp: str, arrays: dict) -> None:
-    import numpy as np
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
 
 
 def _few(indices: List[int]) -> str:

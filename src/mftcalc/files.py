@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -33,3 +33,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     return atomic_write(path, write)
+
+
+def atomic_write_binary(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """:func:`atomic_write` through an open binary file object (e.g. ``lambda fh: numpy.savez_compressed(fh,
+    **arrays)``: numpy then keeps the name as given instead of appending ``.npz``)."""
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+    return atomic_write(path, fill)

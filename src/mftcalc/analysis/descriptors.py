@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from mftcalc.files import atomic_write
+from mftcalc.files import atomic_write, atomic_write_binary
 
 POOLS = ("mean", "sum", "atoms")
 FORMATS = (".npz", ".npy", ".csv")
@@ -115,17 +115,12 @@ def write_descriptors(desc: Descriptors, path: str | Path) -> Path:
                   "record": np.array(json.dumps({**desc.record, "units": desc.units}))}
         if desc.pool == "atoms":
             arrays["structure_index"] = desc.structure_index
-        atomic_write(path, lambda tmp: _write_numpy(tmp, np.savez_compressed, **arrays))
+        atomic_write_binary(path, lambda fh: np.savez_compressed(fh, **arrays))
     elif suffix == ".npy":
-        atomic_write(path, lambda tmp: _write_numpy(tmp, np.save, desc.values))
+        atomic_write_binary(path, lambda fh: np.save(fh, desc.values))
     else:
         atomic_write(path, lambda tmp: _write_csv(desc, tmp))
     return path
-
-
-def _write_numpy(tmp: str, save: Any, *args: Any, **kwargs: Any) -> None:
-    with open(tmp, "wb") as fh:              # a file object: numpy would otherwise append .npy/.npz to the name
-        save(fh, *args, **kwargs)
 
 
 def _write_csv(desc: Descriptors, tmp: str) -> None:

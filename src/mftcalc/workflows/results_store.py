@@ -154,7 +154,7 @@ class ResultsCSV:
             warnings.warn(f"{self.path}: dropped {len(problems)} torn or invalid row(s), whose structures are redone: "
                           + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""), stacklevel=3)
             atomic_write_text(self.path, _lines([self.columns] + [[row[c] for c in self.columns]
-                                                               for row in done.values()]))
+                                                                   for row in done.values()]))
         return done
 
     def append(self, rows: Sequence[Dict[str, Any]]) -> None:
@@ -177,8 +177,8 @@ def write_results(path: str | Path, columns: Sequence[str], rows: Sequence[Dict[
     """A finished results CSV in one go (e.g. merged shards): its provenance record, then the table, each
     written atomically, formatted exactly as :class:`ResultsCSV` appends rows (so a resume reads it back)."""
     path = Path(path)
-    atomic_write_text(path.with_name(path.name + ".provenance.json"), json.dumps(provenance, indent=1, sort_keys=True)
-                  + "\n")
+    atomic_write_text(path.with_name(path.name + ".provenance.json"),
+                      json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     atomic_write_text(path, _lines([list(columns)] + [[row.get(c, "") for c in columns] for row in rows]))
 
 
