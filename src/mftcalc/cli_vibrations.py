@@ -16,11 +16,11 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
     """Analyse every structure of ``input_path``, write the table ``out`` (.csv) and, with ``modes`` (.npz), each
     structure's frequencies, modes and Hessian; print a summary naming structures that are no minimum or no
     stationary point. Returns the rows of :func:`mftcalc.workflows.vibrations.vibrational_analysis`."""
+    import numpy as np
+
     from mftcalc.calculators.domains import formula
     from mftcalc.cli_evaluate import read_input
     from mftcalc.cli_model import DTYPES
-    import numpy as np
-
     from mftcalc.files import atomic_write, atomic_write_binary
     from mftcalc.workflows.vibrations import vibrational_analysis
     if not out.lower().endswith(".csv"):
