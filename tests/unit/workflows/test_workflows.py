@@ -128,3 +128,4 @@ def test_demo_runs_on_a_given_model(model_file, tmp_path, capsys):
     assert main(["demo", "--model", str(model_file), "--out-dir", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     assert "CH3CH2OH" in printed and (tmp_path / "demo" / "demo.png").exists()
+
