@@ -21,6 +21,8 @@ from ase.data import chemical_symbols
 from mftcalc.files import atomic_write, atomic_write_binary
 
 POOLS = ("mean", "sum", "atoms")
+#: structures predicted per block: bounds the memory of the per-atom features of a long file, not the batch size
+BLOCK = 10_000
 FORMATS = (".npz", ".npy", ".csv")
 
 
@@ -72,13 +74,24 @@ def compute_descriptors(model: Any, structures: Sequence[Any], pool: str = "mean
         raise ValueError("no structures to describe: the input holds none")
     handle = ModelHandle.load(model, device=device, dtype=dtype)
     handle.check_structures(structures, forcefield=False)
-    rows = predict_structures(handle.module, structures, compute_forces=False, compute_stress=False,
-                              features=True, progress=progress)
-    per_atom = [r["node_features"].astype(np.float64) for r in rows]
-    if pool == "atoms":
-        values = np.concatenate(per_atom)
-    else:
-        values = np.stack([f.mean(0) if pool == "mean" else f.sum(0) for f in per_atom])
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(structures), desc="descriptors", unit="structure")
+    parts = []
+    for start in range(0, len(structures), BLOCK):          # pooled block by block: the per-atom rows of one block
+        rows = predict_structures(handle.module, structures[start:start + BLOCK], compute_forces=False,
+                                  compute_stress=False, features=True)
+        per_atom = [r["node_features"].astype(np.float64) for r in rows]
+        if pool == "atoms":
+            parts.append(np.concatenate(per_atom))
+        else:
+            parts.append(np.stack([f.mean(0) if pool == "mean" else f.sum(0) for f in per_atom]))
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    values = np.concatenate(parts)
     names = sorted({name for s in structures for name in s.properties})
     labels = {n: np.array([float(s.properties.get(n, np.nan)) for s in structures]) for n in names}
     units = {n: next((s.property_units[n] for s in structures if n in s.property_units), "") for n in names}

@@ -39,7 +39,7 @@ def _labelled(n: int = 6) -> list:
     return out
 
 
-def test_pooled_rows_are_the_node_features_the_heads_read(model_path):
+def test_pooled_rows_are_the_node_features_the_heads_read(model_path, monkeypatch):
     structures = _labelled()
     model = load_model(model_path, torch.float64)
     mean = compute_descriptors(model_path, structures, dtype=torch.float64)
@@ -52,6 +52,12 @@ def test_pooled_rows_are_the_node_features_the_heads_read(model_path):
         np.testing.assert_allclose(atoms.values[atoms.structure_index == k].mean(0), mean.values[k], rtol=1e-12)
     assert list(mean.formulas[:3]) == ["C2H6O", "C6H6", "H2O"] and np.isnan(mean.labels["gap"][2])
     assert mean.units == {"gap": "Hartree"} and len(mean.record["model_sha256"]) == 64
+    import mftcalc.analysis.descriptors as descriptors
+    monkeypatch.setattr(descriptors, "BLOCK", 4)                  # blocks of 4 of the 6: the same rows
+    np.testing.assert_allclose(compute_descriptors(model_path, structures, dtype=torch.float64).values,
+                               mean.values, rtol=1e-12)
+    np.testing.assert_allclose(compute_descriptors(model_path, structures, pool="atoms", dtype=torch.float64).values,
+                               atoms.values, rtol=1e-12)
 
 
 def test_descriptors_are_invariant_and_the_export_gives_the_same(model_path, tmp_path):
