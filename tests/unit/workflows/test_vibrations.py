@@ -107,3 +107,11 @@ def test_command_writes_the_table_and_the_modes_and_refuses_bad_input(model_path
         main(["vibrations", str(model_path), str(data), "--out", str(out), "--modes", "v.json"])
     with pytest.raises(ValueError, match="delta must be a positive displacement"):
         hessians([molecule("H2O")], model_path, delta=0.0)
+    from mftcalc.model.checkpoint import model_metadata, save_model
+    from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset
+    from mftcalc.model.mft_model import MFTModel
+    property_only = MFTModel(ModelConfig(backbone=backbone_preset("tiny"),
+                                         heads={"gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(8,))}))
+    save_model(property_only, tmp_path / "gap_only.pt", model_metadata(property_only, elements=[1, 8]))
+    with pytest.raises(ValueError, match="no force-field head, so no forces to differentiate"):
+        hessians([molecule("H2O")], tmp_path / "gap_only.pt")
