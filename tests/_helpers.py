@@ -17,6 +17,16 @@ from mftcalc.model.mft_model import MFTModel
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+def load_benchmark(name: str):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared; skips the test when the shared folder is not there."""
     path = SHARED.joinpath(*parts)

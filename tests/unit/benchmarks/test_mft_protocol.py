@@ -3,22 +3,18 @@ FT's checkpoints lie exactly on OOD = 0.01 + 2·ID, MFT's 10 % below that line, 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "mft_protocol.py"
+from tests._helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("mft_protocol", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mft_protocol")
 
 
 def _cell(out: Path, key: str, ids, oods, factor: float, final_id: float, seed: int) -> dict:

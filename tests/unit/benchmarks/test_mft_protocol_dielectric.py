@@ -2,21 +2,16 @@
 FT's on five LOCO folds and 1.1× on one random fold; one LOCO fold has FT only (unfinished, left out)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "mft_protocol_dielectric.py"
+from tests._helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("mft_protocol_dielectric", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("mft_protocol_dielectric")
 
 
 def _cell(mae: float, force: float) -> dict:
