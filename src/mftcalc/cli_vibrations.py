@@ -3,8 +3,7 @@ the model's force field (:mod:`mftcalc.workflows.vibrations`)."""
 from __future__ import annotations
 
 import argparse
-import csv
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 COLUMNS = ["index", "formula", "n_atoms", "energy_eV", "fmax_eV_per_A", "n_imaginary", "lowest_frequency_cm-1",
            "highest_frequency_cm-1", "zero_point_energy_eV", "n_rigid"]
@@ -12,55 +11,98 @@ COLUMNS = ["index", "formula", "n_atoms", "energy_eV", "fmax_eV_per_A", "n_imagi
 
 def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, modes: Optional[str] = None,
                    dataset: Optional[str] = None, dtype: str = "float64", device: str = "auto",
-                   stationary_fmax: float = 0.05, imaginary_threshold: float = 20.0) -> List[dict]:
-    """Analyse every structure of ``input_path``, write the table ``out`` (.csv) and, with ``modes`` (.npz), each
-    structure's frequencies, modes and Hessian; print a summary naming structures that are no minimum or no
-    stationary point. Returns the rows of :func:`mftcalc.workflows.vibrations.vibrational_analysis`."""
+                   stationary_fmax: float = 0.05, imaginary_threshold: float = 20.0) -> List[Dict[str, Any]]:
+    """Analyse every structure of ``input_path`` into the table ``out`` (.csv; resumable: rows are appended
+    block by block under a provenance record, and a rerun skips the structures done, or refuses when the model,
+    input or options changed) and, with ``modes`` (.npz, written at the end of a run that computed every
+    structure), each structure's frequencies, modes and Hessian. Prints a summary naming structures with imaginary
+    modes or not at a stationary point. Returns the table's rows (column -> value), in input order."""
     import numpy as np
 
     from mftcalc.calculators.domains import formula
+    from mftcalc.calculators.model_handle import ModelHandle
     from mftcalc.cli_evaluate import read_input
     from mftcalc.cli_model import DTYPES
-    from mftcalc.files import atomic_write, atomic_write_binary
-    from mftcalc.workflows.vibrations import vibrational_analysis
+    from mftcalc.filehash import sha256_file
+    from mftcalc.files import atomic_write_binary
+    from mftcalc.workflows.results_store import ResultsCSV, make_provenance
+    from mftcalc.workflows.vibrations import BLOCK_ATOMS, vibrational_analysis
     if not out.lower().endswith(".csv"):
         raise SystemExit(f"--out {out}: the table is written as .csv; give a name ending in .csv (--modes FILE.npz "
                          "keeps the frequencies, modes and Hessians)")
     if modes is not None and not modes.lower().endswith(".npz"):
         raise SystemExit(f"--modes {modes}: give a name ending in .npz")
     structures = read_input(input_path)
-    rows = vibrational_analysis(structures, model, delta, dataset, DTYPES[dtype], device,
-                                progress=sum(6 * s.n_atoms for s in structures) > 2000)
-    table = []
-    for k, row in enumerate(rows):
-        nm = row["modes"]
-        f = nm.frequencies
-        table.append([k, formula(row["structure"]), row["structure"].n_atoms, f"{row['energy']:.8f}",
-                      f"{row['fmax']:.6f}", nm.n_imaginary(imaginary_threshold), f"{f[0]:.2f}" if f.size else "",
-                      f"{f[-1]:.2f}" if f.size else "", f"{nm.zero_point_energy:.6f}", nm.n_rigid])
-
-    def write_table(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
-            writer.writerows(table)
-    atomic_write(out, write_table)
+    handle = ModelHandle.load(model, device, DTYPES[dtype], dataset=dataset)
+    options = {"command": "vibrations", "delta": delta, "dtype": dtype, "dataset": dataset,
+               "imaginary_threshold": imaginary_threshold}
+    provenance = make_provenance(sha256_file(model), str(model), input_path, options, COLUMNS)
+    arrays: Dict[str, Any] = {}
+    with ResultsCSV(out, COLUMNS, provenance, _validator(len(structures))) as store:
+        if modes is not None and store.done:
+            raise SystemExit(f"--modes {modes}: {out} already holds {len(store.done)} rows of an earlier run, whose "
+                             "modes this run would not recompute; resume without --modes, or write to a new --out")
+        todo = [k for k in range(len(structures)) if k not in store.done]
+        bar = _progress(len(todo)) if sum(6 * structures[k].n_atoms for k in todo) > 2000 else None
+        block: List[int] = []
+        for position, k in enumerate(todo):
+            block.append(k)
+            if sum(6 * structures[j].n_atoms ** 2 for j in block) < BLOCK_ATOMS and position < len(todo) - 1:
+                continue
+            results = vibrational_analysis([structures[j] for j in block], handle, delta)
+            rows = []
+            for j, result in zip(block, results):
+                nm, f = result["modes"], result["modes"].frequencies
+                rows.append({"index": j, "formula": formula(structures[j]), "n_atoms": structures[j].n_atoms,
+                             "energy_eV": f"{result['energy']:.8f}", "fmax_eV_per_A": f"{result['fmax']:.6f}",
+                             "n_imaginary": nm.n_imaginary(imaginary_threshold),
+                             "lowest_frequency_cm-1": f"{f[0]:.2f}" if f.size else "",
+                             "highest_frequency_cm-1": f"{f[-1]:.2f}" if f.size else "",
+                             "zero_point_energy_eV": f"{nm.zero_point_energy:.6f}", "n_rigid": nm.n_rigid})
+                if modes is not None:
+                    arrays.update({f"frequencies_{j}": f, f"modes_{j}": nm.modes, f"hessian_{j}": result["hessian"]})
+            store.append(rows)
+            store.done.update({int(r["index"]): {c: str(v) for c, v in r.items()} for r in rows})
+            if bar is not None:
+                bar.update(len(block))
+            block = []
+        if bar is not None:
+            bar.close()
+        table = [store.done[k] for k in range(len(structures))]
     if modes is not None:
-        arrays = {}
-        for k, row in enumerate(rows):
-            arrays.update({f"frequencies_{k}": row["modes"].frequencies, f"modes_{k}": row["modes"].modes,
-                           f"hessian_{k}": row["hessian"]})
         atomic_write_binary(modes, lambda fh: np.savez_compressed(fh, **arrays))
-    saddles = [k for k, row in enumerate(rows) if row["modes"].n_imaginary(imaginary_threshold)]
-    moving = [k for k, row in enumerate(rows) if row["fmax"] > stationary_fmax]
-    print(f"{len(rows)} structure{'s' if len(rows) != 1 else ''}: {len(rows) - len(saddles)} without and "
-          f"{len(saddles)} with imaginary modes (beyond {imaginary_threshold:g} cm⁻¹)"
-          + (f", structures {_few(saddles)}" if saddles else "") + f"; wrote {out}"
+    saddles = [k for k, row in enumerate(table) if int(row["n_imaginary"])]
+    moving = [k for k, row in enumerate(table) if float(row["fmax_eV_per_A"]) > stationary_fmax]
+    resumed = len(structures) - len(todo)
+    print(f"{len(table)} structure{'s' if len(table) != 1 else ''}"
+          + (f" ({resumed} done by an earlier run)" if resumed else "")
+          + f": {len(table) - len(saddles)} without and {len(saddles)} with imaginary modes (beyond "
+          f"{imaginary_threshold:g} cm⁻¹)" + (f", structures {_few(saddles)}" if saddles else "") + f"; wrote {out}"
           + (f" and {modes}" if modes else ""))
     if moving:
         print(f"structures {_few(moving)} are not at a stationary point (fmax above {stationary_fmax:g} eV/Å): their "
               "frequencies are not those of a minimum; relax them first (mftcalc relax MODEL FILE --out R.extxyz)")
-    return rows
+    return table
+
+
+def _validator(n_structures: int):
+    """A resumed row is kept when its index is one of the input's and its numbers parse."""
+    def validate(row: Dict[str, str]) -> Optional[str]:
+        try:
+            if not 0 <= int(row["index"]) < n_structures:
+                return f"index {row['index']} outside the input's {n_structures} structures"
+            int(row["n_imaginary"])
+            for column in ("energy_eV", "fmax_eV_per_A", "zero_point_energy_eV"):
+                float(row[column])
+        except ValueError as exc:
+            return f"a value that does not parse ({exc})"
+        return None
+    return validate
+
+
+def _progress(total: int) -> Any:
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="vibrations", unit="structure")
 
 
 def _few(indices: List[int]) -> str:

@@ -101,6 +101,15 @@ def test_command_writes_the_table_and_the_modes_and_refuses_bad_input(model_path
     assert saved["frequencies_0"].shape == (3,) and saved["modes_1"].shape == (6, 4, 3)
     assert saved["hessian_1"].shape == (12, 12)
     assert float(rows[0]["lowest_frequency_cm-1"]) == pytest.approx(saved["frequencies_0"][0], abs=0.01)
+    # resumable: a killed run (one row kept) redoes only the rest, to the same file; changed options are refused
+    full = out.read_text()
+    out.write_text("".join(full.splitlines(keepends=True)[:2]))
+    assert main(["vibrations", str(model_path), str(data), "--out", str(out), "--device", "cpu", "--fmax", "1e-6"]) == 0
+    assert "(1 done by an earlier run)" in capsys.readouterr().out and out.read_text() == full
+    assert main(["vibrations", str(model_path), str(data), "--out", str(out), "--delta", "0.01"]) == 1
+    assert "holds results of a different run (delta 0.005 -> 0.01)" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="already holds 2 rows of an earlier run"):
+        main(["vibrations", str(model_path), str(data), "--out", str(out), "--modes", str(modes)])
     with pytest.raises(SystemExit, match="written as .csv"):
         main(["vibrations", str(model_path), str(data), "--out", str(tmp_path / "v.txt")])
     with pytest.raises(SystemExit, match="--modes v.json: give a name ending in .npz"):
