@@ -17,11 +17,15 @@ forces are its exact gradient conserves energy up to the integrator's O(dt²) fl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    load_before = C.load_average()
     torch.set_num_threads(1)
     systems = [("ethanol", molecule("CH3CH2OH"), "models/mft_gap.pt", "xtb_qm9"),
                ("Si 64", bulk("Si", "diamond", a=5.43, cubic=True).repeat(2), "models/pretrained.pt", "mlearn_si")]
@@ -77,12 +82,8 @@ def main() -> None:
             lines.append(f"| {name} | {model} | {str(dtype).replace('torch.', '')} | {r['atoms']} | {r['drift']:+.4f} | "
                          f"{r['fluctuation']:.4f} | {r['temperature']:.0f} | {r['ms_per_step']:.1f} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "nve_drift.md").write_text(text)
-        print(f"wrote {RESULTS / 'nve_drift.md'}")
+    text = C.report_header("Energy conservation in NVE molecular dynamics", sys.argv, load_before) + "\n\n" + "\n".join(lines)
+    C.write_report(str(RESULTS / "nve_drift.md") if args.write else None, text)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="save the table to benchmarks/results/vibrations.md")
     args = parser.parse_args()
+    load_before = C.load_average()
     torch.set_num_threads(1)
     calc = MFTCalculator(args.model, dtype=torch.float64, dataset="xtb_qm9")
     rows = []
@@ -92,12 +97,8 @@ def main() -> None:
     lines.append(f"| all {len(rows)} | {sum(r[1] for r in rows)} | {total_ase:.3f} | {total_ours:.3f} | "
                  f"{total_ase / total_ours:.1f} | | | |")
     lines += ["", *phonon_table(args.repeats)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "vibrations.md").write_text(text)
-        print(f"wrote {RESULTS / 'vibrations.md'}")
+    text = C.report_header("Vibrational analysis: batched Hessians against ASE Vibrations", sys.argv, load_before) + "\n\n" + "\n".join(lines)
+    C.write_report(str(RESULTS / "vibrations.md") if args.write else None, text)
 
 
 def phonon_table(repeats: int) -> list:
