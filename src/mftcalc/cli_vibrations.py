@@ -26,7 +26,7 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
     from mftcalc.filehash import sha256_file
     from mftcalc.files import atomic_write_binary
     from mftcalc.workflows.results_store import ResultsCSV, make_provenance
-    from mftcalc.workflows.vibrations import BLOCK_ATOMS, vibrational_analysis
+    from mftcalc.workflows.vibrations import iter_vibrational_analysis
     if not out.lower().endswith(".csv"):
         raise SystemExit(f"--out {out}: the table is written as .csv; give a name ending in .csv (--modes FILE.npz "
                          "keeps the frequencies, modes and Hessians)")
@@ -43,16 +43,13 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
             raise SystemExit(f"--modes {modes}: {out} already holds {len(store.done)} rows of an earlier run, whose "
                              "modes this run would not recompute; resume without --modes, or write to a new --out")
         todo = [k for k in range(len(structures)) if k not in store.done]
-        bar = _progress(len(todo)) if sum(6 * structures[k].n_atoms for k in todo) > 2000 else None
-        block: List[int] = []
-        for position, k in enumerate(todo):
-            block.append(k)
-            if sum(6 * structures[j].n_atoms ** 2 for j in block) < BLOCK_ATOMS and position < len(todo) - 1:
-                continue
-            results = vibrational_analysis([structures[j] for j in block], handle, delta)
+        blocks = iter_vibrational_analysis([structures[k] for k in todo], handle, delta,
+                                           progress=sum(6 * structures[k].n_atoms for k in todo) > 2000)
+        for results in blocks:
             rows = []
-            for j, result in zip(block, results):
-                nm, f = result["modes"], result["modes"].frequencies
+            for result in results:
+                j, nm = todo[result["index"]], result["modes"]
+                f = nm.frequencies
                 rows.append({"index": j, "formula": formula(structures[j]), "n_atoms": structures[j].n_atoms,
                              "energy_eV": f"{result['energy']:.8f}", "fmax_eV_per_A": f"{result['fmax']:.6f}",
                              "n_imaginary": nm.n_imaginary(imaginary_threshold),
@@ -63,11 +60,6 @@ def run_vibrations(model: str, input_path: str, out: str, delta: float = 0.005, 
                     arrays.update({f"frequencies_{j}": f, f"modes_{j}": nm.modes, f"hessian_{j}": result["hessian"]})
             store.append(rows)
             store.done.update({int(r["index"]): {c: str(v) for c, v in r.items()} for r in rows})
-            if bar is not None:
-                bar.update(len(block))
-            block = []
-        if bar is not None:
-            bar.close()
         table = [store.done[k] for k in range(len(structures))]
     if modes is not None:
         atomic_write_binary(modes, lambda fh: np.savez_compressed(fh, **arrays))
@@ -98,11 +90,6 @@ def _validator(n_structures: int):
             return f"a value that does not parse ({exc})"
         return None
     return validate
-
-
-def _progress(total: int) -> Any:
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="vibrations", unit="structure")
 
 
 def _few(indices: List[int]) -> str:

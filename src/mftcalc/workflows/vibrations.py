@@ -9,7 +9,7 @@ amu (ASE's standard masses).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,8 @@ def hessians(structures: Sequence[Any], model: Any, delta: float = 0.005, datase
     float64 by default; float32 forces changed the Hessian of relaxed ethanol (``models/mft_gap.pt``) by at most
     8e-4 eV/Å² and its frequencies by at most 0.02 cm⁻¹ (session 20).
     """
-    return [row["hessian"] for row in _analyse(structures, model, delta, dataset, dtype, device, progress)]
+    return [row["hessian"] for block in _analyse(structures, model, delta, dataset, dtype, device, progress)
+            for row in block]
 
 
 def vibrational_analysis(structures: Sequence[Any], model: Any, delta: float = 0.005, dataset: Optional[str] = None,
@@ -74,14 +75,23 @@ def vibrational_analysis(structures: Sequence[Any], model: Any, delta: float = 0
     """Per structure: ``energy`` (eV) and ``fmax`` (eV/Å) of the structure as given, its ``hessian`` [3N, 3N] eV/Å²
     (:func:`hessians`) and ``modes`` (:class:`NormalModes`). Frequencies mean something only at a stationary
     point: relax first (``fmax`` says how far from one a structure is)."""
-    rows = _analyse(structures, model, delta, dataset, dtype, device, progress)
-    for row in rows:
-        row["modes"] = normal_modes(row["structure"], row["hessian"])
-    return rows
+    return [row for block in iter_vibrational_analysis(structures, model, delta, dataset, dtype, device, progress)
+            for row in block]
+
+
+def iter_vibrational_analysis(structures: Sequence[Any], model: Any, delta: float = 0.005,
+                              dataset: Optional[str] = None, dtype: torch.dtype = torch.float64, device: str = "cpu",
+                              progress: bool = False) -> Iterator[List[dict]]:
+    """:func:`vibrational_analysis` block by block (at most :data:`BLOCK_ATOMS` displaced atoms each, in input
+    order; each row also carries ``index``, its position in ``structures``), for callers that write as they go."""
+    for block in _analyse(structures, model, delta, dataset, dtype, device, progress):
+        for row in block:
+            row["modes"] = normal_modes(row["structure"], row["hessian"])
+        yield block
 
 
 def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optional[str], dtype: torch.dtype,
-             device: str, progress: bool) -> List[dict]:
+             device: str, progress: bool) -> Iterator[List[dict]]:
     from mftcalc.calculators.inputs import as_structures
     from mftcalc.calculators.model_handle import ModelHandle
     if not delta > 0:
@@ -96,20 +106,21 @@ def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optio
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(structures), desc="vibrations", unit="structure")
-    out: List[dict] = []
     block: List[int] = []
     atoms = 0
     for k, structure in enumerate(structures):
         block.append(k)
         atoms += 6 * structure.n_atoms ** 2
         if atoms >= BLOCK_ATOMS or k == len(structures) - 1:
-            out += _block([structures[j] for j in block], [datasets[j] for j in block], handle, delta)
+            rows = _block([structures[j] for j in block], [datasets[j] for j in block], handle, delta)
+            for j, row in zip(block, rows):
+                row["index"] = j
             if bar is not None:
                 bar.update(len(block))
+            yield rows
             block, atoms = [], 0
     if bar is not None:
         bar.close()
-    return out
 
 
 def _block(structures: List[Structure], datasets: List[int], handle: Any, delta: float) -> List[dict]:
