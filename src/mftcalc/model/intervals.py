@@ -22,6 +22,10 @@ from torch import Tensor, nn
 from mftcalc.model.config import HeadConfig
 
 
+class TooFewCalibrationStructures(ValueError):
+    """Too few labelled calibration structures for the conformal quantile at the asked coverage."""
+
+
 class IntervalHead(nn.Module):
     """``q · out[score]``: half-width [B] of the conformal interval (the bounded property's unit).
 
@@ -52,7 +56,8 @@ def conformal_quantile(nonconformity: np.ndarray, coverage: float) -> float:
     """The ⌈(n + 1)·coverage⌉-th smallest of n nonconformity values: the split-conformal quantile whose interval
     covers a new exchangeable point with probability ≥ ``coverage``.
 
-    Raises ValueError when n is too small for that rank to exist (n < coverage / (1 − coverage), e.g. 9 at 0.9).
+    Raises ValueError for a coverage outside (0, 1), and :class:`TooFewCalibrationStructures` (a ValueError) when n
+    is too small for that rank to exist (n < coverage / (1 − coverage), e.g. 9 at 0.9).
     """
     values = np.sort(np.asarray(nonconformity, dtype=np.float64))
     if not 0.0 < coverage < 1.0:
@@ -61,7 +66,7 @@ def conformal_quantile(nonconformity: np.ndarray, coverage: float) -> float:
     rank = math.ceil((n + 1) * coverage - 1e-9)
     if rank > n:
         need = math.ceil(coverage / (1.0 - coverage) - 1e-9)
-        raise ValueError(f"a {coverage:g} interval needs at least {need} labelled calibration structures; got {n}")
+        raise TooFewCalibrationStructures(f"a {coverage:g} interval needs at least {need} labelled calibration structures; got {n}")
     return float(values[rank - 1])
 
 
@@ -127,6 +132,7 @@ def calibrate_on_validation(model: nn.Module, validation: Sequence[Any], prop: s
                             predictions: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Optional[Dict[str, Any]]:
     """The fine-tuning's interval head: :func:`calibrate_interval` on its validation structures, or ``None`` with
     a warning naming the reason and the fix when there are too few of them (``coverage`` 0: no head, no warning).
+    Every other error (a coverage outside [0, 1), predictions of the wrong shape) is raised, not warned about.
 
     The validation set also picked the best checkpoint, a mild optimism for the ID coverage that the measured
     coverages on the test parts (``interval_coverage`` in the fine-tuning's results) show.
@@ -136,7 +142,7 @@ def calibrate_on_validation(model: nn.Module, validation: Sequence[Any], prop: s
     try:
         return calibrate_interval(model, validation, prop, coverage, source="the fine-tuning's validation set",
                                   metadata=metadata, predictions=predictions)
-    except ValueError as exc:
+    except TooFewCalibrationStructures as exc:
         import warnings
         warnings.warn(f"the model gets no prediction interval for {prop!r}: {exc}. Give more validation "
                       "structures, lower interval_coverage, or set it to 0 to go without one", stacklevel=2)

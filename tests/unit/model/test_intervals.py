@@ -147,6 +147,11 @@ def test_errors_name_what_is_missing():
     with pytest.warns(UserWarning, match="no prediction interval for 'gap'.*lower interval_coverage"):
         assert calibrate_on_validation(model, few, "gap", 0.9, {}) is None
     assert calibrate_on_validation(model, few, "gap", 0.0, {}) is None
+    enough = _structures(12)
+    with pytest.raises(ValueError, match=r"predictions must be two arrays of shape \(12,\)"):
+        calibrate_on_validation(model, enough, "gap", 0.9, {}, predictions=(np.zeros(11), np.ones(11)))
+    with pytest.raises(ValueError, match=r"a coverage in \(0, 1\); got .*coverage=-0.5"):
+        calibrate_on_validation(model, enough, "gap", -0.5, {})
     with pytest.raises(ValueError, match="an interval head needs the property it bounds"):
         HeadConfig(kind="interval", of="gap", score="ood_score", coverage=1.5)
 
