@@ -32,8 +32,19 @@ def _data_config(args: argparse.Namespace) -> Dict[str, Any]:
     return {"pretrained": args.pretrained or _shipped_pretrained(), "out_dir": str(out.with_name(out.stem + "_run")),
             "task": {"kind": "file", "path": args.data, "property": args.property, "unit": args.unit,
                      "intensive": not args.extensive, "val_path": args.val, "val_fraction": args.val_fraction,
-                     "test_path": args.test},
+                     "test_path": args.test, "frame_params": frame_param_args(args.frame_param)},
             "settings": settings}
+
+
+def frame_param_args(values: Any) -> Dict[str, str]:
+    """``{key: unit}`` of ``--frame-param KEY[:UNIT]`` options (unit empty when not given)."""
+    out: Dict[str, str] = {}
+    for value in values or []:
+        key, _, unit = str(value).partition(":")
+        if not key.strip():
+            raise SystemExit(f"--frame-param {value!r}: give the info key, e.g. --frame-param temperature:K")
+        out[key.strip()] = unit.strip()
+    return out
 
 
 def default_steps(n_train: int, batch: int) -> int:
@@ -109,6 +120,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
+    from mftcalc.data.frame_params import frame_param_matrix
     from mftcalc.experiments.cv import cross_validate
     from mftcalc.experiments.tasks import read_property_file
     from mftcalc.schema import apply_overrides, from_mapping
@@ -117,9 +129,11 @@ def _cv(args: argparse.Namespace) -> int:
     overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})},
                                 args.set or [])
     settings = from_mapping(FinetuneSettings, overrides, "cv settings")
+    frame_params = frame_param_args(args.frame_param)
     structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
+    frame_param_matrix(structures, list(frame_params), frame_params)          # names a frame without one
     summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings, pretrained,
-                             args.out_dir, args.folds, args.group_by, seed=args.seed)
+                             args.out_dir, args.folds, args.group_by, seed=args.seed, frame_params=frame_params)
     print((Path(args.out_dir) / "report.md").read_text())
     print(json.dumps({k: v for k, v in summary.items() if k != "folds"}))
     return 0
@@ -166,6 +180,9 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--val", help="with --data: validation file (default: --val-fraction of the data)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="with --data: seeded validation share")
     p.add_argument("--test", help="with --data: a test file, scored at the end")
+    p.add_argument("--frame-param", action="append", default=[], metavar="KEY[:UNIT]",
+                   help="with --data: a per-structure condition the property depends on (temperature:K), read "
+                        "from each frame's info and fed to the property head; repeat for several")
     p.add_argument("--steps", type=int, help="with --data: training steps (default: about 200 passes over the "
                    "data, 1,000-20,000)")
     p.add_argument("--pretrained", help="with --data: pretrained model (default: the shipped models/pretrained.pt)")
@@ -183,6 +200,8 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--unit", default="", help="the property's unit")
     p.add_argument("--extensive", action="store_true", help="summed per-atom terms (default intensive)")
     p.add_argument("--folds", type=int, default=5, help="number of folds")
+    p.add_argument("--frame-param", action="append", default=[], metavar="KEY[:UNIT]",
+                   help="a per-structure condition the property depends on (temperature:K); repeat for several")
     p.add_argument("--group-by", choices=["formula", "scaffold"], default=None,
                    help="keep groups together (GroupKFold): formula, or the Murcko scaffold of info['smiles']")
     p.add_argument("--strategy", default="mft", choices=strategy_names(),

@@ -20,6 +20,7 @@ CELL = "cell"                    # [B, 3, 3] float, Å, rows are lattice vectors
 PBC = "pbc"                      # [B, 3] bool
 N_ATOMS = "n_atoms"              # [B] int64, atoms per structure
 DATASET = "dataset"              # [B] int64, dataset (case) index for the force-field head
+FRAME_PARAMS = "frame_params"    # [B, F] float, the model's frame parameters (mftcalc.data.frame_params), their units
 
 # --- labels (training targets) ------------------------------------------------
 ENERGY = "energy"                # [B] float, eV (total energy)
@@ -43,7 +44,8 @@ HAS_PROPERTY_PREFIX = "has_property:"
 
 SCOPES: Dict[str, str] = {
     POSITIONS: "atom", NUMBERS: "atom", BATCH: "atom", FORCES: "atom", ENERGIES: "atom", NODE_FEATURES: "atom",
-    CELL: "system", PBC: "system", N_ATOMS: "system", DATASET: "system", ENERGY: "system", STRESS: "system",
+    CELL: "system", PBC: "system", N_ATOMS: "system", DATASET: "system", FRAME_PARAMS: "system",
+    ENERGY: "system", STRESS: "system",
     HAS_ENERGY: "system", HAS_FORCES: "system", HAS_STRESS: "system", VIRIAL: "system",
     EDGE_INDEX: "edge", EDGE_SHIFTS: "edge",
 }

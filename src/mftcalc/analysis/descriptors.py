@@ -73,7 +73,7 @@ def compute_descriptors(model: Any, structures: Sequence[Any], pool: str = "mean
     if not structures:
         raise ValueError("no structures to describe: the input holds none")
     handle = ModelHandle.load(model, device=device, dtype=dtype)
-    handle.check_structures(structures, forcefield=False)
+    handle.check_structures(structures, forcefield=False, frame_params=False)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -81,7 +81,7 @@ def compute_descriptors(model: Any, structures: Sequence[Any], pool: str = "mean
     parts = []
     for start in range(0, len(structures), BLOCK):          # pooled block by block: the per-atom rows of one block
         rows = predict_structures(handle.module, structures[start:start + BLOCK], compute_forces=False,
-                                  compute_stress=False, features=True)
+                                  compute_stress=False, features=True, properties=False)
         per_atom = [r["node_features"].astype(np.float64) for r in rows]
         if pool == "atoms":
             parts.append(np.concatenate(per_atom))

@@ -32,6 +32,11 @@ class MFTCalculator(Calculator):
     check_structure``, the same check as ``predict``/``relax``/``screen``); ``get_property`` of a property head warns
     once when the head is applied outside its training domain (:class:`~mftcalc.calculators.model_handle.
     DomainWarning`).
+
+    A model whose property heads read frame parameters (:mod:`mftcalc.data.frame_params`, e.g. a temperature)
+    takes them from ``atoms.info`` (``atoms.info["temperature"] = 300.0``); a change of one counts as a change of
+    the system, so the cached results are not reused. Without them energy, forces and stress are still given (the
+    force field does not read them), and asking for a property raises, naming the missing parameter.
     """
 
     implemented_properties: List[str] = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -61,6 +66,16 @@ class MFTCalculator(Calculator):
         structure = Structure.from_ase(atoms)
         return vibrations_data(structure, hessians([structure], self.handle, delta)[0])
 
+    def check_state(self, atoms: Any, tol: float = 1e-15) -> List[str]:
+        """ASE's changes since the last calculation, plus ``frame_params`` when a frame parameter the model reads
+        from ``atoms.info`` differs from the last calculation's."""
+        changes = super().check_state(atoms, tol)
+        names = self.handle.frame_params
+        if names and self.atoms is not None and not changes:
+            if any(not _same(self.atoms.info.get(n), atoms.info.get(n)) for n in names):
+                changes = list(changes) + ["frame_params"]
+        return changes
+
     def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         if name not in self.implemented_properties:
             raise PropertyNotImplementedError(
@@ -78,13 +93,19 @@ class MFTCalculator(Calculator):
                   system_changes: List[str] = all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         structure = Structure.from_ase(self.atoms)
-        dataset = self.handle.check_structure(structure)
+        dataset = self.handle.check_structure(structure, frame_params=False)
+        # without its frame parameters a structure still gets energy, forces and stress (they do not read them);
+        # asking for a property head then raises, naming the missing parameter
+        frame_names = self.handle.frame_params
+        with_properties = all(name in structure.info for name in frame_names)
+        if not with_properties and set(properties or []) & set(self.handle.property_names):
+            self.handle.check_frame_params(structure)
         batch = collate([structure], dtype=self.handle.dtype, dataset=dataset, properties=[],
-                        device=self.handle.device)
+                        device=self.handle.device, frame_params=frame_names if with_properties else [])
         has_ff = bool(self.handle.forcefield_heads)
         periodic = bool(structure.pbc.all())
         out = self.handle.module(batch, compute_forces=has_ff, compute_stress=has_ff and periodic,
-                                 compute_properties=True, features=False)
+                                 compute_properties=with_properties, features=False)
         results = {}
         if has_ff:
             energy = float(out["energy"][0].detach())
@@ -94,8 +115,16 @@ class MFTCalculator(Calculator):
             if periodic:
                 s = out["stress"][0].detach().cpu().double().numpy()
                 results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-        for name in self.handle.property_names:
+        for name in self.handle.property_names if with_properties else []:
             results[name] = float(out[name][0].detach())
         self.results = results
         if "stress" in (properties or []) and "stress" not in results:
             raise PropertyNotImplementedError("stress needs a structure periodic in all three directions")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two ``atoms.info`` values are equal (numbers and arrays by value)."""
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # values numpy cannot compare
+        return a is b

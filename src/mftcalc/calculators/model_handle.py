@@ -14,6 +14,7 @@ import torch
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.calculators.checks import check_overlaps
 from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains
+from mftcalc.data.frame_params import frame_param_matrix, model_frame_params
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_any
 
@@ -110,6 +111,17 @@ class ModelHandle:
     def elements(self) -> List[int]:
         return list(self.metadata.get("elements", []))
 
+    @property
+    def frame_params(self) -> List[str]:
+        """Names of the frame parameters the property heads read from each structure's ``info``, in the model's
+        column order (:mod:`mftcalc.data.frame_params`); empty for most models."""
+        return list(getattr(self.module, "frame_param_names", []))
+
+    @property
+    def frame_param_units(self) -> Dict[str, str]:
+        """``{name: unit}`` of :attr:`frame_params` as the checkpoint metadata declares them."""
+        return model_frame_params(self.heads)
+
     def unit(self, name: str) -> str:
         return str(self.heads.get(name, {}).get("unit", ""))
 
@@ -160,12 +172,15 @@ class ModelHandle:
             _log.info("force-field dataset %r (%s)", names[index], reason)
         return index
 
-    def check_structure(self, structure: Structure, position: Optional[int] = None, forcefield: bool = True) -> int:
+    def check_structure(self, structure: Structure, position: Optional[int] = None, forcefield: bool = True,
+                        frame_params: bool = True) -> int:
         """The check of every path into the model: elements seen in training (:meth:`check_elements`), no
-        overlapping atoms (:func:`~mftcalc.calculators.checks.check_overlaps`) and an unambiguous force-field
-        dataset. Returns the dataset index; raises ``ValueError`` whose message starts with the structure.
+        overlapping atoms (:func:`~mftcalc.calculators.checks.check_overlaps`), every frame parameter the
+        property heads read (:meth:`check_frame_params`) and an unambiguous force-field dataset. Returns the
+        dataset index; raises ``ValueError`` whose message starts with the structure.
         ``forcefield=False`` (a caller that reads property heads only) skips the dataset rule and returns 0: the
-        dataset embedding enters only the force-field head, so property values do not depend on it."""
+        dataset embedding enters only the force-field head, so property values do not depend on it.
+        ``frame_params=False`` (a caller that reads no property head: descriptors, vibrations) skips their check."""
         try:
             self.check_elements(structure.numbers)
             check_overlaps(structure)
@@ -173,11 +188,25 @@ class ModelHandle:
             label = structure.info.get("name")
             where = "structure" if position is None else f"structure {position}"
             raise type(exc)(f"{where}{f' ({label})' if label else ''}: {exc}") from None
+        if frame_params:
+            self.check_frame_params(structure, position)
         return self.dataset_index(structure, position) if self.forcefield_heads and forcefield else 0
 
-    def check_structures(self, structures: Sequence[Structure], forcefield: bool = True) -> List[int]:
+    def check_frame_params(self, structure: Structure, position: Optional[int] = None) -> None:
+        """Raise ``ValueError`` naming the structure, the parameter, its unit and the fix when ``structure`` lacks
+        a frame parameter the property heads read (:attr:`frame_params`), or has one that is not a finite
+        number."""
+        if self.frame_params:
+            try:
+                frame_param_matrix([structure], self.frame_params, self.frame_param_units)
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("structure 0", "structure" if position is None
+                                                  else f"structure {position}", 1)) from None
+
+    def check_structures(self, structures: Sequence[Structure], forcefield: bool = True,
+                         frame_params: bool = True) -> List[int]:
         """:meth:`check_structure` of each structure (raising at the first bad one); their dataset indices."""
-        return [self.check_structure(s, k, forcefield) for k, s in enumerate(structures)]
+        return [self.check_structure(s, k, forcefield, frame_params) for k, s in enumerate(structures)]
 
     def warn_outside_domain(self, structures: Sequence[Structure], names: Optional[Sequence[str]] = None) -> None:
         """Warn (:class:`DomainWarning`, once per head per handle, i.e. once per run) when a property head in

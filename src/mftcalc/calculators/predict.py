@@ -78,7 +78,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     for group in groups:
         chunk = [structures[i] for i in group]
         batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in group], properties=[],
-                        device=handle.device)
+                        device=handle.device, frame_params=handle.frame_params)
         want_forces = forces and has_ff
         want_stress = stress and has_ff and any(s.pbc.all() for s in chunk)
         context = torch.enable_grad() if (want_forces or want_stress) else torch.no_grad()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mftcalc import keys as K
+from mftcalc.data.frame_params import frame_param_matrix
 from mftcalc.data.structure import Structure
 
 Batch = Dict[str, torch.Tensor]
@@ -19,7 +20,7 @@ Batch = Dict[str, torch.Tensor]
 
 def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
             dataset: Optional[Sequence[int] | int] = None, properties: Optional[Iterable[str]] = None,
-            device: torch.device | str = "cpu") -> Batch:
+            device: torch.device | str = "cpu", frame_params: Sequence[str] = ()) -> Batch:
     """Concatenate structures into one batch.
 
     Args:
@@ -30,12 +31,14 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
         dataset: dataset index of each structure ([B] ints) or one int for all; default 0.
         properties: property names to collate as labels (default: every property any structure carries).
         device: where the tensors go.
+        frame_params: names of the frame parameters to collate from each structure's ``info`` (the model's
+            ``frame_param_names``; :mod:`mftcalc.data.frame_params`), raising when one lacks any; none by default.
 
     Returns:
         A batch dict with ``positions [N,3]``, ``numbers [N]``, ``batch [N]``, ``cell [B,3,3]``, ``pbc [B,3]``,
         ``n_atoms [B]``, ``dataset [B]``, and when any structure has them ``energy [B]``, ``forces [N,3]``,
-        ``stress [B,3,3]`` with masks ``has_energy/has_forces/has_stress [B]``, and ``property:<name> [B]`` with
-        ``has_property:<name> [B]``.
+        ``stress [B,3,3]`` with masks ``has_energy/has_forces/has_stress [B]``, ``property:<name> [B]`` with
+        ``has_property:<name> [B]``, and ``frame_params [B, F]`` when ``frame_params`` names any.
     """
     if len(structures) == 0:
         raise ValueError("cannot collate an empty list of structures")
@@ -64,6 +67,8 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
         if ds.shape != (nb,):
             raise ValueError(f"dataset has shape {ds.shape}, expected ({nb},)")
     out[K.DATASET] = t(ds, torch.int64)
+    if len(frame_params):
+        out[K.FRAME_PARAMS] = t(frame_param_matrix(structures, list(frame_params)))
 
     has_e = np.array([s.energy is not None for s in structures])
     if has_e.any():

@@ -138,6 +138,10 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
         if periodic and "box" not in labels:
             raise FileNotFoundError(f"{where}: box.npy is missing; add it or mark the system non-periodic "
                                     "with an empty 'nopbc' file")
+        fparam = None                           # [nf] or [nf, F]: info "fparam" or "fparam_0".. (frame parameters)
+        if (set_dir / "fparam.npy").is_file():
+            width = max(1, np.load(set_dir / "fparam.npy", mmap_mode="r").size // max(nf, 1))
+            fparam = _load_npy(set_dir / "fparam.npy", nf, width if width > 1 else None, where).reshape(nf, -1)
         props = {}
         for f in sorted(set_dir.glob("*.npy")):
             if f.stem not in DEEPMD_RESERVED and np.load(f, mmap_mode="r").size == nf:
@@ -157,10 +161,20 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
                     forces=labels["force"][k].reshape(n, 3) if "force" in labels else None, stress=stress,
                     properties={p: v[k] for p, v in props.items()},
                     property_units={p: units[p] for p in props if p in units},
-                    info={"system": name, "set": set_dir.name, "frame": k}))
+                    info={"system": name, "set": set_dir.name, "frame": k, **_fparam_info(fparam, k)}))
             except StructureError as exc:
                 raise StructureError(f"{where}, frame {k}: {exc}") from None
     return structures
+
+
+def _fparam_info(fparam: Optional[np.ndarray], k: int) -> Dict[str, float]:
+    """Frame ``k``'s DeePMD frame parameters as ``info`` entries: ``fparam`` for one column, else ``fparam_0``, ...
+    (what ``--frame-param`` names; :mod:`mftcalc.data.frame_params`)."""
+    if fparam is None:
+        return {}
+    if fparam.shape[1] == 1:
+        return {"fparam": float(fparam[k, 0])}
+    return {f"fparam_{j}": float(v) for j, v in enumerate(fparam[k])}
 
 
 def _deepmd_group_key(s: Structure, i: int) -> tuple:

@@ -39,6 +39,9 @@ class TaskSpec:
     val_path: Optional[str] = option(None, "file: validation structures (default: val_fraction of path)")
     val_fraction: float = option(0.1, "file: seeded validation share of path, in (0, 1)")
     test_path: Optional[str] = option(None, "file: test structures, scored at the end")
+    frame_params: Dict[str, str] = option(factory=dict, help="file: {info key: unit} of per-structure conditions "
+                                          "the property depends on (temperature, pressure, charge, ...), read "
+                                          "from every frame and fed to the property head beside the structure")
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -48,6 +51,8 @@ class TaskSpec:
             raise ValueError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
         if self.kind == "file" and not (self.path and self.property):
             raise ValueError("a file task needs path and property")
+        if self.frame_params and self.kind != "file":
+            raise ValueError(f"frame_params are for file tasks (your own data); a {self.kind} task has none")
         if self.kind == "file" and not self.val_path and not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.kind == "qm9":

@@ -52,9 +52,11 @@ def fold_indices(n: int, folds: int, keys: Optional[List[str]], seed: int) -> Li
 
 def cross_validate(structures: List[Structure], prop: str, unit: str, intensive: bool, settings: Any,
                    pretrained: Optional[str], out_dir: str | Path, folds: int = 5, group_by: Optional[str] = None,
-                   val_fraction: float = 0.1, seed: int = 0) -> Dict[str, Any]:
+                   val_fraction: float = 0.1, seed: int = 0,
+                   frame_params: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run every fold (resumable: each fold keeps its own run directory) and write ``report.md`` and
-    ``parity.png`` in ``out_dir``; returns the per-fold and summary errors (property units)."""
+    ``parity.png`` in ``out_dir``; returns the per-fold and summary errors (property units). ``frame_params``:
+    ``{info key: unit}`` the property head reads beside the structure (:mod:`mftcalc.data.frame_params`)."""
     from mftcalc.analysis.plots import plot_parity
     from mftcalc.training.finetune import finetune
     from mftcalc.experiments.tasks import PropertyTask
@@ -70,7 +72,7 @@ def cross_validate(structures: List[Structure], prop: str, unit: str, intensive:
         n_val = max(1, int(round(val_fraction * len(rest))))
         task = PropertyTask(f"cv-{prop}-fold{k}", prop, unit, [structures[i] for i in np.sort(perm[n_val:])],
                             [structures[i] for i in np.sort(perm[:n_val])], {"test": [structures[i] for i in test]},
-                            recipe, f"{prop}, fold {k + 1} of {folds}")
+                            recipe, f"{prop}, fold {k + 1} of {folds}", dict(frame_params or {}))
         result = finetune(task, settings, out_dir / f"fold{k}", pretrained)
         rows.append({"fold": k, "n_test": int(len(test)), **{m: result["test"][m] for m in ("mae", "rmse")}})
         parity = np.load(out_dir / f"fold{k}" / "parity.npz")

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from mftcalc.data.frame_params import frame_param_matrix
 from mftcalc.data.structure import Structure
 
 # How each property is learned (paper defaults): head kind, extensive, element bias, loss.
@@ -41,6 +42,7 @@ class PropertyTask:
     test_parts: Dict[str, List[Structure]]
     recipe: Dict = field(default_factory=dict)
     description: str = ""
+    frame_params: Dict[str, str] = field(default_factory=dict)     # {info key: unit} the property head reads
 
 
 def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -98,7 +100,8 @@ def matbench_task(structures: List[Structure], dataset: str, fold, train_fractio
 def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_path: Optional[str] = None,
               val_fraction: float = 0.1, test_path: Optional[str] = None, seed: int = 0,
               element_bias: bool = True, loss: str = "mse", train_fraction: float = 1.0,
-              model_path: Optional[str] = None, smiles_dataset: str = "xtb_qm9") -> PropertyTask:
+              model_path: Optional[str] = None, smiles_dataset: str = "xtb_qm9",
+              frame_params: Optional[Dict[str, str]] = None) -> PropertyTask:
     """A property task from the user's own labelled structures (any format ``read_structures`` reads).
 
     The property is a per-structure scalar in each frame's ``info`` (extxyz comment line, ASE database key-value
@@ -111,9 +114,24 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     A ``.csv`` file is a table of SMILES (column ``smiles``) and the property: its molecules are embedded with
     RDKit and relaxed with ``model_path``'s force field under dataset ``smiles_dataset``
     (:mod:`mftcalc.data.smiles`); the relaxed geometries go to ``<csv>_relaxed.extxyz`` and are reused.
+
+    ``frame_params`` (``{info key: unit}``): per-structure conditions the property depends on, read from every
+    frame (:mod:`mftcalc.data.frame_params`); a frame without one, or with a value that is not one finite number,
+    raises naming the file and frame.
     """
+    frame_params = dict(frame_params or {})
+    if frame_params and str(path).lower().endswith(".csv"):
+        raise ValueError(f"{path}: frame parameters ({', '.join(frame_params)}) are read from each structure's info "
+                         "(extxyz comment line, ASE database key-value pairs); a SMILES CSV carries none. Relax "
+                         "it once (its <csv>_relaxed.extxyz), add them there and fine-tune on that file")
+
     def read(part_path: str, what: str) -> List[Structure]:
-        return read_property_file(part_path, prop, unit, what, model_path, smiles_dataset)
+        structures = read_property_file(part_path, prop, unit, what, model_path, smiles_dataset)
+        try:
+            frame_param_matrix(structures, list(frame_params), frame_params)
+        except ValueError as exc:
+            raise ValueError(f"{part_path} ({what}): {str(exc).replace('structure ', 'frame ', 1)}") from None
+        return structures
 
     data = read(path, "training data")
     periodic = {bool(np.any(s.pbc)) for s in data}
@@ -136,8 +154,10 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     train = [train[i] for i in _subsample(np.arange(len(train)), train_fraction, seed)]
     test_parts = {"test": read(test_path, "test data")} if test_path else {}
     recipe = dict(kind="scalar", extensive=not intensive, element_bias=element_bias, loss=loss)
+    conditions = f" at {', '.join(frame_params)}" if frame_params else ""
     return PropertyTask(name=f"file-{prop}", property=prop, unit=unit, train=train, val=val, test_parts=test_parts,
-                        recipe=recipe, description=f"{prop} ({unit or 'no unit'}) from {path}")
+                        recipe=recipe, description=f"{prop} ({unit or 'no unit'}){conditions} from {path}",
+                        frame_params=frame_params)
 
 
 def read_property_file(path: str, prop: str, unit: str = "", what: str = "data", model_path: Optional[str] = None,
@@ -180,7 +200,8 @@ def load_task(spec: Any, fraction: float, fold: Optional[int], seed: int, cache:
         return qm9_task(cache["qm9"], cache["splits"], spec.property, fraction, seed, qm9_max_eval)
     if spec.kind == "file":
         return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
-                         spec.test_path, seed, train_fraction=fraction, model_path=model_path)
+                         spec.test_path, seed, train_fraction=fraction, model_path=model_path,
+                         frame_params=spec.frame_params)
     if spec.kind == "matbench":
         from mftcalc.data.matbench import load_folds, load_matbench
         if matbench_path is None:

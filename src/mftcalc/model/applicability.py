@@ -41,7 +41,7 @@ class KnnApplicabilityHead(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
-                n_structures: int) -> Tuple[Tensor, Tensor]:
+                n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
         """node [N, n_dim] -> (zeros [N], score [B]) (dimensionless)."""
         counts = torch.zeros(n_structures, dtype=node.dtype, device=node.device).index_add_(
             0, batch, torch.ones_like(node[:, 0]))
@@ -63,7 +63,8 @@ class KnnApplicabilityHead(nn.Module):
 def pooled_features(model: nn.Module, structures: Sequence, extensive: bool = False) -> np.ndarray:
     """[B, n_dim] per-structure sum (``extensive``) or mean of the model's backbone node features."""
     from mftcalc.model.inference import predict_structures
-    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True)
+    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True,
+                              properties=False)
     pool = np.sum if extensive else np.mean
     return np.stack([pool(r["node_features"].astype(np.float64), axis=0) for r in rows])
 

@@ -71,6 +71,10 @@ def model_card(path: str | Path) -> str:
     heads = meta.get("heads", {})
     lines.append("- **Heads**: " + ", ".join(f"`{n}` ({h.get('kind')}, {h.get('unit')})" for n, h in heads.items()))
     for name, head in heads.items():
+        if head.get("frame_params"):
+            given = ", ".join(f"`{k}`" + (f" ({u})" if u else "") for k, u in head["frame_params"].items())
+            lines.append(f"- **Frame parameters** of `{name}`: {given}, read from each structure's `info` "
+                         "(`mftcalc.data.frame_params`)")
         iv = head.get("interval")
         if iv:
             lines.append(f"- **Prediction interval** `{name}`: `{iv['of']}` ± `{name}` holds the true value with "

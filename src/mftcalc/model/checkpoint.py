@@ -113,6 +113,9 @@ def atomic_save(obj: Any, path: PathLike) -> None:
 def model_metadata(model: MFTModel, elements: Optional[list] = None, **extra: Any) -> Dict[str, Any]:
     """Default metadata of a model: heads with kind and unit, datasets, elements, version."""
     heads = {k: {"kind": h.kind, "unit": h.unit, "extensive": h.extensive} for k, h in model.config.heads.items()}
+    for k, h in model.config.heads.items():
+        if h.frame_params:
+            heads[k]["frame_params"] = dict(h.frame_params)
     meta: Dict[str, Any] = {"heads": heads, "datasets": list(model.config.datasets),
                             "elements": sorted(int(z) for z in (elements or [])), "mftcalc_version": __version__,
                             "units": {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3", "length": "Å"}}

@@ -78,7 +78,9 @@ class HeadConfig:
     mftcalc's first layout (``idt`` on every hidden layer with ``resnet_dt``, no skip without it).
     ``of``, ``score``, ``coverage`` (``interval`` heads): the half-width of a split-conformal prediction interval
     of property head ``of`` at ``coverage`` (e.g. 0.9), scaled by the applicability head ``score``
-    (:mod:`mftcalc.model.intervals`).
+    (:mod:`mftcalc.model.intervals`). ``frame_params`` (scalar heads): ``{name: unit}`` of the per-structure
+    conditions the head reads beside the structure (temperature, pressure, charge, ...;
+    :mod:`mftcalc.data.frame_params`); empty for none.
     """
 
     kind: str = "scalar"
@@ -93,9 +95,14 @@ class HeadConfig:
     of: str = ""
     score: str = ""
     coverage: float = 0.0
+    frame_params: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.frame_params = {str(k): str(v) for k, v in dict(self.frame_params or {}).items()}
+        if self.frame_params and self.kind != "scalar":
+            raise ValueError(f"frame parameters {sorted(self.frame_params)} are read by scalar property heads only; "
+                             f"a {self.kind!r} head takes none")
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; use one of {', '.join(HEAD_KINDS)}")
         if self.kind == "interval" and not (self.of and self.score and 0.0 < float(self.coverage) < 1.0):

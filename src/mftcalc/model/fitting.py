@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from mftcalc.data.frame_params import constant_params, frame_param_matrix, frame_stats
 from mftcalc.data.structure import Structure
 from mftcalc.geometry.units import BOHR
 from mftcalc.model.heads import N_TYPES
@@ -97,6 +98,21 @@ def refit_forcefield_shift(model: torch.nn.Module, structures: Sequence[Structur
 
 
 @torch.no_grad()
+def fit_frame_standardisation(head: torch.nn.Module, structures: Sequence[Structure], name: str) -> None:
+    """Set a scalar head's ``frame_mean``/``frame_std`` [F] from the frame parameters of its training structures;
+    warn, naming them, about parameters that do not vary there (the head cannot learn their effect)."""
+    matrix = frame_param_matrix(structures, head.frame_names)
+    mean, std = frame_stats(matrix)
+    head.frame_mean.copy_(torch.as_tensor(mean, dtype=head.frame_mean.dtype))
+    head.frame_std.copy_(torch.as_tensor(std, dtype=head.frame_std.dtype))
+    constant = constant_params(matrix, head.frame_names)
+    if constant:
+        import warnings
+        warnings.warn(f"frame parameter(s) {', '.join(constant)} of property {name!r} take one value in all "
+                      f"{len(structures)} training structures: the head cannot learn how {name!r} depends on "
+                      "them; give training data that varies them", stacklevel=3)
+
+
 def fit_property_head(head: torch.nn.Module, structures: Sequence[Structure], name: str, kind: str,
                       extensive: bool, element_bias: bool, min_scale: float = 1e-6) -> None:
     """Set a property head's per-element ``bias`` and output ``scale`` from labelled structures.
@@ -111,6 +127,8 @@ def fit_property_head(head: torch.nn.Module, structures: Sequence[Structure], na
     y = np.array([s.properties[name] for s in labelled])
     n = np.array([s.n_atoms for s in labelled], dtype=float)
     counts = element_counts(labelled)
+    if getattr(head, "n_frame", 0):
+        fit_frame_standardisation(head, labelled, name)
     if kind == "scalar":
         target = y if extensive else y * n
         bias = lstsq_element_bias(counts, target) if element_bias else np.zeros(N_TYPES)

@@ -1,7 +1,9 @@
 """Heads that turn backbone node features into outputs: force field (with dataset embedding) and properties.
 
 Every head returns per-atom contributions ``[N]`` and the per-structure value ``[B]``; per-element biases and an
-output scale are buffers set from training data by least squares (``mftcalc.model.fitting``).
+output scale are buffers set from training data by least squares (``mftcalc.model.fitting``). Every head takes the
+batch's frame parameters ``frame`` [B, F] (:mod:`mftcalc.data.frame_params`); only scalar heads that declare some
+read them.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ class ForceFieldHead(nn.Module):
         self.register_buffer("scale", torch.ones(1))
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
-                n_structures: int) -> Tuple[Tensor, Tensor]:
+                n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
         ds_atom = dataset[batch]
         onehot = torch.nn.functional.one_hot(ds_atom, self.n_datasets).to(node.dtype)
         atomic = self.mlp(torch.cat([node, onehot], 1)).squeeze(1) * self.scale + self.shift[ds_atom, numbers]
@@ -47,19 +49,34 @@ class ForceFieldHead(nn.Module):
 
 
 class ScalarHead(nn.Module):
-    """A scalar property: per-atom MLP terms plus an optional per-element bias, summed (extensive) or averaged."""
+    """A scalar property: per-atom MLP terms plus an optional per-element bias, summed (extensive) or averaged.
+
+    With frame parameters the MLP reads ``[h_i, (f − frame_mean) / frame_std]``, ``f`` the structure's columns
+    ``frame_columns`` of the batch's ``frame`` [B, F] (set by the model from its column order).
+    """
 
     def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.extensive = bool(cfg.extensive)
-        self.mlp = MLP(n_dim, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+        self.frame_names = list(cfg.frame_params)          # for fitting (TorchScript keeps it when not empty)
+        self.n_frame = len(self.frame_names)
+        self.mlp = MLP(n_dim + self.n_frame, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
                        deepmd_fitting=cfg.deepmd_fitting)
         self.register_buffer("bias", torch.zeros(N_TYPES))
         self.register_buffer("scale", torch.ones(1))
+        # empty and not saved without frame parameters (checkpoints without them keep their state dict)
+        persistent = self.n_frame > 0
+        self.register_buffer("frame_columns", torch.arange(self.n_frame), persistent=persistent)
+        self.register_buffer("frame_mean", torch.zeros(self.n_frame), persistent=persistent)
+        self.register_buffer("frame_std", torch.ones(self.n_frame), persistent=persistent)
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
-                n_structures: int) -> Tuple[Tensor, Tensor]:
-        atomic = self.mlp(node).squeeze(1) * self.scale + self.bias[numbers]
+                n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
+        x = node
+        if self.n_frame > 0:
+            f = (frame.index_select(1, self.frame_columns).to(node.dtype) - self.frame_mean) / self.frame_std
+            x = torch.cat([node, f.index_select(0, batch)], 1)
+        atomic = self.mlp(x).squeeze(1) * self.scale + self.bias[numbers]
         total = scatter_sum(atomic, batch, n_structures)
         if not self.extensive:
             counts = scatter_sum(torch.ones_like(atomic), batch, n_structures)
@@ -79,7 +96,7 @@ class DipoleHead(nn.Module):
         self.register_buffer("scale", torch.ones(1))
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
-                n_structures: int) -> Tuple[Tensor, Tensor]:
+                n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
         q = self.mlp(node).squeeze(1) * self.scale
         counts = scatter_sum(torch.ones_like(q), batch, n_structures)
         q = q - (scatter_sum(q, batch, n_structures) / counts)[batch]
@@ -99,7 +116,7 @@ class R2Head(nn.Module):
         self.register_buffer("scale", torch.ones(1))
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
-                n_structures: int) -> Tuple[Tensor, Tensor]:
+                n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
         counts = scatter_sum(torch.ones_like(positions[:, 0]), batch, n_structures)
         centre = scatter_sum(positions, batch, n_structures) / counts.unsqueeze(1)
         d2 = ((positions - centre[batch]) ** 2).sum(1) * self.inv_bohr2

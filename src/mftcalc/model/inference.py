@@ -42,13 +42,15 @@ def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], 
                        compute_forces: bool = True, compute_stress: bool = True, max_atoms: int = 4096,
                        max_angles: Optional[int] = DEFAULT_MAX_ANGLES, dtype: Optional[torch.dtype] = None,
                        device: Optional[str | torch.device] = None, features: bool = False,
-                       progress: bool = False) -> List[Dict[str, np.ndarray]]:
+                       progress: bool = False, properties: bool = True) -> List[Dict[str, np.ndarray]]:
     """Predictions for each structure (model in eval mode): ``energy`` (eV), ``forces`` [n,3], ``stress`` [3,3] and
     each property by name. ``dtype``/``device`` default to those of the model's parameters.
 
     Structures are grouped in order into chunks of at most ``max_atoms`` atoms and ``max_angles`` angles (one
     forward each; see :func:`chunk_groups`).
     ``features=True`` adds ``node_features`` [n, n_dim]. Works with an eager ``MFTModel`` or a scripted one.
+    ``properties=False`` skips the property heads (features or forces only). With them, a model with frame
+    parameters reads those from each structure's ``info`` (:mod:`mftcalc.data.frame_params`).
     """
     first = next(iter(model.parameters()), None)
     if dtype is None:
@@ -57,6 +59,7 @@ def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], 
         device = first.device if first is not None else "cpu"
     datasets = [dataset] * len(structures) if isinstance(dataset, (int, np.integer)) else list(dataset)
     groups = chunk_groups(model, structures, max_atoms, max_angles)
+    frame_names = list(getattr(model, "frame_param_names", [])) if properties else []
     results: List[Dict[str, np.ndarray]] = []
     iterator = groups
     if progress:
@@ -67,10 +70,11 @@ def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], 
     grad_context = nullcontext if (compute_forces or compute_stress) else torch.no_grad
     for group in iterator:
         chunk = [structures[i] for i in group]
-        batch = collate(chunk, dtype=dtype, dataset=[datasets[i] for i in group], properties=[], device=device)
+        batch = collate(chunk, dtype=dtype, dataset=[datasets[i] for i in group], properties=[], device=device,
+                        frame_params=frame_names)
         with grad_context():
             out = model(batch, compute_forces=compute_forces, compute_stress=compute_stress,
-                        compute_properties=True, features=features)
+                        compute_properties=properties, features=features)
         out = {k: v.detach().cpu().numpy() for k, v in out.items()}
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         for k in range(len(chunk)):

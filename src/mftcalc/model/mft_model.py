@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from mftcalc import keys as K
 from mftcalc.model.backbone import Backbone
 from mftcalc.model.config import ModelConfig
+from mftcalc.data.frame_params import model_frame_params
 from mftcalc.model.graph import build_graph, edge_vectors
 from mftcalc.model.heads import make_head
 from mftcalc.model.intervals import IntervalHead
@@ -33,7 +34,9 @@ class MFTModel(nn.Module):
     Outputs (when the model has a force-field head): ``energy [B]`` eV, ``energies [N]`` eV, ``forces [N,3]``
     eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (zero for structures that are not periodic in all three
     directions; energy, virial and stress in float64, see the module docstring); and ``<property> [B]`` for every
-    property head, in the head's unit. With ``features=True`` also
+    property head, in the head's unit. Property heads with frame parameters read the batch's ``frame_params``
+    [B, F], columns in the order of ``frame_param_names`` (:mod:`mftcalc.data.frame_params`). With
+    ``features=True`` also
     ``node_features [N, n_dim]``, ``edge_features [E, e_dim]``, ``edge_index [2, E]`` and ``edge_vectors [E, 3]``.
     """
 
@@ -51,6 +54,13 @@ class MFTModel(nn.Module):
                                              if h.kind == "interval"})
         names: List[str] = list(self.ff_heads.keys())
         self.active_ff_head: str = names[0] if names else ""
+        self.frame_param_names = list(model_frame_params(config.heads))   # a TorchScript export keeps it when not
+        self.n_frame_params = len(self.frame_param_names)                   # empty; forward reads these two
+        self.frame_param_text = ", ".join(self.frame_param_names)
+        for name, head in self.property_heads.items():
+            wanted = list(config.heads[name].frame_params)
+            if wanted:
+                head.frame_columns.copy_(torch.tensor([self.frame_param_names.index(n) for n in wanted]))
         self.e_rcut = float(config.backbone.e_rcut)
         self.a_rcut = float(config.backbone.a_rcut)
 
@@ -72,6 +82,15 @@ class MFTModel(nn.Module):
             dataset = data[K.DATASET]
         else:
             dataset = torch.zeros(n_structures, dtype=torch.long, device=positions.device)
+        n_frame = self.n_frame_params
+        if K.FRAME_PARAMS in data:
+            frame = data[K.FRAME_PARAMS].to(dtype)
+        else:
+            frame = torch.zeros((n_structures, 0), dtype=dtype, device=positions.device)
+        if compute_properties and n_frame > 0 and (frame.dim() != 2 or frame.shape[1] != n_frame):
+            raise ValueError("this model's property heads read frame parameters " + self.frame_param_text
+                             + ": give each structure info[<name>] (a batch needs frame_params [B, "
+                             + str(n_frame) + "])")
         has_ff = len(self.ff_heads) > 0
         forces_on = compute_forces and has_ff
         stress_on = compute_stress and has_ff
@@ -97,7 +116,7 @@ class MFTModel(nn.Module):
             out["edge_vectors"] = vectors
         for name, ff_head in self.ff_heads.items():
             if name == self.active_ff_head:
-                atomic, _ = ff_head(node, numbers, batch, pos, dataset, n_structures)
+                atomic, _ = ff_head(node, numbers, batch, pos, dataset, n_structures, frame)
                 out[K.ENERGIES] = atomic
                 out[K.ENERGY] = sum_per_structure(atomic, batch, n_structures)
         if forces_on or stress_on:
@@ -124,7 +143,7 @@ class MFTModel(nn.Module):
                                             torch.zeros_like(dedeps))
         if compute_properties:
             for name, prop_head in self.property_heads.items():
-                _, value = prop_head(node, numbers, batch, positions, dataset, n_structures)
+                _, value = prop_head(node, numbers, batch, positions, dataset, n_structures, frame)
                 out[name] = value
             for name, interval_head in self.interval_heads.items():
                 out[name] = interval_head(out)

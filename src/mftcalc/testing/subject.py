@@ -102,7 +102,8 @@ class Subject:
         model has a force-field head and ``forces``; every property head's value in its unit. All float64."""
         structures = list(structures)
         datasets = self.datasets(structures)
-        batch = collate(structures, dtype=torch.float64, dataset=datasets, properties=[], device=self.handle.device)
+        batch = collate(structures, dtype=torch.float64, dataset=datasets, properties=[], device=self.handle.device,
+                        frame_params=self.handle.frame_params)
         grad = forces and self.has_forcefield
         out = self.module(batch, compute_forces=grad, compute_stress=grad, compute_properties=True, features=False)
         keep = [K.ENERGY, K.ENERGIES] + ([K.FORCES, K.STRESS] if grad else []) + list(self.properties)

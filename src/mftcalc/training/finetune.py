@@ -125,7 +125,7 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
                       hidden=() if strategy.linear_head else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
                       element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt,
-                      deepmd_fitting=settings.head_resnet_dt)
+                      deepmd_fitting=settings.head_resnet_dt, frame_params=task.frame_params)
     torch.manual_seed(settings.seed)
     if not strategy.from_pretrained or pretrained is None:
         if pretrained is None and strategy.from_pretrained:
@@ -153,7 +153,8 @@ class DriftMonitor:
 
     def _features(self, model: MFTModel) -> np.ndarray:
         from mftcalc.model.inference import predict_structures
-        rows = predict_structures(model, self.probe, compute_forces=False, compute_stress=False, features=True)
+        rows = predict_structures(model, self.probe, compute_forces=False, compute_stress=False, features=True,
+                                  properties=False)
         return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
 
     def __call__(self, model: MFTModel) -> float:

@@ -5,7 +5,8 @@ The backbone and force field stay exactly the pretrained ones (like LP), and no 
 per-element biases are fitted by least squares (as every property head's), then scikit-learn's ``RidgeCV`` fits
 the residual on the structure's pooled node features (mean for an intensive property, sum for an extensive one),
 with the regularisation chosen by efficient leave-one-out cross-validation. A linear head on per-atom features
-pooled the same way is exactly that regression, so nothing but a ``Linear(n_dim, 1)`` is stored.
+pooled the same way is exactly that regression, so nothing but a ``Linear(n_dim, 1)`` is stored (``n_dim + F``
+with F frame parameters, which enter the regression standardised as the head reads them).
 """
 from __future__ import annotations
 
@@ -36,6 +37,12 @@ def fit_frozen_head(model: torch.nn.Module, name: str, train: List[Structure], e
     per_structure_bias = np.array([bias[s.numbers].sum() if extensive else bias[s.numbers].mean() for s in train])
     residual = y - per_structure_bias
     x = pooled_features(model, train, extensive)
+    if getattr(head, "n_frame", 0):      # the head reads [h_i, standardised frame parameters]: pool them alike
+        from mftcalc.data.frame_params import frame_param_matrix
+        mean, std_f = (t.detach().cpu().double().numpy() for t in (head.frame_mean, head.frame_std))
+        frame = (frame_param_matrix(train, head.frame_names) - mean) / std_f
+        counts = np.array([s.n_atoms for s in train], dtype=np.float64)[:, None]
+        x = np.concatenate([x, frame * counts if extensive else frame], 1)
     scaler = StandardScaler(with_mean=not extensive).fit(x)     # extensive: no per-structure intercept exists
     std = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     centre = scaler.mean_ if not extensive else np.zeros(x.shape[1])

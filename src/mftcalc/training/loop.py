@@ -229,7 +229,8 @@ class Trainer:
                                    norm_virial_structures=norm_v, energy_norm=self.settings.energy_norm,
                                    force_huber=self.settings.force_huber)
         assert source.property is not None
-        batch = collate(local, dtype=dtype, properties=[source.property], device=self.device)
+        batch = collate(local, dtype=dtype, properties=[source.property], device=self.device,
+                        frame_params=self.model.frame_param_names)
         pred = self.forward(batch, compute_forces=False, compute_stress=False, compute_properties=True)
         norm = float(sum(source.property in s.properties for s in global_structures))
         return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,

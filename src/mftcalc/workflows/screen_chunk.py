@@ -16,7 +16,7 @@ from mftcalc.calculators.checks import check_overlaps
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.structure import Structure
 from mftcalc.relaxation.api import relax
-from mftcalc.workflows.screen_format import ENERGY, FMAX, property_column
+from mftcalc.workflows.screen_format import ENERGY, FMAX, frame_param_column, property_column
 
 
 def screen_chunk(structures: Dict[int, Structure], handle: ModelHandle, pool: Any, do_relax: bool, fmax: float,
@@ -77,6 +77,7 @@ def _row(handle: ModelHandle, k: int, s: Structure, dataset: str, energy: float 
     formula = str(Formula("".join(chemical_symbols[z] for z in s.numbers)).format("hill"))
     row: Dict[str, Any] = {"index": k, "name": s.info.get("name", ""), "formula": formula, "n_atoms": s.n_atoms,
                            "dataset": dataset}
+    row.update({frame_param_column(handle, n): s.info.get(n, "") for n in handle.frame_params})
     if error:
         return {**row, "error": error}
     row.update({ENERGY: energy, FMAX: fmax, "steps": steps, "converged": converged})

@@ -5,7 +5,8 @@ Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry 
 ``_per_``, powers as plain digits, ``unitless`` for dimensionless heads): ``energy_eV``, ``fmax_eV_per_A``,
 ``gap_Hartree``, ``mu_Debye``, ``r2_bohr2``. Counts and labels have none: ``index``, ``name``, ``formula``,
 ``n_atoms``, ``dataset`` (the force-field dataset used), ``steps``, ``converged`` (True or False after a
-relaxation, empty for a prediction), ``error`` (empty, or why the
+relaxation, empty for a prediction), the frame parameters a model reads (``temperature_K``: the input's value,
+:mod:`mftcalc.data.frame_params`), ``error`` (empty, or why the
 structure has no results: it failed the structure check, or its relaxation ended with overlapping atoms).
 In extxyz and ASE-db outputs each structure also carries the model's energy (eV), forces (eV/Å) and, when periodic
 in all three directions, stress (eV/Å³) as ASE calculator results, so ``ase.io.read(out, ":")[i]
@@ -74,9 +75,16 @@ def property_column(handle: Any, name: str) -> str:
     return f"{name}_{unit_tag(handle.unit(name))}"
 
 
+def frame_param_column(handle: Any, name: str) -> str:
+    """Column of frame parameter ``name`` (an input the model's property heads read, :mod:`mftcalc.data.
+    frame_params`): ``<name>_<unit>`` (e.g. ``temperature_K``), the value the structure came with."""
+    return f"{name}_{unit_tag(handle.frame_param_units.get(name, ''))}"
+
+
 def result_columns(handle: Any, properties: Sequence[str]) -> List[str]:
     """The header of a screen's results: see the module docs."""
-    return LEADING + [property_column(handle, p) for p in properties] + ["error"]
+    return (LEADING + [frame_param_column(handle, n) for n in handle.frame_params]
+            + [property_column(handle, p) for p in properties] + ["error"])
 
 
 def write_structures(out: Path, kind: str, rows: List[Dict[str, Any]], final_structures: Dict[int, Structure]

@@ -101,7 +101,7 @@ def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optio
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so no forces to differentiate; use a model trained "
                          "as a force field (mftcalc info MODEL lists its heads)")
-    datasets = handle.check_structures(structures)
+    datasets = handle.check_structures(structures, frame_params=False)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -131,7 +131,8 @@ def _block(structures: List[Structure], datasets: List[int], handle: Any, delta:
     for structure, index in zip(structures, datasets):
         copies += displaced(structure, delta)
         copy_datasets += [index] * (6 * structure.n_atoms)
-    predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False)
+    predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False,
+                                   properties=False)
     out, start = [], len(structures)
     for k, structure in enumerate(structures):
         n3 = 3 * structure.n_atoms

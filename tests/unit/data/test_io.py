@@ -194,6 +194,21 @@ def test_missing_file(tmp_path):
         read_deepmd(tmp_path)
 
 
+def test_deepmd_fparam_becomes_frame_parameters_in_info(tmp_path):
+    """fparam.npy (deepmd-kit's frame parameters) is read into info: one column as ``fparam``, several as
+    ``fparam_0``, ... (what ``--frame-param`` names); a file of the wrong length is refused."""
+    system = _deepmd_system(tmp_path)
+    np.save(system / "set.000" / "fparam.npy", np.array([[300.0], [500.0]]))
+    assert [s.info["fparam"] for s in read_deepmd(system)] == [300.0, 500.0]
+    np.save(system / "set.000" / "fparam.npy", np.array([[300.0, 1.0], [500.0, 2.0]]))
+    back = read_deepmd(system)
+    assert [(s.info["fparam_0"], s.info["fparam_1"]) for s in back] == [(300.0, 1.0), (500.0, 2.0)]
+    assert "fparam" not in back[0].properties
+    np.save(system / "set.000" / "fparam.npy", np.array([300.0, 500.0, 700.0]))
+    with pytest.raises(StructureError, match="fparam.npy has shape"):
+        read_deepmd(system)
+
+
 def _deepmd_system(tmp_path) -> Path:
     write_deepmd(_random_structures()[0:4:2], tmp_path / "dp")  # two frames of one system
     return tmp_path / "dp" / "CoFe2"

@@ -10,7 +10,8 @@ from mftcalc.model.applicability import KnnApplicabilityHead, fit_applicability
 
 def _score(head, node, numbers):
     batch = torch.zeros(node.shape[0], dtype=torch.int64)
-    _, score = head(node, numbers, batch, torch.zeros(node.shape[0], 3), torch.zeros(1, dtype=torch.int64), 1)
+    _, score = head(node, numbers, batch, torch.zeros(node.shape[0], 3), torch.zeros(1, dtype=torch.int64), 1,
+                    torch.zeros(1, 0))
     return float(score[0])
 
 
@@ -39,5 +40,5 @@ def test_reference_is_resized_on_load_and_scripts():
     node = torch.randn(3, 4)
     numbers = torch.tensor([1, 1, 1])
     batch = torch.tensor([0, 0, 1])
-    args = (node, numbers, batch, torch.zeros(3, 3), torch.zeros(2, dtype=torch.int64), 2)
+    args = (node, numbers, batch, torch.zeros(3, 3), torch.zeros(2, dtype=torch.int64), 2, torch.zeros(2, 0))
     torch.testing.assert_close(scripted(*args)[1], fresh(*args)[1])
