@@ -150,6 +150,8 @@ def test_finetune_and_predict_commands_take_frame_params(tmp_path):
                            "-o", str(tmp_path / "mine.pt")], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_checkpoint(tmp_path / "mine.pt")["metadata"]["heads"]["y"]["frame_params"] == {"temperature": "K"}
+    from mftcalc.model.card import model_card
+    assert "**Frame parameters** of `y`: `temperature` (K)" in model_card(tmp_path / "mine.pt")
     done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "predict", str(tmp_path / "mine.pt"),
                            str(tmp_path / "new.extxyz"), "--out", str(tmp_path / "pred.csv"), "--dataset", "xtb_qm9"],
                           capture_output=True, text=True, timeout=600, env=env)
