@@ -79,3 +79,10 @@ def constant_params(matrix: np.ndarray, names: Sequence[str], min_std: float = 1
     matrix = np.asarray(matrix, dtype=np.float64)
     std = matrix.std(0)
     return [n for n, s, m in zip(names, std, matrix.mean(0)) if not s > min_std * max(1.0, abs(m))]
+
+
+def frame_params_digest(structures: Sequence[Any], names: Sequence[str]) -> str:
+    """Short content digest (16 hex characters of a SHA-1) of the frame parameters ``names`` of ``structures``,
+    in order: a training state stores it, so a resume on changed conditions is stated."""
+    import hashlib
+    return hashlib.sha1(np.ascontiguousarray(frame_param_matrix(structures, names)).tobytes()).hexdigest()[:16]

@@ -19,6 +19,7 @@ import torch
 
 from mftcalc.analysis.plots import plot_learning_curves
 from mftcalc.data.batch import collate
+from mftcalc.data.frame_params import frame_params_digest
 from mftcalc.data.structure import structures_digest
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.model.checkpoint import atomic_save
@@ -142,9 +143,15 @@ class Trainer:
         record = {name: str(getattr(self.settings, name)) for name in self.settings.__dataclass_fields__
                   if name not in ("progress", "log_every", "device")}      # a resume may move to another device
         record["world_size"] = str(self.world)                                 # per-rank batch x world = global
+        frame_names = list(getattr(self.model, "frame_param_names", []))
+        if frame_names:                                    # read from info, which structures_digest leaves out
+            record["frame_params"] = ", ".join(frame_names)
         for s in self.sources:
             record[f"source/{s.name}"] = f"kind={s.kind} prob={s.prob} batch_size={s.batch_size} n={len(s.structures)}"
             record[f"data/{s.name}"] = self._digests.setdefault(s.name, structures_digest(s.structures))
+            if frame_names and s.kind == "property":
+                record[f"frame_data/{s.name}"] = self._digests.setdefault(
+                    f"frame:{s.name}", frame_params_digest(s.structures, frame_names))
         return record
 
     def _state_changes(self, old: Optional[Dict[str, str]]) -> List[str]:
@@ -174,7 +181,13 @@ class Trainer:
             raise ValueError(f"{self.state_path} continues a run that started from another model ({differ}); "
                              f"its weights descend from that one. Delete {self.state_path.parent} to train from "
                              "the new model, or restore the old one to resume")
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:                        # missing keys, size mismatches: another architecture
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise ValueError(f"{self.state_path} holds the weights of a model shaped unlike this run's ({first}): "
+                             "the heads, frame parameters or backbone changed. Delete "
+                             f"{self.state_path.parent} to start over, or restore the old settings to resume") from None
         self.ema, ema_note = resume_weight_average(self.ema, self.model, state.get("ema"))
         self._load_optimizer_state(state["optimizer"])
         for sampler, st in zip(self.samplers, state["samplers"]):

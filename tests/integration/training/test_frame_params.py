@@ -168,3 +168,24 @@ def test_finetune_and_predict_commands_take_frame_params(tmp_path):
     table = list(csv.DictReader(open(tmp_path / "bare.csv")))
     assert [r["y_eV"] for r in table] == ["", ""]                          # no number without the temperature
     assert all("structure" in r["error"] and "no frame parameter 'temperature' (K)" in r["error"] for r in table)
+
+
+def test_a_resume_states_changed_conditions_and_refuses_a_changed_head(tmp_path):
+    """The conditions live in info, outside the structures' digest: a resume on changed values is stated, and a
+    resume with another set of frame parameters (another head input) is refused by name, not a shape error."""
+    from dataclasses import replace
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    write_extxyz(_labelled(20), tmp_path / "d.extxyz")
+    settings = FinetuneSettings(strategy="ft", steps=2, val_every=2, checkpoint_every=1, head_hidden=(8,),
+                                interval_coverage=0, progress=False)
+    pretrained = REPO / "models" / "pretrained.pt"
+    task = file_task(str(tmp_path / "d.extxyz"), "y", "eV", frame_params={"temperature": "K"})
+    finetune(task, settings, tmp_path / "run", pretrained)
+    warmer = [s.with_labels(info={**s.info, "temperature": s.info["temperature"] + 10.0}) for s in task.train]
+    finetune(replace(task, train=warmer), replace(settings, steps=3), tmp_path / "run", pretrained)
+    assert "frame_data/" in (tmp_path / "run" / "resume.log").read_text()
+    for k, s in enumerate(task.train + task.val):
+        s.info["pressure"] = 0.1 * k
+    two = replace(task, frame_params={"temperature": "K", "pressure": "GPa"})
+    with pytest.raises(ValueError, match="shaped unlike this run's.*frame parameters"):
+        finetune(two, replace(settings, steps=4), tmp_path / "run", pretrained)
