@@ -152,19 +152,17 @@ def test_finetune_and_predict_commands_take_frame_params(tmp_path):
     assert read_checkpoint(tmp_path / "mine.pt")["metadata"]["heads"]["y"]["frame_params"] == {"temperature": "K"}
     from mftcalc.model.card import model_card
     assert "**Frame parameters** of `y`: `temperature` (K)" in model_card(tmp_path / "mine.pt")
-    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "predict", str(tmp_path / "mine.pt"),
-                           str(tmp_path / "new.extxyz"), "--out", str(tmp_path / "pred.csv"), "--dataset", "xtb_qm9"],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    from mftcalc.cli import main                                             # the same command, in process
+    assert main(["predict", str(tmp_path / "mine.pt"), str(tmp_path / "new.extxyz"), "--out",
+                 str(tmp_path / "pred.csv"), "--dataset", "xtb_qm9"]) == 0
     import csv
     table = list(csv.DictReader(open(tmp_path / "pred.csv")))
     assert len(table) == 4 and all(np.isfinite(float(r["y_eV"])) and not r["error"] for r in table)
     assert [float(r["temperature_K"]) for r in table] == pytest.approx(
         [s.info["temperature"] for s in _labelled(4, seed=1)])
     write_extxyz([s.with_labels(info={}) for s in _labelled(2, seed=2)], tmp_path / "bare.extxyz")
-    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "predict", str(tmp_path / "mine.pt"),
-                           str(tmp_path / "bare.extxyz"), "--out", str(tmp_path / "bare.csv"), "--dataset", "xtb_qm9"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    main(["predict", str(tmp_path / "mine.pt"), str(tmp_path / "bare.extxyz"), "--out", str(tmp_path / "bare.csv"),
+          "--dataset", "xtb_qm9"])
     table = list(csv.DictReader(open(tmp_path / "bare.csv")))
     assert [r["y_eV"] for r in table] == ["", ""]                          # no number without the temperature
     assert all("structure" in r["error"] and "no frame parameter 'temperature' (K)" in r["error"] for r in table)

@@ -277,3 +277,15 @@ def test_angle_block_module_scripts_with_fixed_backend(fused, backend, tmp_path)
     for module in (block, loaded):
         for got, want in zip(module(*floats, a_ij, a_ik), expected):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_builds_run_the_packaged_ninja_whatever_path_says(monkeypatch, tmp_path):
+    """Two ninja versions rebuild each other's work from scratch: every build puts the ninja package's binary
+    first on PATH, and PATH is restored afterwards."""
+    import os
+    ninja = pytest.importorskip("ninja")
+    from mftcalc.kernels.build_tools import packaged_ninja
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}/usr/bin")
+    with packaged_ninja():
+        assert os.environ["PATH"].split(os.pathsep)[0] == str(ninja.BIN_DIR)
+    assert os.environ["PATH"] == f"{tmp_path}{os.pathsep}/usr/bin"

@@ -70,8 +70,11 @@ def available() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
-             build_directory=str(directory), is_python_module=False, verbose=False)
+        from mftcalc.kernels.build_tools import packaged_ninja
+
+        with packaged_ninja():
+            load(name=_NAME, sources=[str(_SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=_LDFLAGS,
+                 build_directory=str(directory), is_python_module=False, verbose=False)
         _State.loaded = True
     except Exception as exc:  # compiler missing or failing: reported by ``error()``
         _State.error = f"{type(exc).__name__}: {exc}"

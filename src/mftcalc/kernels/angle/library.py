@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from mftcalc.kernels.build_tools import packaged_ninja
+
 LIBRARY_NAME = "mftcalc_angle_block"
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("angle_autograd.cpp", "angle_ops.cpp", "angle_kernels_default.cpp", "angle_kernels_avx2.cpp")
@@ -38,7 +40,8 @@ def cache_dir() -> Path:
     # checkouts (a clone and a git worktree of an older commit) sharing the cache would otherwise overwrite each
     # other's build.ninja (it holds absolute source paths) and rebuild on every alternation (25-60 s each)
     sources = b"".join(p.read_bytes() for p in sorted(CSRC.iterdir()) if p.suffix in (".cpp", ".h"))
-    where = hashlib.sha256(f"{torch.__file__}|{sys.executable}|{CSRC}".encode() + sources).hexdigest()[:8]
+    flags = " ".join(CFLAGS + LDFLAGS + list(SOURCES))      # a library found there is loaded as it is
+    where = hashlib.sha256(f"{torch.__file__}|{sys.executable}|{CSRC}|{flags}".encode() + sources).hexdigest()[:8]
     tag = f"torch{torch.__version__}-py{sys.version_info.major}{sys.version_info.minor}-{where}".replace("+", "_")
     path = root / "torch_extensions" / tag
     path.mkdir(parents=True, exist_ok=True)
@@ -50,13 +53,21 @@ def _build_and_load() -> None:
 
     build_directory = cache_dir()
     _log.info("loading the fused angle-block library from %s (compiled on first use, ~0.5-1 min)", build_directory)
-    if not (build_directory / f"{LIBRARY_NAME}.so").exists():
-        print(f"mftcalc: building the C++ angle-block operator (first use, about 30-60 s) in {build_directory}",
-              file=sys.stderr, flush=True)
+    library = build_directory / f"{LIBRARY_NAME}.so"
     start = time.perf_counter()
-    cpp_extension.load(name=LIBRARY_NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CFLAGS,
-                       extra_ldflags=LDFLAGS, extra_include_paths=[str(CSRC)], build_directory=str(build_directory),
-                       is_python_module=False, verbose=False)
+    if library.exists():       # the directory's tag hashes the sources: a library there was built from these
+        try:
+            torch.ops.load_library(str(library))
+            _log.info("fused angle-block library loaded from the cache in %.1f s", time.perf_counter() - start)
+            return
+        except OSError as exc:  # a broken cache entry is rebuilt
+            _log.info("cached %s did not load (%s); rebuilding", library, exc)
+    print(f"mftcalc: building the C++ angle-block operator (first use, about 30-60 s) in {build_directory}",
+          file=sys.stderr, flush=True)
+    with packaged_ninja():
+        cpp_extension.load(name=LIBRARY_NAME, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=CFLAGS,
+                           extra_ldflags=LDFLAGS, extra_include_paths=[str(CSRC)],
+                           build_directory=str(build_directory), is_python_module=False, verbose=False)
     _log.info("fused angle-block library ready after %.1f s", time.perf_counter() - start)
 
 
