@@ -64,21 +64,24 @@ def frame_param_matrix(structures: Sequence[Any], names: Sequence[str],
     return out
 
 
+def _varies(matrix: np.ndarray, min_std: float) -> np.ndarray:
+    """Which columns [F] of ``matrix`` [B, F] vary: standard deviation above ``min_std`` relative to the mean's
+    size (at least 1)."""
+    return matrix.std(0) > min_std * np.maximum(1.0, np.abs(matrix.mean(0)))
+
+
 def frame_stats(matrix: np.ndarray, min_std: float = 1e-6) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation [F] of a frame-parameter matrix [B, F] (the head's standardisation). A
     parameter constant in the training set gets std 1: the head cannot learn its effect, and says so through
     :func:`constant_params`."""
     matrix = np.asarray(matrix, dtype=np.float64)
-    mean = matrix.mean(0)
-    std = matrix.std(0)
-    return mean, np.where(std > min_std * np.maximum(1.0, np.abs(mean)), std, 1.0)
+    return matrix.mean(0), np.where(_varies(matrix, min_std), matrix.std(0), 1.0)
 
 
 def constant_params(matrix: np.ndarray, names: Sequence[str], min_std: float = 1e-6) -> List[str]:
     """Names of the frame parameters that do not vary over ``matrix`` [B, F] (their effect cannot be learned)."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    std = matrix.std(0)
-    return [n for n, s, m in zip(names, std, matrix.mean(0)) if not s > min_std * max(1.0, abs(m))]
+    varies = _varies(np.asarray(matrix, dtype=np.float64), min_std)
+    return [n for n, v in zip(names, varies) if not v]
 
 
 def frame_params_digest(structures: Sequence[Any], names: Sequence[str]) -> str:
