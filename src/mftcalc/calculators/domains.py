@@ -37,7 +37,7 @@ to score the domain) are not checked.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
@@ -51,26 +51,32 @@ class DatasetChoiceError(ValueError):
 
 @dataclass(frozen=True)
 class Domain:
-    """Where a dataset or head was trained: ``elements`` (atomic numbers; None: not recorded) and ``periodic``
-    (True: crystals periodic in all three directions; False: molecules, no periodic direction)."""
+    """Where a dataset or head was trained: ``elements`` (atomic numbers; None: not recorded), ``periodic``
+    (True: crystals periodic in all three directions; False: molecules, no periodic direction) and, for a head
+    with frame parameters, their training ranges (:mod:`mftcalc.data.frame_params`)."""
 
     elements: Optional[FrozenSet[int]]
     periodic: bool
     source: str = ""
+    frame_ranges: Tuple[Tuple[str, float, float], ...] = ()        # (name, min, max) of each frame parameter
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> "Domain":
         elements = data.get("elements")
-        return cls(None if elements is None else frozenset(int(z) for z in elements), bool(data["periodic"]), source)
+        ranges = tuple((str(k), float(v[0]), float(v[1])) for k, v in (data.get("frame_params") or {}).items())
+        return cls(None if elements is None else frozenset(int(z) for z in elements), bool(data["periodic"]), source,
+                   ranges)
 
     def describe(self) -> str:
         kind = "crystals (periodic in 3 directions)" if self.periodic else "molecules (no periodic direction)"
-        if self.elements is None:
-            return kind
-        return f"{kind} of {_symbols(self.elements)}"
+        if self.elements is not None:
+            kind = f"{kind} of {_symbols(self.elements)}"
+        ranges = ", ".join(f"{k} {lo:g} to {hi:g}" for k, lo, hi in self.frame_ranges)
+        return f"{kind} at {ranges}" if ranges else kind
 
     def outside(self, structure: Structure) -> Dict[str, str]:
-        """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements": phrase}`` (empty: inside)."""
+        """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements" | "frame parameter <name>":
+        phrase}`` (empty: inside)."""
         reasons = {}
         kind = periodicity(structure)
         if kind != ("crystal" if self.periodic else "molecule"):
@@ -80,6 +86,11 @@ class Domain:
             if foreign:
                 reasons["elements"] = (f"it contains {_symbols(foreign)}, outside the training elements "
                                        f"{_symbols(self.elements)}")
+        for name, lo, hi in self.frame_ranges:
+            value = structure.info.get(name)
+            if isinstance(value, (int, float, np.number)) and not lo <= float(value) <= hi:
+                reasons[f"frame parameter {name}"] = (f"its {name} {float(value):g} lies outside the training "
+                                                      f"range {lo:g} to {hi:g}")
         return reasons
 
 

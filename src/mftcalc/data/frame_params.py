@@ -84,6 +84,14 @@ def constant_params(matrix: np.ndarray, names: Sequence[str], min_std: float = 1
     return [n for n, v in zip(names, varies) if not v]
 
 
+def frame_ranges(structures: Sequence[Any], names: Sequence[str]) -> Dict[str, List[float]]:
+    """``{name: [min, max]}`` of each frame parameter over ``structures`` (a head's training range, recorded in
+    its domain so that a value outside it is warned about like an element outside it)."""
+    matrix = frame_param_matrix(structures, names)
+    return {n: [float(matrix[:, j].min()), float(matrix[:, j].max())] for j, n in enumerate(names)} \
+        if len(structures) else {}
+
+
 def frame_params_digest(structures: Sequence[Any], names: Sequence[str]) -> str:
     """Short content digest (16 hex characters of a SHA-1) of the frame parameters ``names`` of ``structures``,
     in order: a training state stores it, so a resume on changed conditions is stated."""

@@ -33,6 +33,7 @@ from mftcalc.training.loop import Trainer, TrainSettings
 from mftcalc.training.weight_average import check_decay
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.distributed import rank_and_world
+from mftcalc.training.domain_record import record_domains
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
 from mftcalc.training.strategies import get_strategy, strategy_names
@@ -317,30 +318,6 @@ def add_aux_datasets(pretrained: MFTModel, ff: Dict[str, List[Structure]], new_f
     for name in missing:
         fit_forcefield_shift(extended.ff_heads["forcefield"], ff[name], [names.index(name)] * len(ff[name]))
     return extended
-
-
-def record_domains(metadata: Dict[str, Any], pretrained: Optional[MFTModel], task, ff: Optional[Dict]) -> None:
-    """Write into the fine-tuned model's metadata where it is meant to be used (read by the calculator's dataset
-    rule and domain warnings, :mod:`mftcalc.calculators.domains`): the pretrained datasets' domains, the property
-    head's domain (the task's elements and periodicity) and, for MFT, the dataset holding most (over half) of its
-    auxiliary structures as the model's default for structures of the task's kind (the force field it kept)."""
-    from types import SimpleNamespace
-    from mftcalc.training.pretrain import source_domains
-    base = getattr(pretrained, "metadata", {}) if pretrained is not None else {}
-    domains = dict(base.get("dataset_domains") or {})
-    for name, structures in (ff or {}).items():           # auxiliary datasets, new ones included
-        domains.setdefault(name, source_domains([SimpleNamespace(name=name, structures=structures)]).get(name))
-    domains = {k: v for k, v in domains.items() if v is not None}
-    if domains:
-        metadata["dataset_domains"] = domains
-    periodic = task_domain(task.train) == "materials"
-    elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
-    metadata["heads"][task.property]["domain"] = {"elements": elements, "periodic": periodic}
-    if ff:
-        sizes = {name: len(structures) for name, structures in ff.items()}
-        main = max(sizes, key=sizes.get)
-        if sizes[main] > 0.5 * sum(sizes.values()):
-            metadata["default_datasets"] = {"crystal" if periodic else "molecule": main}
 
 
 def applicability_report(parity: Dict[str, np.ndarray]) -> Dict[str, float]:

@@ -160,6 +160,13 @@ def test_finetune_and_predict_commands_take_frame_params(tmp_path):
     assert len(table) == 4 and all(np.isfinite(float(r["y_eV"])) and not r["error"] for r in table)
     assert [float(r["temperature_K"]) for r in table] == pytest.approx(
         [s.info["temperature"] for s in _labelled(4, seed=1)])
+    from mftcalc.calculators.model_handle import DomainWarning
+    hot = _labelled(1, seed=1)[0]
+    hot.info["temperature"] = 2000.0                                         # training range: 200-800 K
+    atoms = hot.to_ase()
+    atoms.calc = MFTCalculator(str(tmp_path / "mine.pt"), dataset="xtb_qm9")
+    with pytest.warns(DomainWarning, match="its temperature 2000 lies outside the training range"):
+        atoms.calc.get_property("y", atoms)
     write_extxyz([s.with_labels(info={}) for s in _labelled(2, seed=2)], tmp_path / "bare.extxyz")
     main(["predict", str(tmp_path / "mine.pt"), str(tmp_path / "bare.extxyz"), "--out", str(tmp_path / "bare.csv"),
           "--dataset", "xtb_qm9"])
