@@ -27,8 +27,10 @@ def record_domains(metadata: Dict[str, Any], pretrained: Optional[Any], task, ff
         metadata["dataset_domains"] = domains
     periodic = task_domain(task.train) == "materials"
     elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
-    metadata["heads"][task.property]["domain"] = {"elements": elements, "periodic": periodic,
-                                                  "frame_params": frame_ranges(task.train, list(task.frame_params))}
+    domain: Dict[str, Any] = {"elements": elements, "periodic": periodic}
+    if task.frame_params:
+        domain["frame_params"] = frame_ranges(task.train, list(task.frame_params))
+    metadata["heads"][task.property]["domain"] = domain
     if ff:
         sizes = {name: len(structures) for name, structures in ff.items()}
         main = max(sizes, key=sizes.get)
