@@ -32,7 +32,8 @@ def _data_config(args: argparse.Namespace) -> Dict[str, Any]:
     return {"pretrained": args.pretrained or _shipped_pretrained(), "out_dir": str(out.with_name(out.stem + "_run")),
             "task": {"kind": "file", "path": args.data, "property": args.property, "unit": args.unit,
                      "intensive": not args.extensive, "val_path": args.val, "val_fraction": args.val_fraction,
-                     "test_path": args.test, "frame_params": frame_param_args(args.frame_param)},
+                     "test_path": args.test, "frame_params": frame_param_args(args.frame_param),
+                     "group_key": args.group_key, "weight_key": args.weight_key},
             "settings": settings}
 
 
@@ -183,6 +184,11 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--frame-param", action="append", default=[], metavar="KEY[:UNIT]",
                    help="with --data: a per-structure condition the property depends on (temperature:K), read "
                         "from each frame's info and fed to the property head; repeat for several")
+    p.add_argument("--group-key", metavar="KEY", help="with --data: the label belongs to a group of frames (a "
+                   "polymer's repeat unit and end groups, a mixture's molecules): frames with the same info[KEY] are "
+                   "one item, their pooled features reduced by a group head")
+    p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
+                   "component's weight in its group (1 when a frame lacks it)")
     p.add_argument("--steps", type=int, help="with --data: training steps (default: about 200 passes over the "
                    "data, 1,000-20,000)")
     p.add_argument("--pretrained", help="with --data: pretrained model (default: the shipped models/pretrained.pt)")

@@ -77,6 +77,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.group_key:
+        from mftcalc.workflows.group_predict import predict_groups
+        if args.workers != 1 or args.shard or args.properties or args.dataset:
+            raise SystemExit("--group-key predicts every group head in one process: drop --workers, --shard, "
+                             "--properties and --dataset")
+        rows = predict_groups(args.model, args.input, args.out, args.group_key, args.weight_key, DTYPES[args.dtype],
+                              args.device or "auto")
+        print(f"{len(rows)} groups\nwrote {args.out}")
+        return 0
     from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=False, properties=args.properties,
                   workers=args.workers, shard=args.shard, dtype=DTYPES[args.dtype], dataset=args.dataset,
@@ -193,6 +202,10 @@ def add_model_parsers(subparsers: Any) -> None:
     _inputs(p)
     p.add_argument("--properties", nargs="*", default=None, help="property heads to predict (default: all)")
     p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each")
+    p.add_argument("--group-key", metavar="KEY", default=None, help="a model with a group head (mftcalc finetune "
+                   "--group-key): frames with the same info[KEY] are one group, one output row each (.csv)")
+    p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
+                   "component's weight (1 when a frame lacks it)")
     _shard_option(p)
     p.set_defaults(func=_predict)
     p = subparsers.add_parser("relax", help="batched relaxation, then properties")

@@ -21,6 +21,8 @@ PBC = "pbc"                      # [B, 3] bool
 N_ATOMS = "n_atoms"              # [B] int64, atoms per structure
 DATASET = "dataset"              # [B] int64, dataset (case) index for the force-field head
 FRAME_PARAMS = "frame_params"    # [B, F] float, the model's frame parameters (mftcalc.data.frame_params), their units
+GROUP_INDEX = "group_index"      # [B] int64, the assembly (group, 0..G-1) each structure is a component of
+GROUP_WEIGHT = "group_weight"    # [B] float, the component's weight in its group (> 0, no unit)
 
 # --- labels (training targets) ------------------------------------------------
 ENERGY = "energy"                # [B] float, eV (total energy)
@@ -39,12 +41,14 @@ NODE_FEATURES = "node_features"  # [N, n_dim] backbone features (analysis)
 EDGE_INDEX = "edge_index"        # [2, E] int64, (centre i, neighbour j)
 EDGE_SHIFTS = "edge_shifts"      # [E, 3] float, integer cell shifts S: r_ij = x_j - x_i + S @ cell
 
-PROPERTY_PREFIX = "property:"    # property labels live under "property:<name>" [B] (+ "has_property:<name>" [B] bool)
+PROPERTY_PREFIX = "property:"    # property labels live under "property:<name>" [B] (+ "has_property:<name>" [B] bool);
+                                 # in a batch of assemblies (group_index present) they are [G], one per group
 HAS_PROPERTY_PREFIX = "has_property:"
 
 SCOPES: Dict[str, str] = {
     POSITIONS: "atom", NUMBERS: "atom", BATCH: "atom", FORCES: "atom", ENERGIES: "atom", NODE_FEATURES: "atom",
     CELL: "system", PBC: "system", N_ATOMS: "system", DATASET: "system", FRAME_PARAMS: "system",
+    GROUP_INDEX: "system", GROUP_WEIGHT: "system",
     ENERGY: "system", STRESS: "system",
     HAS_ENERGY: "system", HAS_FORCES: "system", HAS_STRESS: "system", VIRIAL: "system",
     EDGE_INDEX: "edge", EDGE_SHIFTS: "edge",

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from mftcalc import keys as K
+from mftcalc.data.assembly import Assembly, components_of, is_assembly
 from mftcalc.data.frame_params import frame_param_matrix
 from mftcalc.data.structure import Structure
 
@@ -38,10 +39,15 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
         A batch dict with ``positions [N,3]``, ``numbers [N]``, ``batch [N]``, ``cell [B,3,3]``, ``pbc [B,3]``,
         ``n_atoms [B]``, ``dataset [B]``, and when any structure has them ``energy [B]``, ``forces [N,3]``,
         ``stress [B,3,3]`` with masks ``has_energy/has_forces/has_stress [B]``, ``property:<name> [B]`` with
-        ``has_property:<name> [B]``, and ``frame_params [B, F]`` when ``frame_params`` names any.
+        ``has_property:<name> [B]``, and ``frame_params [B, F]`` when ``frame_params`` names any. A list of
+        assemblies (:class:`mftcalc.data.assembly.Assembly`) is collated by :func:`collate_assemblies` (their
+        components, ``group_index``, labels [G]).
     """
     if len(structures) == 0:
         raise ValueError("cannot collate an empty list of structures")
+    if is_assembly(structures[0]):
+        return collate_assemblies(structures, dtype, dataset, None if properties is None else list(properties),
+                                  device, frame_params)
     n_atoms = np.fromiter((s.n_atoms for s in structures), dtype=np.int64, count=len(structures))
     nb = len(structures)
     np_float = np.float32 if dtype == torch.float32 else np.float64
@@ -90,6 +96,36 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
         present = np.array([name in s.properties for s in structures])
         out[K.property_key(name)] = t(np.array([s.properties.get(name, 0.0) for s in structures]))
         out[K.has_property_key(name)] = t(present, torch.bool)
+    return out
+
+
+def collate_assemblies(assemblies: Sequence[Assembly], dtype: torch.dtype = torch.float32,
+                       dataset: Optional[Sequence[int] | int] = None, properties: Optional[Sequence[str]] = None,
+                       device: torch.device | str = "cpu", frame_params: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+    """One batch of G assemblies: their B components collated (:func:`mftcalc.data.batch.collate`, ``dataset``
+    per assembly or one int) plus ``group_index [B]`` int64, ``group_weight [B]`` and the labels
+    ``property:<name> [G]`` with ``has_property:<name> [G]`` (default: every property any assembly carries).
+    Frame parameters are the group's (``info``), repeated on its components."""
+    if len(assemblies) == 0:
+        raise ValueError("cannot collate an empty list of assemblies")
+    sizes = np.array([len(a.components) for a in assemblies], dtype=np.int64)
+    components = components_of(assemblies)
+    if dataset is not None and not isinstance(dataset, (int, np.integer)):
+        dataset = np.repeat(np.asarray(dataset, dtype=np.int64), sizes)
+    if frame_params:              # the group's conditions on each component (a component frame may lack them)
+        components = [Structure(c.positions, c.numbers, c.cell, c.pbc, info={**c.info, **{
+            n: a.info[n] for n in frame_params if n in a.info}}) if any(n not in c.info for n in frame_params)
+            else c for a in assemblies for c in a.components]
+    out = collate(components, dtype=dtype, dataset=dataset, properties=[], device=device, frame_params=frame_params)
+    out[K.GROUP_INDEX] = torch.from_numpy(np.repeat(np.arange(len(assemblies)), sizes)).to(device)
+    out[K.GROUP_WEIGHT] = torch.from_numpy(np.concatenate([a.weights for a in assemblies])).to(device=device,
+                                                                                              dtype=dtype)
+    names = list(properties) if properties is not None else sorted({p for a in assemblies for p in a.properties})
+    for name in names:
+        present = np.array([name in a.properties for a in assemblies])
+        out[K.property_key(name)] = torch.tensor([a.properties.get(name, 0.0) for a in assemblies], dtype=dtype,
+                                                 device=device)
+        out[K.has_property_key(name)] = torch.from_numpy(present).to(device)
     return out
 
 

@@ -192,6 +192,11 @@ def structures_digest(structures) -> str:
     import hashlib
     h = hashlib.sha1()
     for s in structures:
+        if hasattr(s, "components"):        # an assembly (mftcalc.data.assembly): components, weights, labels
+            h.update(structures_digest(s.components).encode())
+            h.update(np.ascontiguousarray(s.weights, dtype=np.float64).tobytes())
+            h.update(repr(sorted((k, float(v)) for k, v in s.properties.items())).encode())
+            continue
         for array in (s.numbers, s.positions, s.cell, s.pbc):
             h.update(np.ascontiguousarray(array).tobytes())
         h.update(repr(None if s.energy is None else float(s.energy)).encode())

@@ -42,6 +42,10 @@ class TaskSpec:
     frame_params: Dict[str, str] = option(factory=dict, help="file: {info key: unit} of per-structure conditions "
                                           "the property depends on (temperature, pressure, charge, ...), read "
                                           "from every frame and fed to the property head beside the structure")
+    group_key: Optional[str] = option(None, "file: one label per group of frames (assemblies): the info key naming "
+                                            "each frame's group; its components are pooled by a group head")
+    weight_key: str = option("weight", "file, with group_key: the info key of each component's weight in its "
+                                       "group (default 1 when a frame lacks it)")
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -53,6 +57,9 @@ class TaskSpec:
             raise ValueError("a file task needs path and property")
         if self.frame_params and self.kind != "file":
             raise ValueError(f"frame_params are for file tasks (your own data); a {self.kind} task has none")
+        if self.group_key and self.kind != "file":
+            raise ValueError(f"group_key is for file tasks (your own data); a {self.kind} task has one structure "
+                             "per label")
         if self.kind == "file" and not self.val_path and not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.kind == "qm9":

@@ -101,7 +101,8 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
               val_fraction: float = 0.1, test_path: Optional[str] = None, seed: int = 0,
               element_bias: bool = True, loss: str = "mse", train_fraction: float = 1.0,
               model_path: Optional[str] = None, smiles_dataset: str = "xtb_qm9",
-              frame_params: Optional[Dict[str, str]] = None) -> PropertyTask:
+              frame_params: Optional[Dict[str, str]] = None, group_key: Optional[str] = None,
+              weight_key: str = "weight") -> PropertyTask:
     """A property task from the user's own labelled structures (any format ``read_structures`` reads).
 
     The property is a per-structure scalar in each frame's ``info`` (extxyz comment line, ASE database key-value
@@ -118,8 +119,16 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     ``frame_params`` (``{info key: unit}``): per-structure conditions the property depends on, read from every
     frame (:mod:`mftcalc.data.frame_params`); a frame without one, or with a value that is not one finite number,
     raises naming the file and frame.
+
+    ``group_key``: the label belongs to a group of frames (an assembly, :mod:`mftcalc.data.assembly`): frames
+    with the same ``info[group_key]`` are one training item, weighted by ``info[weight_key]`` (default 1), and the
+    task's head is a group head (``intensive``: the weighted mean of the components' pooled features, else
+    their weighted sum). The validation share is drawn over groups.
     """
     frame_params = dict(frame_params or {})
+    if group_key and str(path).lower().endswith(".csv"):
+        raise ValueError(f"{path}: a SMILES CSV has one molecule per row and no group key; write the components as "
+                         f"frames with info[{group_key!r}] (extxyz) to fine-tune on groups")
     if frame_params and str(path).lower().endswith(".csv"):
         raise ValueError(f"{path}: frame parameters ({', '.join(frame_params)}) are read from each structure's info "
                          "(extxyz comment line, ASE database key-value pairs); a SMILES CSV carries none. Relax "
@@ -131,10 +140,13 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
             frame_param_matrix(structures, list(frame_params), frame_params)
         except ValueError as exc:
             raise ValueError(f"{part_path} ({what}): {str(exc).replace('structure ', 'frame ', 1)}") from None
+        if group_key:
+            from mftcalc.data.assembly import group_structures
+            return group_structures(structures, group_key, weight_key, list(frame_params), f"{part_path} ({what})")
         return structures
 
     data = read(path, "training data")
-    periodic = {bool(np.any(s.pbc)) for s in data}
+    periodic = {bool(np.any(s.pbc)) for s in data}        # an assembly is periodic when any component is
     if len(periodic) > 1:
         n_pbc = sum(bool(np.any(s.pbc)) for s in data)
         raise ValueError(f"{path}: {n_pbc} periodic and {len(data) - n_pbc} non-periodic structures in one task; "
@@ -148,13 +160,19 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
         perm = np.random.default_rng(seed + 17).permutation(len(data))
         n_val = max(1, int(round(val_fraction * len(data))))
         if n_val >= len(data):
-            raise ValueError(f"{path}: {len(data)} structures are too few to split off validation; give --val FILE")
+            items = "groups" if group_key else "structures"
+            raise ValueError(f"{path}: {len(data)} {items} are too few to split off validation; give --val FILE")
         val = [data[i] for i in np.sort(perm[:n_val])]
         train = [data[i] for i in np.sort(perm[n_val:])]
     train = [train[i] for i in _subsample(np.arange(len(train)), train_fraction, seed)]
     test_parts = {"test": read(test_path, "test data")} if test_path else {}
     recipe = dict(kind="scalar", extensive=not intensive, element_bias=element_bias, loss=loss)
+    if group_key:
+        recipe.update(kind="group", extensive=False, element_bias=False,
+                      group_reduce="mean" if intensive else "sum")
     conditions = f" at {', '.join(frame_params)}" if frame_params else ""
+    if group_key:
+        conditions += f", one value per group of frames ({group_key})"
     return PropertyTask(name=f"file-{prop}", property=prop, unit=unit, train=train, val=val, test_parts=test_parts,
                         recipe=recipe, description=f"{prop} ({unit or 'no unit'}){conditions} from {path}",
                         frame_params=frame_params)
@@ -201,7 +219,7 @@ def load_task(spec: Any, fraction: float, fold: Optional[int], seed: int, cache:
     if spec.kind == "file":
         return file_task(spec.path, spec.property, spec.unit, spec.intensive, spec.val_path, spec.val_fraction,
                          spec.test_path, seed, train_fraction=fraction, model_path=model_path,
-                         frame_params=spec.frame_params)
+                         frame_params=spec.frame_params, group_key=spec.group_key, weight_key=spec.weight_key)
     if spec.kind == "matbench":
         from mftcalc.data.matbench import load_folds, load_matbench
         if matbench_path is None:

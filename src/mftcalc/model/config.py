@@ -68,7 +68,7 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    """One head. ``kind``: ``forcefield`` | ``scalar`` | ``dipole`` | ``r2`` | ``knn_ood`` | ``interval``.
+    """One head. ``kind``: ``forcefield`` | ``scalar`` | ``group`` | ``dipole`` | ``r2`` | ``knn_ood`` | ``interval``.
 
     ``extensive`` (scalar heads): sum over atoms, else mean. ``element_bias``: add a per-element bias fitted by
     least squares. ``unit``: unit of the head's output. ``n_datasets``: size of the dataset (case) embedding of a
@@ -80,7 +80,10 @@ class HeadConfig:
     of property head ``of`` at ``coverage`` (e.g. 0.9), scaled by the applicability head ``score``
     (:mod:`mftcalc.model.intervals`). ``frame_params`` (scalar heads): ``{name: unit}`` of the per-structure
     conditions the head reads beside the structure (temperature, pressure, charge, ...;
-    :mod:`mftcalc.data.frame_params`); empty for none.
+    :mod:`mftcalc.data.frame_params`); empty for none. ``group`` heads predict one value per assembly of
+    component structures (:mod:`mftcalc.data.assembly`): the components' mean node features, reduced over the
+    group by their weights (``group_reduce``: ``mean`` = weighted mean, ``sum`` = weighted sum), then an MLP;
+    they read frame parameters like scalar heads (one value per group).
     """
 
     kind: str = "scalar"
@@ -96,13 +99,17 @@ class HeadConfig:
     score: str = ""
     coverage: float = 0.0
     frame_params: Dict[str, str] = field(default_factory=dict)
+    group_reduce: str = "mean"
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.frame_params = {str(k): str(v) for k, v in dict(self.frame_params or {}).items()}
-        if self.frame_params and self.kind != "scalar":
-            raise ValueError(f"frame parameters {sorted(self.frame_params)} are read by scalar property heads only; "
-                             f"a {self.kind!r} head takes none")
+        if self.frame_params and self.kind not in ("scalar", "group"):
+            raise ValueError(f"frame parameters {sorted(self.frame_params)} are read by scalar and group property "
+                             f"heads only; a {self.kind!r} head takes none")
+        if self.group_reduce not in ("mean", "sum"):
+            raise ValueError(f"group_reduce must be 'mean' (weighted mean of the components) or 'sum' (weighted "
+                             f"sum), got {self.group_reduce!r}")
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"unknown head kind {self.kind!r}; use one of {', '.join(HEAD_KINDS)}")
         if self.kind == "interval" and not (self.of and self.score and 0.0 < float(self.coverage) < 1.0):
@@ -111,7 +118,7 @@ class HeadConfig:
                              f"score={self.score!r}, coverage={self.coverage!r}")
 
 
-HEAD_KINDS = ("forcefield", "scalar", "dipole", "r2", "knn_ood", "interval")
+HEAD_KINDS = ("forcefield", "scalar", "group", "dipole", "r2", "knn_ood", "interval")
 
 
 @dataclass

@@ -119,12 +119,19 @@ def fit_property_head(head: torch.nn.Module, structures: Sequence[Structure], na
 
     Scalar heads: intensive targets are fitted as ``label × N_atoms`` (the head averages), extensive as is; the
     scale is the standard deviation of the per-atom residual. Dipole heads: only the scale (charges start small).
-    ⟨R²⟩ heads: the scale maps Σ|r − c|²/a0² to the labels in the mean; no bias unless asked.
+    ⟨R²⟩ heads: the scale maps Σ|r − c|²/a0² to the labels in the mean; no bias unless asked. Group heads
+    (``structures`` are assemblies, :mod:`mftcalc.data.assembly`): shift and scale the labels' mean and spread.
     """
     labelled = [s for s in structures if name in s.properties]
     if not labelled:
         raise ValueError(f"no structure carries a label for property {name!r}")
     y = np.array([s.properties[name] for s in labelled])
+    if kind == "group":                  # assemblies: the MLP starts near the labels' mean and spread
+        if getattr(head, "n_frame", 0):
+            fit_frame_standardisation(head, labelled, name)
+        head.shift.fill_(float(y.mean()))
+        head.scale.fill_(max(float(y.std()), min_scale))
+        return
     n = np.array([s.n_atoms for s in labelled], dtype=float)
     counts = element_counts(labelled)
     if getattr(head, "n_frame", 0):
@@ -166,5 +173,5 @@ def fit_heads(model: torch.nn.Module, structures: Sequence[Structure], dataset: 
                 fit_forcefield_shift(model.ff_heads[name], structures,
                                      dataset if dataset is not None else [0] * len(structures))
         elif any(name in s.properties for s in structures):
-            fit_property_head(model.property_heads[name], structures, name, head_cfg.kind, head_cfg.extensive,
+            fit_property_head(model.head_module(name), structures, name, head_cfg.kind, head_cfg.extensive,
                               head_cfg.element_bias)

@@ -1,6 +1,7 @@
 """Heads that turn backbone node features into outputs: force field (with dataset embedding) and properties.
 
-Every head returns per-atom contributions ``[N]`` and the per-structure value ``[B]``; per-element biases and an
+Every head but the group head (:class:`GroupHead`, one value per group of structures) returns per-atom
+contributions ``[N]`` and the per-structure value ``[B]``; per-element biases and an
 output scale are buffers set from training data by least squares (``mftcalc.model.fitting``). Every head takes the
 batch's frame parameters ``frame`` [B, F] (:mod:`mftcalc.data.frame_params`); only scalar heads that declare some
 read them.
@@ -84,6 +85,49 @@ class ScalarHead(nn.Module):
         return atomic, total
 
 
+class GroupHead(nn.Module):
+    """One value per group of component structures (an assembly: a polymer's repeat unit and end groups, a
+    mixture's molecules, an adsorbate and its slab; :mod:`mftcalc.data.assembly`).
+
+    ``z_c`` = mean node feature of component c [B, n_dim]; the group embedding is Σ_c w_c z_c / Σ_c w_c
+    (``group_reduce="mean"``) or Σ_c w_c z_c (``"sum"``) over its components, weights ``w_c`` > 0; the value is
+    ``scale · MLP([embedding, standardised frame parameters]) + shift`` [G] in the head's unit (shift and scale
+    the labels' mean and spread, fitted from training data). A structure alone (``group`` = arange(B), weights
+    1) is a group of one: its prediction is what the calculator gives for one structure.
+    """
+
+    def __init__(self, n_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.reduce_mean = cfg.group_reduce == "mean"
+        self.frame_names = list(cfg.frame_params)
+        self.n_frame = len(self.frame_names)
+        self.mlp = MLP(n_dim + self.n_frame, cfg.hidden, 1, cfg.activation, resnet_dt=cfg.resnet_dt,
+                       deepmd_fitting=cfg.deepmd_fitting)
+        self.register_buffer("shift", torch.zeros(1))
+        self.register_buffer("scale", torch.ones(1))
+        persistent = self.n_frame > 0
+        self.register_buffer("frame_columns", torch.arange(self.n_frame), persistent=persistent)
+        self.register_buffer("frame_mean", torch.zeros(self.n_frame), persistent=persistent)
+        self.register_buffer("frame_std", torch.ones(self.n_frame), persistent=persistent)
+
+    def forward(self, node: Tensor, batch: Tensor, n_structures: int, group: Tensor, weight: Tensor,
+                n_groups: int, frame: Tensor) -> Tensor:
+        """``node`` [N, n_dim], ``batch`` [N], ``group`` [B] (group of each structure, 0..G-1), ``weight`` [B],
+        ``frame`` [B, F] (one value per group, repeated on its components) -> values [G]."""
+        counts = scatter_sum(torch.ones_like(node[:, 0]), batch, n_structures)
+        pooled = scatter_sum(node, batch, n_structures) / counts.unsqueeze(1)               # [B, n_dim]
+        w = weight.to(node.dtype).unsqueeze(1)
+        embedding = scatter_sum(pooled * w, group, n_groups)                                 # [G, n_dim]
+        total_w = scatter_sum(w, group, n_groups)                                            # [G, 1]
+        if self.reduce_mean:
+            embedding = embedding / total_w
+        x = embedding
+        if self.n_frame > 0:
+            f = (frame.index_select(1, self.frame_columns).to(node.dtype) - self.frame_mean) / self.frame_std
+            x = torch.cat([embedding, scatter_sum(f * w, group, n_groups) / total_w], 1)
+        return self.mlp(x).squeeze(1) * self.scale + self.shift
+
+
 class DipoleHead(nn.Module):
     """Dipole moment magnitude (Debye) from per-atom charges (e) made neutral per structure: |Σ q_i r_i|."""
 
@@ -131,6 +175,8 @@ def make_head(n_dim: int, cfg: HeadConfig) -> nn.Module:
         return ForceFieldHead(n_dim, cfg)
     if cfg.kind == "scalar":
         return ScalarHead(n_dim, cfg)
+    if cfg.kind == "group":
+        return GroupHead(n_dim, cfg)
     if cfg.kind == "dipole":
         return DipoleHead(n_dim, cfg)
     if cfg.kind == "knn_ood":

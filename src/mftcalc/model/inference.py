@@ -88,3 +88,41 @@ def predict_structures(model: torch.nn.Module, structures: Sequence[Structure], 
             results.append(row)
     model.train(was_training)
     return results
+
+
+def predict_assemblies(model: torch.nn.Module, assemblies: Sequence, max_atoms: int = 4096,
+                       dtype: Optional[torch.dtype] = None, device: Optional[str | torch.device] = None,
+                       progress: bool = False, names: Optional[Sequence[str]] = None) -> List[Dict[str, float]]:
+    """One row per assembly (:mod:`mftcalc.data.assembly`): the value of every group head, in its unit, and, when
+    the model has the applicability head, ``ood_score``: the largest of the components' scores (the least
+    familiar component decides). Whole assemblies are chunked by their components' atoms (one forward each).
+    ``names``: the group heads (default: the eager model's ``group_heads``; pass them for a TorchScript export)."""
+    first = next(iter(model.parameters()), None)
+    dtype = dtype or (first.dtype if first is not None else torch.float32)
+    device = device or (first.device if first is not None else "cpu")
+    group_names = list(names) if names is not None else list(getattr(model, "group_heads", {}).keys())
+    if not group_names:
+        raise ValueError("the model has no group head: it predicts properties of single structures; predict the "
+                         "components one by one, or fine-tune on groups (mftcalc finetune --group-key KEY)")
+    chunks = split_sizes_by_atoms([a.n_atoms for a in assemblies], max_atoms)
+    frame_names = list(getattr(model, "frame_param_names", []))
+    if progress:
+        from tqdm.auto import tqdm
+        chunks = tqdm(chunks, desc="predict", unit="batch")
+    was_training = model.training
+    model.eval()
+    rows: List[Dict[str, float]] = []
+    for chunk in chunks:
+        items = [assemblies[i] for i in chunk]
+        batch = collate(items, dtype=dtype, properties=[], device=device, frame_params=frame_names)
+        with torch.no_grad():
+            out = model(batch, compute_forces=False, compute_stress=False, compute_properties=True)
+        group = batch[K.GROUP_INDEX].cpu().numpy()
+        score = out["ood_score"].cpu().numpy() if "ood_score" in out else None
+        for g in range(len(items)):
+            row = {name: float(out[name][g]) for name in group_names}
+            if score is not None:
+                row["ood_score"] = float(score[group == g].max())
+            rows.append(row)
+    model.train(was_training)
+    return rows

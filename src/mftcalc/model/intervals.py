@@ -95,6 +95,9 @@ def calibrate_interval(model: nn.Module, structures: Sequence[Any], prop: str, c
     if prop not in heads or heads[prop].kind in ("forcefield", "knn_ood", "interval"):
         have = [k for k, h in heads.items() if h.kind not in ("forcefield", "knn_ood", "interval")]
         raise KeyError(f"model has no property head {prop!r} to bound; its property heads: {have}")
+    if heads[prop].kind == "group":
+        raise ValueError(f"{prop!r} is a group property (one value per assembly of structures): the interval is "
+                         "scaled by one applicability score per structure, so a group property gets none")
     if score not in heads or heads[score].kind != "knn_ood":
         raise KeyError(f"model has no applicability head {score!r} (kind knn_ood) to scale the interval: fine-tune "
                        "it with mftcalc finetune, which fits one")

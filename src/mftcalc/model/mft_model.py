@@ -34,7 +34,9 @@ class MFTModel(nn.Module):
     Outputs (when the model has a force-field head): ``energy [B]`` eV, ``energies [N]`` eV, ``forces [N,3]``
     eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (zero for structures that are not periodic in all three
     directions; energy, virial and stress in float64, see the module docstring); and ``<property> [B]`` for every
-    property head, in the head's unit. Property heads with frame parameters read the batch's ``frame_params``
+    property head, in the head's unit; ``<property> [G]`` for every group head, one value per group of the batch's
+    ``group_index`` [B] (weights ``group_weight`` [B]; without them each structure is a group of one, G = B).
+    Property heads with frame parameters read the batch's ``frame_params``
     [B, F], columns in the order of ``frame_param_names`` (:mod:`mftcalc.data.frame_params`). With
     ``features=True`` also
     ``node_features [N, n_dim]``, ``edge_features [E, e_dim]``, ``edge_index [2, E]`` and ``edge_vectors [E, 3]``.
@@ -48,7 +50,10 @@ class MFTModel(nn.Module):
         self.ff_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
                                        if h.kind == "forcefield"})
         self.property_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
-                                             if h.kind not in ("forcefield", "interval")})
+                                             if h.kind not in ("forcefield", "interval", "group")})
+        # group heads give one value per assembly of structures (mftcalc.data.assembly), [G] not [B]
+        self.group_heads = nn.ModuleDict({k: make_head(n_dim, h) for k, h in config.heads.items()
+                                          if h.kind == "group"})
         # interval heads read the outputs of the property heads (mftcalc.model.intervals), so they run after them
         self.interval_heads = nn.ModuleDict({k: IntervalHead(h) for k, h in config.heads.items()
                                              if h.kind == "interval"})
@@ -57,7 +62,7 @@ class MFTModel(nn.Module):
         self.frame_param_names = list(model_frame_params(config.heads))   # a TorchScript export keeps it when not
         self.n_frame_params = len(self.frame_param_names)                   # empty; forward reads these two
         self.frame_param_text = ", ".join(self.frame_param_names)
-        for name, head in self.property_heads.items():
+        for name, head in list(self.property_heads.items()) + list(self.group_heads.items()):
             wanted = list(config.heads[name].frame_params)
             if wanted:
                 head.frame_columns.copy_(torch.tensor([self.frame_param_names.index(n) for n in wanted]))
@@ -67,7 +72,18 @@ class MFTModel(nn.Module):
     @torch.jit.unused
     def head_names(self) -> List[str]:
         """Names of all heads."""
-        return list(self.ff_heads.keys()) + list(self.property_heads.keys()) + list(self.interval_heads.keys())
+        return (list(self.ff_heads.keys()) + list(self.property_heads.keys()) + list(self.group_heads.keys())
+                + list(self.interval_heads.keys()))
+
+    @torch.jit.unused
+    def head_module(self, name: str) -> nn.Module:
+        """The property or group head called ``name`` (KeyError naming the heads there are otherwise)."""
+        if name in self.property_heads:
+            return self.property_heads[name]
+        if name in self.group_heads:
+            return self.group_heads[name]
+        raise KeyError(f"the model has no property head {name!r}; it has "
+                       f"{sorted(list(self.property_heads.keys()) + list(self.group_heads.keys()))}")
 
     def forward(self, data: Dict[str, Tensor], compute_forces: bool = True, compute_stress: bool = True,
                 compute_properties: bool = True, features: bool = False) -> Dict[str, Tensor]:
@@ -145,6 +161,17 @@ class MFTModel(nn.Module):
             for name, prop_head in self.property_heads.items():
                 _, value = prop_head(node, numbers, batch, positions, dataset, n_structures, frame)
                 out[name] = value
+            if len(self.group_heads) > 0:
+                if K.GROUP_INDEX in data:
+                    group = data[K.GROUP_INDEX]
+                    weight = data[K.GROUP_WEIGHT]
+                    n_groups = int(group.max()) + 1 if n_structures > 0 else 0
+                else:                                     # each structure a group of one
+                    group = torch.arange(n_structures, device=positions.device)
+                    weight = torch.ones(n_structures, dtype=dtype, device=positions.device)
+                    n_groups = n_structures
+                for name, group_head in self.group_heads.items():
+                    out[name] = group_head(node, batch, n_structures, group, weight, n_groups, frame)
             for name, interval_head in self.interval_heads.items():
                 out[name] = interval_head(out)
         return out

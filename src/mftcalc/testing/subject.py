@@ -26,7 +26,8 @@ Row = Dict[str, np.ndarray]
 def head_classes(metadata: Dict[str, Any]) -> Dict[str, str]:
     """``{property head: class}`` from checkpoint metadata: a scalar head is ``extensive`` (a sum of per-atom
     terms) or ``intensive`` (their mean); the applicability score (``knn_ood``, a function of the mean of per-atom
-    features) and the prediction interval (``interval``, a constant times it) are ``pooled``: equal in a
+    features), the prediction interval (``interval``, a constant times it) and a group head on one structure
+    (``group``: a function of the structure's mean node features) are ``pooled``: equal in a
     supercell, with no rule for two structures joined; the dipole magnitude and ⟨R²⟩ heads, which read positions,
     are ``dipole`` and ``r2``; other kinds ``other``."""
     out = {}
@@ -36,7 +37,8 @@ def head_classes(metadata: Dict[str, Any]) -> Dict[str, str]:
             continue
         if kind == "scalar":
             out[name] = EXTENSIVE if head.get("extensive") else INTENSIVE
-        elif kind in ("knn_ood", "interval"):        # an interval head is a constant times the score
+        elif kind in ("knn_ood", "interval", "group"):   # an interval head is a constant times the score; a group
+            # head on one structure (a group of one) is a function of its mean node features
             out[name] = POOLED
         elif kind in (DIPOLE, R2):
             out[name] = kind

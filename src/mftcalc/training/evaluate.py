@@ -75,9 +75,16 @@ def property_errors(model: torch.nn.Module, structures: Sequence[Structure], nam
 
 def property_predictions(model: torch.nn.Module, structures: Sequence[Structure], name: Union[str, Sequence[str]],
                          max_atoms: int = 4096) -> Union[np.ndarray, List[np.ndarray]]:
-    """Predicted values [B] of property ``name``; one array per name, from one pass, for a list of names."""
+    """Predicted values [B] of property ``name``; one array per name, from one pass, for a list of names.
+    ``structures`` may be assemblies (:mod:`mftcalc.data.assembly`): values [G] of a group head (and the
+    components' largest ``ood_score``)."""
     names = [name] if isinstance(name, str) else list(name)
-    preds = predict_structures(model, structures, 0, compute_forces=False, compute_stress=False, max_atoms=max_atoms)
+    if structures and hasattr(structures[0], "components"):       # assemblies: one row per group
+        from mftcalc.model.inference import predict_assemblies
+        preds = predict_assemblies(model, structures, max_atoms)
+    else:
+        preds = predict_structures(model, structures, 0, compute_forces=False, compute_stress=False,
+                                   max_atoms=max_atoms)
     for n in names:
         if preds and n not in preds[0]:
             raise KeyError(f"model has no property head {n!r}")

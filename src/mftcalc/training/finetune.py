@@ -18,6 +18,7 @@ import torch
 
 from mftcalc.analysis.metrics import sliced_drift
 from mftcalc.analysis.plots import plot_parity
+from mftcalc.data.assembly import components_of
 from mftcalc.data.structure import Structure
 from mftcalc.experiments.tasks import PropertyTask
 from mftcalc.model.applicability import fit_applicability, pooled_features
@@ -126,7 +127,8 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
                       hidden=() if strategy.linear_head else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
                       element_bias=recipe["element_bias"], resnet_dt=settings.head_resnet_dt,
-                      deepmd_fitting=settings.head_resnet_dt, frame_params=task.frame_params)
+                      deepmd_fitting=settings.head_resnet_dt, frame_params=task.frame_params,
+                      group_reduce=recipe.get("group_reduce", "mean"))
     torch.manual_seed(settings.seed)
     if not strategy.from_pretrained or pretrained is None:
         if pretrained is None and strategy.from_pretrained:
@@ -191,7 +193,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         pretrained = add_aux_datasets(pretrained, ff, settings.new_dataset_from)
     model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
-    fit_property_head(model.property_heads[task.property], task.train, task.property, recipe["kind"],
+    fit_property_head(model.head_module(task.property), task.train, task.property, recipe["kind"],
                       recipe["extensive"], recipe["element_bias"])
     strategy.freeze(model, task.property)
     prop_batch = resolve_batch_size(settings.property_batch, task.train)
@@ -203,7 +205,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     val_structures = curve_sets.get("val", task.val)
     val_sources = [Source(task.name, val_structures, "property", 0, prop_batch, 1.0, task.property, recipe["loss"],
                           loss_scale, settings.property_reduction)]
-    probe = task.val[: settings.probe_size]
+    probe = components_of(task.val)[: settings.probe_size]      # assemblies: their component structures
     drift = DriftMonitor(model, probe, settings.seed) if strategy.from_pretrained else None
 
     def on_validate(step: int, metrics: Dict[str, float], kept: torch.nn.Module) -> Dict[str, float]:
@@ -255,18 +257,22 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         if trainer.rank != 0:                     # data-parallel run: rank 0 scores and writes the model
             return {"strategy": settings.strategy, "task": task.name, "steps": steps, "rank": trainer.rank}
     best = load_model(out_dir / "model.pt", dtype).to(device)
-    reference = task.train                        # features of at most 2,000 of them: the head keeps no more
+    reference = components_of(task.train)         # features of at most 2,000 of them: the head keeps no more
     if len(reference) > 2000:
         keep = np.sort(np.random.default_rng(settings.seed).choice(len(reference), 2000, replace=False))
         reference = [reference[i] for i in keep]
     fit_applicability(best.property_heads[OOD_HEAD], pooled_features(best, reference),
-                      [s.numbers for s in task.train], seed=settings.seed)
+                      [s.numbers for s in components_of(task.train)], seed=settings.seed)
     predicted = {}                                # one pass per part: (labelled, property, ood_score)
     for part, structures in {"val": task.val, **task.test_parts}.items():
         labelled = [s for s in structures if task.property in s.properties]
         predicted[part] = (labelled, *property_predictions(best, labelled, [task.property, OOD_HEAD]))
-    interval = calibrate_on_validation(best, task.val, task.property, settings.interval_coverage, metadata,
-                                       predictions=predicted["val"][1:])
+    grouped = recipe["kind"] == "group"           # intervals scale by one ood_score per structure: none for groups
+    if grouped and settings.interval_coverage > 0:
+        print(f"{task.property!r} is a group property: the model gets no prediction interval (its ood_score is the "
+              "largest of the components')")
+    interval = calibrate_on_validation(best, task.val, task.property, 0.0 if grouped else settings.interval_coverage,
+                                       metadata, predictions=predicted["val"][1:])
     save_model(best, out_dir / "model.pt", metadata)
     result: Dict[str, Any] = {"strategy": settings.strategy, "task": task.name, "steps": steps,
                               "train_wall_s": wall, "n_train": len(task.train)}

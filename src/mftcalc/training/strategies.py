@@ -64,7 +64,7 @@ class Strategy:
     def trainable(self, parameter: str, prop: str) -> bool:
         """Whether parameter ``parameter`` (a ``named_parameters`` name) trains when fine-tuning on ``prop``."""
         if self.trains == "property_head":
-            return parameter.startswith(f"property_heads.{prop}.")
+            return parameter.startswith((f"property_heads.{prop}.", f"group_heads.{prop}."))
         if self.trains == "all_but_forcefield":
             return not parameter.startswith("ff_heads.")
         return True

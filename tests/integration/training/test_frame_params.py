@@ -110,7 +110,7 @@ def test_missing_or_bad_parameters_are_refused_by_name(tmp_path):
     from mftcalc.experiments.config import TaskSpec
     with pytest.raises(ValueError, match="frame_params are for file tasks"):
         TaskSpec(kind="qm9", property="gap", frame_params={"temperature": "K"})
-    with pytest.raises(ValueError, match="read by scalar property heads only"):
+    with pytest.raises(ValueError, match="read by scalar and group property heads only"):
         HeadConfig(kind="dipole", frame_params={"temperature": "K"})
     with pytest.raises(ValueError, match="two units in one model"):
         model_frame_params({"a": HeadConfig(frame_params={"T": "K"}), "b": HeadConfig(frame_params={"T": "C"})})

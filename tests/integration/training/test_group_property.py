@@ -1,0 +1,189 @@
+"""Group properties (one value per assembly of component structures: mftcalc.data.assembly, GroupHead): the head
+pools as documented, is invariant as a function of a weighted set of structures must be, gives one structure's
+value (a group of one) alike on every path, trains through `finetune` (scratch, and ft/mft from the shipped
+prior on the command line) and refuses by name what it cannot do."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.io import write
+
+from mftcalc.calculators import MFTCalculator
+from mftcalc.data.assembly import Assembly, group_structures
+from mftcalc.data.batch import collate
+from mftcalc.data.structure import Structure
+from mftcalc.experiments.tasks import PropertyTask, file_task
+from mftcalc.model.checkpoint import export_torchscript, load_model, model_metadata, read_checkpoint, save_model
+from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.inference import predict_assemblies, predict_structures
+from mftcalc.model.mft_model import MFTModel
+from mftcalc.testing import check_model
+from mftcalc.testing.structures import random_rotation
+
+REPO = Path(__file__).resolve().parents[3]
+NAMES = ["H2O", "CH4", "NH3", "C2H6", "CH3OH", "HCN", "C2H4", "CO2"]
+
+
+def _model(reduce: str = "mean") -> MFTModel:
+    torch.manual_seed(0)
+    heads = {"energy": default_forcefield_head(),
+             "cp": HeadConfig(kind="group", unit="K", hidden=(16, 16), group_reduce=reduce)}
+    return MFTModel(ModelConfig(backbone=backbone_preset("cpu", n_layers=1), heads=heads)).double()
+
+
+def _mixtures(n: int, seed: int = 0) -> list:
+    """Frames of ``n`` mixtures of 1-3 small molecules at random mole fractions; the made-up label is the
+    fraction-weighted mean of a per-molecule value plus a non-ideal term, in K."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for g in range(n):
+        picks = rng.choice(len(NAMES), int(rng.integers(1, 4)), replace=False)
+        w = rng.dirichlet(np.ones(len(picks)))
+        label = float(np.sum(w * (250.0 + 10.0 * picks)) + 20.0 * np.sum(w * w))
+        for p, wi in zip(picks, w):
+            atoms = molecule(NAMES[p])
+            atoms.rattle(0.02, seed=int(rng.integers(1_000_000)))
+            atoms.info.update(group=f"mix{g}", weight=float(wi), cp=label)
+            frames.append(atoms)
+    return frames
+
+
+def _groups(n: int, seed: int = 0) -> list:
+    frames = [Structure.from_ase(a).with_labels(properties={"cp": a.info["cp"]}, property_units={"cp": "K"})
+              for a in _mixtures(n, seed)]
+    return group_structures(frames)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_the_head_pools_component_means_by_weight_then_applies_its_mlp(reduce):
+    model = _model(reduce)
+    groups = _groups(4)
+    with torch.no_grad():
+        out = model(collate(groups, dtype=torch.float64), compute_forces=False, compute_stress=False)["cp"]
+    head = model.group_heads["cp"]
+    for g, value in zip(groups, out):
+        rows = predict_structures(model, g.components, compute_forces=False, compute_stress=False, features=True,
+                                  properties=False)
+        pooled = np.stack([r["node_features"].mean(0) for r in rows])                 # [C, n_dim]
+        embedding = (g.weights[:, None] * pooled).sum(0)
+        if reduce == "mean":
+            embedding = embedding / g.weights.sum()
+        with torch.no_grad():
+            expected = head.mlp(torch.as_tensor(embedding)[None]).squeeze() * head.scale + head.shift
+        assert float(value) == pytest.approx(float(expected), rel=1e-12, abs=1e-12)
+
+
+def test_a_group_is_invariant_to_moving_reordering_and_reweighting_its_components():
+    model = _model()
+    group = _groups(6)[next(k for k, g in enumerate(_groups(6)) if len(g.components) > 1)]
+    base = predict_assemblies(model, [group])[0]["cp"]
+    rng = np.random.default_rng(1)
+    moved = []
+    for c in group.components:
+        perm = rng.permutation(c.n_atoms)
+        pos = (c.positions @ random_rotation(int(rng.integers(100))).T + rng.normal(size=3) * 5.0)[perm]
+        moved.append(Structure(pos, c.numbers[perm]))
+    variants = [Assembly(moved, group.weights, group.properties),                        # rotated, shifted, atoms permuted
+                Assembly(group.components[::-1], group.weights[::-1], group.properties),  # components reordered
+                Assembly(group.components, 3.0 * group.weights, group.properties)]       # weights scaled (mean)
+    for value in predict_assemblies(model, variants):
+        assert value["cp"] == pytest.approx(base, rel=1e-10, abs=1e-10)
+    heavier = Assembly(group.components, group.weights * np.array([5.0] + [1.0] * (len(group.weights) - 1)))
+    assert predict_assemblies(model, [heavier])[0]["cp"] != pytest.approx(base, rel=1e-6)   # weights matter
+
+
+def test_one_structure_is_a_group_of_one_on_every_path(tmp_path):
+    model = _model()
+    groups = _groups(5)
+    from mftcalc.model.fitting import fit_property_head
+    fit_property_head(model.group_heads["cp"], groups, "cp", "group", False, False)
+    labels = np.array([g.properties["cp"] for g in groups])
+    assert float(model.group_heads["cp"].shift) == pytest.approx(labels.mean())
+    assert float(model.group_heads["cp"].scale) == pytest.approx(labels.std())
+    save_model(model, tmp_path / "m.pt", model_metadata(model, elements=[1, 6, 7, 8]))
+    assert read_checkpoint(tmp_path / "m.pt")["metadata"]["heads"]["cp"]["kind"] == "group"
+    export_torchscript(load_model(tmp_path / "m.pt", torch.float64), tmp_path / "m_ts.pt")
+    single = groups[0].components[0]
+    alone = predict_assemblies(model, [Assembly([single], [2.5])])[0]["cp"]
+    assert float(predict_structures(model, [single])[0]["cp"]) == pytest.approx(alone, abs=1e-10)
+    scripted = torch.jit.load(str(tmp_path / "m_ts.pt"))
+    both = predict_assemblies(scripted, groups[:3], names=["cp"], dtype=torch.float64)
+    np.testing.assert_allclose([r["cp"] for r in both], [r["cp"] for r in predict_assemblies(model, groups[:3])],
+                               rtol=0, atol=1e-10)
+    for path in (tmp_path / "m.pt", tmp_path / "m_ts.pt"):
+        atoms = single.to_ase()
+        atoms.calc = MFTCalculator(str(path), dtype=torch.float64)
+        assert atoms.calc.get_property("cp", atoms) == pytest.approx(alone, abs=1e-9)
+    report = check_model(tmp_path / "m.pt", checks=["rotation", "translation", "permutation", "supercell", "batch",
+                                                     "cutoff", "export"])
+    assert report.passed, report.failures
+
+
+def test_finetune_learns_a_group_label_from_scratch(tmp_path):
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    groups = _groups(40, seed=3)
+    task = PropertyTask(name="mix-cp", property="cp", unit="K", train=groups[:32], val=groups[32:],
+                        test_parts={}, recipe=dict(kind="group", extensive=False, element_bias=False, loss="mse",
+                                                   group_reduce="mean"), description="mixtures")
+    settings = FinetuneSettings(strategy="scratch", steps=150, lr0=3e-3, lr_end=1e-4, property_batch=8,
+                                head_hidden=(32, 32), val_every=50, checkpoint_every=1000, dtype="float64",
+                                progress=False, interval_coverage=0.0)
+    result = finetune(task, settings, tmp_path / "run", backbone_cfg=backbone_preset("cpu", n_layers=1))
+    labels = np.array([g.properties["cp"] for g in groups[32:]])
+    constant = float(np.abs(labels - np.mean([g.properties["cp"] for g in groups[:32]])).mean())
+    assert result["val"]["n"] == 8
+    assert result["val"]["mae"] < 0.6 * constant, (result["val"], constant)   # learned beyond the mean
+
+
+def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group(tmp_path):
+    from mftcalc.cli import main
+    write(tmp_path / "mix.extxyz", _mixtures(30))
+    assert main(["finetune", "--data", str(tmp_path / "mix.extxyz"), "--property", "cp", "--unit", "K",
+                 "--group-key", "group", "--steps", "20", "-o", str(tmp_path / "cp.pt")]) == 0
+    model = load_model(tmp_path / "cp.pt", torch.float64)
+    assert model.config.heads["cp"].kind == "group" and "cp_pi90" not in model.config.heads
+    assert model.metadata["heads"]["cp"]["domain"]["elements"] == [1, 6, 7, 8]
+    report = check_model(tmp_path / "cp.pt", checks=["forces_fd", "rotation", "permutation", "batch"])
+    assert report.passed, report.failures
+    assert main(["predict", str(tmp_path / "cp.pt"), str(tmp_path / "mix.extxyz"), "--out",
+                 str(tmp_path / "groups.csv"), "--group-key", "group"]) == 0
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "groups.csv")))
+    assert len(rows) == 30 and rows[0]["group"] == "mix0"
+    assert {"n_components", "n_atoms", "cp_K", "cp_K_label", "ood_score_unitless"} <= set(rows[0])
+    expected = predict_assemblies(load_model(tmp_path / "cp.pt"), group_structures(
+        [Structure.from_ase(a) for a in _mixtures(30)]))
+    np.testing.assert_allclose([float(r["cp_K"]) for r in rows], [e["cp"] for e in expected], rtol=1e-5)
+
+
+def test_group_paths_refuse_what_they_cannot_do(tmp_path):
+    from mftcalc.experiments.config import TaskSpec
+    from mftcalc.model.intervals import calibrate_interval
+    from mftcalc.training.finetune import FinetuneSettings, build_finetune_model
+    from mftcalc.workflows.group_predict import predict_groups
+    write(tmp_path / "mix.extxyz", _mixtures(6))
+    with pytest.raises(ValueError, match=r"has no group head.*mftcalc finetune --group-key KEY"):
+        predict_groups(REPO / "models" / "mft_gap.pt", tmp_path / "mix.extxyz", None, "group")
+    with pytest.raises(ValueError, match=r"frame 0 has no group key 'mixture'"):
+        file_task(str(tmp_path / "mix.extxyz"), "cp", "K", group_key="mixture")
+    with pytest.raises(ValueError, match="a SMILES CSV has one molecule per row"):
+        file_task("mols.csv", "cp", "K", group_key="group")
+    with pytest.raises(ValueError, match="group_key is for file tasks"):
+        TaskSpec(kind="qm9", property="gap", group_key="group")
+    task = file_task(str(tmp_path / "mix.extxyz"), "cp", "K", group_key="group", val_fraction=0.34)
+    assert task.recipe["kind"] == "group" and len(task.train) + len(task.val) == 6
+    with pytest.raises(ValueError, match="frozen-sklearn fits scalar properties"):
+        build_finetune_model(load_model(REPO / "models" / "pretrained.pt"), task,
+                             FinetuneSettings(strategy="frozen-sklearn"))
+    model = _model()
+    model.config.heads["ood_score"] = HeadConfig(kind="knn_ood", unit="")
+    with pytest.raises(ValueError, match="'cp' is a group property"):
+        calibrate_interval(model, task.val, "cp", 0.9)
+    with pytest.raises(ValueError, match="group_reduce must be 'mean'"):
+        HeadConfig(kind="group", group_reduce="max")
+    with pytest.raises(ValueError, match=r"--out .*give a .csv path"):
+        predict_groups(REPO / "models" / "mft_gap.pt", tmp_path / "mix.extxyz", tmp_path / "g.extxyz", "group")

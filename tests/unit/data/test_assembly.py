@@ -1,0 +1,83 @@
+"""Assemblies (mftcalc.data.assembly): frames grouped by an info key into one labelled item, their batch, and the
+refusals that name the frame, the group and the fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from mftcalc import keys as K
+from mftcalc.data.assembly import Assembly, components_of, group_structures
+from mftcalc.data.batch import collate, collate_assemblies
+from mftcalc.data.structure import Structure, structures_digest
+
+
+def _frame(name: str, group, weight=None, label=None, **info) -> Structure:
+    atoms = molecule(name)
+    atoms.info["group"] = group
+    if weight is not None:
+        atoms.info["weight"] = weight
+    atoms.info.update(info)
+    s = Structure.from_ase(atoms)
+    return s.with_labels(properties={"cp": label}, property_units={"cp": "K"}) if label is not None else s
+
+
+def test_frames_become_groups_in_order_with_weights_labels_and_conditions():
+    frames = [_frame("H2O", "b", 0.25, 300.0, pH=7.0), _frame("CH4", "a", None, 280.0, pH=5.0),
+              _frame("NH3", "b", 0.75, 300.0, pH=7.0)]
+    groups = group_structures(frames, frame_params=["pH"])
+    assert [g.info["group"] for g in groups] == ["b", "a"]                  # first appearance
+    assert [len(g.components) for g in groups] == [2, 1]
+    np.testing.assert_array_equal(groups[0].weights, [0.25, 0.75])
+    np.testing.assert_array_equal(groups[1].weights, [1.0])                 # no weight: 1
+    assert groups[0].properties == {"cp": 300.0} and groups[0].property_units == {"cp": "K"}
+    assert groups[0].info["pH"] == 7.0 and groups[1].info["pH"] == 5.0
+    assert groups[0].n_atoms == 3 + 4 and list(groups[0].numbers) == [8, 1, 1, 7, 1, 1, 1]
+    assert components_of(groups) == [frames[0], frames[2], frames[1]]
+    assert components_of(frames) == frames                                  # plain structures pass through
+
+
+def test_a_batch_of_groups_has_component_fields_and_one_label_per_group():
+    groups = group_structures([_frame("H2O", 1, 2.0, 300.0), _frame("CH4", 1, 1.0, 300.0),
+                               _frame("NH3", 2, None, 310.0)])
+    batch = collate(groups, dtype=torch.float64)                             # collate dispatches
+    assert batch[K.N_ATOMS].tolist() == [3, 5, 4]
+    assert batch[K.GROUP_INDEX].tolist() == [0, 0, 1]
+    assert batch[K.GROUP_WEIGHT].tolist() == [2.0, 1.0, 1.0]
+    assert batch[K.property_key("cp")].tolist() == [300.0, 310.0]
+    assert batch[K.has_property_key("cp")].tolist() == [True, True]
+    same = collate_assemblies(groups, dtype=torch.float64, dataset=[3, 4])
+    assert same[K.DATASET].tolist() == [3, 3, 4]                             # one dataset per group, repeated
+
+
+def test_the_digest_sees_weights_and_labels():
+    frames = [_frame("H2O", 1, 2.0, 300.0), _frame("CH4", 1, 1.0, 300.0)]
+    base = group_structures(frames)
+    heavier = [Assembly(base[0].components, [3.0, 1.0], base[0].properties, base[0].property_units, base[0].info)]
+    relabelled = [Assembly(base[0].components, base[0].weights, {"cp": 301.0}, base[0].property_units, base[0].info)]
+    digests = {structures_digest(x) for x in (base, heavier, relabelled)}
+    assert len(digests) == 3
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([_frame("H2O", 1, 1.0, 300.0), Structure.from_ase(molecule("CH4"))],
+     r"data: frame 1 has no group key 'group'.*info\['group'\]"),
+    ([_frame("H2O", 1, 0.0, 300.0)], r"frame 0 \(group 1\): component weight weight=0.0 must be finite and > 0"),
+    ([_frame("H2O", 1, -1.0, 300.0)], r"must be finite and > 0"),
+    ([_frame("H2O", 1, "heavy", 300.0)], r"component weight weight='heavy' is not one real number"),
+    ([_frame("H2O", 7, 1.0, 300.0), _frame("CH4", 7, 1.0, 301.0)],
+     r"group 7 \(frames 0, 1\): its frames carry different 'cp' values.*same cp="),
+    ([_frame("H2O", 7, 1.0, 300.0), _frame("CH4", 7, 1.0, None)], r"different 'cp' values \[300.0, None\]"),
+])
+def test_bad_groups_are_refused_naming_the_frame_and_the_fix(frames, message):
+    with pytest.raises(ValueError, match=message):
+        group_structures(frames)
+
+
+def test_a_condition_that_differs_inside_a_group_is_refused():
+    frames = [_frame("H2O", "g", 1.0, 300.0, pH=7.0), _frame("CH4", "g", 1.0, 300.0, pH=6.0)]
+    with pytest.raises(ValueError, match=r"group 'g'.*different frame parameter 'pH' values \[7.0, 6.0\]"):
+        group_structures(frames, frame_params=["pH"])
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        Assembly([frames[0].with_labels()], [np.nan])
