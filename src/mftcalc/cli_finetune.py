@@ -133,6 +133,9 @@ def _cv(args: argparse.Namespace) -> int:
     frame_params = frame_param_args(args.frame_param)
     structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
     frame_param_matrix(structures, list(frame_params), frame_params)          # names a frame without one
+    if args.group_key:                                                        # one label per group of frames
+        from mftcalc.data.assembly import group_structures
+        structures = group_structures(structures, args.group_key, args.weight_key, list(frame_params), args.data)
     summary = cross_validate(structures, args.property, args.unit, not args.extensive, settings, pretrained,
                              args.out_dir, args.folds, args.group_by, seed=args.seed, frame_params=frame_params)
     print((Path(args.out_dir) / "report.md").read_text())
@@ -210,6 +213,10 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    help="a per-structure condition the property depends on (temperature:K); repeat for several")
     p.add_argument("--group-by", choices=["formula", "scaffold"], default=None,
                    help="keep groups together (GroupKFold): formula, or the Murcko scaffold of info['smiles']")
+    p.add_argument("--group-key", metavar="KEY", default=None, help="one label per group of frames (frames with "
+                   "the same info[KEY], e.g. a mixture's molecules): folds split groups, a group head is trained")
+    p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
+                   "component's weight (1 when a frame lacks it)")
     p.add_argument("--strategy", default="mft", choices=strategy_names(),
                    help="fine-tuning strategy of every fold")
     p.add_argument("--steps", type=int, help="training steps per fold (default: the strategy's default)")

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mftcalc.data.assembly import is_assembly
 from mftcalc.data.structure import Structure
 
 
@@ -56,7 +57,9 @@ def cross_validate(structures: List[Structure], prop: str, unit: str, intensive:
                    frame_params: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run every fold (resumable: each fold keeps its own run directory) and write ``report.md`` and
     ``parity.png`` in ``out_dir``; returns the per-fold and summary errors (property units). ``frame_params``:
-    ``{info key: unit}`` the property head reads beside the structure (:mod:`mftcalc.data.frame_params`)."""
+    ``{info key: unit}`` the property head reads beside the structure (:mod:`mftcalc.data.frame_params`).
+    ``structures`` may be assemblies (:func:`mftcalc.data.assembly.group_structures`): folds then split groups,
+    and each fold trains a group head."""
     from mftcalc.analysis.plots import plot_parity
     from mftcalc.training.finetune import finetune
     from mftcalc.experiments.tasks import PropertyTask
@@ -65,6 +68,9 @@ def cross_validate(structures: List[Structure], prop: str, unit: str, intensive:
     out_dir.mkdir(parents=True, exist_ok=True)
     tests = fold_indices(len(structures), folds, group_keys(structures, group_by), seed)
     recipe = dict(kind="scalar", extensive=not intensive, element_bias=True, loss="mse")
+    if structures and is_assembly(structures[0]):     # groups of frames (mftcalc.data.assembly): a group head
+        recipe = dict(kind="group", extensive=False, element_bias=False, loss="mse",
+                      group_reduce="mean" if intensive else "sum")
     rows, true_all, pred_all = [], [], []
     for k, test in enumerate(tests):
         rest = np.setdiff1d(np.arange(len(structures)), test)

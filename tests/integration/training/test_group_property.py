@@ -4,12 +4,12 @@ value (a group of one) alike on every path, trains through `finetune` (scratch, 
 prior on the command line) and refuses by name what it cannot do."""
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ase.build import molecule
 from ase.io import write
 
 from mftcalc.calculators import MFTCalculator
@@ -25,7 +25,6 @@ from mftcalc.testing import check_model
 from mftcalc.testing.structures import random_rotation
 
 REPO = Path(__file__).resolve().parents[3]
-NAMES = ["H2O", "CH4", "NH3", "C2H6", "CH3OH", "HCN", "C2H4", "CO2"]
 
 
 def _model(reduce: str = "mean") -> MFTModel:
@@ -36,20 +35,8 @@ def _model(reduce: str = "mean") -> MFTModel:
 
 
 def _mixtures(n: int, seed: int = 0) -> list:
-    """Frames of ``n`` mixtures of 1-3 small molecules at random mole fractions; the made-up label is the
-    fraction-weighted mean of a per-molecule value plus a non-ideal term, in K."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for g in range(n):
-        picks = rng.choice(len(NAMES), int(rng.integers(1, 4)), replace=False)
-        w = rng.dirichlet(np.ones(len(picks)))
-        label = float(np.sum(w * (250.0 + 10.0 * picks)) + 20.0 * np.sum(w * w))
-        for p, wi in zip(picks, w):
-            atoms = molecule(NAMES[p])
-            atoms.rattle(0.02, seed=int(rng.integers(1_000_000)))
-            atoms.info.update(group=f"mix{g}", weight=float(wi), cp=label)
-            frames.append(atoms)
-    return frames
+    """Frames of ``n`` mixtures of 1-3 small molecules with a made-up label (``examples/mixture_groups.py``)."""
+    return runpy.run_path(str(REPO / "examples" / "mixture_groups.py"))["mixture_frames"](n, seed)
 
 
 def _groups(n: int, seed: int = 0) -> list:
@@ -158,6 +145,10 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     expected = predict_assemblies(load_model(tmp_path / "cp.pt"), group_structures(
         [Structure.from_ase(a) for a in _mixtures(30)]))
     np.testing.assert_allclose([float(r["cp_K"]) for r in rows], [e["cp"] for e in expected], rtol=1e-5)
+    assert main(["cv", "--data", str(tmp_path / "mix.extxyz"), "--property", "cp", "--unit", "K", "--group-key",
+                 "group", "--folds", "2", "--strategy", "ft", "--steps", "4", "--out-dir", str(tmp_path / "cv")]) == 0
+    report = (tmp_path / "cv" / "report.md").read_text()
+    assert "| 0 | 15 |" in report and "| 1 | 15 |" in report                 # 30 groups split 15/15, not frames
 
 
 def test_group_paths_refuse_what_they_cannot_do(tmp_path):
