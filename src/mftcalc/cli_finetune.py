@@ -88,7 +88,8 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.data and "steps" not in spec.settings:
         steps = default_steps(len(task.train), resolve_batch_size(settings.property_batch, task.train))
         settings = replace(settings, steps=steps)
-        print(f"{len(task.train)} training and {len(task.val)} validation structures: {steps} steps "
+        items = "groups" if task.recipe.get("kind") == "group" else "structures"
+        print(f"{len(task.train)} training and {len(task.val)} validation {items}: {steps} steps "
               "(about 200 passes, within 1,000-20,000; --steps to change)")
     ff = {name: load_forcefield_set(name, s) for name, s in spec.ff_data.items()} if spec.ff_data else None
     from_pretrained = get_strategy(settings.strategy).from_pretrained
