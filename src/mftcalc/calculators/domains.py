@@ -59,13 +59,14 @@ class Domain:
     periodic: bool
     source: str = ""
     frame_ranges: Tuple[Tuple[str, float, float], ...] = ()        # (name, min, max) of each frame parameter
+    group_key: str = ""                # a group head's: the info key that named its training frames' groups
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> "Domain":
         elements = data.get("elements")
         ranges = tuple((str(k), float(v[0]), float(v[1])) for k, v in (data.get("frame_params") or {}).items())
         return cls(None if elements is None else frozenset(int(z) for z in elements), bool(data["periodic"]), source,
-                   ranges)
+                   ranges, str(data.get("group_key") or ""))
 
     def describe(self) -> str:
         kind = "crystals (periodic in 3 directions)" if self.periodic else "molecules (no periodic direction)"
@@ -75,8 +76,9 @@ class Domain:
         return f"{kind} at {ranges}" if ranges else kind
 
     def outside(self, structure: Structure) -> Dict[str, str]:
-        """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements" | "frame parameter <name>":
-        phrase}`` (empty: inside)."""
+        """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements" | "frame parameter <name>" |
+        "group": phrase}`` (empty: inside). ``group``: a group head given one component of a group (the structure
+        carries the training data's group key), which it predicts as a group of one."""
         reasons = {}
         kind = periodicity(structure)
         if kind != ("crystal" if self.periodic else "molecule"):
@@ -91,6 +93,10 @@ class Domain:
             if isinstance(value, (int, float, np.number)) and not lo <= float(value) <= hi:
                 reasons[f"frame parameter {name}"] = (f"its {name} {float(value):g} lies outside the training "
                                                       f"range {lo:g} to {hi:g}")
+        if self.group_key and self.group_key in structure.info:
+            reasons["group"] = (f"it carries info[{self.group_key!r}], a component of a group, and is predicted as "
+                                f"a group of one; for one value per group use mftcalc predict --group-key "
+                                f"{self.group_key} (Python: mftcalc.model.inference.predict_assemblies)")
         return reasons
 
 

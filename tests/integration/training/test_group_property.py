@@ -136,6 +136,11 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     assert model.metadata["heads"]["cp"]["domain"]["elements"] == [1, 6, 7, 8]
     report = check_model(tmp_path / "cp.pt", checks=["forces_fd", "rotation", "permutation", "batch"])
     assert report.passed, report.failures
+    from mftcalc.calculators.model_handle import DomainWarning
+    component = _mixtures(1)[0]                                  # one frame of a group, info["group"] and all
+    component.calc = MFTCalculator(str(tmp_path / "cp.pt"))
+    with pytest.warns(DomainWarning, match=r"predicted as a group of one; .*mftcalc predict --group-key group"):
+        component.calc.get_property("cp", component)
     assert main(["predict", str(tmp_path / "cp.pt"), str(tmp_path / "mix.extxyz"), "--out",
                  str(tmp_path / "groups.csv"), "--group-key", "group"]) == 0
     import csv
