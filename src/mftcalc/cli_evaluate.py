@@ -10,6 +10,7 @@ from mftcalc.data.io import PropertySpec, read_structures
 from mftcalc.data.structure import Structure, StructureError
 from mftcalc.model.inference import predict_structures
 from mftcalc.training.evaluate import errors_from_predictions, require_labels
+from mftcalc.workflows.group_predict import score_groups
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
             "(types S, R, I, L), e.g. Properties=species:S:1:pos:R:3:forces:R:3")
@@ -56,7 +57,8 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     Every file is read and checked (:func:`read_labelled`) before the model runs, so an unreadable or unlabelled
     file stops the command (``SystemExit``, status 1) with a message naming it; so does a file whose only labels
     are properties the model does not predict. A column a file has no labels for is printed as ``-``.
-    ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``). ``group_by``: an ``info`` key
+    A group head (:mod:`mftcalc.data.assembly`) on frames that carry the group key it was trained with is scored
+    per group (``n`` counts groups). ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``). ``group_by``: an ``info`` key
     (e.g. ``config_type``); the energy and force errors are also given per value of it, under each file (a row's
     ``groups``; ``(none)`` for structures without the key).
     """
@@ -82,8 +84,14 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         row, (e_ref, e_pred, f_ref, f_pred) = _forcefield_row(structures, preds)
         row["properties"] = {}
         for name in names:
+            try:                        # a group head on frames that carry its group key: one error per group
+                grouped = score_groups(handle, structures, name, str(path))
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
             true = np.array([s.properties[name] for s in structures if name in s.properties])
             pred = np.array([float(p[name]) for s, p in zip(structures, preds) if name in s.properties])
+            if grouped is not None:
+                true, pred = grouped
             row["properties"][name] = {"n": int(true.size), "mae": float(np.abs(pred - true).mean()),
                                        "rmse": float(np.sqrt(((pred - true) ** 2).mean())), "unit": handle.unit(name)}
             head = intervals_by_property(handle.heads).get(name)      # the model's prediction interval of it

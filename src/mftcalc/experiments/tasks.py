@@ -44,6 +44,7 @@ class PropertyTask:
     description: str = ""
     frame_params: Dict[str, str] = field(default_factory=dict)     # {info key: unit} the property head reads
     group_key: str = ""                # file tasks of groups: the info key naming each frame's group (assembly)
+    weight_key: str = ""               # ... and the info key of each component's weight
 
 
 def _subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -176,7 +177,8 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
         conditions += f", one value per group of frames ({group_key})"
     return PropertyTask(name=f"file-{prop}", property=prop, unit=unit, train=train, val=val, test_parts=test_parts,
                         recipe=recipe, description=f"{prop} ({unit or 'no unit'}){conditions} from {path}",
-                        frame_params=frame_params, group_key=group_key or "")
+                        frame_params=frame_params, group_key=group_key or "",
+                        weight_key=weight_key if group_key else "")
 
 
 def read_property_file(path: str, prop: str, unit: str = "", what: str = "data", model_path: Optional[str] = None,

@@ -32,6 +32,7 @@ def record_domains(metadata: Dict[str, Any], pretrained: Optional[Any], task, ff
         domain["frame_params"] = frame_ranges(task.train, list(task.frame_params))
     if getattr(task, "group_key", ""):                    # a group head: warn when given one of its components
         domain["group_key"] = task.group_key
+        domain["weight_key"] = task.weight_key
     metadata["heads"][task.property]["domain"] = domain
     if ff:
         sizes = {name: len(structures) for name, structures in ff.items()}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from mftcalc.data.assembly import DEFAULT_WEIGHT_KEY, group_structures
@@ -67,6 +68,34 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
         writer.writerows(rows)
         atomic_write_text(out, text.getvalue())
     return rows
+
+
+def group_keys_of(metadata: Dict[str, Any], name: str) -> Optional[Tuple[str, str]]:
+    """``(group key, weight key)`` that group head ``name`` was trained with (its domain record), or None."""
+    head = metadata.get("heads", {}).get(name, {})
+    domain = head.get("domain") or {}
+    if head.get("kind") != "group" or not domain.get("group_key"):
+        return None
+    return str(domain["group_key"]), str(domain.get("weight_key") or DEFAULT_WEIGHT_KEY)
+
+
+def score_groups(handle: Any, structures: Sequence[Any], name: str, where: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Labels and predictions [G] of group head ``name`` over ``structures`` grouped by the key it was trained
+    with, when they carry it (``mftcalc evaluate``); None when none carries it (each structure is then a group
+    of one). Raises ``ValueError`` when only some carry it."""
+    from mftcalc.model.inference import predict_assemblies
+    keys = group_keys_of(handle.metadata, name)
+    labelled = [s for s in structures if name in s.properties]
+    if keys is None or not any(keys[0] in s.info for s in labelled):
+        return None
+    missing = [k for k, s in enumerate(labelled) if keys[0] not in s.info]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} of the {len(labelled)} frames labelled with {name!r} have no "
+                         f"group key {keys[0]!r} (frame {missing[0]} of them first): give every frame its group, or "
+                         "none (each structure is then a group of one)")
+    groups = group_structures(labelled, keys[0], keys[1], handle.frame_params, where)
+    predicted = predict_assemblies(handle.module, groups, names=[name], device=handle.device, dtype=handle.dtype)
+    return (np.array([g.properties[name] for g in groups]), np.array([r[name] for r in predicted]))
 
 
 def _number(value: Any) -> Optional[float]:

@@ -150,6 +150,20 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     expected = predict_assemblies(load_model(tmp_path / "cp.pt"), group_structures(
         [Structure.from_ase(a) for a in _mixtures(30)]))
     np.testing.assert_allclose([float(r["cp_K"]) for r in rows], [e["cp"] for e in expected], rtol=1e-5)
+    from mftcalc.cli_evaluate import evaluate_files
+    from mftcalc.data.io import write_extxyz
+    labelled = [Structure.from_ase(a).with_labels(properties={"cp": a.info["cp"]}, property_units={"cp": "K"})
+                for a in _mixtures(30)]
+    write_extxyz(labelled, tmp_path / "labelled.extxyz")
+    scored = evaluate_files(str(tmp_path / "cp.pt"), [str(tmp_path / "labelled.extxyz")], plot=None)
+    err = scored[str(tmp_path / "labelled.extxyz")]["properties"]["cp"]
+    truth = np.array([float(r["cp_K_label"]) for r in rows])
+    assert err["n"] == 30                                                   # groups, not their 60-odd frames
+    assert err["mae"] == pytest.approx(np.abs(np.array([e["cp"] for e in expected]) - truth).mean(), rel=1e-5)
+    write_extxyz([s.with_labels(info={k: v for k, v in s.info.items() if k != "group"}) if k == 3 else s
+                  for k, s in enumerate(labelled)], tmp_path / "partly.extxyz")
+    with pytest.raises(SystemExit, match="have no group key 'group'"):
+        evaluate_files(str(tmp_path / "cp.pt"), [str(tmp_path / "partly.extxyz")], plot=None)
     assert main(["cv", "--data", str(tmp_path / "mix.extxyz"), "--property", "cp", "--unit", "K", "--group-key",
                  "group", "--folds", "2", "--strategy", "ft", "--steps", "4", "--out-dir", str(tmp_path / "cv")]) == 0
     report = (tmp_path / "cv" / "report.md").read_text()
