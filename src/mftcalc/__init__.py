@@ -9,6 +9,8 @@ The public API (everything else is reached through its room, e.g. ``mftcalc.rela
 - ``Structure``: the package's structure record; ``read_structures``: any supported file to a list of them.
 - ``load_model``: a checkpoint or TorchScript file to a model.
 - ``predict`` / ``relax``: batched prediction and batched relaxation over many structures.
+- ``Assembly``: a group of component structures with one label (a mixture, a polymer's units); ``predict`` of a
+  list of them gives one row per group from the model's group heads.
 
 Names are imported on first use, so ``import mftcalc`` stays light (no torch import).
 """
@@ -25,10 +27,11 @@ _PUBLIC = {
     "predict": "mftcalc.calculators.predict",
     "relax": "mftcalc.relaxation.api",
     "RelaxResult": "mftcalc.relaxation.engine",
+    "Assembly": "mftcalc.data.assembly",
 }
 
 __all__ = ["MFTCalculator", "Structure", "read_structures", "load_model", "predict", "relax", "RelaxResult",
-           "__version__"]
+           "Assembly", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

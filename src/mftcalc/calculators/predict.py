@@ -15,6 +15,7 @@ import torch
 
 from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.model_handle import ModelHandle
+from mftcalc.data.assembly import is_assembly
 from mftcalc.data.batch import collate
 from mftcalc.data.structure import Structure
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, chunk_groups
@@ -45,7 +46,13 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     its relaxed structures only get their datasets). ``load_kwargs`` (model given as a path): ``dtype``,
     ``device``, ``head``, ``dataset`` (one force-field dataset for every structure; default: per structure by the
     rule of :mod:`mftcalc.calculators.domains`), ``allow_untrained_elements``.
+
+    A list of :class:`mftcalc.data.assembly.Assembly` (groups of component structures) gives one row per group:
+    each group head's value (default all) and ``ood_score`` (the least familiar component's), see
+    :func:`predict_groups_of`.
     """
+    if len(structures) and is_assembly(structures[0]):
+        return predict_groups_of(structures, _as_handle(model, **load_kwargs), properties, max_atoms, check)
     structures = as_structures(structures, "predict")
     handle = _as_handle(model, **load_kwargs)
     names = list(handle.property_names if properties is None else properties)
@@ -96,6 +103,33 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
                 row["stress"] = res["stress"][k].detach().cpu().double().numpy()
             out.append(row)
     return out
+
+
+def predict_groups_of(assemblies: Sequence[Any], handle: ModelHandle, properties: Optional[Sequence[str]] = None,
+                      max_atoms: int = 4096, check: bool = True) -> List[Dict[str, Any]]:
+    """One row per assembly: every group head in ``properties`` (default all) in its unit, and ``ood_score`` when
+    the model has one. Components may be ``Structure``, ``ase.Atoms`` or pymatgen objects; each is checked as the
+    calculator checks a structure (``check``). Raises naming the fix for a property that is not a group head."""
+    from mftcalc.data.assembly import Assembly
+    from mftcalc.model.inference import predict_assemblies
+    group_heads = [k for k, v in handle.heads.items() if v.get("kind") == "group"]
+    names = list(group_heads if properties is None else properties)
+    wrong = [n for n in names if n not in group_heads]
+    if wrong or not names:
+        raise KeyError(f"a list of assemblies gets one value per group from a group head; {wrong or 'none'} is "
+                       f"not one (the model's group heads: {group_heads or 'none'}, its other heads "
+                       f"{[n for n in handle.property_names if n not in group_heads]} predict single structures)")
+    items = []
+    for k, a in enumerate(assemblies):
+        if not is_assembly(a):
+            raise TypeError(f"predict: item {k} is a {type(a).__name__}, not an Assembly; give groups or "
+                            "structures, not both")
+        items.append(Assembly(as_structures(a.components, f"predict (group {k})"), a.weights, dict(a.properties),
+                              dict(a.property_units), dict(a.info)))
+    if check:
+        handle.check_structures([c for a in items for c in a.components], forcefield=False)
+    rows = predict_assemblies(handle.module, items, max_atoms, handle.dtype, handle.device, names=names)
+    return [{k: v for k, v in row.items() if k in names or k == "ood_score"} for row in rows]
 
 
 def _predict_task(handle: ModelHandle, structures: List[Structure], kwargs: Dict[str, Any]) -> list:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ase.build import molecule
 from ase.io import write
 
 from mftcalc.calculators import MFTCalculator
@@ -101,6 +102,15 @@ def test_one_structure_is_a_group_of_one_on_every_path(tmp_path):
     both = predict_assemblies(scripted, groups[:3], names=["cp"], dtype=torch.float64)
     np.testing.assert_allclose([r["cp"] for r in both], [r["cp"] for r in predict_assemblies(model, groups[:3])],
                                rtol=0, atol=1e-10)
+    import mftcalc
+    water, methane = molecule("H2O"), molecule("CH4")            # ase.Atoms components, through the public API
+    api = mftcalc.predict([mftcalc.Assembly([water, methane], [0.3, 0.7])], str(tmp_path / "m.pt"),
+                          dtype=torch.float64)
+    direct = predict_assemblies(model, [Assembly([Structure.from_ase(water), Structure.from_ase(methane)],
+                                                 [0.3, 0.7])])
+    assert list(api[0]) == ["cp"] and api[0]["cp"] == pytest.approx(direct[0]["cp"], abs=1e-10)
+    with pytest.raises(KeyError, match=r"\['energy'\] is not one"):
+        mftcalc.predict([mftcalc.Assembly([water], [1.0])], str(tmp_path / "m.pt"), properties=["energy"])
     for path in (tmp_path / "m.pt", tmp_path / "m_ts.pt"):
         atoms = single.to_ase()
         atoms.calc = MFTCalculator(str(path), dtype=torch.float64)
