@@ -23,7 +23,7 @@ PathLike = Union[str, Path]
 DEEPMD_RESERVED = frozenset({
     "coord", "box", "energy", "force", "virial", "atom_ener", "atom_pref", "fparam", "aparam", "dipole",
     "atomic_dipole", "polarizability", "atomic_polarizability", "spin", "force_mag", "hessian", "efield",
-    "atom_virial", "real_atom_types", "charge", "magnetic_moment"})
+    "atom_virial", "real_atom_types", "charge", "magnetic_moment", "group_id", "weight", "pool_mask"})
 
 
 def read_deepmd(directory: PathLike, type_map: Optional[Sequence[str]] = None) -> List[Structure]:
@@ -34,6 +34,13 @@ def read_deepmd(directory: PathLike, type_map: Optional[Sequence[str]] = None) -
     [F, 3n] Å, ``box.npy`` [F, 9] Å (optional with ``nopbc``), and optionally ``energy.npy`` [F] eV,
     ``force.npy`` [F, 3n] eV/Å, ``virial.npy`` [F, 9] eV and ``<property>.npy`` [F] (any other per-frame
     scalar; units from an optional ``property_units.json``). ``info`` holds ``system``, ``set`` and ``frame``.
+
+    Mixed-type systems (``set.*/real_atom_types.npy`` [F, n], each frame's own types; ``-1`` marks padding atoms,
+    which are dropped) and DPA-ADAPT's grouped systems (``group_id.npy`` [F]: frames of one group; ``weight.npy``
+    [F]; ``pool_mask.npy`` [F, n], zero only on padding) are read too: a frame's group goes to
+    ``info["group"]`` as ``<system>:<group_id>`` and its weight to ``info["weight"]``
+    (:mod:`mftcalc.data.assembly`). A pool mask that leaves out a real atom is refused: every atom of a
+    component is pooled here.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -115,8 +122,8 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
     if types.min() < 0 or types.max() >= len(type_map):
         raise StructureError(f"{system}: type.raw holds types up to {types.max()} but the type map has only "
                              f"{len(type_map)} elements {list(type_map)}")
-    numbers = np.array([atomic_numbers[type_map[t]] for t in types], dtype=np.int64)
-    n = numbers.size
+    z_of_type = np.array([atomic_numbers[t] for t in type_map], dtype=np.int64)
+    n = types.size
     periodic = not (system / "nopbc").exists()
     pbc = np.full(3, periodic)
     units = {}
@@ -142,6 +149,8 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
         if (set_dir / "fparam.npy").is_file():
             width = max(1, np.load(set_dir / "fparam.npy", mmap_mode="r").size // max(nf, 1))
             fparam = _load_npy(set_dir / "fparam.npy", nf, width if width > 1 else None, where).reshape(nf, -1)
+        frame_types = _frame_types(set_dir, types, nf, len(type_map), where)
+        group_info = _group_info(set_dir, name, nf, frame_types, where)
         props = {}
         for f in sorted(set_dir.glob("*.npy")):
             if f.stem not in DEEPMD_RESERVED and np.load(f, mmap_mode="r").size == nf:
@@ -154,17 +163,57 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
                     raise StructureError(f"{where}: virial.npy in a non-periodic (nopbc) system; stress needs "
                                          "a cell volume — remove virial.npy or the nopbc file")
                 stress = -labels["virial"][k].reshape(3, 3) / abs(np.linalg.det(cell))
+            real = frame_types[k] >= 0                       # all atoms, unless padding (-1) is marked
+            frame_numbers = z_of_type[frame_types[k][real]]
             try:
                 structures.append(Structure(
-                    positions=coord[k].reshape(n, 3), numbers=numbers, cell=cell, pbc=pbc,
+                    positions=coord[k].reshape(n, 3)[real], numbers=frame_numbers, cell=cell, pbc=pbc,
                     energy=labels["energy"][k] if "energy" in labels else None,
-                    forces=labels["force"][k].reshape(n, 3) if "force" in labels else None, stress=stress,
+                    forces=labels["force"][k].reshape(n, 3)[real] if "force" in labels else None, stress=stress,
                     properties={p: v[k] for p, v in props.items()},
                     property_units={p: units[p] for p in props if p in units},
-                    info={"system": name, "set": set_dir.name, "frame": k, **_fparam_info(fparam, k)}))
+                    info={"system": name, "set": set_dir.name, "frame": k, **_fparam_info(fparam, k),
+                          **group_info[k]}))
             except StructureError as exc:
                 raise StructureError(f"{where}, frame {k}: {exc}") from None
     return structures
+
+
+def _frame_types(set_dir: Path, types: np.ndarray, nf: int, n_types: int, where: str) -> np.ndarray:
+    """Each frame's atom types [nf, n]: ``real_atom_types.npy`` (mixed-type systems; -1 = a padding atom) or
+    ``type.raw``'s for every frame."""
+    path = set_dir / "real_atom_types.npy"
+    if not path.is_file():
+        return np.broadcast_to(types, (nf, types.size))
+    frame_types = _load_npy(path, nf, types.size, where).astype(np.int64)
+    if frame_types.max() >= n_types or frame_types.min() < -1:
+        raise StructureError(f"{where}: real_atom_types.npy holds types {frame_types.min()}..{frame_types.max()}; "
+                             f"the type map has {n_types} elements (and -1 marks a padding atom)")
+    empty = np.flatnonzero((frame_types < 0).all(1))
+    if empty.size:
+        raise StructureError(f"{where}: frame {empty[0]} of real_atom_types.npy is all padding (-1): no atoms")
+    return frame_types
+
+
+def _group_info(set_dir: Path, system: str, nf: int, frame_types: np.ndarray, where: str) -> List[Dict]:
+    """Per frame, ``{"group": "<system>:<id>", "weight": w}`` from DPA-ADAPT's ``group_id.npy``/``weight.npy``
+    (empty dicts without them); refuses a ``pool_mask.npy`` that masks out a real (non-padding) atom."""
+    if not (set_dir / "group_id.npy").is_file():
+        if (set_dir / "weight.npy").is_file() or (set_dir / "pool_mask.npy").is_file():
+            raise StructureError(f"{where}: weight.npy or pool_mask.npy without group_id.npy; DPA-ADAPT's grouped "
+                                 "data needs all three (dpa-adapt data mark-groups writes them)")
+        return [{} for _ in range(nf)]
+    ids = _load_npy(set_dir / "group_id.npy", nf, None, where).astype(np.int64)
+    weights = (_load_npy(set_dir / "weight.npy", nf, None, where) if (set_dir / "weight.npy").is_file()
+               else np.ones(nf))
+    if (set_dir / "pool_mask.npy").is_file():
+        mask = _load_npy(set_dir / "pool_mask.npy", nf, frame_types.shape[1], where) > 0
+        dropped = np.argwhere(~mask & (frame_types >= 0))
+        if dropped.size:
+            raise StructureError(f"{where}: pool_mask.npy leaves real atom {dropped[0][1]} of frame {dropped[0][0]} "
+                                 "out of the pooling; mftcalc pools every atom of a component: remove those atoms "
+                                 "from the component, or the mask (padding atoms, type -1, may be masked)")
+    return [{"group": f"{system}:{ids[k]}", "weight": float(weights[k])} for k in range(nf)]
 
 
 def _fparam_info(fparam: Optional[np.ndarray], k: int) -> Dict[str, float]:

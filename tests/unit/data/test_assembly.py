@@ -81,3 +81,56 @@ def test_a_condition_that_differs_inside_a_group_is_refused():
         group_structures(frames, frame_params=["pH"])
     with pytest.raises(ValueError, match="weights must be finite and > 0"):
         Assembly([frames[0].with_labels()], [np.nan])
+
+
+def _write_grouped_system(root, name: str, components: list, group_id: int, weights, label: float,
+                          mask_real_atom: bool = False) -> None:
+    """A DPA-ADAPT grouped, mixed-type DeePMD system: one frame per component, padded to the largest with type -1
+    (written here from the format's documentation: group_id/weight/pool_mask/real_atom_types .npy)."""
+    type_map = ["H", "C", "N", "O"]
+    n = max(len(a) for a in components)
+    system = root / name / "set.000"
+    system.mkdir(parents=True)
+    (root / name / "type.raw").write_text("0\n" * n)
+    (root / name / "type_map.raw").write_text("\n".join(type_map) + "\n")
+    coord = np.zeros((len(components), n, 3))
+    types = -np.ones((len(components), n), dtype=np.int32)
+    for k, atoms in enumerate(components):
+        coord[k, :len(atoms)] = atoms.positions
+        types[k, :len(atoms)] = [type_map.index(s) for s in atoms.get_chemical_symbols()]
+    mask = (types >= 0).astype(float)
+    if mask_real_atom:
+        mask[0, 0] = 0.0
+    np.save(system / "coord.npy", coord.reshape(len(components), -1))
+    np.save(system / "box.npy", np.tile(np.eye(3).ravel() * 50.0, (len(components), 1)))
+    np.save(system / "real_atom_types.npy", types)
+    np.save(system / "pool_mask.npy", mask)
+    np.save(system / "group_id.npy", np.full(len(components), group_id))
+    np.save(system / "weight.npy", np.asarray(weights, dtype=float))
+    np.save(system / "target_property.npy", np.full((len(components), 1), label))
+
+
+def test_dpa_adapt_grouped_deepmd_systems_read_as_groups(tmp_path):
+    from mftcalc.data.io import read_structures
+    _write_grouped_system(tmp_path, "row_0", [molecule("CH3OH"), molecule("H2O")], 0, [0.8, 0.2], 32.1)
+    _write_grouped_system(tmp_path, "row_1", [molecule("NH3")], 0, [1.0], 40.0)
+    frames = read_structures(tmp_path)
+    assert [s.n_atoms for s in frames] == [6, 3, 4]                          # padding atoms dropped
+    assert list(frames[1].numbers) == [8, 1, 1] and list(frames[2].numbers) == [7, 1, 1, 1]
+    np.testing.assert_allclose(frames[1].positions, molecule("H2O").positions)
+    assert [s.info["group"] for s in frames] == ["row_0:0", "row_0:0", "row_1:0"]   # ids are per system
+    groups = group_structures(frames)
+    assert len(groups) == 2 and groups[0].weights.tolist() == [0.8, 0.2]
+    assert groups[0].properties == {"target_property": 32.1} and "group_id" not in frames[0].properties
+
+
+def test_a_pool_mask_over_real_atoms_or_markers_without_group_ids_are_refused(tmp_path):
+    from mftcalc.data.io import read_structures
+    _write_grouped_system(tmp_path / "a", "row_0", [molecule("CH3OH"), molecule("H2O")], 0, [0.8, 0.2], 1.0,
+                          mask_real_atom=True)
+    with pytest.raises(ValueError, match="pool_mask.npy leaves real atom 0 of frame 0 out of the pooling"):
+        read_structures(tmp_path / "a")
+    _write_grouped_system(tmp_path / "b", "row_0", [molecule("H2O")], 0, [1.0], 1.0)
+    (tmp_path / "b" / "row_0" / "set.000" / "group_id.npy").unlink()
+    with pytest.raises(ValueError, match="weight.npy or pool_mask.npy without group_id.npy"):
+        read_structures(tmp_path / "b")
