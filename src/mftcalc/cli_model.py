@@ -95,6 +95,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _relax(args: argparse.Namespace) -> int:
+    if args.group_key:
+        from mftcalc.workflows.group_predict import predict_groups
+        if args.workers != 1 or args.shard or args.dataset:
+            raise SystemExit("--group-key relaxes and predicts in one process: drop --workers, --shard and --dataset")
+        rows = predict_groups(args.model, args.input, args.out, args.group_key, args.weight_key, DTYPES[args.dtype],
+                              args.device or "auto", relax_options=dict(
+                                  fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+                                  cell_filter=args.cell_filter))
+        converged = sum(r["n_converged"] == r["n_components"] for r in rows)
+        print(f"{len(rows)} groups, {converged} with every component relaxed to fmax {args.fmax} eV/Å\n"
+              f"wrote {args.out}")
+        return 0
     from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
                   optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers, shard=args.shard,
@@ -156,6 +168,13 @@ def _inputs(p: Any, model_required: bool = True) -> None:
     p.add_argument("--dataset", default=None, help=DATASET_HELP)
 
 
+def _group_options(p: Any) -> None:
+    p.add_argument("--group-key", metavar="KEY", default=None, help="a model with a group head (mftcalc finetune "
+                   "--group-key): frames with the same info[KEY] are one group, one output row each (.csv)")
+    p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
+                   "component's weight (1 when a frame lacks it)")
+
+
 def _relax_options(p: Any) -> None:
     p.add_argument("--fmax", type=float, default=0.05, help="convergence threshold on the largest atomic force, eV/Å")
     p.add_argument("--steps", type=int, default=500, help="maximum optimiser steps per structure")
@@ -202,15 +221,13 @@ def add_model_parsers(subparsers: Any) -> None:
     _inputs(p)
     p.add_argument("--properties", nargs="*", default=None, help="property heads to predict (default: all)")
     p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each")
-    p.add_argument("--group-key", metavar="KEY", default=None, help="a model with a group head (mftcalc finetune "
-                   "--group-key): frames with the same info[KEY] are one group, one output row each (.csv)")
-    p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
-                   "component's weight (1 when a frame lacks it)")
+    _group_options(p)
     _shard_option(p)
     p.set_defaults(func=_predict)
     p = subparsers.add_parser("relax", help="batched relaxation, then properties")
     _inputs(p)
     _relax_options(p)
+    _group_options(p)
     _shard_option(p)
     p.set_defaults(func=_relax)
     p = subparsers.add_parser("screen", help="relax-then-predict screening of a structure file (resumable)")

@@ -34,7 +34,8 @@ class Assembly:
         weights: [C] float64, each component's weight in the group (> 0, no unit), e.g. mole fractions.
         properties: the group's labels (``{"cloud_point": 305.2}``), units in ``property_units``.
         property_units: unit of each property.
-        info: the group's key under ``"group"`` and ``"name"``, and its frame parameters.
+        info: the group's key under ``"group"`` and ``"name"``, its frame parameters and (from
+            :func:`group_structures`) ``"frames"``, the indices of its components among the frames grouped.
     """
 
     components: List[Structure]
@@ -132,7 +133,7 @@ def group_structures(structures: Sequence[Structure], group_key: str = DEFAULT_G
                                  f"has one label: give every frame of the group the same {name}=...")
             properties[name] = float(values[0])
             units[name] = comps[0].property_units.get(name, "")
-        info: Dict[str, Any] = {"group": key, "name": str(key)}
+        info: Dict[str, Any] = {"group": key, "name": str(key), "frames": list(idx)}
         for name in frame_params:
             values = [c.info.get(name) for c in comps]
             if not _same(values):

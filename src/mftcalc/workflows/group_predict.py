@@ -27,10 +27,14 @@ def group_head_names(metadata: Dict[str, Any]) -> List[str]:
 
 def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], group_key: str,
                    weight_key: str = DEFAULT_WEIGHT_KEY, dtype: torch.dtype = torch.float32,
-                   device: str = "cpu") -> List[Dict[str, Any]]:
+                   device: str = "cpu", relax_options: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Rows (one per group of ``path``'s frames, in order of first appearance) of every group head of ``model``
     (a checkpoint, an export or a model object); written to ``out`` (``.csv``) when given. Raises, naming the
-    fix, when the model has no group head, a frame lacks the group key, or the frames of a group disagree."""
+    fix, when the model has no group head, a frame lacks the group key, or the frames of a group disagree.
+
+    ``relax_options`` (``fmax``, ``steps``, ``optimizer``, ``cell_filter`` of :func:`mftcalc.relax`): relax every
+    component with the model's force field first, then predict the groups at the relaxed geometries; the rows
+    then also give ``n_converged`` (components that reached ``fmax``) and ``fmax_eV_per_A`` (the largest)."""
     from mftcalc.calculators.model_handle import ModelHandle
     from mftcalc.data.io import read_structures
     from mftcalc.model.inference import predict_assemblies
@@ -47,7 +51,13 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
         if all(name in s.properties or _number(s.info.get(name)) is not None for s in structures):
             structures = [s if name in s.properties else s.with_labels(
                 properties={**s.properties, name: _number(s.info[name])}) for s in structures]
-    handle.check_structures(structures, forcefield=False)
+    handle.check_structures(structures, forcefield=relax_options is not None)
+    relaxed = None
+    if relax_options is not None:                    # the force field relaxes every component first
+        from mftcalc.relaxation.api import relax
+        relaxed = relax(structures, handle, properties=[], **relax_options)
+        structures = [s.with_labels(positions=r.structure.positions, cell=r.structure.cell, energy=None,
+                                    forces=None, stress=None) for s, r in zip(structures, relaxed)]
     assemblies = group_structures(structures, group_key, weight_key, handle.frame_params, where=str(path))
     predicted = predict_assemblies(handle.module, assemblies, names=names, device=handle.device, dtype=dtype)
     rows: List[Dict[str, Any]] = []
@@ -56,6 +66,10 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
                                "n_atoms": assembly.n_atoms}
         for name, value in values.items():
             row[property_column(handle, name)] = value
+        if relaxed is not None:
+            parts = [relaxed[i] for i in assembly.info["frames"]]
+            row["n_converged"] = sum(r.converged for r in parts)
+            row["fmax_eV_per_A"] = max(r.fmax for r in parts)
         for name in names:
             if name in assembly.properties:
                 row[property_column(handle, name) + "_label"] = assembly.properties[name]

@@ -160,6 +160,12 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     expected = predict_assemblies(load_model(tmp_path / "cp.pt"), group_structures(
         [Structure.from_ase(a) for a in _mixtures(30)]))
     np.testing.assert_allclose([float(r["cp_K"]) for r in rows], [e["cp"] for e in expected], rtol=1e-5)
+    assert main(["relax", str(tmp_path / "cp.pt"), str(tmp_path / "mix.extxyz"), "--out",
+                 str(tmp_path / "relaxed.csv"), "--group-key", "group", "--fmax", "0.05"]) == 0
+    relaxed = list(csv.DictReader(open(tmp_path / "relaxed.csv")))
+    assert len(relaxed) == 30 and all(r["n_converged"] == r["n_components"] for r in relaxed)
+    assert all(float(r["fmax_eV_per_A"]) <= 0.05 for r in relaxed)
+    assert [r["cp_K"] for r in relaxed] != [r["cp_K"] for r in rows]       # the relaxed geometries were used
     from mftcalc.cli_evaluate import evaluate_files
     from mftcalc.data.io import write_extxyz
     labelled = [Structure.from_ase(a).with_labels(properties={"cp": a.info["cp"]}, property_units={"cp": "K"})
