@@ -26,6 +26,16 @@ def scatter_sum(values: Tensor, batch: Tensor, n_structures: int) -> Tensor:
     return torch.zeros(shape, dtype=values.dtype, device=values.device).index_add_(0, batch, values)
 
 
+def register_frame_buffers(head: nn.Module, n_frame: int) -> None:
+    """A head's frame-parameter buffers [F]: the batch columns it reads (``frame_columns``, set by the model) and
+    their training mean and std; empty and not saved without frame parameters (checkpoints without them keep
+    their state dict)."""
+    persistent = n_frame > 0
+    head.register_buffer("frame_columns", torch.arange(n_frame), persistent=persistent)
+    head.register_buffer("frame_mean", torch.zeros(n_frame), persistent=persistent)
+    head.register_buffer("frame_std", torch.ones(n_frame), persistent=persistent)
+
+
 class ForceFieldHead(nn.Module):
     """Atomic energies (eV) from node features and a one-hot dataset (case) embedding.
 
@@ -65,11 +75,7 @@ class ScalarHead(nn.Module):
                        deepmd_fitting=cfg.deepmd_fitting)
         self.register_buffer("bias", torch.zeros(N_TYPES))
         self.register_buffer("scale", torch.ones(1))
-        # empty and not saved without frame parameters (checkpoints without them keep their state dict)
-        persistent = self.n_frame > 0
-        self.register_buffer("frame_columns", torch.arange(self.n_frame), persistent=persistent)
-        self.register_buffer("frame_mean", torch.zeros(self.n_frame), persistent=persistent)
-        self.register_buffer("frame_std", torch.ones(self.n_frame), persistent=persistent)
+        register_frame_buffers(self, self.n_frame)
 
     def forward(self, node: Tensor, numbers: Tensor, batch: Tensor, positions: Tensor, dataset: Tensor,
                 n_structures: int, frame: Tensor) -> Tuple[Tensor, Tensor]:
@@ -105,10 +111,7 @@ class GroupHead(nn.Module):
                        deepmd_fitting=cfg.deepmd_fitting)
         self.register_buffer("shift", torch.zeros(1))
         self.register_buffer("scale", torch.ones(1))
-        persistent = self.n_frame > 0
-        self.register_buffer("frame_columns", torch.arange(self.n_frame), persistent=persistent)
-        self.register_buffer("frame_mean", torch.zeros(self.n_frame), persistent=persistent)
-        self.register_buffer("frame_std", torch.ones(self.n_frame), persistent=persistent)
+        register_frame_buffers(self, self.n_frame)
 
     def forward(self, node: Tensor, batch: Tensor, n_structures: int, group: Tensor, weight: Tensor,
                 n_groups: int, frame: Tensor) -> Tensor:
