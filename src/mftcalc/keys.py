@@ -23,6 +23,7 @@ DATASET = "dataset"              # [B] int64, dataset (case) index for the force
 FRAME_PARAMS = "frame_params"    # [B, F] float, the model's frame parameters (mftcalc.data.frame_params), their units
 GROUP_INDEX = "group_index"      # [B] int64, the assembly (group, 0..G-1) each structure is a component of
 GROUP_WEIGHT = "group_weight"    # [B] float, the component's weight in its group (> 0, no unit)
+POOL_MASK = "pool_mask"          # [N] float 1/0, the atoms a group head pools (absent: all)
 
 # --- labels (training targets) ------------------------------------------------
 ENERGY = "energy"                # [B] float, eV (total energy)
@@ -46,7 +47,7 @@ PROPERTY_PREFIX = "property:"    # property labels live under "property:<name>" 
 HAS_PROPERTY_PREFIX = "has_property:"
 
 SCOPES: Dict[str, str] = {
-    POSITIONS: "atom", NUMBERS: "atom", BATCH: "atom", FORCES: "atom", ENERGIES: "atom", NODE_FEATURES: "atom",
+    POSITIONS: "atom", NUMBERS: "atom", BATCH: "atom", POOL_MASK: "atom", FORCES: "atom", ENERGIES: "atom", NODE_FEATURES: "atom",
     CELL: "system", PBC: "system", N_ATOMS: "system", DATASET: "system", FRAME_PARAMS: "system",
     GROUP_INDEX: "system", GROUP_WEIGHT: "system",
     ENERGY: "system", STRESS: "system",

@@ -39,7 +39,8 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
         A batch dict with ``positions [N,3]``, ``numbers [N]``, ``batch [N]``, ``cell [B,3,3]``, ``pbc [B,3]``,
         ``n_atoms [B]``, ``dataset [B]``, and when any structure has them ``energy [B]``, ``forces [N,3]``,
         ``stress [B,3,3]`` with masks ``has_energy/has_forces/has_stress [B]``, ``property:<name> [B]`` with
-        ``has_property:<name> [B]``, and ``frame_params [B, F]`` when ``frame_params`` names any. A list of
+        ``has_property:<name> [B]``, ``frame_params [B, F]`` when ``frame_params`` names any, and ``pool_mask
+        [N]`` (1/0) when any structure has one. A list of
         assemblies (:class:`mftcalc.data.assembly.Assembly`) is collated by :func:`collate_assemblies` (their
         components, ``group_index``, labels [G]).
     """
@@ -75,6 +76,9 @@ def collate(structures: Sequence[Structure], dtype: torch.dtype = torch.float32,
     out[K.DATASET] = t(ds, torch.int64)
     if len(frame_params):
         out[K.FRAME_PARAMS] = t(frame_param_matrix(structures, list(frame_params)))
+    if any(s.pool_mask is not None for s in structures):          # the atoms group heads pool (others: all)
+        out[K.POOL_MASK] = t(np.concatenate([s.pool_mask if s.pool_mask is not None else np.ones(s.n_atoms, bool)
+                                             for s in structures]))
 
     has_e = np.array([s.energy is not None for s in structures])
     if has_e.any():
@@ -113,7 +117,7 @@ def collate_assemblies(assemblies: Sequence[Assembly], dtype: torch.dtype = torc
     if dataset is not None and not isinstance(dataset, (int, np.integer)):
         dataset = np.repeat(np.asarray(dataset, dtype=np.int64), sizes)
     if frame_params:              # the group's conditions on each component (a component frame may lack them)
-        components = [Structure(c.positions, c.numbers, c.cell, c.pbc, info={**c.info, **{
+        components = [Structure(c.positions, c.numbers, c.cell, c.pbc, pool_mask=c.pool_mask, info={**c.info, **{
             n: a.info[n] for n in frame_params if n in a.info}}) if any(n not in c.info for n in frame_params)
             else c for a in assemblies for c in a.components]
     out = collate(components, dtype=dtype, dataset=dataset, properties=[], device=device, frame_params=frame_params)

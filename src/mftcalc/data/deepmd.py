@@ -38,9 +38,8 @@ def read_deepmd(directory: PathLike, type_map: Optional[Sequence[str]] = None) -
     Mixed-type systems (``set.*/real_atom_types.npy`` [F, n], each frame's own types; ``-1`` marks padding atoms,
     which are dropped) and DPA-ADAPT's grouped systems (``group_id.npy`` [F]: frames of one group; ``weight.npy``
     [F]; ``pool_mask.npy`` [F, n], zero only on padding) are read too: a frame's group goes to
-    ``info["group"]`` as ``<system>:<group_id>`` and its weight to ``info["weight"]``
-    (:mod:`mftcalc.data.assembly`). A pool mask that leaves out a real atom is refused: every atom of a
-    component is pooled here.
+    ``info["group"]`` as ``<system>:<group_id>``, its weight to ``info["weight"]`` and its pool mask (over the
+    real atoms) to ``pool_mask`` (:mod:`mftcalc.data.assembly`).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -150,7 +149,8 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
             width = max(1, np.load(set_dir / "fparam.npy", mmap_mode="r").size // max(nf, 1))
             fparam = _load_npy(set_dir / "fparam.npy", nf, width if width > 1 else None, where).reshape(nf, -1)
         frame_types = _frame_types(set_dir, types, nf, len(type_map), where)
-        group_info = _group_info(set_dir, name, nf, frame_types, where)
+        group_info = _group_info(set_dir, name, nf, where)
+        masks = _pool_masks(set_dir, nf, frame_types, where)
         props = {}
         for f in sorted(set_dir.glob("*.npy")):
             if f.stem not in DEEPMD_RESERVED and np.load(f, mmap_mode="r").size == nf:
@@ -173,7 +173,7 @@ def _read_deepmd_system(system: Path, name: str, type_map: Optional[Sequence[str
                     properties={p: v[k] for p, v in props.items()},
                     property_units={p: units[p] for p in props if p in units},
                     info={"system": name, "set": set_dir.name, "frame": k, **_fparam_info(fparam, k),
-                          **group_info[k]}))
+                          **group_info[k]}, pool_mask=None if masks is None else masks[k][real]))
             except StructureError as exc:
                 raise StructureError(f"{where}, frame {k}: {exc}") from None
     return structures
@@ -195,9 +195,9 @@ def _frame_types(set_dir: Path, types: np.ndarray, nf: int, n_types: int, where:
     return frame_types
 
 
-def _group_info(set_dir: Path, system: str, nf: int, frame_types: np.ndarray, where: str) -> List[Dict]:
+def _group_info(set_dir: Path, system: str, nf: int, where: str) -> List[Dict]:
     """Per frame, ``{"group": "<system>:<id>", "weight": w}`` from DPA-ADAPT's ``group_id.npy``/``weight.npy``
-    (empty dicts without them); refuses a ``pool_mask.npy`` that masks out a real (non-padding) atom."""
+    (empty dicts without them)."""
     if not (set_dir / "group_id.npy").is_file():
         if (set_dir / "weight.npy").is_file() or (set_dir / "pool_mask.npy").is_file():
             raise StructureError(f"{where}: weight.npy or pool_mask.npy without group_id.npy; DPA-ADAPT's grouped "
@@ -206,14 +206,14 @@ def _group_info(set_dir: Path, system: str, nf: int, frame_types: np.ndarray, wh
     ids = _load_npy(set_dir / "group_id.npy", nf, None, where).astype(np.int64)
     weights = (_load_npy(set_dir / "weight.npy", nf, None, where) if (set_dir / "weight.npy").is_file()
                else np.ones(nf))
-    if (set_dir / "pool_mask.npy").is_file():
-        mask = _load_npy(set_dir / "pool_mask.npy", nf, frame_types.shape[1], where) > 0
-        dropped = np.argwhere(~mask & (frame_types >= 0))
-        if dropped.size:
-            raise StructureError(f"{where}: pool_mask.npy leaves real atom {dropped[0][1]} of frame {dropped[0][0]} "
-                                 "out of the pooling; mftcalc pools every atom of a component: remove those atoms "
-                                 "from the component, or the mask (padding atoms, type -1, may be masked)")
     return [{"group": f"{system}:{ids[k]}", "weight": float(weights[k])} for k in range(nf)]
+
+
+def _pool_masks(set_dir: Path, nf: int, frame_types: np.ndarray, where: str) -> Optional[np.ndarray]:
+    """DPA-ADAPT's ``pool_mask.npy`` [nf, n] as bool (padding atoms, type -1, are dropped with it), or None."""
+    if not (set_dir / "pool_mask.npy").is_file():
+        return None
+    return _load_npy(set_dir / "pool_mask.npy", nf, frame_types.shape[1], where) > 0
 
 
 def _fparam_info(fparam: Optional[np.ndarray], k: int) -> Dict[str, float]:

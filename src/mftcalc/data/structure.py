@@ -55,7 +55,10 @@ class Structure:
         stress: [3, 3] float64, eV/Å^3 (ASE sign), or None.
         properties: named scalar labels (e.g. ``{"gap": 0.25}``), units in ``property_units``.
         property_units: unit of each property, e.g. ``{"gap": "Hartree"}``.
-        info: free-form metadata (source index, dataset name, ...); never used as model input.
+        info: free-form metadata (source index, dataset name, ...); never used as model input (frame
+            parameters and group keys excepted, where a model asks for them).
+        pool_mask: [n] bool or None: the atoms a group head pools over (:mod:`mftcalc.data.assembly`; e.g. an
+            adsorbate's atoms on a slab, DPA-ADAPT's ``pool_mask``); None: all. From ``atoms.arrays["pool_mask"]``.
     """
 
     positions: np.ndarray
@@ -68,6 +71,7 @@ class Structure:
     properties: Dict[str, float] = field(default_factory=dict)
     property_units: Dict[str, str] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)
+    pool_mask: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         where = f"structure {self.info.get('name', self.info.get('index', ''))}".rstrip()
@@ -121,6 +125,15 @@ class Structure:
                 raise StructureError(f"{where}: property {name!r} is NaN or inf")
             props[name] = float(arr)
         self.properties = props
+        if self.pool_mask is not None:
+            mask = np.asarray(self.pool_mask)
+            if mask.shape != (n,) or not np.all((mask == 0) | (mask == 1)):
+                raise StructureError(f"{where}: pool_mask must be one 0/1 (or bool) value per atom, shape ({n},); "
+                                     f"got shape {mask.shape}")
+            if not mask.any():
+                raise StructureError(f"{where}: pool_mask leaves out every atom; a group head needs at least one "
+                                     "atom to pool")
+            self.pool_mask = None if mask.all() else mask.astype(bool)    # all atoms: as without a mask
 
     @property
     def n_atoms(self) -> int:
@@ -148,7 +161,8 @@ class Structure:
         """Build from an ``ase.Atoms``; labels are read from its single-point calculator results if present.
 
         Energy, forces and stress are taken from ``atoms.calc.results`` (as written by extxyz/db readers);
-        named properties from ``properties`` (or not at all). ``atoms.info`` is copied into ``info``.
+        named properties from ``properties`` (or not at all). ``atoms.info`` is copied into ``info``,
+        ``atoms.arrays["pool_mask"]`` into ``pool_mask``.
         """
         energy = forces = stress = None
         calc = getattr(atoms, "calc", None)
@@ -162,7 +176,7 @@ class Structure:
         return cls(positions=atoms.get_positions(), numbers=atoms.get_atomic_numbers(),
                    cell=np.asarray(atoms.get_cell()), pbc=atoms.get_pbc(), energy=energy, forces=forces,
                    stress=stress, properties=dict(properties or {}), property_units=dict(property_units or {}),
-                   info=dict(atoms.info))
+                   info=dict(atoms.info), pool_mask=atoms.arrays.get("pool_mask"))
 
     def to_ase(self) -> "Any":
         """An ``ase.Atoms`` with labels attached as a ``SinglePointCalculator`` and properties in ``info``."""
@@ -172,6 +186,8 @@ class Structure:
         atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
         atoms.info.update(self.info)
         atoms.info.update(self.properties)
+        if self.pool_mask is not None:
+            atoms.arrays["pool_mask"] = self.pool_mask.copy()
         results: Dict[str, Any] = {}
         if self.energy is not None:
             results["energy"] = self.energy
@@ -203,4 +219,6 @@ def structures_digest(structures) -> str:
         for array in (s.forces, s.stress):
             h.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
         h.update(repr(sorted((k, float(v)) for k, v in s.properties.items())).encode())
+        if s.pool_mask is not None:
+            h.update(b"mask" + np.ascontiguousarray(s.pool_mask).tobytes())
     return h.hexdigest()[:16]

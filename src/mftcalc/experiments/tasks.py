@@ -142,6 +142,11 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
             frame_param_matrix(structures, list(frame_params), frame_params)
         except ValueError as exc:
             raise ValueError(f"{part_path} ({what}): {str(exc).replace('structure ', 'frame ', 1)}") from None
+        masked = next((k for k, s in enumerate(structures) if s.pool_mask is not None), None)
+        if masked is not None and not group_key:
+            raise ValueError(f"{part_path} ({what}): frame {masked} has a pool_mask, which only a group head reads "
+                             "(--group-key); a per-structure property head pools every atom: drop the mask, or "
+                             "give the frames a group key")
         if group_key:
             from mftcalc.data.assembly import group_structures
             return group_structures(structures, group_key, weight_key, list(frame_params), f"{part_path} ({what})")

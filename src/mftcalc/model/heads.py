@@ -95,7 +95,8 @@ class GroupHead(nn.Module):
     """One value per group of component structures (an assembly: a polymer's repeat unit and end groups, a
     mixture's molecules, an adsorbate and its slab; :mod:`mftcalc.data.assembly`).
 
-    ``z_c`` = mean node feature of component c [B, n_dim]; the group embedding is Σ_c w_c z_c / Σ_c w_c
+    ``z_c`` = mean node feature of component c [B, n_dim] over its pooled atoms (all, or the batch's
+    ``pool_mask``); the group embedding is Σ_c w_c z_c / Σ_c w_c
     (``group_reduce="mean"``) or Σ_c w_c z_c (``"sum"``) over its components, weights ``w_c`` > 0; the value is
     ``scale · MLP([embedding, standardised frame parameters]) + shift`` [G] in the head's unit (shift and scale
     the labels' mean and spread, fitted from training data). A structure alone (``group`` = arange(B), weights
@@ -114,11 +115,13 @@ class GroupHead(nn.Module):
         register_frame_buffers(self, self.n_frame)
 
     def forward(self, node: Tensor, batch: Tensor, n_structures: int, group: Tensor, weight: Tensor,
-                n_groups: int, frame: Tensor) -> Tensor:
+                n_groups: int, frame: Tensor, mask: Tensor) -> Tensor:
         """``node`` [N, n_dim], ``batch`` [N], ``group`` [B] (group of each structure, 0..G-1), ``weight`` [B],
-        ``frame`` [B, F] (one value per group, repeated on its components) -> values [G]."""
-        counts = scatter_sum(torch.ones_like(node[:, 0]), batch, n_structures)
-        pooled = scatter_sum(node, batch, n_structures) / counts.unsqueeze(1)               # [B, n_dim]
+        ``frame`` [B, F] (one value per group, repeated on its components), ``mask`` [N] (1: the atom is pooled,
+        0: it is only environment) -> values [G]."""
+        m = mask.to(node.dtype)
+        counts = scatter_sum(m, batch, n_structures)
+        pooled = scatter_sum(node * m.unsqueeze(1), batch, n_structures) / counts.unsqueeze(1)   # [B, n_dim]
         w = weight.to(node.dtype).unsqueeze(1)
         embedding = scatter_sum(pooled * w, group, n_groups)                                 # [G, n_dim]
         total_w = scatter_sum(w, group, n_groups)                                            # [G, 1]

@@ -170,8 +170,12 @@ class MFTModel(nn.Module):
                     group = torch.arange(n_structures, device=positions.device)
                     weight = torch.ones(n_structures, dtype=dtype, device=positions.device)
                     n_groups = n_structures
+                if K.POOL_MASK in data:
+                    mask = data[K.POOL_MASK]
+                else:
+                    mask = torch.ones(batch.shape[0], dtype=dtype, device=positions.device)
                 for name, group_head in self.group_heads.items():
-                    out[name] = group_head(node, batch, n_structures, group, weight, n_groups, frame)
+                    out[name] = group_head(node, batch, n_structures, group, weight, n_groups, frame, mask)
             for name, interval_head in self.interval_heads.items():
                 out[name] = interval_head(out)
         return out

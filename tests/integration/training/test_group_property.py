@@ -65,6 +65,33 @@ def test_the_head_pools_component_means_by_weight_then_applies_its_mlp(reduce):
         assert float(value) == pytest.approx(float(expected), rel=1e-12, abs=1e-12)
 
 
+def test_a_pool_mask_pools_only_its_atoms_the_rest_staying_environment(tmp_path):
+    model = _model()
+    methanol = Structure.from_ase(molecule("CH3OH"))
+    mask = np.array([True, True, False, False, False, False])                # the C and O atoms
+    masked = methanol.with_labels(pool_mask=mask)
+    rows = predict_structures(model, [methanol], compute_forces=False, compute_stress=False, features=True,
+                              properties=False)
+    head = model.group_heads["cp"]
+    with torch.no_grad():
+        expected = head.mlp(torch.as_tensor(rows[0]["node_features"][mask].mean(0))[None]).squeeze() \
+            * head.scale + head.shift
+    value = predict_assemblies(model, [Assembly([masked], [1.0])])[0]["cp"]
+    assert value == pytest.approx(float(expected), abs=1e-12)
+    assert value != pytest.approx(predict_assemblies(model, [Assembly([methanol], [1.0])])[0]["cp"], abs=1e-6)
+    save_model(model, tmp_path / "m.pt", model_metadata(model, elements=[1, 6, 7, 8]))
+    atoms = methanol.to_ase()
+    atoms.calc = MFTCalculator(str(tmp_path / "m.pt"), dtype=torch.float64)
+    unmasked = atoms.calc.get_property("cp", atoms)
+    atoms.arrays["pool_mask"] = mask                                         # a change ASE's cache must see
+    assert atoms.calc.get_property("cp", atoms) == pytest.approx(value, abs=1e-10) != unmasked
+    frames = [masked.with_labels(properties={"cp": 1.0}, property_units={"cp": "K"})] * 4
+    from mftcalc.data.io import write_extxyz
+    write_extxyz(frames, tmp_path / "masked.extxyz")
+    with pytest.raises(ValueError, match="frame 0 has a pool_mask, which only a group head reads"):
+        file_task(str(tmp_path / "masked.extxyz"), "cp", "K")
+
+
 def test_a_group_is_invariant_to_moving_reordering_and_reweighting_its_components():
     model = _model()
     group = _groups(6)[next(k for k, g in enumerate(_groups(6)) if len(g.components) > 1)]

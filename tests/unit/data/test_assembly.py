@@ -124,13 +124,33 @@ def test_dpa_adapt_grouped_deepmd_systems_read_as_groups(tmp_path):
     assert groups[0].properties == {"target_property": 32.1} and "group_id" not in frames[0].properties
 
 
-def test_a_pool_mask_over_real_atoms_or_markers_without_group_ids_are_refused(tmp_path):
+def test_pool_masks_are_kept_and_markers_without_group_ids_refused(tmp_path):
     from mftcalc.data.io import read_structures
     _write_grouped_system(tmp_path / "a", "row_0", [molecule("CH3OH"), molecule("H2O")], 0, [0.8, 0.2], 1.0,
                           mask_real_atom=True)
-    with pytest.raises(ValueError, match="pool_mask.npy leaves real atom 0 of frame 0 out of the pooling"):
-        read_structures(tmp_path / "a")
+    masked = read_structures(tmp_path / "a")                                 # a mask over real atoms is kept
+    assert masked[0].pool_mask.tolist() == [False] + [True] * 5 and masked[1].pool_mask is None
     _write_grouped_system(tmp_path / "b", "row_0", [molecule("H2O")], 0, [1.0], 1.0)
     (tmp_path / "b" / "row_0" / "set.000" / "group_id.npy").unlink()
     with pytest.raises(ValueError, match="weight.npy or pool_mask.npy without group_id.npy"):
         read_structures(tmp_path / "b")
+
+
+def test_a_pool_mask_round_trips_through_extxyz_and_is_validated(tmp_path):
+    from mftcalc.data.io import read_structures, write_extxyz
+    atoms = molecule("CH3OH")
+    atoms.arrays["pool_mask"] = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    s = Structure.from_ase(atoms)
+    assert s.pool_mask.tolist() == [True, True, False, False, False, False]
+    write_extxyz([s], tmp_path / "m.extxyz")
+    back = read_structures(tmp_path / "m.extxyz")[0]
+    assert back.pool_mask.tolist() == s.pool_mask.tolist()
+    assert structures_digest([back]) != structures_digest([back.with_labels(pool_mask=None)])
+    assert Structure(s.positions, s.numbers, pool_mask=np.ones(6)).pool_mask is None      # all atoms: no mask
+    with pytest.raises(ValueError, match="pool_mask leaves out every atom"):
+        Structure(s.positions, s.numbers, pool_mask=np.zeros(6, bool))
+    with pytest.raises(ValueError, match=r"pool_mask must be one 0/1 \(or bool\) value per atom, shape \(6,\)"):
+        Structure(s.positions, s.numbers, pool_mask=np.ones(5, bool))
+    batch = collate([s, Structure.from_ase(molecule("H2O"))])
+    assert batch[K.POOL_MASK].tolist() == [1, 1, 0, 0, 0, 0, 1, 1, 1]
+    assert K.POOL_MASK not in collate([Structure.from_ase(molecule("H2O"))])
