@@ -75,6 +75,14 @@ def model_card(path: str | Path) -> str:
             given = ", ".join(f"`{k}`" + (f" ({u})" if u else "") for k, u in head["frame_params"].items())
             lines.append(f"- **Frame parameters** of `{name}`: {given}, read from each structure's `info` "
                          "(`mftcalc.data.frame_params`)")
+        if head.get("kind") == "group":
+            domain = head.get("domain") or {}
+            key = domain.get("group_key")
+            how = "weighted mean" if head.get("group_reduce", "mean") == "mean" else "weighted sum"
+            lines.append(f"- **Group head** `{name}`: one value per group of structures, the {how} of the "
+                         "components' pooled features" + (f", frames grouped by `info['{key}']` and weighted by "
+                         f"`info['{domain.get('weight_key', 'weight')}']` in training" if key else "")
+                         + " (`mftcalc predict --group-key`; one structure alone is a group of one)")
         iv = head.get("interval")
         if iv:
             lines.append(f"- **Prediction interval** `{name}`: `{iv['of']}` ± `{name}` holds the true value with "

@@ -171,6 +171,8 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     model = load_model(tmp_path / "cp.pt", torch.float64)
     assert model.config.heads["cp"].kind == "group" and "cp_pi90" not in model.config.heads
     assert model.metadata["heads"]["cp"]["domain"]["elements"] == [1, 6, 7, 8]
+    from mftcalc.model.card import model_card
+    assert "frames grouped by `info['group']` and weighted by `info['weight']`" in model_card(tmp_path / "cp.pt")
     report = check_model(tmp_path / "cp.pt", checks=["forces_fd", "rotation", "permutation", "batch"])
     assert report.passed, report.failures
     from mftcalc.calculators.model_handle import DomainWarning
