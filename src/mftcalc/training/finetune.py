@@ -121,8 +121,9 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
     applicability head; weights initialised by :meth:`Strategy.initialise`."""
     strategy = get_strategy(settings.strategy)
     recipe = task.recipe
-    if strategy.linear_head and recipe["kind"] != "scalar":
-        raise ValueError(f"{strategy.name} fits scalar properties; {task.property!r} has a {recipe['kind']} head")
+    if strategy.linear_head and recipe["kind"] not in ("scalar", "group"):
+        raise ValueError(f"{strategy.name} fits scalar and group properties; {task.property!r} has a "
+                         f"{recipe['kind']} head")
     head = HeadConfig(kind=recipe["kind"], unit=task.unit,
                       hidden=() if strategy.linear_head else tuple(settings.head_hidden),
                       activation=settings.head_activation, extensive=recipe["extensive"],
@@ -241,10 +242,11 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         raise ValueError(f"strategy {settings.strategy!r} trains nothing: run it as one process, not under torchrun")
     if not strategy.optimiser:                       # frozen-sklearn: a ridge fit written into the linear head
         import time
-        from mftcalc.training.frozen import fit_frozen_head
+        from mftcalc.training.frozen import fit_frozen_group_head, fit_frozen_head
         out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        fit = fit_frozen_head(model, task.property, task.train, recipe["extensive"])
+        fit = (fit_frozen_group_head(model, task.property, task.train, recipe.get("group_reduce") == "mean")
+               if recipe["kind"] == "group" else fit_frozen_head(model, task.property, task.train, recipe["extensive"]))
         metadata["finetuning"]["ridge"] = fit
         save_best(model, out_dir / "model.pt")
         steps, wall, device = 0, time.perf_counter() - started, next(model.parameters()).device

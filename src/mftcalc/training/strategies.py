@@ -31,7 +31,7 @@ class Strategy:
     pretrained size, no force-field head). ``trains``: one of :data:`TRAINS`. ``forcefield_data``: the loop also
     draws force-field batches (MFT's auxiliary task; alternating with the property or summed, ``mode``).
     ``optimiser``: trained by the loop (False: the linear property head is fitted in closed form, no step taken).
-    ``linear_head``: the property head is one ``Linear`` on pooled features (scalar properties only).
+    ``linear_head``: the property head is one ``Linear`` on pooled features (scalar and group properties).
     """
 
     name: str

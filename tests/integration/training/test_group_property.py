@@ -215,10 +215,25 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     assert "| 0 | 15 |" in report and "| 1 | 15 |" in report                 # 30 groups split 15/15, not frames
 
 
+def test_frozen_sklearn_fits_a_group_head_in_closed_form(tmp_path):
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    write(tmp_path / "mix.extxyz", _mixtures(60, seed=5))
+    task = file_task(str(tmp_path / "mix.extxyz"), "cp", "K", group_key="group", val_fraction=0.2)
+    result = finetune(task, FinetuneSettings(strategy="frozen-sklearn", progress=False, interval_coverage=0.0),
+                      tmp_path / "run", pretrained_path=REPO / "models" / "pretrained.pt")
+    model = load_model(tmp_path / "run" / "model.pt", torch.float64)
+    assert model.config.heads["cp"].hidden == ()
+    ridge = model.metadata["finetuning"]["ridge"]
+    fitted = np.array([r["cp"] for r in predict_assemblies(model, task.train)])
+    labels = np.array([g.properties["cp"] for g in task.train])
+    assert np.sqrt(np.mean((fitted - labels) ** 2)) == pytest.approx(ridge["train_rmse"], rel=1e-3)
+    constant = float(np.abs(np.array([g.properties["cp"] for g in task.val]) - labels.mean()).mean())
+    assert result["val"]["mae"] < 0.5 * constant, (result["val"], constant)
+
+
 def test_group_paths_refuse_what_they_cannot_do(tmp_path):
     from mftcalc.experiments.config import TaskSpec
     from mftcalc.model.intervals import calibrate_interval
-    from mftcalc.training.finetune import FinetuneSettings, build_finetune_model
     from mftcalc.workflows.group_predict import predict_groups
     write(tmp_path / "mix.extxyz", _mixtures(6))
     with pytest.raises(ValueError, match=r"has no group head.*mftcalc finetune --group-key KEY"):
@@ -231,9 +246,6 @@ def test_group_paths_refuse_what_they_cannot_do(tmp_path):
         TaskSpec(kind="qm9", property="gap", group_key="group")
     task = file_task(str(tmp_path / "mix.extxyz"), "cp", "K", group_key="group", val_fraction=0.34)
     assert task.recipe["kind"] == "group" and len(task.train) + len(task.val) == 6
-    with pytest.raises(ValueError, match="frozen-sklearn fits scalar properties"):
-        build_finetune_model(load_model(REPO / "models" / "pretrained.pt"), task,
-                             FinetuneSettings(strategy="frozen-sklearn"))
     model = _model()
     model.config.heads["ood_score"] = HeadConfig(kind="knn_ood", unit="")
     with pytest.raises(ValueError, match="'cp' is a group property"):
