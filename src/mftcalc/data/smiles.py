@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,28 +36,35 @@ class SmilesReport:
         return text + (" (relaxed geometries reused)" if self.reused else "")
 
 
-def read_smiles_csv(path: str | Path, prop: str, smiles_column: str = "smiles") -> List[Tuple[int, str, float]]:
-    """(row number, SMILES, value) of each row; a missing column or a non-numeric value names the row."""
+def read_smiles_csv(path: str | Path, prop: str, smiles_column: str = "smiles",
+                    columns: Sequence[str] = ()) -> List[Tuple[int, str, float, Dict[str, float]]]:
+    """(row number, SMILES, value, {column: value} of ``columns``) of each row, e.g. a temperature column read as a
+    frame parameter; a missing column or a non-numeric or non-finite value names the row."""
     path = Path(path)
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for needed in (smiles_column, prop):
-            if needed not in columns:
-                raise ValueError(f"{path}: no column {needed!r} (columns: {columns}); name the SMILES column "
-                                 f"{smiles_column!r} and pick --property from the columns")
+        header = reader.fieldnames or []
+        for needed in (smiles_column, prop, *columns):
+            if needed not in header:
+                raise ValueError(f"{path}: no column {needed!r} (columns: {header}); name the SMILES column "
+                                 f"{smiles_column!r} and pick --property (and frame parameters) from the columns")
         rows = []
         for k, row in enumerate(reader, start=2):               # row 1 is the header
-            try:
-                value = float(row[prop])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}, row {k}: {prop} = {row[prop]!r} is not a number") from None
-            if not np.isfinite(value):
-                raise ValueError(f"{path}, row {k}: {prop} = {value} is not finite")
-            rows.append((k, row[smiles_column].strip(), value))
+            numbers = {name: _number(path, k, name, row[name]) for name in (prop, *columns)}
+            rows.append((k, row[smiles_column].strip(), numbers.pop(prop), numbers))
     if not rows:
         raise ValueError(f"{path}: no data rows")
     return rows
+
+
+def _number(path: Path, row: int, column: str, text: Optional[str]) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}, row {row}: {column} = {text!r} is not a number") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{path}, row {row}: {column} = {value} is not finite")
+    return value
 
 
 def embed(smiles: str, n_conformers: int, seed: int) -> Tuple[Optional[List[Structure]], str]:
@@ -81,26 +88,30 @@ def embed(smiles: str, n_conformers: int, seed: int) -> Tuple[Optional[List[Stru
 
 def smiles_structures(path: str | Path, prop: str, unit: str, model_path: str | Path, dataset: str,
                       out_path: str | Path, smiles_column: str = "smiles", n_conformers: int = 4, seed: int = 0,
-                      fmax: float = 0.05) -> Tuple[List[Structure], SmilesReport]:
+                      fmax: float = 0.05, columns: Sequence[str] = ()) -> Tuple[List[Structure], SmilesReport]:
     """Labelled, relaxed molecules from a SMILES CSV (module docstring); ``dataset`` is the force-field dataset
-    of the model that relaxes them (e.g. ``xtb_qm9``). Writes/reuses ``out_path`` (extxyz)."""
+    of the model that relaxes them (e.g. ``xtb_qm9``). Writes/reuses ``out_path`` (extxyz). ``columns``: further
+    numeric columns copied into each molecule's ``info`` (frame parameters such as a temperature)."""
     from mftcalc.data.io import read_structures, write_extxyz
 
     path, out_path = Path(path), Path(out_path)
     stamp = {"csv_sha256": sha256_file(path), "model_sha256": sha256_file(model_path), "dataset": dataset,
              "n_conformers": n_conformers, "seed": seed, "fmax": fmax}
-    rows = read_smiles_csv(path, prop, smiles_column)
+    if columns:                                 # a cache made without these columns is made again
+        stamp["csv_columns"] = ",".join(columns)
+    rows = read_smiles_csv(path, prop, smiles_column, columns)
     report = SmilesReport(rows=len(rows))
     if out_path.exists():
         cached = read_structures(out_path, properties={prop: unit})
         if cached and all(s.info.get(k) == v for s in cached[:1] for k, v in stamp.items()):
             used = {int(s.info["csv_row"]) for s in cached}
             report.used, report.reused = len(cached), True
-            report.skipped = [(r, smi, "skipped when the geometries were made") for r, smi, _ in rows if r not in used]
+            report.skipped = [(r, smi, "skipped when the geometries were made") for r, smi, *_ in rows
+                              if r not in used]
             return cached, report
     candidates: List[Structure] = []
     owners: List[int] = []
-    for index, (row, smi, _) in enumerate(rows):
+    for index, (row, smi, *_) in enumerate(rows):
         conformers, reason = embed(smi, n_conformers, seed)
         if conformers is None:
             report.skipped.append((row, smi, reason))
@@ -122,10 +133,11 @@ def smiles_structures(path: str | Path, prop: str, unit: str, model_path: str | 
                     properties=[], dataset=dataset)
     out: List[Structure] = []
     for index, result in zip(chosen, results):
-        row, smi, value = rows[index]
+        row, smi, value, extra = rows[index]
         out.append(Structure(positions=result.structure.positions, numbers=result.structure.numbers,
                              properties={prop: value}, property_units={prop: unit},
-                             info={**stamp, "smiles": smi, "csv_row": row, "converged": bool(result.converged)}))
+                             info={**stamp, **extra, "smiles": smi, "csv_row": row,
+                                   "converged": bool(result.converged)}))
     report.used = len(out)
     write_extxyz(out, out_path)
     return out, report

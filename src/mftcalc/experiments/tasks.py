@@ -7,7 +7,7 @@ extensive or intensive, element bias, loss). ``test_parts`` maps a name (``id_te
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -119,8 +119,8 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     (:mod:`mftcalc.data.smiles`); the relaxed geometries go to ``<csv>_relaxed.extxyz`` and are reused.
 
     ``frame_params`` (``{info key: unit}``): per-structure conditions the property depends on, read from every
-    frame (:mod:`mftcalc.data.frame_params`); a frame without one, or with a value that is not one finite number,
-    raises naming the file and frame.
+    frame (:mod:`mftcalc.data.frame_params`; a SMILES CSV's columns of those names); a frame without one, or with a
+    value that is not one finite number, raises naming the file and frame.
 
     ``group_key``: the label belongs to a group of frames (an assembly, :mod:`mftcalc.data.assembly`): frames
     with the same ``info[group_key]`` are one training item, weighted by ``info[weight_key]`` (default 1), and the
@@ -131,13 +131,9 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
     if group_key and str(path).lower().endswith(".csv"):
         raise ValueError(f"{path}: a SMILES CSV has one molecule per row and no group key; write the components as "
                          f"frames with info[{group_key!r}] (extxyz) to fine-tune on groups")
-    if frame_params and str(path).lower().endswith(".csv"):
-        raise ValueError(f"{path}: frame parameters ({', '.join(frame_params)}) are read from each structure's info "
-                         "(extxyz comment line, ASE database key-value pairs); a SMILES CSV carries none. Relax "
-                         "it once (its <csv>_relaxed.extxyz), add them there and fine-tune on that file")
 
     def read(part_path: str, what: str) -> List[Structure]:
-        structures = read_property_file(part_path, prop, unit, what, model_path, smiles_dataset)
+        structures = read_property_file(part_path, prop, unit, what, model_path, smiles_dataset, list(frame_params))
         try:
             frame_param_matrix(structures, list(frame_params), frame_params)
         except ValueError as exc:
@@ -187,9 +183,10 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
 
 
 def read_property_file(path: str, prop: str, unit: str = "", what: str = "data", model_path: Optional[str] = None,
-                       smiles_dataset: str = "xtb_qm9") -> List[Structure]:
+                       smiles_dataset: str = "xtb_qm9", columns: Sequence[str] = ()) -> List[Structure]:
     """Labelled structures of ``path`` with property ``prop`` (any ``read_structures`` format, or a SMILES CSV
-    relaxed with ``model_path``, see :func:`file_task`); every value must be present and finite."""
+    relaxed with ``model_path``, see :func:`file_task`); every value must be present and finite. ``columns``: a
+    SMILES CSV's further columns copied into each molecule's ``info`` (frame parameters)."""
     from mftcalc.data.io import read_structures
 
     if str(path).lower().endswith(".csv"):
@@ -197,7 +194,7 @@ def read_property_file(path: str, prop: str, unit: str = "", what: str = "data",
         if model_path is None:
             raise ValueError(f"{path}: a SMILES CSV needs a pretrained model to relax its molecules")
         out = str(path)[:-4] + "_relaxed.extxyz"
-        structures, report = smiles_structures(path, prop, unit, model_path, smiles_dataset, out)
+        structures, report = smiles_structures(path, prop, unit, model_path, smiles_dataset, out, columns=columns)
         print(f"{path} ({what}): {report.summary()}; geometries in {out}")
     else:
         structures = read_structures(path, properties={prop: unit})   # raises naming a frame without it

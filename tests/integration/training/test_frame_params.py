@@ -105,8 +105,9 @@ def test_missing_or_bad_parameters_are_refused_by_name(tmp_path):
                                          r"'temperature' \(K\)"):
         file_task(str(tmp_path / "d.extxyz"), "y", "eV", frame_params={"temperature": "K"})
     (tmp_path / "m.csv").write_text("smiles,y\nCCO,1.0\n")
-    with pytest.raises(ValueError, match="a SMILES CSV carries none"):
-        file_task(str(tmp_path / "m.csv"), "y", "eV", frame_params={"temperature": "K"})
+    with pytest.raises(ValueError, match=r"m.csv: no column 'temperature' \(columns: \['smiles', 'y'\]\)"):
+        file_task(str(tmp_path / "m.csv"), "y", "eV", frame_params={"temperature": "K"},
+                  model_path=str(REPO / "models" / "pretrained.pt"))
     from mftcalc.experiments.config import TaskSpec
     with pytest.raises(ValueError, match="frame_params are for file tasks"):
         TaskSpec(kind="qm9", property="gap", frame_params={"temperature": "K"})

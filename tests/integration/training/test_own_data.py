@@ -118,6 +118,17 @@ def test_smiles_csv_becomes_relaxed_labelled_molecules(tmp_path):
     stamp = relaxed.stat().st_mtime_ns
     file_task(str(csv_path), "my_prop", "eV", model_path=str(REPO / "models" / "pretrained.pt"))
     assert relaxed.stat().st_mtime_ns == stamp                                 # reused, not recomputed
+    hot = tmp_path / "hot.csv"                                # a column read as a frame parameter
+    hot.write_text("smiles,my_prop,temperature\nCCO,1.0,300\nCC#N,0.9,450.5\nOCCO,1.2,600\n")
+    task = file_task(str(hot), "my_prop", "eV", val_fraction=0.34, model_path=str(REPO / "models" /
+                                                                                  "pretrained.pt"),
+                     frame_params={"temperature": "K"})
+    assert {m.info["smiles"]: float(m.info["temperature"]) for m in task.train + task.val} == {
+        "CCO": 300.0, "CC#N": 450.5, "OCCO": 600.0}
+    hot.write_text("smiles,my_prop,temperature\nCCO,1.0,warm\n")
+    with pytest.raises(ValueError, match="hot.csv, row 2: temperature = 'warm' is not a number"):
+        file_task(str(hot), "my_prop", "eV", model_path=str(REPO / "models" / "pretrained.pt"),
+                  frame_params={"temperature": "K"})
     (tmp_path / "bad.csv").write_text("SMILES,my_prop\nCCO,1.0\n")
     with pytest.raises(ValueError, match="no column 'smiles'.*columns: \\['SMILES', 'my_prop'\\]"):
         file_task(str(tmp_path / "bad.csv"), "my_prop", model_path=str(REPO / "models" / "pretrained.pt"))
