@@ -52,13 +52,17 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
             structures = [s if name in s.properties else s.with_labels(
                 properties={**s.properties, name: _number(s.info[name])}) for s in structures]
     handle.check_structures(structures, forcefield=relax_options is not None)
+    assemblies = group_structures(structures, group_key, weight_key, handle.frame_params, where=str(path))
+    # elements and periodicity outside the heads' training domain warn (the group key itself is expected here)
+    handle.warn_outside_domain([s.with_labels(info={k: v for k, v in s.info.items() if k != group_key})
+                                for s in structures], names)
     relaxed = None
-    if relax_options is not None:                    # the force field relaxes every component first
+    if relax_options is not None:                    # the force field relaxes every component, then regroup
         from mftcalc.relaxation.api import relax
         relaxed = relax(structures, handle, properties=[], **relax_options)
         structures = [s.with_labels(positions=r.structure.positions, cell=r.structure.cell, energy=None,
                                     forces=None, stress=None) for s, r in zip(structures, relaxed)]
-    assemblies = group_structures(structures, group_key, weight_key, handle.frame_params, where=str(path))
+        assemblies = group_structures(structures, group_key, weight_key, handle.frame_params, where=str(path))
     predicted = predict_assemblies(handle.module, assemblies, names=names, device=handle.device, dtype=dtype)
     rows: List[Dict[str, Any]] = []
     for assembly, values in zip(assemblies, predicted):
