@@ -92,6 +92,27 @@ def test_a_pool_mask_pools_only_its_atoms_the_rest_staying_environment(tmp_path)
         file_task(str(tmp_path / "masked.extxyz"), "cp", "K")
 
 
+def test_a_group_head_reads_the_groups_frame_parameters():
+    torch.manual_seed(0)
+    heads = {"energy": default_forcefield_head(),
+             "cp": HeadConfig(kind="group", unit="K", hidden=(16,), frame_params={"pressure": "bar"})}
+    model = MFTModel(ModelConfig(backbone=backbone_preset("cpu", n_layers=1), heads=heads)).double()
+    frames = []
+    for g, p in enumerate([1.0, 5.0, 1.0]):
+        for name in ("H2O", "CH4"):
+            atoms = molecule(name)
+            atoms.info.update(group=g, pressure=p, cp=300.0 + g)
+            frames.append(Structure.from_ase(atoms).with_labels(properties={"cp": 300.0 + g}))
+    groups = group_structures(frames, frame_params=["pressure"])
+    from mftcalc.model.fitting import fit_property_head
+    fit_property_head(model.group_heads["cp"], groups, "cp", "group", False, False)
+    assert model.group_heads["cp"].frame_mean.tolist() == pytest.approx([7.0 / 3.0])
+    values = [r["cp"] for r in predict_assemblies(model, groups)]
+    assert values[0] == pytest.approx(values[2], abs=1e-12) and values[1] != pytest.approx(values[0], abs=1e-6)
+    with pytest.raises(ValueError, match="no frame parameter 'pressure'"):
+        predict_assemblies(model, [Assembly([Structure.from_ase(molecule("H2O"))], [1.0])])
+
+
 def test_a_group_is_invariant_to_moving_reordering_and_reweighting_its_components():
     model = _model()
     group = _groups(6)[next(k for k, g in enumerate(_groups(6)) if len(g.components) > 1)]
