@@ -174,8 +174,8 @@ def test_finetune_learns_a_group_label_from_scratch(tmp_path):
     task = PropertyTask(name="mix-cp", property="cp", unit="K", train=groups[:32], val=groups[32:],
                         test_parts={}, recipe=dict(kind="group", extensive=False, element_bias=False, loss="mse",
                                                    group_reduce="mean"), description="mixtures")
-    settings = FinetuneSettings(strategy="scratch", steps=150, lr0=3e-3, lr_end=1e-4, property_batch=8,
-                                head_hidden=(32, 32), val_every=50, checkpoint_every=1000, dtype="float64",
+    settings = FinetuneSettings(strategy="scratch", steps=60, lr0=5e-3, lr_end=1e-4, property_batch=8,
+                                head_hidden=(32, 32), val_every=60, checkpoint_every=1000, dtype="float32",
                                 progress=False, interval_coverage=0.0)
     result = finetune(task, settings, tmp_path / "run", backbone_cfg=backbone_preset("cpu", n_layers=1))
     labels = np.array([g.properties["cp"] for g in groups[32:]])
