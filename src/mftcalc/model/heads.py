@@ -3,8 +3,8 @@
 Every head but the group head (:class:`GroupHead`, one value per group of structures) returns per-atom
 contributions ``[N]`` and the per-structure value ``[B]``; per-element biases and an
 output scale are buffers set from training data by least squares (``mftcalc.model.fitting``). Every head takes the
-batch's frame parameters ``frame`` [B, F] (:mod:`mftcalc.data.frame_params`); only scalar heads that declare some
-read them.
+batch's frame parameters ``frame`` [B, F] (:mod:`mftcalc.data.frame_params`); only scalar and group heads that
+declare some read them. Only group heads read the batch's ``pool_mask`` [N].
 """
 from __future__ import annotations
 
