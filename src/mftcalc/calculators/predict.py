@@ -52,6 +52,10 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     :func:`predict_groups_of`.
     """
     if len(structures) and is_assembly(structures[0]):
+        if forces or stress or workers > 1:
+            raise ValueError("a list of assemblies gets one value per group, in one process: forces and stress "
+                             "belong to single structures (predict the components for them); drop forces, stress "
+                             "and workers")
         return predict_groups_of(structures, _as_handle(model, **load_kwargs), properties, max_atoms, check)
     structures = as_structures(structures, "predict")
     handle = _as_handle(model, **load_kwargs)

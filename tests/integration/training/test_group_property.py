@@ -157,6 +157,8 @@ def test_one_structure_is_a_group_of_one_on_every_path(tmp_path):
     direct = predict_assemblies(model, [Assembly([Structure.from_ase(water), Structure.from_ase(methane)],
                                                  [0.3, 0.7])])
     assert list(api[0]) == ["cp"] and api[0]["cp"] == pytest.approx(direct[0]["cp"], abs=1e-10)
+    with pytest.raises(ValueError, match="forces and stress belong to single structures"):
+        mftcalc.predict([mftcalc.Assembly([water], [1.0])], str(tmp_path / "m.pt"), forces=True)
     with pytest.raises(KeyError, match=r"\['energy'\] is not one"):
         mftcalc.predict([mftcalc.Assembly([water], [1.0])], str(tmp_path / "m.pt"), properties=["energy"])
     for path in (tmp_path / "m.pt", tmp_path / "m_ts.pt"):
