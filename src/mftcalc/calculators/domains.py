@@ -96,7 +96,7 @@ class Domain:
         if self.group_key and self.group_key in structure.info:
             reasons["group"] = (f"it carries info[{self.group_key!r}], a component of a group, and is predicted as "
                                 f"a group of one; for one value per group use mftcalc predict --group-key "
-                                f"{self.group_key} (Python: mftcalc.model.inference.predict_assemblies)")
+                                f"{self.group_key} (Python: mftcalc.predict of mftcalc.Assembly groups)")
         return reasons
 
 
