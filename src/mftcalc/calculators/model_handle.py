@@ -100,6 +100,11 @@ class ModelHandle:
         return [k for k, v in self.heads.items() if v.get("kind") == "forcefield"]
 
     @property
+    def group_heads(self) -> List[str]:
+        """Property heads that give one value per group of structures (:mod:`mftcalc.data.assembly`)."""
+        return [k for k, v in self.heads.items() if v.get("kind") == "group"]
+
+    @property
     def property_names(self) -> List[str]:
         return [k for k, v in self.heads.items() if v.get("kind") != "forcefield"]
 

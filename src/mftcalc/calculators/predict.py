@@ -116,7 +116,7 @@ def predict_groups_of(assemblies: Sequence[Any], handle: ModelHandle, properties
     calculator checks a structure (``check``). Raises naming the fix for a property that is not a group head."""
     from mftcalc.data.assembly import Assembly
     from mftcalc.model.inference import predict_assemblies
-    group_heads = [k for k, v in handle.heads.items() if v.get("kind") == "group"]
+    group_heads = handle.group_heads
     names = list(group_heads if properties is None else properties)
     wrong = [n for n in names if n not in group_heads]
     if wrong or not names:

@@ -20,11 +20,6 @@ from mftcalc.files import atomic_write_text
 from mftcalc.workflows.screen_format import property_column
 
 
-def group_head_names(metadata: Dict[str, Any]) -> List[str]:
-    """Names of a model's group heads, from its metadata."""
-    return [k for k, v in metadata.get("heads", {}).items() if v.get("kind") == "group"]
-
-
 def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], group_key: str,
                    weight_key: str = DEFAULT_WEIGHT_KEY, dtype: torch.dtype = torch.float32,
                    device: str = "cpu", relax_options: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
@@ -41,7 +36,7 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
     if out is not None and Path(out).suffix.lower() != ".csv":
         raise ValueError(f"--out {out}: group predictions are written as CSV; give a .csv path")
     handle = ModelHandle.load(model, device=device, dtype=dtype)
-    names = group_head_names(handle.metadata)
+    names = handle.group_heads
     if not names:
         raise ValueError(f"{model}: the model has no group head (its property heads: {handle.property_names}); "
                          "--group-key is for models fine-tuned on groups (mftcalc finetune --group-key KEY). "
