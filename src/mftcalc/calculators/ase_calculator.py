@@ -102,9 +102,13 @@ class MFTCalculator(Calculator):
         # without its frame parameters a structure still gets energy, forces and stress (they do not read them);
         # asking for a property head then raises, naming the missing parameter
         frame_names = self.handle.frame_params
-        with_properties = all(name in structure.info for name in frame_names)
-        if not with_properties and set(properties or []) & set(self.handle.property_names):
-            self.handle.check_frame_params(structure)
+        # nor a pool mask that no head of this model reads (refused when a property is asked for)
+        with_properties = (all(name in structure.info for name in frame_names)
+                           and (structure.pool_mask is None or bool(self.handle.group_heads)))
+        if set(properties or []) & set(self.handle.property_names):
+            self.handle.check_pool_mask(structure)
+            if not with_properties:
+                self.handle.check_frame_params(structure)
         batch = collate([structure], dtype=self.handle.dtype, dataset=dataset, properties=[],
                         device=self.handle.device, frame_params=frame_names if with_properties else [])
         has_ff = bool(self.handle.forcefield_heads)

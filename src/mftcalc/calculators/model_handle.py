@@ -195,6 +195,7 @@ class ModelHandle:
             raise type(exc)(f"{where}{f' ({label})' if label else ''}: {exc}") from None
         if frame_params:
             self.check_frame_params(structure, position)
+            self.check_pool_mask(structure, position)
         return self.dataset_index(structure, position) if self.forcefield_heads and forcefield else 0
 
     def check_frame_params(self, structure: Structure, position: Optional[int] = None) -> None:
@@ -207,6 +208,18 @@ class ModelHandle:
             except ValueError as exc:
                 raise ValueError(str(exc).replace("structure 0", "structure" if position is None
                                                   else f"structure {position}", 1)) from None
+
+    def check_pool_mask(self, structure: Structure, position: Optional[int] = None) -> None:
+        """Raise ``ValueError`` naming the structure and the fix when it carries a pool mask
+        (``atoms.arrays["pool_mask"]``) and the model has no group head: per-structure heads pool every atom, so
+        the mask would be ignored and the value would not be the one asked for."""
+        if structure.pool_mask is not None and not self.group_heads:
+            label = structure.info.get("name")
+            where = "structure" if position is None else f"structure {position}"
+            raise ValueError(f"{where}{f' ({label})' if label else ''} has a pool_mask, which only a group head "
+                             f"reads (a model fine-tuned with --group-key); this model's property heads "
+                             f"{self.property_names} pool every atom and would ignore it. Remove the mask "
+                             "(del atoms.arrays['pool_mask']) or use a group-property model")
 
     def check_structures(self, structures: Sequence[Structure], forcefield: bool = True,
                          frame_params: bool = True) -> List[int]:

@@ -277,3 +277,17 @@ def test_group_paths_refuse_what_they_cannot_do(tmp_path):
         HeadConfig(kind="group", group_reduce="max")
     with pytest.raises(ValueError, match=r"--out .*give a .csv path"):
         predict_groups(REPO / "models" / "mft_gap.pt", tmp_path / "mix.extxyz", tmp_path / "g.extxyz", "group")
+
+
+def test_a_pool_mask_given_to_a_model_without_group_heads_is_refused_not_ignored():
+    """Per-structure heads pool every atom: a masked structure would silently get the unmasked value."""
+    import mftcalc
+    model = str(REPO / "models" / "mft_gap.pt")
+    atoms = molecule("CH3OH")
+    atoms.arrays["pool_mask"] = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    atoms.calc = MFTCalculator(model)
+    assert np.isfinite(atoms.get_forces()).all()              # the force field does not pool: no refusal
+    with pytest.raises(ValueError, match=r"has a pool_mask, which only a group head reads.*del atoms.arrays"):
+        atoms.calc.get_property("gap", atoms)
+    with pytest.raises(ValueError, match="structure 0 has a pool_mask"):
+        mftcalc.predict([atoms], model, properties=["gap"])
