@@ -31,6 +31,7 @@ from mftcalc.schema import option
 from mftcalc.training.evaluate import property_errors, property_predictions
 from mftcalc.training.forcefield_data import replay_structures, task_domain
 from mftcalc.training.loop import Trainer, TrainSettings
+from mftcalc.training.anchor import check_anchor
 from mftcalc.training.weight_average import check_decay
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.distributed import rank_and_world
@@ -90,6 +91,11 @@ class FinetuneSettings:
     probe_size: int = option(64, "molecules of the drift probe set")
     interval_coverage: float = option(0.9, "coverage of the prediction-interval head <property>_pi90 "
                                            "(split-conformal on the validation set, scaled by ood_score); 0: none")
+    anchor: str = option("none", "a control beside mft: hold the backbone near the prior by a penalty "
+                                 "(mftcalc.training.anchor): 'features' (drift of backbone features on the "
+                                 "property batches), 'weights' (L2-SP) or 'none'")
+    anchor_weight: float = option(1.0, "λ of the anchor (relative squared drift; 1: a 100 % drift weighs like "
+                                       "one unit of the normalised property loss)")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -108,6 +114,10 @@ class FinetuneSettings:
         if self.energy_norm not in ("deepmd", "per_atom"):
             raise ValueError(f"energy_norm must be 'deepmd' or 'per_atom', got {self.energy_norm!r}")
         check_decay(self.ema_decay)
+        check_anchor(self.anchor, self.anchor_weight)
+        if self.anchor != "none" and (not strategy.from_pretrained or strategy.trains == "property_head"):
+            raise ValueError(f"anchor {self.anchor!r} holds a fine-tuned pretrained backbone near the prior; "
+                             f"strategy {strategy.name!r} does not train one (use ft or mft, or anchor: none)")
         if self.curve_probe < 0:
             raise ValueError(f"curve_probe must be >= 0, got {self.curve_probe}")
         if self.dtype not in ("float32", "float64"):
@@ -228,7 +238,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         sum_weight=settings.lambda_reg, val_every=settings.val_every, checkpoint_every=settings.checkpoint_every,
         dtype=dtype, best_metric=f"val/{task.name}/mae", progress=settings.progress,
         optimizer_per_kind=settings.task_optimizers, energy_norm=settings.energy_norm, ema_decay=settings.ema_decay,
-        device=settings.device)
+        device=settings.device, anchor=settings.anchor, anchor_weight=settings.anchor_weight)
     metadata = model_metadata(model, _elements(model, task), finetuning={
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},

@@ -18,9 +18,11 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from mftcalc.analysis.plots import plot_learning_curves
+from mftcalc import keys as K
 from mftcalc.data.batch import collate
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.training.distributed import all_reduce_logged_parts, all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
+from mftcalc.training.anchor import build_anchor
 from mftcalc.training.best_checkpoint import snapshot
 from mftcalc.training.csv_log import append_row
 from mftcalc.training.resume import ResumableState
@@ -57,6 +59,8 @@ class TrainSettings:
     ema_decay: float = 0.0                # > 0: keep an exponential moving average of the weights (validated
                                           # beside the raw weights, exported); 0 = off
     device: str = "auto"                  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
+    anchor: str = "none"                  # "features" or "weights": a penalty holding the backbone near its start
+    anchor_weight: float = 1.0            # λ of the anchor (mftcalc.training.anchor)
 
 
 class Trainer(ResumableState):
@@ -111,6 +115,8 @@ class Trainer(ResumableState):
         kinds = sorted({s.kind for s in self.sources}) if settings.optimizer_per_kind else ["all"]
         self.optimizers = {kind: torch.optim.Adam(self.params, lr=settings.lr.lr0) for kind in kinds}
         self.ema = weight_average(self.model, settings.ema_decay)      # None without ema_decay
+        self.anchor = build_anchor(self.model, settings.anchor, settings.anchor_weight)   # before any resume: the
+                                                                                        # start is its reference
         self.samplers = [EpochSampler(len(s.structures), s.batch_size * self.world, seed=settings.seed * 1000 + k)
                          for k, s in enumerate(self.sources)]
         self._digests: Dict[str, str] = {}             # source name -> structures_digest (computed once)
@@ -143,10 +149,17 @@ class Trainer(ResumableState):
         assert source.property is not None
         batch = collate(local, dtype=dtype, properties=[source.property], device=self.device,
                         frame_params=self.model.frame_param_names)
-        pred = self.forward(batch, compute_forces=False, compute_stress=False, compute_properties=True)
+        anchored = self.anchor is not None and self.anchor.kind == "features"
+        pred = self.forward(batch, compute_forces=False, compute_stress=False, compute_properties=True,
+                            features=anchored)
         norm = float(sum(source.property in s.properties for s in global_structures))
-        return property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
-                             scale=source.loss_scale, reduction=source.reduction)
+        loss, parts = property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
+                                    scale=source.loss_scale, reduction=source.reduction)
+        if anchored:               # this rank's share: the ranks' shares sum to the mean of their penalties
+            penalty = self.anchor.feature_penalty(batch, pred[K.NODE_FEATURES]) / self.world
+            loss = loss + penalty
+            parts = {**parts, "anchor_loss": float(penalty.detach())}
+        return loss, parts
 
     def _train_step(self) -> Dict[str, float]:
         settings = self.settings
@@ -183,7 +196,12 @@ class Trainer(ResumableState):
                 loss = loss + settings.sum_weight * loss_f
                 log.update({f"{self.sources[kf].name}/{n}": v for n, v in parts_f.items()})
         # the local loss is this rank's share of the global-batch loss; DDP averages over ranks, hence × world
-        (loss * self.world if self.world > 1 else loss).backward()
+        total = loss * self.world if self.world > 1 else loss
+        if self.anchor is not None and self.anchor.kind == "weights":     # the same on every rank: not × world
+            penalty = self.anchor.weight_penalty(self.model)
+            total = total + penalty
+            log["anchor_weights"] = float(penalty.detach())
+        total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizers[kind].step()
         if self.ema is not None:

@@ -286,3 +286,36 @@ def test_resume_without_the_best_model_file_rewrites_it_from_the_state(pretraine
         else:
             assert "best-on-validation restarts at this resume" in log
             assert resumed["val"]["mae"] == pytest.approx(min(maes[1:]), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["features", "weights"])
+def test_an_anchored_ft_drifts_less_and_resumes_to_the_same_result(pretrained, tmp_path, monkeypatch, kind):
+    """FT with an anchor (mftcalc.training.anchor) moves the backbone less than plain FT; the reference is the
+    prior even after a resume (a resumed run equals an uninterrupted one), and the penalty is logged."""
+    import csv
+    task = _task()
+    plain = finetune(task, _settings("ft", lr0=3e-3), tmp_path / "plain", pretrained)
+    straight = finetune(task, _settings("ft", lr0=3e-3, anchor=kind, anchor_weight=100.0), tmp_path / "a", pretrained)
+    base = read_checkpoint(pretrained)["state_dict"]
+
+    def moved(run):
+        tuned = read_checkpoint(tmp_path / run / "model.pt")["state_dict"]
+        return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base if k.startswith("backbone."))
+    assert 0 < moved("a") < moved("plain")
+    assert straight["drift_w1"] < plain["drift_w1"]
+    column = "toy-vpa/anchor_loss" if kind == "features" else "anchor_weights"
+    with open(tmp_path / "a" / "train.csv") as fh:
+        assert column in next(csv.reader(fh))
+    import mftcalc.training.loop as loop
+    original = loop.Trainer.run
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.Trainer, "run", lambda self, stop_at=None, time_budget_s=None: original(self, stop_at=3))
+        finetune(task, _settings("ft", lr0=3e-3, anchor=kind, anchor_weight=100.0), tmp_path / "b", pretrained)
+    resumed = finetune(task, _settings("ft", lr0=3e-3, anchor=kind, anchor_weight=100.0), tmp_path / "b", pretrained)
+    assert resumed["test"] == straight["test"]
+
+
+@pytest.mark.parametrize("strategy", ["lp", "scratch", "frozen-sklearn"])
+def test_an_anchor_on_a_strategy_without_a_trained_prior_backbone_is_refused(strategy):
+    with pytest.raises(ValueError, match=f"strategy {strategy!r} does not train one"):
+        _settings(strategy, anchor="features")
