@@ -56,6 +56,16 @@ def normalise(values: dict, reference: dict) -> dict:
     return {k: v / reference[k] for k, v in values.items() if k in reference and reference[k] not in (0, None)}
 
 
+def relative_drift(reference: np.ndarray, other: np.ndarray) -> float:
+    """Σ‖other − reference‖² / Σ‖reference‖² of two aligned feature arrays [N, D] (row k of both: the same atom);
+    0 when they agree, 1 when ``other`` is as far from ``reference`` as ``reference`` is from zero."""
+    reference, other = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if reference.shape != other.shape:
+        raise ValueError(f"relative_drift needs aligned arrays, got shapes {reference.shape} and {other.shape}")
+    norm = float((reference ** 2).sum())
+    return float(((other - reference) ** 2).sum()) / norm if norm > 0 else float("nan")
+
+
 def sliced_drift(reference: np.ndarray, other: np.ndarray, seed: Optional[int] = 0) -> float:
     """Cheap sliced-Wasserstein distance (POT, 128 projections), for logging drift while training."""
     import ot

@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from mftcalc.analysis.metrics import sliced_drift
 from mftcalc.analysis.plots import plot_parity
 from mftcalc.data.assembly import components_of
 from mftcalc.data.structure import Structure
@@ -36,6 +35,7 @@ from mftcalc.training.weight_average import check_decay
 from mftcalc.training.losses import ForceFieldPrefactors
 from mftcalc.training.distributed import rank_and_world
 from mftcalc.training.domain_record import record_domains
+from mftcalc.training.drift import DriftMonitor
 from mftcalc.training.sampler import Source, resolve_batch_size
 from mftcalc.training.schedule import ExponentialLR
 from mftcalc.training.strategies import get_strategy, strategy_names
@@ -157,24 +157,6 @@ def build_finetune_model(pretrained: Optional[MFTModel], task: PropertyTask, set
     return model
 
 
-class DriftMonitor:
-    """Sliced 1-Wasserstein distance between current and pretrained atomic backbone features on a probe set."""
-
-    def __init__(self, model: MFTModel, probe: List[Structure], seed: int = 0) -> None:
-        self.probe = probe
-        self.seed = seed
-        self.reference = self._features(model)
-
-    def _features(self, model: MFTModel) -> np.ndarray:
-        from mftcalc.model.inference import predict_structures
-        rows = predict_structures(model, self.probe, compute_forces=False, compute_stress=False, features=True,
-                                  properties=False)
-        return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
-
-    def __call__(self, model: MFTModel) -> float:
-        return sliced_drift(self.reference, self._features(model), seed=self.seed)
-
-
 def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path,
              pretrained_path: Optional[str | Path] = None, ff_structures: Optional[Dict[str, List[Structure]]] = None,
              backbone_cfg=None) -> Dict[str, Any]:
@@ -221,7 +203,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
 
     def on_validate(step: int, metrics: Dict[str, float], kept: torch.nn.Module) -> Dict[str, float]:
         """Drift and probe curves of the weights that are kept (the average with ema_decay > 0)."""
-        out = {"drift_w1": drift(kept)} if drift is not None else {}
+        out = drift(kept) if drift is not None else {}
         for part, structures in curve_sets.items():
             scored = f"val/{task.name}/rmse" in metrics and structures is val_structures
             # the val probe is the trainer's validation set: reuse its errors instead of a second pass
@@ -301,7 +283,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
     np.savez_compressed(out_dir / "parity.npz", **parity)
     plot_parity(parity, out_dir / "parity.png", f"{task.description}: {settings.strategy}", task.unit)
     if drift is not None:
-        result["drift_w1"] = drift(best)
+        result.update(drift(best))
     return result
 
 

@@ -77,3 +77,14 @@ def test_bad_anchors_are_refused_by_name():
         p.requires_grad_(not name.startswith("backbone."))
     with pytest.raises(ValueError, match="no backbone parameter trains here"):
         Anchor(frozen, "features", 1.0)
+
+
+def test_relative_drift_is_the_anchors_quantity_on_aligned_features():
+    import numpy as np
+    from mftcalc.analysis.metrics import relative_drift
+    h0 = np.array([[1.0, 0.0], [0.0, 2.0]])
+    assert relative_drift(h0, h0) == 0.0
+    assert relative_drift(h0, 2 * h0) == pytest.approx(1.0)                # as far as h0 is from zero
+    assert relative_drift(h0, h0 + [[0.0, 1.0], [0.0, 0.0]]) == pytest.approx(1.0 / 5.0)
+    with pytest.raises(ValueError, match="aligned arrays"):
+        relative_drift(h0, h0[:1])

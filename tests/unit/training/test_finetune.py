@@ -77,6 +77,7 @@ def test_strategies_train_what_they_should(pretrained, tmp_path, strategy):
     assert backbone_same == (strategy == "lp")
     assert ff_same == (strategy != "mft")
     assert "drift_w1" in result and (result["drift_w1"] == 0) == (strategy == "lp")
+    assert (result["drift_rel"] == 0) == (strategy == "lp") and result["drift_rel"] >= 0
 
 
 def test_mft_checkpoint_is_force_field_and_property_model(pretrained, tmp_path):
@@ -302,7 +303,7 @@ def test_an_anchored_ft_drifts_less_and_resumes_to_the_same_result(pretrained, t
         tuned = read_checkpoint(tmp_path / run / "model.pt")["state_dict"]
         return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base if k.startswith("backbone."))
     assert 0 < moved("a") < moved("plain")
-    assert straight["drift_w1"] < plain["drift_w1"]
+    assert straight["drift_w1"] < plain["drift_w1"] and straight["drift_rel"] < plain["drift_rel"]
     column = "toy-vpa/anchor_loss" if kind == "features" else "anchor_weights"
     with open(tmp_path / "a" / "train.csv") as fh:
         assert column in next(csv.reader(fh))
