@@ -32,12 +32,12 @@ def _cell(out: Path, key: str, ids, oods, factor: float, final_id: float, seed: 
     return {"id_test": {"rmse": final_id}, "ood_test": {"rmse": ood_final}, "drift_w1": 0.1}
 
 
-def _bench(tmp_path: Path, mft_factor: float) -> Path:
+def _bench(tmp_path: Path, mft_factor: float, controls: dict = {}) -> Path:
     results = {}
     ids = np.linspace(0.04, 0.015, 8)
     for seed in (0, 1, 2):
         shift = 0.0005 * seed
-        for strategy, factor in (("ft", 1.0), ("mft", mft_factor)):
+        for strategy, factor in (("ft", 1.0), ("mft", mft_factor), *controls.items()):
             key = f"qm9:gap|{strategy}|seed{seed}|frac0.0078125"
             results[key] = _cell(tmp_path, key, ids + shift, factor * (0.01 + 2 * (ids + shift)), factor,
                                  0.016 + shift, seed)
@@ -77,3 +77,11 @@ def test_table_and_plot_are_written(protocol, tmp_path, monkeypatch):
     text = (tmp_path / "results" / "mft_protocol_toy.md").read_text()
     assert "| qm9:gap frac0.0078125 | mft | 3 |" in text and "-10.0 ± 0.0 %" in text
     assert (tmp_path / "results" / "mft_protocol_toy_curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_a_control_is_judged_against_ft_and_against_mft(protocol, tmp_path):
+    lines = protocol.verdicts(protocol.analyse(_bench(tmp_path, 0.9, {"ft_anchor": 0.95})))
+    assert lines[0].startswith("- qm9:gap frac0.0078125: MFT/FT ID 1.000, OOD 0.900")
+    assert "FT_ANCHOR/FT ID 1.000, OOD 0.950 (3 vs 3 runs): does not meet" in lines[1]
+    assert "FT_ANCHOR against MFT. Over seeds, OOD RMSE: FT_ANCHOR − MFT +" in lines[2] and len(lines) == 3
