@@ -16,7 +16,7 @@ Both are relative (dimensionless): λ = 1 weighs a 100 % drift like a unit of th
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from typing import Dict, Hashable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from mftcalc import keys as K
 
 ANCHOR_KINDS = ("none", "features", "weights")
 BACKBONE_PREFIX = "backbone."
+CACHE_LIMIT = 2 ** 28          # reference features kept, in numbers (1 GiB in float32)
 
 
 def check_anchor(kind: str, weight: float) -> None:
@@ -53,6 +54,9 @@ class Anchor:
         self.kind = kind
         self.weight = float(weight)
         self.reference: Optional[torch.nn.Module] = None
+        self.cache_limit = CACHE_LIMIT
+        self._cache: Dict[Hashable, Tensor] = {}
+        self._cached = 0
         self.reference_weights: Dict[str, Tensor] = {}
         trained = {n: p for n, p in model.named_parameters() if n.startswith(BACKBONE_PREFIX) and p.requires_grad}
         if not trained:
@@ -68,15 +72,39 @@ class Anchor:
             if self._norm == 0.0:
                 raise ValueError("anchor 'weights': the backbone starts at zero weights; nothing to anchor to")
 
-    def feature_penalty(self, batch: Dict[str, Tensor], node: Tensor) -> Tensor:
+    def feature_penalty(self, batch: Dict[str, Tensor], node: Tensor,
+                        keys: Optional[Sequence[Hashable]] = None) -> Tensor:
         """λ · Σ‖h − h₀‖² / Σ‖h₀‖² of ``node`` [N, n_dim] (the trained backbone's features of ``batch``) against
-        the reference's features of the same batch; a scalar tensor carrying the gradient through ``node``."""
+        the reference's features of the same batch; a scalar tensor carrying the gradient through ``node``.
+
+        ``keys``: one hashable per item of the batch (structure, or assembly of a group head), naming it across
+        steps (the loop passes ``(source, index)``). The reference never trains, so its features of an item are
+        computed once and kept (up to :attr:`cache_limit` numbers); a batch whose items are all kept needs no
+        reference forward pass at all."""
+        ref = self.reference_features(batch, keys)
+        norm = (ref * ref).sum().clamp_min(torch.finfo(ref.dtype).tiny)
+        return self.weight * ((node - ref) ** 2).sum() / norm
+
+    def reference_features(self, batch: Dict[str, Tensor], keys: Optional[Sequence[Hashable]] = None) -> Tensor:
+        """The reference's node features [N, n_dim] of ``batch``, from the cache where every item is kept."""
         assert self.reference is not None
+        if keys and all(k in self._cache for k in keys):
+            return torch.cat([self._cache[k] for k in keys])
         with torch.no_grad():
             ref = self.reference(batch, compute_forces=False, compute_stress=False, compute_properties=False,
                                  features=True)[K.NODE_FEATURES]
-        norm = (ref * ref).sum().clamp_min(torch.finfo(ref.dtype).tiny)
-        return self.weight * ((node - ref) ** 2).sum() / norm
+        if keys is not None:
+            item = batch[K.BATCH]                                  # [N] the item of each atom
+            if K.GROUP_INDEX in batch:                             # assemblies: components -> their group
+                item = batch[K.GROUP_INDEX][item]
+            contiguous = item.numel() == 0 or bool((item[1:] >= item[:-1]).all())
+            if contiguous and self._cached + ref.numel() <= self.cache_limit:
+                counts = torch.bincount(item, minlength=len(keys)).tolist()
+                for key, part in zip(keys, torch.split(ref, counts)):
+                    if key not in self._cache:
+                        self._cache[key] = part
+                        self._cached += part.numel()
+        return ref
 
     def weight_penalty(self, model: torch.nn.Module) -> Tensor:
         """λ · Σ(θ − θ₀)² / Σθ₀² over the backbone parameters that train; a scalar tensor."""

@@ -156,7 +156,8 @@ class Trainer(ResumableState):
         loss, parts = property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
                                     scale=source.loss_scale, reduction=source.reduction)
         if anchored:               # this rank's share: the ranks' shares sum to the mean of their penalties
-            penalty = self.anchor.feature_penalty(batch, pred[K.NODE_FEATURES]) / self.world
+            keys = [(source.name, int(i)) for i in idx[self.rank::self.world]]      # this rank's items
+            penalty = self.anchor.feature_penalty(batch, pred[K.NODE_FEATURES], keys) / self.world
             loss = loss + penalty
             parts = {**parts, "anchor_loss": float(penalty.detach())}
         return loss, parts

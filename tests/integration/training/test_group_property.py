@@ -291,3 +291,22 @@ def test_a_pool_mask_given_to_a_model_without_group_heads_is_refused_not_ignored
         atoms.calc.get_property("gap", atoms)
     with pytest.raises(ValueError, match="structure 0 has a pool_mask"):
         mftcalc.predict([atoms], model, properties=["gap"])
+
+
+def test_the_feature_anchor_keeps_reference_features_per_group(tmp_path):
+    """An anchored FT on groups (mftcalc.training.anchor): the reference's features are kept per assembly, whose
+    atoms are its components' in order, and a reordered batch of kept groups equals a fresh pass; the run trains."""
+    from mftcalc.training.anchor import Anchor
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    groups = _groups(4)
+    anchor = Anchor(_model(), "features", 1.0)
+    anchor.reference_features(collate(groups, dtype=torch.float64), keys=list(range(4)))
+    reordered = collate([groups[3], groups[1]], dtype=torch.float64)
+    kept = anchor.reference_features(reordered, keys=[3, 1])
+    assert torch.allclose(kept, anchor.reference_features(reordered), rtol=0, atol=1e-12)
+    write(tmp_path / "mix.extxyz", _mixtures(24, seed=2))
+    task = file_task(str(tmp_path / "mix.extxyz"), "cp", "K", group_key="group", val_fraction=0.25)
+    result = finetune(task, FinetuneSettings(strategy="ft", steps=4, property_batch=4, anchor="features",
+                                             anchor_weight=5.0, progress=False, interval_coverage=0.0),
+                      tmp_path / "run", pretrained_path=REPO / "models" / "pretrained.pt")
+    assert result["steps"] == 4 and 0 < result["drift_rel"] and np.isfinite(result["val"]["mae"])

@@ -88,3 +88,26 @@ def test_relative_drift_is_the_anchors_quantity_on_aligned_features():
     assert relative_drift(h0, h0 + [[0.0, 1.0], [0.0, 0.0]]) == pytest.approx(1.0 / 5.0)
     with pytest.raises(ValueError, match="aligned arrays"):
         relative_drift(h0, h0[:1])
+
+
+def test_reference_features_are_kept_per_item_and_equal_a_fresh_pass():
+    """The frozen reference's features are computed once per item: a batch of kept items needs no forward pass,
+    and reordered batches give what a fresh pass gives."""
+    model = _model()
+    structures = emt_structures("Cu", 2, 0) + emt_structures("Al", 2, 1)
+    anchor = Anchor(model, "features", 1.0)
+    first = collate(structures[:3], dtype=torch.float64)
+    anchor.reference_features(first, keys=[("s", 0), ("s", 1), ("s", 2)])
+    fresh = anchor.reference_features(collate([structures[2], structures[0]], dtype=torch.float64))
+    calls = []
+    anchor.reference.register_forward_hook(lambda *args: calls.append(1))
+    kept = anchor.reference_features(collate([structures[2], structures[0]], dtype=torch.float64),
+                                     keys=[("s", 2), ("s", 0)])
+    assert not calls and torch.allclose(kept, fresh, rtol=0, atol=1e-12)
+    mixed = collate([structures[3], structures[1]], dtype=torch.float64)
+    anchor.reference_features(mixed, keys=[("s", 3), ("s", 1)])           # one new item: one pass, then kept
+    assert len(calls) == 1 and ("s", 3) in anchor._cache
+    anchor.cache_limit = 0
+    other = collate([structures[0]], dtype=torch.float64)
+    assert anchor.reference_features(other, keys=[("t", 0)]).shape[0] == structures[0].n_atoms
+    assert ("t", 0) not in anchor._cache                                   # over the limit: computed, not kept
