@@ -24,7 +24,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -33,7 +33,8 @@ KEY = re.compile(r"matbench:dielectric-(?P<kind>[A-Za-z]+)-(?P<fold>\d+)\|(?P<st
 
 
 def fold_pairs(results: Dict[str, Dict]) -> List[Dict]:
-    """One record per (fold kind, fold, seed) with both ``ft`` and ``mft`` finished, LOCO first, then by fold."""
+    """One record per (fold kind, fold, seed) with both ``ft`` and ``mft`` finished (and any other strategy finished
+    there, by name), LOCO first, then by fold."""
     cells: Dict[tuple, Dict[str, Dict]] = {}
     for key, result in results.items():
         m = KEY.match(key)
@@ -55,41 +56,56 @@ def prior_forcefield(results: Dict, bench: Optional[str]) -> Dict[str, Dict[str,
 
 
 def fold_summary(pairs: List[Dict]) -> List[str]:
-    """Per fold kind: geometric-mean MFT/FT test MAE, wins, and the paired test when there are ≥ 5 folds."""
+    """Per fold kind: geometric-mean MFT/FT test MAE, wins, and the paired test when there are ≥ 5 folds; then each
+    control (a strategy beside FT and MFT, e.g. ``ft_anchor``) against FT and against MFT on the folds it has."""
     lines = []
     for kind in sorted({p["kind"] for p in pairs}, key=lambda k: k != "LOCO"):
-        ratios = np.array([p["mft"]["test"]["mae"] / p["ft"]["test"]["mae"] for p in pairs if p["kind"] == kind])
-        rmse = np.array([p["mft"]["test"]["rmse"] / p["ft"]["test"]["rmse"] for p in pairs if p["kind"] == kind])
-        gmean = float(np.exp(np.log(ratios).mean()))
-        wins = int((ratios < 1).sum())
-        text = (f"- **{kind}**, {len(ratios)} fold{'s' if len(ratios) > 1 else ''}: MFT/FT test MAE geometric mean "
-                f"{gmean:.3f} (per fold {', '.join(f'{r:.3f}' for r in ratios)}), RMSE {float(np.exp(np.log(rmse).mean())):.3f}; "
-                f"MFT lower on {wins} of {len(ratios)}. ")
-        if len(ratios) >= 5:
-            from scipy.stats import wilcoxon
-            p = float(wilcoxon(np.log(ratios)).pvalue)
-            text += (f"Paired Wilcoxon signed-rank test of the log ratios: p = {p:.3g} (exact, two-sided; with "
-                     f"{len(ratios)} folds the smallest possible p is {2 / 2 ** len(ratios):.4f}).")
-        else:
-            text += "Too few folds for a paired test (needs 5); read each fold as one draw."
-        lines.append(text)
+        mine = [p for p in pairs if p["kind"] == kind]
+        lines.append(f"- **{kind}**, " + _compare(mine, "mft", "ft"))
+        for control in controls_of(mine):
+            have = [p for p in mine if control in p]
+            for other in ("ft", "mft"):
+                lines.append(f"- **{kind}**, {control.upper()} against {other.upper()}: " + _compare(have, control, other))
     return lines
+
+
+def controls_of(pairs: List[Dict]) -> List[str]:
+    """The strategies of these fold records beside FT and MFT, sorted."""
+    return sorted({k for p in pairs for k in p if k not in ("kind", "fold", "seed", "ft", "mft")})
+
+
+def _compare(pairs: List[Dict], a: str, b: str) -> str:
+    """Geometric mean of a/b test MAE and RMSE over the folds, wins, and the paired test from 5 folds on."""
+    ratios = np.array([p[a]["test"]["mae"] / p[b]["test"]["mae"] for p in pairs])
+    rmse = np.array([p[a]["test"]["rmse"] / p[b]["test"]["rmse"] for p in pairs])
+    A, B = a.upper(), b.upper()
+    text = (f"{len(ratios)} fold{'s' if len(ratios) > 1 else ''}: {A}/{B} test MAE geometric mean "
+            f"{float(np.exp(np.log(ratios).mean())):.3f} (per fold {', '.join(f'{r:.3f}' for r in ratios)}), RMSE "
+            f"{float(np.exp(np.log(rmse).mean())):.3f}; {A} lower on {int((ratios < 1).sum())} of {len(ratios)}. ")
+    if len(ratios) >= 5:
+        from scipy.stats import wilcoxon
+        pvalue = float(wilcoxon(np.log(ratios)).pvalue)
+        text += (f"Paired Wilcoxon signed-rank test of the log ratios: p = {pvalue:.3g} (exact, two-sided; with "
+                 f"{len(ratios)} folds the smallest possible p is {2 / 2 ** len(ratios):.4f}).")
+    else:
+        text += "Too few folds for a paired test (needs 5); read each fold as one draw."
+    return text
 
 
 def table(pairs: List[Dict], prior: Dict[str, Dict[str, float]]) -> List[str]:
     """The Markdown table: one row per cell, MFT's row with its ratios to FT."""
     sets = sorted({name for p in pairs for s in ("ft", "mft") for name in p[s].get("forcefield", {})})
-    head = ["fold", "strategy", "test MAE", "test RMSE", "MFT/FT MAE", "MFT/FT RMSE", "val MAE", "drift W1",
+    head = ["fold", "strategy", "test MAE", "test RMSE", "/FT MAE", "/FT RMSE", "val MAE", "drift W1",
             *[f"force MAE {n} (eV/Å)" for n in sets], "interval coverage (test)", "train h"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     if prior:
         lines.append("| – | prior | – | – | – | – | – | – | "
                      + " | ".join(f"{prior[n]['f_mae']:.3f}" if n in prior else "–" for n in sets) + " | – | – |")
     for p in pairs:
-        for strategy in ("ft", "mft"):
+        for strategy in ("ft", "mft", *controls_of([p])):
             r = p[strategy]
             ratio = (f"{r['test']['mae'] / p['ft']['test']['mae']:.3f}", f"{r['test']['rmse'] / p['ft']['test']['rmse']:.3f}") \
-                if strategy == "mft" else ("", "")
+                if strategy != "ft" else ("", "")
             coverage = r["test"].get("interval_coverage")
             cells = [f"{p['kind']} {p['fold']}", strategy.upper(), f"{r['test']['mae']:.3f}", f"{r['test']['rmse']:.3f}",
                      *ratio, f"{r['val']['mae']:.3f}", f"{r['drift_w1']:.3f}" if "drift_w1" in r else "–",
@@ -137,15 +153,21 @@ def plot(pairs: List[Dict], prior: Dict[str, Dict[str, float]], path: Path) -> N
     plt.close(fig)
 
 
-def report(out_dir: Path, bench: Optional[str]) -> tuple:
-    """The Markdown report, the fold pairs and the prior's force-field errors."""
+def report(out_dir: Path, bench: Optional[str], controls: Sequence[Path] = ()) -> tuple:
+    """The Markdown report, the fold records and the prior's force-field errors. ``controls``: the out_dirs of
+    benches of control strategies on the same folds (e.g. ``grid_dielectric_anchor.yaml``), merged in."""
     results = json.loads((out_dir / "results.json").read_text())
+    for control in controls:
+        results.update({k: v for k, v in json.loads((Path(control) / "results.json").read_text()).items()
+                        if not k.startswith("_")})
     pairs = fold_pairs(results)
     if not pairs:
         raise SystemExit(f"{out_dir}/results.json has no fold where both FT and MFT have finished")
     prior = prior_forcefield(results, bench)
+    command = " ".join(["python benchmarks/mft_protocol_dielectric.py --out-dir", str(out_dir),
+                        *[f"--control {c}" for c in controls]])
     lines = [f"# MatBench dielectric: FT against MFT ({out_dir})", "",
-             f"`python benchmarks/mft_protocol_dielectric.py --out-dir {out_dir}`; {len(pairs)} fold pair(s) "
+             f"`{command}`; {len(pairs)} fold pair(s) "
              "finished. Refractive index (unitless); force MAE of the fine-tuned model's force field on held-out DFT "
              "structures of pretraining.", "", *table(pairs, prior), "", *fold_summary(pairs)]
     return "\n".join(lines) + "\n", pairs, prior
@@ -156,9 +178,12 @@ def main() -> None:
     parser.add_argument("--out-dir", default="checkpoints/protocol_dielectric", help="the bench's out_dir")
     parser.add_argument("--bench", default="configs/protocol/grid_dielectric.yaml",
                         help="the bench config, to evaluate the prior's force field when results.json lacks it")
+    parser.add_argument("--control", action="append", default=[],
+                        help="out_dir of a control bench on the same folds (repeatable), e.g. "
+                             "checkpoints/protocol_dielectric_anchor")
     parser.add_argument("--write", action="store_true", help="write the report and plot to benchmarks/results/")
     args = parser.parse_args()
-    text, pairs, prior = report(Path(args.out_dir), args.bench)
+    text, pairs, prior = report(Path(args.out_dir), args.bench, [Path(c) for c in args.control])
     print(text)
     if args.write:
         RESULTS.mkdir(exist_ok=True)

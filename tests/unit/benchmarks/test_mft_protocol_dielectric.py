@@ -54,3 +54,18 @@ def test_plot_is_written_and_an_empty_bench_is_refused(script, bench, tmp_path):
     (empty / "results.json").write_text("{}")
     with pytest.raises(SystemExit, match="no fold where both FT and MFT have finished"):
         script.report(empty, None)
+
+
+def test_a_control_bench_is_merged_and_compared_with_ft_and_mft(script, bench, tmp_path):
+    control = tmp_path / "control"
+    control.mkdir()
+    results = {f"matbench:dielectric-LOCO-{fold}|ft_anchor|seed0|frac1": _cell(0.95 * (0.1 + 0.02 * fold), 0.1)
+               for fold in (0, 1)}
+    results["_forcefield_reference"] = {"pretrained": {"fitsnap_inp": {"f_mae": 99.0}}}     # the main bench's wins
+    (control / "results.json").write_text(json.dumps(results))
+    text, pairs, prior = script.report(bench, None, [control])
+    assert prior == {"fitsnap_inp": {"f_mae": 0.04}} and "--control " + str(control) in text
+    assert "| LOCO 1 | FT_ANCHOR | 0.114 | 0.228 | 0.950 | 0.950 |" in text
+    assert "**LOCO**, FT_ANCHOR against FT: 2 folds: FT_ANCHOR/FT test MAE geometric mean 0.950" in text
+    assert "**LOCO**, FT_ANCHOR against MFT: 2 folds: FT_ANCHOR/MFT test MAE geometric mean 1.056" in text
+    assert "**LOCO**, 5 folds: MFT/FT" in text and "random**, FT_ANCHOR" not in text
