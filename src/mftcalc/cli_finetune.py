@@ -198,7 +198,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--pretrained", help="with --data: pretrained model (default: the shipped models/pretrained.pt)")
     p.add_argument("-o", "--output", help="write the fine-tuned model here (the run's state, curves and parity "
                    "plot go to OUT_run/ beside it)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys: a bare key is a settings key (steps=500) unless it is a top-level "
                         "key (out_dir=run2), a dotted key starts at the top (task.property=homo)")
     p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else auto: CUDA when torch sees one, else CPU)")
@@ -223,7 +223,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, help="training steps per fold (default: the strategy's default)")
     p.add_argument("--pretrained", help="pretrained model (default: the shipped models/pretrained.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and validation draws")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other FinetuneSettings keys")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="other FinetuneSettings keys")
     p.add_argument("--out-dir", required=True, help="one run directory per fold, report.md and parity.png")
     p.set_defaults(func=_cv)
     p = subparsers.add_parser("bench", help="strategies x tasks x seeds x fractions, resumable results + tables")
@@ -233,7 +233,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
     p.add_argument("--strategies", metavar="A,B", help="run only these strategies (names from the config's strategies "
                    "or variants), e.g. mft,ft first and the rest later; the summary covers every finished cell")
     p.add_argument("--seeds", metavar="0,1", help="run only these seeds")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (settings.steps=500, tasks.0.property=homo)")
     p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's, else auto: CUDA when torch sees one, else CPU)")
     p.set_defaults(func=_bench)

@@ -42,7 +42,7 @@ def add_train_parsers(subparsers: Any) -> None:
     """Register ``train`` and ``evaluate``."""
     p = subparsers.add_parser("train", help="pretrain a force field on several datasets (YAML config)")
     p.add_argument("config", help="YAML file mapped onto mftcalc.training.pretrain.PretrainConfig")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, dotted for nested ones (steps=1000, datasets.0.prob=0.9)")
     p.add_argument("--device", default=None, help="cpu, cuda[:k] or auto (default: the config's device, else auto: CUDA when torch sees one, else CPU)")
     p.add_argument("--init", default=None, metavar="MODEL.pt",

@@ -52,3 +52,12 @@ def test_user_config_runs_from_a_clone(path):
             assert ROOT in target.parents, f"{path.name}: {key} points outside the clone ({data[key]})"
             assert target.exists(), f"{path.name}: {key} {data[key]} does not exist in the clone"
     assert not data.get("ff_data") or all("../" not in str(v) for v in data["ff_data"].values())
+
+
+@pytest.mark.parametrize("command", [["finetune", "c.yaml"], ["cv", "--data", "d.extxyz", "--property", "p", "--out-dir", "o"],
+                                     ["bench", "c.yaml"], ["train", "c.yaml"]])
+def test_repeated_set_options_add_up_instead_of_the_last_replacing_the_others(command):
+    """`--set a=1 --set b=2` once kept only b=2, silently (argparse's default for a repeated option)."""
+    from mftcalc.cli import build_parser
+    args = build_parser().parse_args(command + ["--set", "anchor=features", "--set", "anchor_weight=10", "steps=5"])
+    assert args.set == ["anchor=features", "anchor_weight=10", "steps=5"]
