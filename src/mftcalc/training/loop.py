@@ -1,5 +1,6 @@
 """The one training loop: sources drawn per step, losses, Adam + exponential LR, clipping, validation,
-atomic checkpoints with exact resume (:mod:`mftcalc.training.resume`), learning curves, and data parallelism with DistributedDataParallel
+atomic checkpoints with exact resume (:mod:`mftcalc.training.resume`), learning curves, an optional anchor to the
+starting backbone (:mod:`mftcalc.training.anchor`), and data parallelism with DistributedDataParallel
 (:mod:`mftcalc.training.distributed`: per-rank batches, rank-0 I/O).
 
 Pretraining (several force-field sources) and every fine-tuning strategy (a property source, optionally with
@@ -17,8 +18,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from mftcalc.analysis.plots import plot_learning_curves
 from mftcalc import keys as K
+from mftcalc.analysis.plots import plot_learning_curves
 from mftcalc.data.batch import collate
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.training.distributed import all_reduce_logged_parts, all_reduce_sum, barrier, local_device, rank_and_world, wrap_data_parallel
