@@ -122,7 +122,11 @@ def model_card(path: str | Path) -> str:
     fine = meta.get("finetuning")
     if fine:
         settings = fine.get("settings", {})
-        lines.append(f"- **Fine-tuning**: strategy `{fine.get('strategy')}` on {fine.get('description')}, "
+        anchor = settings.get("anchor", "none")
+        kind = {"features": "feature anchor", "weights": "weight anchor (L2-SP)"}.get(anchor, f"{anchor} anchor")
+        anchored = (f", with a {kind} to the prior (weight {settings.get('anchor_weight')})"
+                    if anchor not in ("none", None) else "")
+        lines.append(f"- **Fine-tuning**: strategy `{fine.get('strategy')}`{anchored} on {fine.get('description')}, "
                      f"{settings.get('steps')} steps, from `{fine.get('pretrained')}`")
     bench = meta.get("benchmark")
     if bench:

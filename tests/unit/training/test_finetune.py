@@ -304,6 +304,9 @@ def test_an_anchored_ft_drifts_less_and_resumes_to_the_same_result(pretrained, t
         return sum(float(((tuned[k] - base[k]) ** 2).sum()) for k in base if k.startswith("backbone."))
     assert 0 < moved("a") < moved("plain")
     assert straight["drift_w1"] < plain["drift_w1"] and straight["drift_rel"] < plain["drift_rel"]
+    from mftcalc.model.card import model_card
+    name = "feature anchor" if kind == "features" else "weight anchor (L2-SP)"
+    assert f"strategy `ft`, with a {name} to the prior (weight 100.0)" in model_card(tmp_path / "a" / "model.pt")
     column = "toy-vpa/anchor_loss" if kind == "features" else "anchor_weights"
     with open(tmp_path / "a" / "train.csv") as fh:
         assert column in next(csv.reader(fh))
