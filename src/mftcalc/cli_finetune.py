@@ -37,6 +37,26 @@ def _data_config(args: argparse.Namespace) -> Dict[str, Any]:
             "settings": settings}
 
 
+ANCHOR_HELP = ("on ft or mft: hold the fine-tuned backbone near the prior by a penalty, with no force-field data: "
+               "'features' (the drift of its per-atom features on the property batches) or 'weights' (L2-SP), "
+               "the weight after ':' (default 1), e.g. features:10")
+
+
+def anchor_args(value: Any) -> Dict[str, Any]:
+    """Settings of ``--anchor KIND[:WEIGHT]`` (``features:10`` -> anchor features, anchor_weight 10); {} without."""
+    if not value:
+        return {}
+    kind, _, weight = str(value).partition(":")
+    out: Dict[str, Any] = {"anchor": kind.strip()}
+    if weight.strip():
+        try:
+            out["anchor_weight"] = float(weight)
+        except ValueError:
+            raise SystemExit(f"--anchor {value!r}: the weight after ':' must be a number, e.g. --anchor "
+                             "features:10") from None
+    return out
+
+
 def frame_param_args(values: Any) -> Dict[str, str]:
     """``{key: unit}`` of ``--frame-param KEY[:UNIT]`` options (unit empty when not given)."""
     out: Dict[str, str] = {}
@@ -73,6 +93,7 @@ def _finetune(args: argparse.Namespace) -> int:
     pairs = [p if "." in p.partition("=")[0] or p.partition("=")[0] in top else f"settings.{p}"
              for p in (args.set or [])]
     pairs += [f"settings.device={args.device}"] if args.device else []
+    pairs = [f"settings.{k}={v}" for k, v in anchor_args(args.anchor).items()] + pairs     # --set after: it wins
     where = args.config or "the --data options"
     spec = from_mapping(FinetuneConfig, apply_overrides(read_yaml(args.config) if args.config else _data_config(args),
                                                         pairs), where)
@@ -128,8 +149,8 @@ def _cv(args: argparse.Namespace) -> int:
     from mftcalc.schema import apply_overrides, from_mapping
     from mftcalc.training.finetune import FinetuneSettings
     pretrained = args.pretrained or _shipped_pretrained()     # scratch: it gives the backbone size
-    overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {})},
-                                args.set or [])
+    overrides = apply_overrides({"strategy": args.strategy, **({"steps": args.steps} if args.steps else {}),
+                                 **anchor_args(args.anchor)}, args.set or [])
     settings = from_mapping(FinetuneSettings, overrides, "cv settings")
     frame_params = frame_param_args(args.frame_param)
     structures = read_property_file(args.data, args.property, args.unit, "data", pretrained)
@@ -193,6 +214,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    "one item, their pooled features reduced by a group head")
     p.add_argument("--weight-key", metavar="KEY", default="weight", help="with --group-key: the info key of each "
                    "component's weight in its group (1 when a frame lacks it)")
+    p.add_argument("--anchor", metavar="KIND[:WEIGHT]", help=ANCHOR_HELP)
     p.add_argument("--steps", type=int, help="with --data: training steps (default: about 200 passes over the "
                    "data, 1,000-20,000)")
     p.add_argument("--pretrained", help="with --data: pretrained model (default: the shipped models/pretrained.pt)")
@@ -220,6 +242,7 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    "component's weight (1 when a frame lacks it)")
     p.add_argument("--strategy", default="mft", choices=strategy_names(),
                    help="fine-tuning strategy of every fold")
+    p.add_argument("--anchor", metavar="KIND[:WEIGHT]", help=ANCHOR_HELP)
     p.add_argument("--steps", type=int, help="training steps per fold (default: the strategy's default)")
     p.add_argument("--pretrained", help="pretrained model (default: the shipped models/pretrained.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and validation draws")

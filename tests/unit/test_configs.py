@@ -61,3 +61,14 @@ def test_repeated_set_options_add_up_instead_of_the_last_replacing_the_others(co
     from mftcalc.cli import build_parser
     args = build_parser().parse_args(command + ["--set", "anchor=features", "--set", "anchor_weight=10", "steps=5"])
     assert args.set == ["anchor=features", "anchor_weight=10", "steps=5"]
+
+
+def test_the_anchor_option_becomes_settings_and_a_bad_weight_is_refused():
+    from mftcalc.cli_finetune import anchor_args
+    assert anchor_args(None) == {}
+    assert anchor_args("features") == {"anchor": "features"}
+    assert anchor_args("weights:0.5") == {"anchor": "weights", "anchor_weight": 0.5}
+    with pytest.raises(SystemExit, match="the weight after ':' must be a number"):
+        anchor_args("features:x")
+    with pytest.raises(ValueError, match="strategy 'lp' does not train one"):
+        FinetuneSettings(strategy="lp", **anchor_args("features:10"))
