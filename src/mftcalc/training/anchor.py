@@ -101,8 +101,8 @@ class Anchor:
             if contiguous and self._cached + ref.numel() <= self.cache_limit:
                 counts = torch.bincount(item, minlength=len(keys)).tolist()
                 for key, part in zip(keys, torch.split(ref, counts)):
-                    if key not in self._cache:
-                        self._cache[key] = part
+                    if key not in self._cache:           # a copy: a view would keep the whole batch alive
+                        self._cache[key] = part.clone()
                         self._cached += part.numel()
         return ref
 
