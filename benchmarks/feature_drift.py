@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -32,16 +32,9 @@ def weight_drift(prior: Dict[str, torch.Tensor], tuned: Dict[str, torch.Tensor])
     return num / sum(float((prior[k].double() ** 2).sum()) for k in keys)
 
 
-def node_features(model: torch.nn.Module, structures: Sequence) -> np.ndarray:
-    """Per-atom backbone features [N_atoms, n_dim] of ``structures``, in order."""
-    from mftcalc.model.inference import predict_structures
-    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True,
-                              properties=False)
-    return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
-
-
 def measure(prior_path: str, models: Dict[str, str], prop: str, n: int, seed: int = 0) -> List[Dict]:
     """One row per model: its feature drift on ``n`` training and ``n`` OOD molecules, and its weight drift."""
+    from mftcalc.analysis.features import per_atom_features
     from mftcalc.analysis.metrics import relative_drift
     from mftcalc.data.boom import load_splits
     from mftcalc.data.qm9 import load_qm9
@@ -53,13 +46,13 @@ def measure(prior_path: str, models: Dict[str, str], prop: str, n: int, seed: in
     sets = {part: dataset.structures([position[int(q)] for q in rng.choice(getattr(split, part), n, replace=False)])
             for part in ("train", "ood_test")}
     prior = load_model(prior_path, torch.float64)
-    reference = {part: node_features(prior, s) for part, s in sets.items()}
+    reference = {part: per_atom_features(prior, s) for part, s in sets.items()}
     prior_state = read_checkpoint(prior_path)["state_dict"]
     rows = []
     for name, path in models.items():
         model = load_model(path, torch.float64)
         row = {"model": name, "path": path, "weights": weight_drift(prior_state, read_checkpoint(path)["state_dict"])}
-        row.update({part: relative_drift(reference[part], node_features(model, s)) for part, s in sets.items()})
+        row.update({part: relative_drift(reference[part], per_atom_features(model, s)) for part, s in sets.items()})
         rows.append(row)
     return rows
 

@@ -43,11 +43,16 @@ def covalent_neighbour_counts(structure: Structure, factor: float = 1.15) -> np.
     return bonded.sum(1)
 
 
+def per_atom_features(model: torch.nn.Module, structures: Sequence[Structure], max_atoms: int = 4096) -> np.ndarray:
+    """The backbone's node features of every atom of ``structures``, in order: [N_atoms, n_dim] float64."""
+    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True,
+                              properties=False, max_atoms=max_atoms)
+    return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
+
+
 def atom_features(model: torch.nn.Module, structures: Sequence[Structure], max_atoms: int = 4096) -> AtomFeatures:
     """Node features of every atom and its (element, covalent neighbours) label."""
-    rows = predict_structures(model, structures, compute_forces=False, compute_stress=False, features=True,
-                              max_atoms=max_atoms)
-    feats = np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
+    feats = per_atom_features(model, structures, max_atoms)
     labels: List[str] = []
     for s in structures:
         counts = covalent_neighbour_counts(s)

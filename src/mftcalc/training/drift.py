@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-import numpy as np
 import torch
 
+from mftcalc.analysis.features import per_atom_features
 from mftcalc.analysis.metrics import relative_drift, sliced_drift
 from mftcalc.data.structure import Structure
 
@@ -19,16 +19,10 @@ class DriftMonitor:
     def __init__(self, model: torch.nn.Module, probe: List[Structure], seed: int = 0) -> None:
         self.probe = probe
         self.seed = seed
-        self.reference = self._features(model)
-
-    def _features(self, model: torch.nn.Module) -> np.ndarray:
-        from mftcalc.model.inference import predict_structures
-        rows = predict_structures(model, self.probe, compute_forces=False, compute_stress=False, features=True,
-                                  properties=False)
-        return np.concatenate([r["node_features"] for r in rows]).astype(np.float64)
+        self.reference = per_atom_features(model, probe)
 
     def __call__(self, model: torch.nn.Module) -> Dict[str, float]:
         """``{"drift_w1": ..., "drift_rel": ...}`` of ``model`` against the reference."""
-        features = self._features(model)
+        features = per_atom_features(model, self.probe)
         return {"drift_w1": sliced_drift(self.reference, features, seed=self.seed),
                 "drift_rel": relative_drift(self.reference, features)}
