@@ -16,7 +16,7 @@ Both are relative (dimensionless): λ = 1 weighs a 100 % drift like a unit of th
 from __future__ import annotations
 
 import copy
-from typing import Dict, Hashable, Optional, Sequence
+from typing import Callable, Dict, Hashable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -73,16 +73,24 @@ class Anchor:
                 raise ValueError("anchor 'weights': the backbone starts at zero weights; nothing to anchor to")
 
     def feature_penalty(self, batch: Dict[str, Tensor], node: Tensor,
-                        keys: Optional[Sequence[Hashable]] = None) -> Tensor:
+                        keys: Optional[Sequence[Hashable]] = None,
+                        sum_norm: Optional[Callable[[float], float]] = None) -> Tensor:
         """λ · Σ‖h − h₀‖² / Σ‖h₀‖² of ``node`` [N, n_dim] (the trained backbone's features of ``batch``) against
         the reference's features of the same batch; a scalar tensor carrying the gradient through ``node``.
 
         ``keys``: one hashable per item of the batch (structure, or assembly of a group head), naming it across
         steps (the loop passes ``(source, index)``). The reference never trains, so its features of an item are
         computed once and kept (up to :attr:`cache_limit` numbers); a batch whose items are all kept needs no
-        reference forward pass at all."""
+        reference forward pass at all.
+
+        ``sum_norm``: for data parallelism, sums this rank's Σ‖h₀‖² over the ranks (a float, no gradient), so the
+        penalty is this rank's share λ · Σ_rank‖h − h₀‖² / Σ_global‖h₀‖² and the ranks' shares add up to the
+        global batch's penalty exactly (the mean of per-rank ratios would not)."""
         ref = self.reference_features(batch, keys)
-        norm = (ref * ref).sum().clamp_min(torch.finfo(ref.dtype).tiny)
+        norm = (ref * ref).sum()
+        if sum_norm is not None:
+            norm = torch.as_tensor(sum_norm(float(norm)), dtype=ref.dtype, device=ref.device)
+        norm = norm.clamp_min(torch.finfo(ref.dtype).tiny)
         return self.weight * ((node - ref) ** 2).sum() / norm
 
     def reference_features(self, batch: Dict[str, Tensor], keys: Optional[Sequence[Hashable]] = None) -> Tensor:

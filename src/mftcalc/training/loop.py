@@ -156,9 +156,10 @@ class Trainer(ResumableState):
         norm = float(sum(source.property in s.properties for s in global_structures))
         loss, parts = property_loss(pred, batch, source.property, source.loss, norm_structures=norm,
                                     scale=source.loss_scale, reduction=source.reduction)
-        if anchored:               # this rank's share: the ranks' shares sum to the mean of their penalties
+        if anchored:               # this rank's share: the ranks' shares sum to the global batch's penalty
             keys = [(source.name, int(i)) for i in idx[self.rank::self.world]]      # this rank's items
-            penalty = self.anchor.feature_penalty(batch, pred[K.NODE_FEATURES], keys) / self.world
+            sum_norm = (lambda v: all_reduce_sum(v, self.device)) if self.world > 1 else None
+            penalty = self.anchor.feature_penalty(batch, pred[K.NODE_FEATURES], keys, sum_norm)
             loss = loss + penalty
             parts = {**parts, "anchor_loss": float(penalty.detach())}
         return loss, parts

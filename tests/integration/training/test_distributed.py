@@ -1,5 +1,6 @@
 """DistributedDataParallel fine-tuning: ``torchrun --nproc_per_node 2 mftcalc finetune --device cpu`` (gloo) gives
-the model of one process with the doubled per-rank batch, for MFT in both of its modes (alternate and sum)."""
+the model of one process with the doubled per-rank batch, for MFT in both of its modes (alternate and sum) and for
+FT with a feature anchor (whose penalty's normaliser is summed over the ranks)."""
 from __future__ import annotations
 
 import os
@@ -31,11 +32,11 @@ def _molecules(n: int) -> list:
     return out
 
 
-def _finetune(tmp_path: Path, name: str, world: int, mode: str) -> Path:
+def _finetune(tmp_path: Path, name: str, world: int, mode: str, extra: tuple = ("--strategy", "mft")) -> Path:
     per_rank = 8 // world
     out = tmp_path / f"{name}.pt"
     cli = ["-m", "mftcalc.cli", "finetune", "--data", str(tmp_path / "train.extxyz"), "--property", "my_gap",
-           "--unit", "eV", "--val", str(tmp_path / "val.extxyz"), "--steps", "4", "--strategy", "mft",
+           "--unit", "eV", "--val", str(tmp_path / "val.extxyz"), "--steps", "4", *extra,
            "--device", "cpu", "--set", "val_every=4", "head_hidden=[8]", "dtype=float64", f"mode={mode}",
            f"property_batch={per_rank}", f"ff_batch={per_rank}", "-o", str(out)]
     pretrained = str(REPO / "models" / "pretrained.pt")
@@ -54,12 +55,17 @@ def _finetune(tmp_path: Path, name: str, world: int, mode: str) -> Path:
     return out
 
 
-@pytest.mark.parametrize("mode", ["alternate", "sum"])
-def test_two_ranks_equal_one_rank_with_double_batch(tmp_path, mode):
+RUNS = {"mft-alternate": ("alternate", ("--strategy", "mft")), "mft-sum": ("sum", ("--strategy", "mft")),
+        "ft-anchor": ("alternate", ("--strategy", "ft", "--anchor", "features:10"))}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_two_ranks_equal_one_rank_with_double_batch(tmp_path, run):
+    mode, extra = RUNS[run]
     write_extxyz(_molecules(24), tmp_path / "train.extxyz")
     write_extxyz(_molecules(4), tmp_path / "val.extxyz")
-    one = read_checkpoint(_finetune(tmp_path, "one", 1, mode))
-    two = read_checkpoint(_finetune(tmp_path, "two", 2, mode))
+    one = read_checkpoint(_finetune(tmp_path, "one", 1, mode, extra))
+    two = read_checkpoint(_finetune(tmp_path, "two", 2, mode, extra))
     w1, w2 = one["state_dict"], two["state_dict"]
     assert w1.keys() == w2.keys()
     moved = 0
@@ -69,7 +75,10 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path, mode):
     one_row, two_row = (np.genfromtxt(tmp_path / f"{n}_run" / "train.csv", delimiter=",", names=True) for n in ("one", "two"))
     logged = [n for n in one_row.dtype.names if n.endswith(("loss", "mae")) or "rmse" in n]
     has = [any(n.endswith("mae") for n in logged), any("rmse_f" in n for n in logged)]
-    assert all(has) if mode == "sum" else any(has)        # alternate: the last step drew one of the two sources
+    if run == "ft-anchor":                                 # every step is a property step with its penalty
+        assert has[0] and any(n.endswith("anchor_loss") for n in logged) and one_row[[n for n in logged if n.endswith("anchor_loss")][0]] > 0
+    else:
+        assert all(has) if mode == "sum" else any(has)    # alternate: the last step drew one of the two sources
     for name in logged:
         np.testing.assert_allclose(two_row[name], one_row[name], rtol=1e-7, err_msg=name)
     start = read_checkpoint(REPO / "models" / "pretrained.pt")["state_dict"]
