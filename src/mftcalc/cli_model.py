@@ -17,7 +17,8 @@ from mftcalc.workflows.screening import OUTPUT_HELP
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 DATASET_HELP = ("force-field dataset (energy reference) for every structure; default: each structure's "
-                "info['dataset'], else the unique dataset whose elements and periodicity cover it, else an error "
+                "info['dataset'], else the unique dataset whose elements and periodicity cover it (a molecule in a "
+                "periodic box with vacuum wider than the model's cutoff counts as a molecule), else an error "
                 "naming the candidates (mftcalc info MODEL lists the datasets)")
 SHARD_HELP = ("run shard I of N (I = 0..N-1; e.g. one per array-job task): blocks of 256 consecutive structures "
               "dealt round robin, written to OUT's name with .shard-I-of-N before the suffix (resumable CSV); "

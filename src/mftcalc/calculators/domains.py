@@ -14,7 +14,10 @@ energies under different datasets. The dataset of a structure is chosen by this 
    force-field task there (``xtb_qm9`` for a QM9 property), so ``MFTCalculator("models/mft_gap.pt")`` relaxes
    ethanol with the force field it kept;
 5. inferred: the unique dataset whose periodicity matches the structure (molecule: no periodic direction;
-   crystal: periodic in all three) and whose elements cover the structure's elements. No such dataset, several
+   crystal: periodic in all three) and whose elements cover the structure's elements. A molecule or cluster in a
+   periodic box with vacuum wider than the model's cutoff (:mod:`mftcalc.geometry.isolation`; the model sees no
+   periodic image, so it computes the bare molecule) is matched as a molecule, and as the crystal its cell says
+   only when no dataset covers it as a molecule (an isolated atom beside a crystal set). No such dataset, several
    of them, or a dataset of the model whose domain is unknown, raise :class:`DatasetChoiceError` naming the
    candidates and the fix. Example with the shipped models: bulk Si -> ``mlearn_si``; a molecule containing N
    or F -> ``xtb_qm9`` (the only molecular dataset with N and F); a C/H/O molecule such as ethanol is covered
@@ -43,6 +46,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from mftcalc.data.structure import Structure
+from mftcalc.geometry.isolation import isolated_in_box
 
 
 class DatasetChoiceError(ValueError):
@@ -75,14 +79,15 @@ class Domain:
         ranges = ", ".join(f"{k} {lo:g} to {hi:g}" for k, lo, hi in self.frame_ranges)
         return f"{kind} at {ranges}" if ranges else kind
 
-    def outside(self, structure: Structure) -> Dict[str, str]:
+    def outside(self, structure: Structure, kind: Optional[str] = None) -> Dict[str, str]:
         """Why ``structure`` lies outside this domain: ``{"periodicity" | "elements" | "frame parameter <name>" |
-        "group": phrase}`` (empty: inside). ``group``: a group head given one component of a group (the structure
-        carries the training data's group key), which it predicts as a group of one."""
+        "group": phrase}`` (empty: inside). ``kind``: the structure's :func:`periodicity` as the caller judges it
+        (with the model's cutoff); default: from its ``pbc`` alone. ``group``: a group head given one component
+        of a group (the structure carries the training data's group key), which it predicts as a group of one."""
         reasons = {}
-        kind = periodicity(structure)
+        kind = kind or periodicity(structure)
         if kind != ("crystal" if self.periodic else "molecule"):
-            reasons["periodicity"] = f"it is {_kind_phrase(kind)}"
+            reasons["periodicity"] = f"it is {_kind_phrase(kind, structure)}"
         if self.elements is not None:
             foreign = sorted(set(int(z) for z in np.unique(structure.numbers)) - self.elements)
             if foreign:
@@ -104,14 +109,28 @@ def _symbols(numbers: Iterable[int]) -> str:
     return " ".join(chemical_symbols[int(z)] for z in sorted(numbers))
 
 
-def periodicity(structure: Structure) -> str:
-    """``molecule`` (no periodic direction), ``crystal`` (all three) or ``partial`` (a slab or a wire)."""
+def periodicity(structure: Structure, cutoff: Optional[float] = None) -> str:
+    """``molecule`` (no periodic direction), ``crystal`` (all three) or ``partial`` (a slab or a wire).
+
+    ``cutoff`` (Å, a model's): a structure periodic in some direction whose vacuum is at least the cutoff across
+    every periodic direction (a molecule or cluster in a box, :func:`mftcalc.geometry.isolation.isolated_in_box`)
+    is a ``molecule``: the model sees no periodic image and computes it as the bare molecule."""
+    if cutoff is not None and boxed(structure, cutoff):
+        return "molecule"
     if structure.pbc.all():
         return "crystal"
     return "partial" if structure.pbc.any() else "molecule"
 
 
-def _kind_phrase(kind: str) -> str:
+def boxed(structure: Structure, cutoff: float) -> bool:
+    """True for a molecule or cluster in a periodic box: periodic in some direction, vacuum ≥ ``cutoff`` (Å)
+    across every periodic one."""
+    return bool(structure.pbc.any()) and isolated_in_box(structure.positions, structure.cell, structure.pbc, cutoff)
+
+
+def _kind_phrase(kind: str, structure: Optional[Structure] = None) -> str:
+    if kind == "molecule" and structure is not None and structure.pbc.any():
+        return "a molecule or cluster in a periodic box (vacuum wider than the model's cutoff)"
     return {"crystal": "a crystal", "molecule": "a molecule", "partial": "periodic in only some directions"}[kind]
 
 
@@ -144,21 +163,30 @@ KNOWN_DATASET_DOMAINS: Dict[str, Domain] = {
 QM9_ELEMENTS = frozenset(atomic_numbers[s] for s in "H C N O F".split())
 
 
-def domain_of(structures: Iterable[Structure]) -> Optional[Dict[str, Any]]:
+def domain_of(structures: Iterable[Structure], cutoff: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """``{"elements": [Z...], "periodic": bool}`` of one dataset's structures (the form of an entry of
-    ``metadata["dataset_domains"]``), or None when they mix molecules, crystals or partly periodic structures."""
+    ``metadata["dataset_domains"]``), or None when they mix molecules, crystals or partly periodic structures.
+
+    ``cutoff`` (Å, the model's): molecules in periodic boxes wider than it count as molecules (:func:`periodicity`);
+    a crystal set may hold some such boxed atoms or clusters (reference energies, cu_ace21's clusters) and stays
+    a crystal set."""
     elements: set = set()
     kinds: set = set()
     for s in structures:
         elements.update(int(z) for z in np.unique(s.numbers))
-        kinds.add(periodicity(s))
-    if len(kinds) != 1 or "partial" in kinds:
+        kinds.add("boxed" if cutoff is not None and boxed(s, cutoff) else periodicity(s))
+    if not kinds or "partial" in kinds:
         return None
-    return {"elements": sorted(elements), "periodic": kinds == {"crystal"}}
+    if kinds <= {"molecule", "boxed"}:
+        return {"elements": sorted(elements), "periodic": False}
+    if kinds <= {"crystal", "boxed"}:
+        return {"elements": sorted(elements), "periodic": True}
+    return None
 
 
-def domains_from_structures(structures: Iterable[Structure]) -> Dict[str, Dict[str, Any]]:
-    """``{info["dataset"]: domain_of(its structures)}`` of labelled training structures (the form of
+def domains_from_structures(structures: Iterable[Structure], cutoff: Optional[float] = None
+                            ) -> Dict[str, Dict[str, Any]]:
+    """``{info["dataset"]: domain_of(its structures, cutoff)}`` of labelled training structures (the form of
     ``metadata["dataset_domains"]``); raises when a dataset mixes molecules and crystals."""
     groups: Dict[str, list] = {}
     for s in structures:
@@ -168,7 +196,7 @@ def domains_from_structures(structures: Iterable[Structure]) -> Dict[str, Dict[s
         groups.setdefault(name, []).append(s)
     out = {}
     for name, members in groups.items():
-        domain = domain_of(members)
+        domain = domain_of(members, cutoff)
         if domain is None:
             raise ValueError(f"dataset {name!r} mixes {sorted({periodicity(s) for s in members})}: it has no "
                              "single periodicity")
@@ -227,14 +255,15 @@ def formula(structure: Structure) -> str:
 
 def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[str, Domain],
                    explicit: Optional[str] = None, position: Optional[int] = None,
-                   defaults: Optional[Mapping[str, str]] = None) -> tuple:
+                   defaults: Optional[Mapping[str, str]] = None, cutoff: Optional[float] = None) -> tuple:
     """``(index into names, reason)`` of the force-field dataset of ``structure`` by the rule of the module docs.
 
     ``explicit``: the dataset chosen by the caller (already checked to be one of ``names``), or None.
     ``position``: index of the structure in its input, for messages. ``defaults``: the model's own default
     dataset per kind (``{"molecule": name, "crystal": name}``, ``metadata["default_datasets"]``, written by
     fine-tuning: the dataset of its auxiliary force-field task), used before inference when it covers the
-    structure. Raises :class:`DatasetChoiceError`.
+    structure. ``cutoff``: the model's (Å), which makes a molecule in a wide periodic box a molecule
+    (:func:`periodicity`). Raises :class:`DatasetChoiceError`.
     """
     if len(names) == 1:
         return 0, "the model's only dataset"
@@ -254,16 +283,23 @@ def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[
         raise DatasetChoiceError(f"cannot infer the force-field dataset of {_where(structure, position)}: the "
                                  f"model's dataset(s) {', '.join(unknown)} record no elements or periodicity; "
                                  f"{fix} (datasets: {', '.join(names)})")
-    kind = periodicity(structure)
     present = frozenset(int(z) for z in np.unique(structure.numbers))
-    default = (defaults or {}).get(kind)
-    if default in names and default in domains and not domains[default].outside(structure):
-        return names.index(default), f"the model's default dataset for a {kind} (metadata default_datasets)"
-    candidates = [n for n in names if not domains[n].outside(structure)]
-    if len(candidates) == 1:
-        return names.index(candidates[0]), (f"the only {'periodic' if kind == 'crystal' else 'molecular'} dataset "
-                                            f"of the model whose elements cover {_symbols(present)}")
-    what = f"{_kind_phrase(kind)} of {_symbols(present)}"
+    first = periodicity(structure, cutoff)
+    # a boxed molecule is matched as a molecule, then (no molecular dataset covers it) as what its cell says
+    for kind in dict.fromkeys([first, periodicity(structure)]):
+        boxed_note = " in a periodic box wider than the cutoff" if kind == "molecule" and structure.pbc.any() else ""
+        default = (defaults or {}).get(kind)
+        if default in names and default in domains and not domains[default].outside(structure, kind):
+            return names.index(default), (f"the model's default dataset for a {kind}{boxed_note} "
+                                          "(metadata default_datasets)")
+        candidates = [n for n in names if not domains[n].outside(structure, kind)]
+        if len(candidates) == 1:
+            return names.index(candidates[0]), (f"the only {'periodic' if kind == 'crystal' else 'molecular'} "
+                                                f"dataset of the model whose elements cover {_symbols(present)}"
+                                                f"{boxed_note}")
+        if candidates:
+            break
+    what = f"{_kind_phrase(first, structure)} of {_symbols(present)}"
     if not candidates:
         raise DatasetChoiceError(f"no force-field dataset of the model covers {_where(structure, position)}, "
                                  f"{what}; {fix} (datasets: {', '.join(names)})")

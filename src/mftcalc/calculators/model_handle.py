@@ -13,7 +13,7 @@ import torch
 
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.calculators.checks import check_overlaps
-from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains
+from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains, periodicity
 from mftcalc.data.frame_params import frame_param_matrix, model_frame_params
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_any
@@ -149,6 +149,13 @@ class ModelHandle:
         self._checked.update(unseen)
 
     @property
+    def cutoff(self) -> Optional[float]:
+        """The model's neighbour cutoff (Å), which decides whether a molecule in a periodic box is one
+        (:func:`~mftcalc.calculators.domains.periodicity`); None when the module does not expose ``e_rcut``."""
+        value = getattr(self.module, "e_rcut", None)
+        return None if value is None else float(value)
+
+    @property
     def dataset_domains(self) -> Dict[str, Domain]:
         """Elements and periodicity of each force-field dataset whose domain is known (see ``domains``)."""
         return dataset_domains(self.metadata)
@@ -165,7 +172,7 @@ class ModelHandle:
         names = self.dataset_names
         explicit = names[self.dataset] if self.dataset is not None else None
         index, reason = choose_dataset(structure, names, self.dataset_domains, explicit, position,
-                                       self.metadata.get("default_datasets"))
+                                       self.metadata.get("default_datasets"), self.cutoff)
         tag = structure.info.get("dataset")
         if explicit is not None and len(names) > 1 and tag is not None and tag != explicit \
                 and ("override", tag) not in self._said:
@@ -236,7 +243,7 @@ class ModelHandle:
             if domain is None or ("domain", name) in self._said:
                 continue
             for s in structures:
-                reasons = domain.outside(s)
+                reasons = domain.outside(s, periodicity(s, self.cutoff))
                 if reasons:
                     self._said.add(("domain", name))
                     label = s.info.get("name")

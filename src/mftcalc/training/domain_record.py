@@ -11,21 +11,24 @@ from mftcalc.data.frame_params import frame_ranges
 from mftcalc.training.forcefield_data import task_domain
 
 
-def record_domains(metadata: Dict[str, Any], pretrained: Optional[Any], task, ff: Optional[Dict]) -> None:
+def record_domains(metadata: Dict[str, Any], pretrained: Optional[Any], task, ff: Optional[Dict],
+                   cutoff: Optional[float] = None) -> None:
     """Write into the fine-tuned model's metadata where it is meant to be used: the pretrained datasets' domains,
     the property head's domain (the task's elements, periodicity and frame-parameter ranges) and, for MFT, the
     dataset holding most (over half) of its auxiliary structures as the model's default for structures of the
-    task's kind (the force field it kept)."""
+    task's kind (the force field it kept). ``cutoff`` (Å, the model's): molecules in periodic boxes wider than it
+    count as molecules (:func:`mftcalc.calculators.domains.periodicity`)."""
     from types import SimpleNamespace
     from mftcalc.training.pretrain import source_domains
     base = getattr(pretrained, "metadata", {}) if pretrained is not None else {}
     domains = dict(base.get("dataset_domains") or {})
     for name, structures in (ff or {}).items():           # auxiliary datasets, new ones included
-        domains.setdefault(name, source_domains([SimpleNamespace(name=name, structures=structures)]).get(name))
+        domains.setdefault(name, source_domains([SimpleNamespace(name=name, structures=structures)],
+                                                   cutoff).get(name))
     domains = {k: v for k, v in domains.items() if v is not None}
     if domains:
         metadata["dataset_domains"] = domains
-    periodic = task_domain(task.train) == "materials"
+    periodic = task_domain(task.train, cutoff) == "materials"
     elements = sorted({int(z) for s in task.train for z in np.unique(s.numbers)})
     domain: Dict[str, Any] = {"elements": elements, "periodic": periodic}
     if task.frame_params:

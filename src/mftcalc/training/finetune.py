@@ -181,8 +181,9 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         check_elements(pretrained, task, pretrained_path)
     ff = None
     if strategy.forcefield_data:
+        cutoff = float(pretrained.e_rcut) if pretrained is not None else None    # a boxed molecule: molecules
         ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
-                                                                                task_domain(task.train))
+                                                                                task_domain(task.train, cutoff))
         pretrained = add_aux_datasets(pretrained, ff, settings.new_dataset_from)
     model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
@@ -225,7 +226,7 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         "strategy": settings.strategy, "task": task.name, "description": task.description,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "pretrained": str(pretrained_path) if pretrained_path else None})
-    record_domains(metadata, pretrained, task, ff)
+    record_domains(metadata, pretrained, task, ff, float(model.e_rcut))
 
     def save_best(m: torch.nn.Module, path: Path) -> None:
         save_model(m, path, metadata)

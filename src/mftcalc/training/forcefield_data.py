@@ -15,6 +15,7 @@ import numpy as np
 
 from mftcalc.data.io import read_structures
 from mftcalc.data.structure import Structure
+from mftcalc.geometry.isolation import isolated_in_box
 from mftcalc.schema import from_mapping, option
 
 
@@ -46,9 +47,15 @@ class ForceFieldData:
     holdout: Optional[Holdout] = option(None, "drop pretraining's validation structures of this dataset")
 
 
-def task_domain(structures: Sequence[Structure]) -> str:
-    """``materials`` when any structure is periodic, else ``molecules``: which replay set matches a task."""
-    return "materials" if any(bool(np.any(s.pbc)) for s in structures) else "molecules"
+def task_domain(structures: Sequence[Structure], cutoff: Optional[float] = None) -> str:
+    """``materials`` when any structure is periodic, else ``molecules``: which replay set matches a task.
+    ``cutoff`` (Å, the model's): a molecule in a periodic box with vacuum at least that wide counts as a molecule
+    (the model sees no periodic image; :mod:`mftcalc.geometry.isolation`)."""
+    def periodic(s: Structure) -> bool:
+        if not np.any(s.pbc):
+            return False
+        return cutoff is None or not isolated_in_box(s.positions, s.cell, s.pbc, cutoff)
+    return "materials" if any(periodic(s) for s in structures) else "molecules"
 
 
 def replay_path(model_path: str | Path, domain: str) -> Path:

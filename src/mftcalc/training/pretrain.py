@@ -158,11 +158,12 @@ def load_sources(cfg: PretrainConfig) -> Tuple[List[Source], List[Source], List[
     return sources, val_sources, replay
 
 
-def source_domains(sources: Sequence[Source]) -> Dict[str, Dict[str, Any]]:
+def source_domains(sources: Sequence[Source], cutoff: Optional[float] = None) -> Dict[str, Dict[str, Any]]:
     """``{dataset: {"elements": [Z...], "periodic": bool}}`` of the training sources (``metadata["dataset_domains"]``,
-    which the calculator's dataset rule reads); a source mixing molecules and crystals is left out."""
+    which the calculator's dataset rule reads); a source mixing molecules and crystals is left out. ``cutoff``
+    (Å, the model's): molecules in periodic boxes wider than it count as molecules."""
     from mftcalc.calculators.domains import domain_of
-    domains = {src.name: domain_of(src.structures) for src in sources}
+    domains = {src.name: domain_of(src.structures, cutoff) for src in sources}
     return {name: domain for name, domain in domains.items() if domain is not None}
 
 
@@ -248,7 +249,7 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
     elements = sorted({int(z) for src in sources for s in src.structures for z in np.unique(s.numbers)}
                       | set(base_elements))
     domains = dict(getattr(base, "metadata", {}).get("dataset_domains", {})) if cfg.init else {}
-    domains.update(source_domains(sources))
+    domains.update(source_domains(sources, float(model.e_rcut)))
     card = {"config": {**asdict(cfg), "datasets": [asdict(d) for d in cfg.datasets]},
             "steps": trainer.step, "train_wall_s": trainer.wall, "parameters": count_parameters(model),
             "datasets": {s.name: {"train": len(s.structures), "batch_size": s.batch_size} for s in sources},
@@ -262,8 +263,10 @@ def pretrain(cfg: PretrainConfig, stop_at: Optional[int] = None, time_budget_s: 
         save_model(model, cfg.model_out, model_metadata(model, elements, pretraining=card, dataset_domains=domains))
         if cfg.replay:
             by_domain: Dict[str, List[Structure]] = {}
-            for s in replay:
-                by_domain.setdefault(task_domain([s]), []).append(s)
+            for s in replay:     # by its dataset's domain: a crystal set's boxed atoms go with the crystals
+                known = domains.get(s.info["dataset"])
+                domain = task_domain([s]) if known is None else ("materials" if known["periodic"] else "molecules")
+                by_domain.setdefault(domain, []).append(s)
             for domain, structures in by_domain.items():
                 write_extxyz(structures, replay_path(cfg.model_out, domain))
         if cfg.heldout_out:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import bulk, molecule
 
 from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
@@ -48,6 +49,34 @@ def test_silicon_gets_the_silicon_dataset_not_the_first(pretrained):
     atoms = bulk("Si", "diamond", a=5.43)
     atoms.calc = MFTCalculator(MODELS / "pretrained.pt")
     assert atoms.get_potential_energy() / 2 == pytest.approx(explicit, abs=1e-5)
+
+
+def test_a_molecule_in_a_wide_periodic_box_is_computed_as_the_molecule():
+    """A molecule in a periodic box with vacuum wider than the cutoff used to count as a crystal: its dataset was
+    the only periodic one with C and H (dpgen_mapbi3, 86 eV off) and the gap head warned "it is a crystal"."""
+    bare = molecule("CH4")
+    boxed = molecule("CH4", vacuum=4.0)
+    boxed.pbc = True
+    boxed.positions += 0.5 * boxed.cell.array.sum(0)        # wrapped across the cell's faces
+    boxed.wrap()
+    results = []
+    for atoms in (bare, boxed):
+        atoms.calc = MFTCalculator(MODELS / "mft_gap.pt")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                  # no domain warning for either
+            results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.calc.get_property("gap", atoms)))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-4)
+    np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-4)
+    assert results[1][2] == pytest.approx(results[0][2], abs=1e-6)
+    assert np.abs(boxed.get_stress()).max() < 1e-3                         # eV/Å³: nothing pushes on the box
+    handle = ModelHandle.load(MODELS / "pretrained.pt")
+    atom = Structure.from_ase(Atoms("Si", cell=[15.0] * 3, pbc=True))      # no molecular set has Si: its crystal set
+    assert handle.dataset_names[handle.dataset_index(atom)] == "mlearn_si"
+    tight = molecule("CH4", vacuum=2.0)
+    tight.pbc = True                                                       # images within the cutoff: a crystal
+    assert handle.dataset_names[handle.dataset_index(Structure.from_ase(tight))] == "dpgen_mapbi3"
+    with pytest.raises(DatasetChoiceError, match="periodic box.*xtb_qm9, md17_ethanol, deepmd_nopbc"):
+        handle.dataset_index(Structure.from_ase(boxed))                    # as ambiguous as the bare molecule
 
 
 def test_molecule_dataset_is_inferred_only_when_unique(pretrained):
