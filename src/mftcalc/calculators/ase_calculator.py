@@ -68,13 +68,17 @@ class MFTCalculator(Calculator):
 
     def check_state(self, atoms: Any, tol: float = 1e-15) -> List[str]:
         """ASE's changes since the last calculation, plus ``frame_params`` when a frame parameter the model reads
-        from ``atoms.info`` differs from the last calculation's, and ``pool_mask`` when ``atoms.arrays["pool_mask"]``
-        (the atoms a group head pools) does."""
+        from ``atoms.info`` differs from the last calculation's, ``dataset`` when ``atoms.info["dataset"]`` (the
+        force-field dataset it names) does, and ``pool_mask`` when ``atoms.arrays["pool_mask"]`` (the atoms a group
+        head pools) does."""
         changes = super().check_state(atoms, tol)
         names = self.handle.frame_params
         if names and self.atoms is not None and not changes:
             if any(not _same(self.atoms.info.get(n), atoms.info.get(n)) for n in names):
                 changes = list(changes) + ["frame_params"]
+        if self.atoms is not None and not changes and not _same(self.atoms.info.get("dataset"),
+                                                                atoms.info.get("dataset")):
+            changes = list(changes) + ["dataset"]
         if self.atoms is not None and not changes and "pool_mask" in (set(self.atoms.arrays) | set(atoms.arrays)):
             old, new = self.atoms.arrays.get("pool_mask"), atoms.arrays.get("pool_mask")
             if old is None or new is None or not np.array_equal(old, new):

@@ -112,6 +112,19 @@ def test_info_dataset_and_explicit_choice(pretrained):
         ModelHandle.load(MODELS / "pretrained.pt", dataset="nope")
 
 
+def test_the_calculator_recomputes_when_info_dataset_changes():
+    """ASE's check_state ignores atoms.info: retagging the same atoms returned the first dataset's energy."""
+    atoms = molecule("CH3CH2OH")
+    atoms.info["dataset"] = "xtb_qm9"
+    atoms.calc = MFTCalculator(MODELS / "pretrained.pt")
+    first = atoms.get_potential_energy()
+    atoms.info["dataset"] = "md17_ethanol"
+    retagged = atoms.get_potential_energy()
+    fresh = molecule("CH3CH2OH")
+    fresh.calc = MFTCalculator(MODELS / "pretrained.pt", dataset="md17_ethanol")
+    assert retagged == pytest.approx(fresh.get_potential_energy(), abs=1e-6) and abs(retagged - first) > 1.0
+
+
 def test_models_without_dataset_domains_need_a_choice(tmp_path):
     model = make_tiny_model()                                     # datasets "a", "b", no recorded domains
     with pytest.raises(DatasetChoiceError, match="a, b record no elements or periodicity"):
