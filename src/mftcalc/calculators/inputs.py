@@ -34,16 +34,15 @@ def _is_single(obj: Any) -> bool:
     return isinstance(obj, (Structure, Atoms)) or _is_pymatgen(obj)
 
 
-def as_structures(items: Iterable[Any], caller: str = "predict", constraints: str = "ignore") -> List[Structure]:
+def as_structures(items: Iterable[Any], caller: str = "predict") -> List[Structure]:
     """``items`` as ``list[Structure]``; each one a ``Structure`` (kept as is), an ``ase.Atoms`` (positions, cell,
     pbc and ``info``, e.g. ``info["dataset"]``; an attached calculator and its results are not read) or a pymatgen
     ``Structure``/``Molecule`` (:func:`mftcalc.data.io.from_pymatgen`: ordered sites only).
 
     Args:
         items: a list (or other iterable) of structures. caller: the function named in error messages.
-        constraints: ``"error"``: an ``ase.Atoms`` with ASE constraints (``FixAtoms``, ...) is refused, for callers
-            that would move its atoms without applying them (:func:`mftcalc.relaxation.api.relax`);
-            ``"ignore"``: they are dropped (prediction does not move atoms).
+        An ``ase.Atoms``' constraints (``FixAtoms``, ...) travel on the structure (``Structure.constraints``):
+        :func:`mftcalc.relaxation.api.relax` applies them or refuses them by name; prediction ignores them.
     Raises:
         TypeError: a path, a single structure instead of a list, or an item of another type (its index and type).
         ValueError: an item that cannot be converted (its index and the reason).
@@ -65,12 +64,6 @@ def as_structures(items: Iterable[Any], caller: str = "predict", constraints: st
             out.append(obj)
             continue
         if isinstance(obj, Atoms):
-            if obj.constraints and constraints == "error":
-                names = ", ".join(type(c).__name__ for c in obj.constraints)
-                raise ValueError(f"structures[{i}] (ase.Atoms {obj.get_chemical_formula()}) has ASE constraints "
-                                 f"({names}), which batched {caller} does not apply: remove them (del "
-                                 "atoms.constraints) or relax it with MFTCalculator and an ASE optimiser, which "
-                                 "applies them")
             try:
                 out.append(Structure.from_ase(obj.copy()))        # the copy has no calculator: no stale labels
             except ValueError as exc:

@@ -8,7 +8,7 @@ declared in ``property_units``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -41,6 +41,14 @@ def stress_to_3x3(stress: Any) -> np.ndarray:
     raise StructureError(f"stress has shape {s.shape}, expected (6,) Voigt, (9,) or (3, 3)")
 
 
+def _constraint_indices(constraint: Any) -> Optional[np.ndarray]:
+    """The atom indices an ASE constraint names (None where it does not say)."""
+    try:
+        return np.asarray(constraint.get_indices(), dtype=np.int64).reshape(-1)
+    except Exception:  # constraints without get_indices (or of all atoms) name none
+        return None
+
+
 @dataclass
 class Structure:
     """One structure.
@@ -59,6 +67,9 @@ class Structure:
             parameters and group keys excepted, where a model asks for them).
         pool_mask: [n] bool or None: the atoms a group head pools over (:mod:`mftcalc.data.assembly`; e.g. an
             adsorbate's atoms on a slab, DPA-ADAPT's ``pool_mask``); None: all. From ``atoms.arrays["pool_mask"]``.
+        constraints: ASE constraints (``FixAtoms``, ``FixCartesian``, ...; from ``atoms.constraints``, extxyz's
+            ``move_mask``), applied by the relaxations that move atoms through ASE (:func:`mftcalc.relax` with a
+            host optimiser); prediction does not move atoms and ignores them.
     """
 
     positions: np.ndarray
@@ -72,6 +83,7 @@ class Structure:
     property_units: Dict[str, str] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)
     pool_mask: Optional[np.ndarray] = None
+    constraints: Tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         where = f"structure {self.info.get('name', self.info.get('index', ''))}".rstrip()
@@ -134,6 +146,12 @@ class Structure:
                 raise StructureError(f"{where}: pool_mask leaves out every atom; a group head needs at least one "
                                      "atom to pool")
             self.pool_mask = None if mask.all() else mask.astype(bool)    # all atoms: as without a mask
+        self.constraints = tuple(self.constraints or ())
+        for c in self.constraints:
+            indices = _constraint_indices(c)
+            if indices is not None and indices.size and (indices.min() < 0 or indices.max() >= n):
+                raise StructureError(f"{where}: constraint {type(c).__name__} names atom {int(indices.max())} of "
+                                     f"a structure of {n} atoms; fix the constraint's indices")
 
     @property
     def n_atoms(self) -> int:
@@ -176,7 +194,8 @@ class Structure:
         return cls(positions=atoms.get_positions(), numbers=atoms.get_atomic_numbers(),
                    cell=np.asarray(atoms.get_cell()), pbc=atoms.get_pbc(), energy=energy, forces=forces,
                    stress=stress, properties=dict(properties or {}), property_units=dict(property_units or {}),
-                   info=dict(atoms.info), pool_mask=atoms.arrays.get("pool_mask"))
+                   info=dict(atoms.info), pool_mask=atoms.arrays.get("pool_mask"),
+                   constraints=tuple(c.copy() for c in atoms.constraints))
 
     def to_ase(self) -> "Any":
         """An ``ase.Atoms`` with labels attached as a ``SinglePointCalculator`` and properties in ``info``."""
@@ -188,6 +207,8 @@ class Structure:
         atoms.info.update(self.properties)
         if self.pool_mask is not None:
             atoms.arrays["pool_mask"] = self.pool_mask.copy()
+        if self.constraints:
+            atoms.set_constraint([c.copy() for c in self.constraints])
         results: Dict[str, Any] = {}
         if self.energy is not None:
             results["energy"] = self.energy

@@ -17,8 +17,31 @@ from mftcalc.relaxation.bfgs import BFGSParams
 from mftcalc.relaxation.cell_filters import CELL_FILTERS
 from mftcalc.relaxation.engine import RelaxResult, relax_stream
 from mftcalc.relaxation.internal_bfgs import InternalBFGSParams
-from mftcalc.relaxation.optimizers import FireParams, LBFGSParams, make_optimizer, step_path
+from mftcalc.relaxation.optimizers import OPTIMIZERS, FireParams, LBFGSParams, make_optimizer, step_path
 from mftcalc.relaxation.pool import WorkerPool
+
+
+#: optimisers that step ``ase.Atoms`` (or a cell filter) through ASE, and so apply the atoms' ASE constraints
+APPLIES_CONSTRAINTS = ("fire", "bfgs", "bfgs-lindh", "lbfgs")
+
+
+def check_constraints(structures: Sequence[Structure], optimizer: str, device_step: bool | str) -> bool | str:
+    """``device_step`` for ``structures``: False ("auto": the host path, which applies ASE constraints) when any
+    carries constraints, else as given. Raises ``ValueError`` naming the structure, its constraints and the fix
+    when the optimiser (or ``device_step=True``) would move atoms without applying them."""
+    constrained = [k for k, s in enumerate(structures) if s.constraints]
+    if not constrained:
+        return device_step
+    k = constrained[0]
+    names = ", ".join(type(c).__name__ for c in structures[k].constraints)
+    if optimizer not in APPLIES_CONSTRAINTS or device_step is True:
+        on_device = optimizer not in OPTIMIZERS or device_step is True
+        how = "steps on the device" if on_device else "steps internal coordinates"
+        raise ValueError(f"structures[{k}] carries ASE constraints ({names}); optimizer={optimizer!r} "
+                         f"{'with device_step=True ' if device_step is True else ''}{how} and would not apply them: "
+                         f"use optimizer= one of {', '.join(APPLIES_CONSTRAINTS)} (device_step='auto' or False), which "
+                         "apply them as ASE does, or remove the constraints")
+    return False
 
 
 def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int = 500,
@@ -31,9 +54,12 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
-        structures: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` (without ASE constraints, which the batched
-            optimisers do not apply) or pymatgen ``Structure``/``Molecule`` (not modified; see
-            :func:`mftcalc.calculators.inputs.as_structures`).
+        structures: a list of ``mftcalc.data.Structure``, ``ase.Atoms`` or pymatgen ``Structure``/``Molecule`` (not
+            modified; see :func:`mftcalc.calculators.inputs.as_structures`). ASE constraints (``FixAtoms``,
+            ``FixCartesian``, ...: ``atoms.constraints``, ``Structure.constraints``, extxyz ``move_mask``) are
+            applied by the host optimisers ``fire``, ``bfgs``, ``bfgs-lindh`` and ``lbfgs`` (ASE's, through the
+            atoms and cell filters, as ASE applies them), which ``device_step="auto"`` then uses; the on-device and
+            internal-coordinate optimisers refuse them by name.
         fmax: convergence threshold on the largest atomic force, eV/Å.
         steps: maximum optimiser steps per structure. optimizer: a name of
             :data:`mftcalc.relaxation.optimizers.OPTIMIZERS`: ``"fire"``, ``"bfgs"`` or ``"lbfgs"`` (ASE's optimisers
@@ -63,8 +89,9 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
     Returns one :class:`RelaxResult` per structure, in input order, with the energy, forces, stress (periodic) and
     properties at the relaxed geometry (``result.to_ase()``: ``ase.Atoms`` with them attached).
     """
-    structures = as_structures(structures, "relax", constraints="error")
+    structures = as_structures(structures, "relax")
     stepper = make_optimizer(optimizer, fire=fire, bfgs=bfgs, lbfgs=lbfgs, internal=internal)
+    device_step = check_constraints(structures, optimizer, device_step)
     stepper.check(structures, cell_filter)
     if cell_filter is not None and cell_filter not in CELL_FILTERS:
         raise ValueError(f"unknown cell_filter {cell_filter!r}; use None, 'unitcell' or 'frechet'")

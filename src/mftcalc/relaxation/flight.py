@@ -78,6 +78,8 @@ class InFlight:
         (the cell moves too) or None."""
         atoms = Atoms(numbers=structure.numbers, positions=structure.positions, cell=structure.cell,
                       pbc=structure.pbc)
+        if structure.constraints:       # ASE's optimisers and filters apply them through the atoms
+            atoms.set_constraint([c.copy() for c in structure.constraints])
         atoms.calc = ModelResults()
         target = cell_filter(atoms) if cell_filter is not None else atoms
         return cls(key, structure, dataset, 0.0 if cost is None else float(cost), atoms, target)

@@ -78,9 +78,15 @@ def wrapping_shift(structure: Structure) -> np.ndarray:
 
 
 def permuted(structure: Structure, order: np.ndarray) -> Structure:
-    """Atoms reordered: atom k of the result is atom ``order[k]`` of ``structure``."""
+    """Atoms reordered: atom k of the result is atom ``order[k]`` of ``structure`` (labels dropped; ASE
+    constraints renumbered with their ``index_shuffle``)."""
+    constraints = []
+    for c in structure.constraints:
+        c = c.copy()
+        c.index_shuffle(structure.to_ase(), list(order))
+        constraints.append(c)
     return structure.with_labels(positions=structure.positions[order], numbers=structure.numbers[order],
-                                 energy=None, forces=None, stress=None)
+                                 energy=None, forces=None, stress=None, constraints=tuple(constraints))
 
 
 def supercell(structure: Structure, repeats: Sequence[int]) -> Structure:
