@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mftcalc.devices import describe_device, resolve_device
-from mftcalc.calculators.checks import check_overlaps
+from mftcalc.calculators.checks import check_overlaps, unread_charge_or_spin
 from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains, periodicity
 from mftcalc.data.frame_params import frame_param_matrix, model_frame_params
 from mftcalc.data.structure import Structure
@@ -22,7 +22,8 @@ _log = logging.getLogger(__name__)
 
 
 class DomainWarning(UserWarning):
-    """A property head is applied outside the domain (periodicity, elements) it was trained on."""
+    """A property head is applied outside the domain (periodicity, elements) it was trained on, or a structure
+    states a charge or spin the model does not read."""
 
 
 @dataclass
@@ -203,6 +204,16 @@ class ModelHandle:
         if frame_params:
             self.check_frame_params(structure, position)
             self.check_pool_mask(structure, position)
+        stated = unread_charge_or_spin(structure, self.frame_params)
+        if stated is not None and "charge" not in self._said:
+            self._said.add("charge")
+            label = structure.info.get("name")
+            where = f"{'structure' if position is None else f'structure {position}'}{f' ({label})' if label else ''}"
+            warnings.warn(f"{where} ({formula(structure)}) states {stated}, which this model does not read: it "
+                          "takes no charge or spin input, so its energy, forces and properties are the same for every "
+                          "charge and spin of these atoms (the shipped models were trained on neutral, closed-shell "
+                          "molecules and on crystals). Further such structures are not reported", DomainWarning,
+                          stacklevel=3)
         return self.dataset_index(structure, position) if self.forcefield_heads and forcefield else 0
 
     def check_frame_params(self, structure: Structure, position: Optional[int] = None) -> None:

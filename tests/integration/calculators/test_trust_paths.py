@@ -125,6 +125,28 @@ def test_the_calculator_recomputes_when_info_dataset_changes():
     assert retagged == pytest.approx(fresh.get_potential_energy(), abs=1e-6) and abs(retagged - first) > 1.0
 
 
+def test_a_stated_charge_or_spin_the_model_does_not_read_warns_once():
+    from mftcalc.calculators.checks import unread_charge_or_spin
+    ion = Structure.from_ase(molecule("NH3")).with_labels(info={"charge": 1})
+    assert unread_charge_or_spin(ion) == "info['charge'] = 1"
+    assert unread_charge_or_spin(ion, read=("charge",)) is None                 # a frame parameter: read
+    for info, said in [({"multiplicity": 2}, "info['multiplicity'] = 2"), ({"spin": 0.5}, "info['spin'] = 0.5"),
+                       ({"charge": 0, "multiplicity": 1, "uhf": 0}, None), ({"charge": "n/a"}, None),
+                       ({"charge": True}, None)]:
+        assert unread_charge_or_spin(ion.with_labels(info=info)) == said, info
+    atoms = molecule("NH3")
+    atoms.info["charge"] = 1
+    atoms.calc = MFTCalculator(MODELS / "mft_gap.pt")
+    with pytest.warns(DomainWarning, match=r"\(H3N\) states info\['charge'\] = 1, which this model does not read"):
+        atoms.get_potential_energy()
+    atoms.positions[0, 0] += 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                             # once per run
+        atoms.get_potential_energy()
+    with pytest.warns(DomainWarning, match="does not read"):
+        predict([ion], MODELS / "mft_gap.pt")
+
+
 def test_models_without_dataset_domains_need_a_choice(tmp_path):
     model = make_tiny_model()                                     # datasets "a", "b", no recorded domains
     with pytest.raises(DatasetChoiceError, match="a, b record no elements or periodicity"):
