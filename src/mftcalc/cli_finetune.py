@@ -198,7 +198,8 @@ def add_finetune_parsers(subparsers: Any) -> None:
                    "each frame's info")
     p.add_argument("--property", help="with --data: the info key of the property")
     p.add_argument("--unit", default="", help="with --data: the property's unit (stored in the model, shown in "
-                   "every output column)")
+                   "every output column); default: the unit the file declares (property_units, as mftcalc writes "
+                   "extxyz), else none. A unit other than the declared one is refused: nothing converts labels")
     p.add_argument("--extensive", action="store_true", help="with --data: the property grows with the structure "
                    "(summed per-atom terms); default intensive (averaged)")
     p.add_argument("--strategy", default="mft", choices=strategy_names(),

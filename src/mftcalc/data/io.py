@@ -225,6 +225,11 @@ def _from_atoms(atoms: Any, properties: PropertySpec, where: str) -> Structure:
     units: Dict[str, str] = dict(atoms.info.pop(PROPERTY_UNITS_KEY, None) or {})
     if properties is not None:
         requested = properties if isinstance(properties, Mapping) else {name: "" for name in properties}
+        clash = next((k for k, v in requested.items() if v and units.get(k) and units[k] != v), None)
+        if clash is not None:     # the labels are in the declared unit: renaming it would be silently wrong
+            raise StructureError(f"{where}: the file declares {clash!r} in {units[clash]!r} (property_units), and "
+                                 f"{requested[clash]!r} was asked for; nothing converts the labels: ask for "
+                                 f"{units[clash]!r} (or no unit: the file's is used), or convert the labels")
         units.update({k: v for k, v in requested.items() if v or k not in units})
     missing = [name for name in units if name not in atoms.info]
     if missing:

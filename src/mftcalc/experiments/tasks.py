@@ -133,7 +133,10 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
                          f"frames with info[{group_key!r}] (extxyz) to fine-tune on groups")
 
     def read(part_path: str, what: str) -> List[Structure]:
+        nonlocal unit
         structures = read_property_file(part_path, prop, unit, what, model_path, smiles_dataset, list(frame_params))
+        if structures and not unit:                      # the unit the file declared, for the later files too
+            unit = structures[0].property_units.get(prop, "")
         try:
             frame_param_matrix(structures, list(frame_params), frame_params)
         except ValueError as exc:
@@ -186,7 +189,11 @@ def read_property_file(path: str, prop: str, unit: str = "", what: str = "data",
                        smiles_dataset: str = "xtb_qm9", columns: Sequence[str] = ()) -> List[Structure]:
     """Labelled structures of ``path`` with property ``prop`` (any ``read_structures`` format, or a SMILES CSV
     relaxed with ``model_path``, see :func:`file_task`); every value must be present and finite. ``columns``: a
-    SMILES CSV's further columns copied into each molecule's ``info`` (frame parameters)."""
+    SMILES CSV's further columns copied into each molecule's ``info`` (frame parameters).
+
+    ``unit``: the user's; where the file declares the property's unit (``property_units``, as
+    :func:`mftcalc.data.io.write_extxyz` writes it), an empty ``unit`` takes the file's and a different one is
+    refused by the reader (the labels are in the file's unit; nothing converts them)."""
     from mftcalc.data.io import read_structures
 
     if str(path).lower().endswith(".csv"):
@@ -198,12 +205,24 @@ def read_property_file(path: str, prop: str, unit: str = "", what: str = "data",
         print(f"{path} ({what}): {report.summary()}; geometries in {out}")
     else:
         structures = read_structures(path, properties={prop: unit})   # raises naming a frame without it
+        unit = _declared_unit(structures, prop, unit, f"{path} ({what})")
     values = np.array([s.properties[prop] for s in structures], dtype=float)
     if not np.all(np.isfinite(values)):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise ValueError(f"{path} ({what}): frame {bad} has a non-finite {prop!r} ({values[bad]}); "
                          "drop or fix that frame")
     return [s.with_labels(property_units={**s.property_units, prop: unit}) for s in structures]
+
+
+def _declared_unit(structures: Sequence[Structure], prop: str, unit: str, where: str) -> str:
+    """The unit of ``prop`` in ``structures``: ``unit`` (the user's), or the file's declared one where ``unit`` is
+    empty; ``ValueError`` when the frames declare several (a unit the user gave that differs from a frame's
+    declared one is refused by the reader)."""
+    declared = sorted({s.property_units[prop] for s in structures if s.property_units.get(prop)})
+    if len(declared) > 1:
+        raise ValueError(f"{where}: the frames declare {prop!r} in several units ({', '.join(declared)}); convert "
+                         "them to one unit first")
+    return unit or (declared[0] if declared else "")
 
 
 def load_task(spec: Any, fraction: float, fold: Optional[int], seed: int, cache: Dict[str, Any],

@@ -269,3 +269,25 @@ def test_write_deepmd_errors(tmp_path):
     write_deepmd([molecule], tmp_path / "d")
     with pytest.raises(FileExistsError, match="not empty"):
         write_deepmd([molecule], tmp_path / "d")
+
+
+def test_a_declared_property_unit_is_kept_and_a_different_one_refused(tmp_path):
+    """Asking for another unit than the file declares used to relabel the values (eV read as Hartree)."""
+    from mftcalc.experiments.tasks import file_task
+    rng = np.random.default_rng(0)
+    frames = [Structure(positions=rng.normal(scale=1.5, size=(3, 3)) + np.arange(3)[:, None], numbers=np.array([8, 1, 1]),
+                        properties={"my_gap": 5.0 + k}, property_units={"my_gap": "eV"}) for k in range(12)]
+    write_extxyz(frames, tmp_path / "d.extxyz")
+    assert read_structures(tmp_path / "d.extxyz", properties={"my_gap": "eV"})[0].property_units == {"my_gap": "eV"}
+    assert read_structures(tmp_path / "d.extxyz", properties=["my_gap"])[0].property_units == {"my_gap": "eV"}
+    with pytest.raises(StructureError, match=r"frame 0: the file declares 'my_gap' in 'eV'.*'Hartree' was asked"):
+        read_structures(tmp_path / "d.extxyz", properties={"my_gap": "Hartree"})
+    assert file_task(str(tmp_path / "d.extxyz"), "my_gap").unit == "eV"          # no --unit: the file's
+    with pytest.raises(StructureError, match="'Hartree' was asked for; nothing converts the labels"):
+        file_task(str(tmp_path / "d.extxyz"), "my_gap", unit="Hartree")
+    mixed = frames[:6] + [f.with_labels(property_units={"my_gap": "kcal/mol"}) for f in frames[6:]]
+    write_extxyz(mixed, tmp_path / "mixed.extxyz")
+    with pytest.raises(ValueError, match=r"declare 'my_gap' in several units \(eV, kcal/mol\)"):
+        file_task(str(tmp_path / "mixed.extxyz"), "my_gap")
+    write_extxyz(frames[:4], tmp_path / "val.extxyz")
+    assert file_task(str(tmp_path / "d.extxyz"), "my_gap", val_path=str(tmp_path / "val.extxyz")).unit == "eV"
