@@ -183,6 +183,17 @@ class ModelHandle:
         if ("dataset", index, reason) not in self._said:
             self._said.add(("dataset", index, reason))
             _log.info("force-field dataset %r (%s)", names[index], reason)
+        domain = self.dataset_domains.get(names[index])
+        if domain is not None and ("dataset-domain", index) not in self._said:
+            outside = domain.outside(structure, periodicity(structure, self.cutoff))
+            if outside:                   # chosen (or the only one) though it never saw such structures
+                self._said.add(("dataset-domain", index))
+                label = structure.info.get("name")
+                where = f"{formula(structure)}{f' ({label})' if label else ''}"
+                warnings.warn(f"force-field dataset {names[index]!r} ({reason}) was trained on {domain.describe()}: "
+                              f"{where} is outside it: {'; '.join(outside.values())}. Its energy and forces are "
+                              "extrapolations; further structures outside it are not reported", DomainWarning,
+                              stacklevel=3)
         return index
 
     def check_structure(self, structure: Structure, position: Optional[int] = None, forcefield: bool = True,

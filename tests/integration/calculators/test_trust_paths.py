@@ -112,6 +112,24 @@ def test_info_dataset_and_explicit_choice(pretrained):
         ModelHandle.load(MODELS / "pretrained.pt", dataset="nope")
 
 
+def test_a_chosen_dataset_that_never_saw_such_structures_warns_once():
+    """dataset= (or info['dataset']) outside the dataset's elements or periodicity used to compute in silence."""
+    silane = molecule("SiH4")
+    silane.calc = MFTCalculator(MODELS / "pretrained.pt", dataset="xtb_qm9")
+    with pytest.warns(DomainWarning, match=r"dataset 'xtb_qm9' \(chosen with dataset= / --dataset\) was trained on "
+                                           r"molecules .* of H C N O F: H4Si is outside it: it contains Si"):
+        silane.get_potential_energy()
+    silane.positions[0, 0] += 0.01
+    ethanol = molecule("CH3CH2OH")
+    ethanol.calc = MFTCalculator(MODELS / "pretrained.pt", dataset="xtb_qm9")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silane.get_potential_energy()                                  # once per run
+        ethanol.get_potential_energy()                                 # inside: no warning
+    with pytest.warns(DomainWarning, match="dataset 'md17_ethanol' .* it is a crystal"):
+        predict([_silicon().with_labels(info={"dataset": "md17_ethanol"})], MODELS / "pretrained.pt")
+
+
 def test_the_calculator_recomputes_when_info_dataset_changes():
     """ASE's check_state ignores atoms.info: retagging the same atoms returned the first dataset's energy."""
     atoms = molecule("CH3CH2OH")
