@@ -112,8 +112,9 @@ def add_vibrations_parser(subparsers: Any) -> None:
                    "file")
     p.add_argument("--out", required=True, help=f".csv table, one row per structure: {', '.join(COLUMNS)} "
                    "(an imaginary frequency as a negative number)")
-    p.add_argument("--modes", default=None, help=".npz of frequencies_<i> (cm⁻¹), modes_<i> [3N − n_rigid, N, 3] "
-                   "and hessian_<i> [3N, 3N] (eV/Å²) of structure i")
+    p.add_argument("--modes", default=None, help=".npz of frequencies_<i> (cm⁻¹), modes_<i> [3F − n_rigid, N, 3] "
+                   "and hessian_<i> [3F, 3F] (eV/Å²) of structure i, F its free atoms (all but those an ASE FixAtoms "
+                   "holds, extxyz move_mask, as ASE's Vibrations)")
     p.add_argument("--delta", type=float, default=0.005, help="finite-difference displacement, Å")
     p.add_argument("--fmax", type=float, default=0.05, help="largest force (eV/Å) of a structure counted as at a "
                    "stationary point; structures above it are named, with the advice to relax them first")

@@ -5,6 +5,10 @@ energies, and an ``ase.vibrations.VibrationsData`` for what ASE does with a Hess
 
 Units: Hessian eV/Å², frequencies cm⁻¹ (an imaginary frequency is given as a negative number), energies eV, masses
 amu (ASE's standard masses).
+
+Atoms held by an ASE ``FixAtoms`` constraint (``Structure.constraints``, extxyz ``move_mask``: a slab's frozen
+layers) do not vibrate, as in ASE's ``Vibrations``: the Hessian is the free atoms' [3F, 3F] block (:func:`free_atoms`)
+and no rigid-body motion is projected out (the fixed atoms pin the structure).
 """
 from __future__ import annotations
 
@@ -27,9 +31,10 @@ class NormalModes:
 
     Attributes:
         frequencies: [3N − k] cm⁻¹, ascending; an imaginary frequency as a negative number.
-        modes: [3N − k, N, 3] Cartesian displacement of each mode (unit norm in mass-weighted coordinates).
+        modes: [3F − k, N, 3] Cartesian displacement of each mode (unit norm in mass-weighted coordinates; zero on
+            fixed atoms), F the free atoms (:func:`free_atoms`; N without ``FixAtoms``).
         n_rigid: k, the rigid-body modes projected out (6 for a molecule, 5 for a linear one, 3 for a periodic
-            structure: the translations only).
+            structure: the translations only; 0 when some atoms are fixed).
         zero_point_energy: ½ Σ ħω over the real frequencies, eV.
     """
 
@@ -43,13 +48,25 @@ class NormalModes:
         return int((self.frequencies < -threshold).sum())
 
 
+def free_atoms(structure: Structure) -> np.ndarray:
+    """[F] indices of the atoms that vibrate: every atom but those an ASE ``FixAtoms`` constraint holds (the rule of
+    ASE's ``Vibrations``; other constraints do not remove atoms)."""
+    from ase.constraints import FixAtoms
+    fixed = {int(i) for c in structure.constraints if isinstance(c, FixAtoms) for i in c.get_indices()}
+    free = np.array([i for i in range(structure.n_atoms) if i not in fixed], dtype=np.int64)
+    if free.size == 0:
+        raise ValueError("every atom is held by FixAtoms: nothing vibrates; free some atoms (atoms.set_constraint())")
+    return free
+
+
 def displaced(structure: Structure, delta: float) -> List[Structure]:
-    """The 6N copies of ``structure`` with one Cartesian coordinate moved by +delta, then −delta (Å), atom by atom."""
+    """The 6F copies of ``structure`` with one Cartesian coordinate of a free atom (:func:`free_atoms`) moved by
+    +delta, then −delta (Å), atom by atom."""
     copies = []
-    for index in range(3 * structure.n_atoms):
-        for sign in (1.0, -1.0):
+    for atom in free_atoms(structure):
+        for axis, sign in ((a, s) for a in range(3) for s in (1.0, -1.0)):
             positions = structure.positions.copy()
-            positions[index // 3, index % 3] += sign * delta
+            positions[atom, axis] += sign * delta
             copies.append(Structure(positions=positions, numbers=structure.numbers, cell=structure.cell,
                                     pbc=structure.pbc, info=dict(structure.info)))
     return copies
@@ -57,8 +74,9 @@ def displaced(structure: Structure, delta: float) -> List[Structure]:
 
 def hessians(structures: Sequence[Any], model: Any, delta: float = 0.005, dataset: Optional[str] = None,
              dtype: torch.dtype = torch.float64, device: str = "cpu", progress: bool = False) -> List[np.ndarray]:
-    """The Hessian [3N, 3N] (eV/Å², symmetrised) of each structure: −∂F/∂x by central differences of step ``delta``
-    Å, the displaced copies of all structures predicted in batched calls.
+    """The Hessian [3F, 3F] (eV/Å², symmetrised) of each structure's free atoms (:func:`free_atoms`; all N atoms
+    without ``FixAtoms``): −∂F/∂x by central differences of step ``delta`` Å, the displaced copies of all structures
+    predicted in batched calls.
 
     ``model``: a checkpoint or TorchScript path, a loaded model or a ``ModelHandle``; ``dataset`` the force-field
     dataset for every structure (default: each structure's, as everywhere, :mod:`mftcalc.calculators.domains`).
@@ -72,7 +90,8 @@ def hessians(structures: Sequence[Any], model: Any, delta: float = 0.005, datase
 def vibrational_analysis(structures: Sequence[Any], model: Any, delta: float = 0.005, dataset: Optional[str] = None,
                          dtype: torch.dtype = torch.float64, device: str = "cpu",
                          progress: bool = False) -> List[dict]:
-    """Per structure: ``energy`` (eV) and ``fmax`` (eV/Å) of the structure as given, its ``hessian`` [3N, 3N] eV/Å²
+    """Per structure: ``energy`` (eV) and ``fmax`` (eV/Å, over the free atoms) of the structure as given, its
+    ``hessian`` [3F, 3F] eV/Å²
     (:func:`hessians`) and ``modes`` (:class:`NormalModes`). Frequencies mean something only at a stationary
     point: relax first (``fmax`` says how far from one a structure is)."""
     return [row for block in iter_vibrational_analysis(structures, model, delta, dataset, dtype, device, progress)
@@ -110,7 +129,7 @@ def _analyse(structures: Sequence[Any], model: Any, delta: float, dataset: Optio
     atoms = 0
     for k, structure in enumerate(structures):
         block.append(k)
-        atoms += 6 * structure.n_atoms ** 2
+        atoms += 6 * structure.n_atoms * len(free_atoms(structure))
         if atoms >= BLOCK_ATOMS or k == len(structures) - 1:
             rows = _block([structures[j] for j in block], [datasets[j] for j in block], handle, delta)
             for j, row in zip(block, rows):
@@ -130,18 +149,19 @@ def _block(structures: List[Structure], datasets: List[int], handle: Any, delta:
     copies, copy_datasets = list(structures), list(datasets)        # the structures themselves first: E, fmax
     for structure, index in zip(structures, datasets):
         copies += displaced(structure, delta)
-        copy_datasets += [index] * (6 * structure.n_atoms)
+        copy_datasets += [index] * (6 * len(free_atoms(structure)))
     predicted = predict_structures(handle.module, copies, copy_datasets, compute_forces=True, compute_stress=False,
                                    properties=False)
     out, start = [], len(structures)
     for k, structure in enumerate(structures):
-        n3 = 3 * structure.n_atoms
-        forces = np.stack([r["forces"].reshape(-1) for r in predicted[start:start + 2 * n3]]).astype(np.float64)
+        free = free_atoms(structure)
+        n3 = 3 * len(free)
+        forces = np.stack([r["forces"][free].reshape(-1) for r in predicted[start:start + 2 * n3]]).astype(np.float64)
         start += 2 * n3
         h = -(forces[0::2] - forces[1::2]) / (2.0 * delta)      # row i: −∂F/∂x_i
         own = predicted[k]
         out.append({"structure": structure, "hessian": 0.5 * (h + h.T), "energy": float(own["energy"]),
-                    "fmax": float(np.linalg.norm(own["forces"], axis=1).max())})
+                    "fmax": float(np.linalg.norm(own["forces"][free], axis=1).max())})     # the free atoms
     return out
 
 
@@ -164,27 +184,34 @@ def rigid_body_basis(structure: Structure, masses: np.ndarray) -> np.ndarray:
 
 
 def normal_modes(structure: Structure, hessian: np.ndarray, masses: Optional[np.ndarray] = None) -> NormalModes:
-    """Frequencies and modes of ``hessian`` [3N, 3N] eV/Å² with the rigid-body motions projected out (the mass-
-    weighted Hessian diagonalised in the complement of :func:`rigid_body_basis`)."""
+    """Frequencies and modes of ``hessian`` [3F, 3F] eV/Å² (the free atoms', :func:`free_atoms`) with the rigid-body
+    motions projected out when no atom is fixed (the mass-weighted Hessian diagonalised in the complement of
+    :func:`rigid_body_basis`). ``masses``: [N] amu, default ASE's."""
     from ase.data import atomic_masses
     masses = atomic_masses[structure.numbers] if masses is None else np.asarray(masses, dtype=np.float64)
-    n3 = 3 * structure.n_atoms
+    free = free_atoms(structure)
+    n3 = 3 * len(free)
     if hessian.shape != (n3, n3):
-        raise ValueError(f"hessian has shape {hessian.shape}; a structure of {structure.n_atoms} atoms needs "
-                         f"({n3}, {n3})")
-    inv_root = np.repeat(1.0 / np.sqrt(masses), 3)
+        held = f" free atoms (of {structure.n_atoms}; FixAtoms holds the rest)" if n3 < 3 * structure.n_atoms else " atoms"
+        raise ValueError(f"hessian has shape {hessian.shape}; a structure of {len(free)}{held} needs ({n3}, {n3})")
+    inv_root = np.repeat(1.0 / np.sqrt(masses[free]), 3)
     weighted = hessian * inv_root[:, None] * inv_root[None, :]
-    rigid = rigid_body_basis(structure, masses)
-    complement = np.linalg.svd(np.eye(n3) - rigid @ rigid.T)[0][:, :n3 - rigid.shape[1]]
+    if len(free) == structure.n_atoms:
+        rigid = rigid_body_basis(structure, masses)
+        complement = np.linalg.svd(np.eye(n3) - rigid @ rigid.T)[0][:, :n3 - rigid.shape[1]]
+    else:                                              # fixed atoms pin it: no rigid-body motion
+        rigid, complement = np.zeros((n3, 0)), np.eye(n3)
     values, vectors = np.linalg.eigh(complement.T @ weighted @ complement)
     energies = HBAR_OMEGA * np.sign(values) * np.sqrt(np.abs(values))          # eV, negative = imaginary
-    modes = (complement @ vectors * inv_root[:, None]).T.reshape(-1, structure.n_atoms, 3)
+    modes = np.zeros((len(values), structure.n_atoms, 3))
+    modes[:, free] = (complement @ vectors * inv_root[:, None]).T.reshape(-1, len(free), 3)
     return NormalModes(frequencies=energies / INVCM, modes=modes, n_rigid=rigid.shape[1],
                        zero_point_energy=float(0.5 * energies[energies > 0].sum()))
 
 
 def vibrations_data(structure: Structure, hessian: np.ndarray) -> Any:
-    """``ase.vibrations.VibrationsData`` of the (unprojected) Hessian, for ASE's tools: ``get_frequencies``,
-    ``tabulate``, ``write_jmol``, ``get_dos``, and the energies that ``ase.thermochemistry`` takes."""
+    """``ase.vibrations.VibrationsData`` of the (unprojected) Hessian of the free atoms (its ``indices``), for ASE's
+    tools: ``get_frequencies``, ``tabulate``, ``write_jmol``, ``get_dos``, and the energies that
+    ``ase.thermochemistry`` takes."""
     from ase.vibrations import VibrationsData
-    return VibrationsData.from_2d(structure.to_ase(), hessian)
+    return VibrationsData.from_2d(structure.to_ase(), hessian, indices=free_atoms(structure))

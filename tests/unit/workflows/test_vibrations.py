@@ -124,3 +124,36 @@ def test_command_writes_the_table_and_the_modes_and_refuses_bad_input(model_path
     save_model(property_only, tmp_path / "gap_only.pt", model_metadata(property_only, elements=[1, 8]))
     with pytest.raises(ValueError, match="no force-field head, so no forces to differentiate"):
         hessians([molecule("H2O")], tmp_path / "gap_only.pt")
+
+
+def test_fixed_atoms_do_not_vibrate_as_in_ases_vibrations(model_path, tmp_path):
+    """FixAtoms (extxyz move_mask) removes atoms from the Hessian as ASE's Vibrations does by default; no rigid-body
+    projection then. Before, the fixed atoms vibrated and the modes were those of the free molecule."""
+    from ase.constraints import FixAtoms
+    atoms = molecule("CH3OH")
+    atoms.rattle(0.02, seed=4)
+    atoms.set_constraint(FixAtoms([0, 2]))
+    structure = Structure.from_ase(atoms)
+    ours = hessians([structure], model_path, delta=0.004)[0]
+    assert ours.shape == (12, 12)                                          # 4 free atoms of 6
+    atoms.calc = MFTCalculator(model_path, dtype=torch.float64)
+    vib = Vibrations(atoms, delta=0.004, nfree=2, name=str(tmp_path / "vib"))
+    vib.run()
+    reference = vib.get_vibrations()
+    assert list(reference.get_indices()) == [1, 3, 4, 5]
+    np.testing.assert_allclose(ours, reference.get_hessian_2d(), atol=1e-9 * np.abs(ours).max())
+    data = atoms.calc.get_vibrations(atoms, delta=0.004)
+    assert list(data.get_indices()) == [1, 3, 4, 5]
+    modes = normal_modes(structure, ours)
+    assert modes.n_rigid == 0 and modes.frequencies.shape == (12,)
+    ase_energies = reference.get_energies()                                # eV, imaginary as complex
+    signed = np.where(np.abs(ase_energies.imag) > 0, -np.abs(ase_energies.imag), ase_energies.real)
+    from ase.units import invcm
+    np.testing.assert_allclose(np.sort(modes.frequencies), np.sort(signed) / invcm, rtol=1e-6, atol=1e-3)
+    assert np.abs(modes.modes[:, [0, 2]]).max() == 0.0
+    from ase.io import write
+    write(tmp_path / "fixed.extxyz", atoms)
+    assert main(["vibrations", str(model_path), str(tmp_path / "fixed.extxyz"), "--out", str(tmp_path / "v.csv"),
+                 "--modes", str(tmp_path / "v.npz")]) == 0
+    row = next(csv.DictReader(open(tmp_path / "v.csv")))
+    assert row["n_rigid"] == "0" and np.load(tmp_path / "v.npz")["hessian_0"].shape == (12, 12)
