@@ -104,7 +104,9 @@ def write_extxyz(structures: Sequence[Structure], path: PathLike, decimals: Opti
 
 def from_pymatgen(obj: Any, property_units: Optional[Mapping[str, str]] = None) -> Structure:
     """Structure from a pymatgen ``Structure`` (periodic) or ``Molecule``; its numeric ``properties`` become
-    named properties (units from ``property_units``). Disordered sites are rejected."""
+    named properties (units from ``property_units``). Disordered sites are rejected. Selective dynamics
+    (``site_properties["selective_dynamics"]``, as a POSCAR holds it) become ASE constraints (``FixAtoms``,
+    ``FixCartesian``, as pymatgen's ``AseAtomsAdaptor`` makes them), which ``relax`` applies."""
     if not obj.is_ordered:
         raise StructureError(f"pymatgen {type(obj).__name__} {obj.formula} has partially occupied sites; order it "
                              "first (e.g. pymatgen OrderDisorderedStructureTransformation)")
@@ -112,10 +114,16 @@ def from_pymatgen(obj: Any, property_units: Optional[Mapping[str, str]] = None) 
     props = {k: v for k, v in (getattr(obj, "properties", None) or {}).items()
              if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
     units = {k: u for k, u in (property_units or {}).items() if k in props}
+    constraints: tuple = ()
+    if "selective_dynamics" in (getattr(obj, "site_properties", None) or {}):
+        from pymatgen.io.ase import AseAtomsAdaptor
+        constraints = tuple(AseAtomsAdaptor.get_atoms(obj).constraints)
     if hasattr(obj, "lattice"):
         return Structure(positions=obj.cart_coords, numbers=numbers, cell=np.array(obj.lattice.matrix),
-                         pbc=np.array(obj.lattice.pbc), properties=props, property_units=units)
-    return Structure(positions=obj.cart_coords, numbers=numbers, properties=props, property_units=units)
+                         pbc=np.array(obj.lattice.pbc), properties=props, property_units=units,
+                         constraints=constraints)
+    return Structure(positions=obj.cart_coords, numbers=numbers, properties=props, property_units=units,
+                     constraints=constraints)
 
 
 def to_pymatgen(structure: Structure) -> Any:

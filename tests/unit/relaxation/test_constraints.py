@@ -89,3 +89,19 @@ def test_the_relax_command_keeps_a_files_move_mask(tmp_path, stiff_model_file):
     assert moved[[0, 3]].max() == 0.0 and moved.max() > 1e-3
     assert out.constraints and list(out.constraints[0].index) == [0, 3]
     assert Structure.from_ase(out).constraints[0].index.tolist() == [0, 3]
+
+
+def test_pymatgen_selective_dynamics_are_applied(stiff_model_file):
+    """A POSCAR's selective dynamics (pymatgen site property) used to be dropped: every atom moved."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.08, seed=2)
+    crystal = AseAtomsAdaptor.get_structure(atoms)
+    movable = np.ones((len(atoms), 3), dtype=bool)
+    movable[0] = False                     # atom 0 fixed, atom 1 moves in z only
+    movable[1, :2] = False
+    crystal.add_site_property("selective_dynamics", movable.tolist())
+    r = relax([crystal], stiff_model_file, fmax=0.01, steps=10, optimizer="fire", dtype=torch.float64)[0]
+    moved = np.abs(r.structure.positions - crystal.cart_coords)
+    assert moved[0].max() == 0.0 and moved[1, :2].max() == 0.0
+    assert moved[1, 2] > 1e-4 and moved[2:].max() > 1e-3
