@@ -5,6 +5,9 @@ their mole fractions, an adsorption energy from a slab and its adsorbate: the la
 any one structure. In a file (any format :func:`mftcalc.data.io.read_structures` reads) each component is one
 frame whose ``info`` names its group (``group=...`` by default) and its weight (``weight=...``, default 1); the
 frames of one group carry the same label and the same frame parameters (:mod:`mftcalc.data.frame_params`).
+Weights are non-zero; negative ones (a reaction: products +ν, reactants −ν) need a head that sums its components
+(``group_reduce="sum"``, ``--extensive``): a weighted mean of signed weights is refused
+(:func:`check_signed_weights`).
 
 :func:`group_structures` turns such frames into :class:`Assembly` records;
 :func:`mftcalc.data.batch.collate_assemblies` (which ``collate`` calls for them) turns assemblies into one batch: the components' fields (``mftcalc.keys``) plus ``group_index [B]``, ``group_weight
@@ -31,7 +34,8 @@ class Assembly:
 
     Attributes:
         components: the C component structures (any mix of molecules and crystals).
-        weights: [C] float64, each component's weight in the group (> 0, no unit), e.g. mole fractions.
+        weights: [C] float64, each component's weight in the group (non-zero, no unit), e.g. mole fractions, or
+            signed stoichiometric coefficients for a summing head.
         properties: the group's labels (``{"cloud_point": 305.2}``), units in ``property_units``.
         property_units: unit of each property.
         info: the group's key under ``"group"`` and ``"name"``, its frame parameters and (from
@@ -51,8 +55,9 @@ class Assembly:
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
         if self.weights.shape != (len(self.components),):
             raise ValueError(f"group {name!r}: {self.weights.size} weights for {len(self.components)} components")
-        if not (np.all(np.isfinite(self.weights)) and np.all(self.weights > 0)):
-            raise ValueError(f"group {name!r}: component weights must be finite and > 0, got {self.weights.tolist()}")
+        if not (np.all(np.isfinite(self.weights)) and np.all(self.weights != 0)):
+            raise ValueError(f"group {name!r}: component weights must be finite and non-zero, got "
+                             f"{self.weights.tolist()}")
 
     @property
     def n_atoms(self) -> int:
@@ -89,10 +94,24 @@ def _weight(structure: Structure, key: str, where: str) -> float:
         number = float(np.asarray(value, dtype=np.float64).item())
     except (TypeError, ValueError):
         raise ValueError(f"{where}: component weight {key}={value!r} is not one real number") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{where}: component weight {key}={number} must be finite and > 0 (a mole fraction, a "
-                         "count, a mass share)")
+    if not (math.isfinite(number) and number != 0):
+        raise ValueError(f"{where}: component weight {key}={number} must be finite and non-zero (a mole fraction, "
+                         "a count, a mass share; negative for a reaction's reactants with --extensive)")
     return number
+
+
+def check_signed_weights(assemblies: Sequence[Any], reduce_mean: bool, where: str) -> None:
+    """Raise ``ValueError`` naming the group and the fix when a head that takes the weighted mean of its components
+    (``reduce_mean``) would be given negative weights: their sum can vanish, and a mean of a reaction is not one.
+    Summing heads take any non-zero weights."""
+    if not reduce_mean:
+        return
+    for a in assemblies:
+        if hasattr(a, "weights") and np.any(np.asarray(a.weights) < 0):
+            raise ValueError(f"{where}: group {a.info.get('group', a.info.get('name', ''))!r} has negative component "
+                             f"weights {np.asarray(a.weights).tolist()}, and the head takes their weighted mean; "
+                             "signed weights (a reaction: products +, reactants -) need a summing head: fine-tune "
+                             "with --extensive (group_reduce sum)")
 
 
 def _same(values: List[Optional[float]]) -> bool:

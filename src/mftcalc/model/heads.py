@@ -97,7 +97,8 @@ class GroupHead(nn.Module):
 
     ``z_c`` = mean node feature of component c [B, n_dim] over its pooled atoms (all, or the batch's
     ``pool_mask``); the group embedding is Σ_c w_c z_c / Σ_c w_c
-    (``group_reduce="mean"``) or Σ_c w_c z_c (``"sum"``) over its components, weights ``w_c`` > 0; the value is
+    (``group_reduce="mean"``, weights ``w_c`` > 0) or Σ_c w_c z_c (``"sum"``, any non-zero weights: a reaction's
+    reactants negative) over its components; the value is
     ``scale · MLP([embedding, standardised frame parameters]) + shift`` [G] in the head's unit (shift and scale
     the labels' mean and spread, fitted from training data). A structure alone (``group`` = arange(B), weights
     1) is a group of one: its prediction is what the calculator gives for one structure.
@@ -130,7 +131,8 @@ class GroupHead(nn.Module):
         x = embedding
         if self.n_frame > 0:
             f = (frame.index_select(1, self.frame_columns).to(node.dtype) - self.frame_mean) / self.frame_std
-            x = torch.cat([embedding, scatter_sum(f * w, group, n_groups) / total_w], 1)
+            a = w.abs()             # equal within a group: any positive average gives it, even when Σ w_c = 0
+            x = torch.cat([embedding, scatter_sum(f * a, group, n_groups) / scatter_sum(a, group, n_groups)], 1)
         return self.mlp(x).squeeze(1) * self.scale + self.shift
 
 

@@ -104,6 +104,10 @@ def predict_assemblies(model: torch.nn.Module, assemblies: Sequence, max_atoms: 
     if not group_names:
         raise ValueError("the model has no group head: it predicts properties of single structures; predict the "
                          "components one by one, or fine-tune on groups (mftcalc finetune --group-key KEY)")
+    from mftcalc.data.assembly import check_signed_weights
+    for name in group_names:
+        head = getattr(getattr(model, "group_heads", None), name, None)
+        check_signed_weights(assemblies, bool(getattr(head, "reduce_mean", False)), f"group head {name!r}")
     chunks = split_sizes_by_atoms([a.n_atoms for a in assemblies], max_atoms)
     frame_names = list(getattr(model, "frame_param_names", []))
     if progress:

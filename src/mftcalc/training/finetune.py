@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mftcalc.analysis.plots import plot_parity
-from mftcalc.data.assembly import components_of
+from mftcalc.data.assembly import check_signed_weights, components_of
 from mftcalc.data.structure import Structure
 from mftcalc.experiments.tasks import PropertyTask
 from mftcalc.model.applicability import fit_applicability, pooled_features
@@ -185,8 +185,11 @@ def finetune(task: PropertyTask, settings: FinetuneSettings, out_dir: str | Path
         ff = ff_structures if ff_structures is not None else replay_structures(pretrained_path,
                                                                                 task_domain(task.train, cutoff))
         pretrained = add_aux_datasets(pretrained, ff, settings.new_dataset_from)
-    model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     recipe = task.recipe
+    if recipe["kind"] == "group":       # signed weights (a reaction) need a summing head
+        check_signed_weights([*task.train, *task.val, *(a for part in task.test_parts.values() for a in part)],
+                             recipe.get("group_reduce", "mean") == "mean", f"task {task.name}")
+    model = build_finetune_model(pretrained, task, settings, backbone_cfg)
     fit_property_head(model.head_module(task.property), task.train, task.property, recipe["kind"],
                       recipe["extensive"], recipe["element_bias"])
     strategy.freeze(model, task.property)

@@ -310,3 +310,67 @@ def test_the_feature_anchor_keeps_reference_features_per_group(tmp_path):
                                              anchor_weight=5.0, progress=False, interval_coverage=0.0),
                       tmp_path / "run", pretrained_path=REPO / "models" / "pretrained.pt")
     assert result["steps"] == 4 and 0 < result["drift_rel"] and np.isfinite(result["val"]["mae"])
+
+
+def _reactions(n: int, seed: int = 0) -> list:
+    """Made-up reactions A + B -> C + D of small molecules (weights +1 products, -1 reactants), labelled with a
+    stoichiometric sum of a per-molecule value (atom counts weighted by element), so the label is a reaction sum."""
+    rng = np.random.default_rng(seed)
+    names = ["H2O", "CH4", "NH3", "CH3OH", "HCN", "C2H4", "HCOOH", "C2H6", "CO2", "H2CO"]
+    value = {1: 0.3, 6: -1.1, 7: 0.8, 8: -0.6}
+    frames = []
+    for g in range(n):
+        picks = rng.choice(len(names), 4, replace=False)
+        weights = [1.0, 1.0, -1.0, -1.0]
+        label = sum(w * sum(value[z] for z in molecule(names[i]).numbers) for w, i in zip(weights, picks))
+        for w, i in zip(weights, picks):
+            atoms = molecule(names[i])
+            atoms.rattle(0.01, seed=g)
+            atoms.info.update(group=g, weight=w, temperature=300.0 + 10 * (g % 3))
+            frames.append(Structure.from_ase(atoms).with_labels(properties={"dh": label},
+                                                                property_units={"dh": "eV"}))
+    return frames
+
+
+def test_a_reaction_is_a_group_with_signed_weights_under_a_summing_head(tmp_path):
+    """Products +1, reactants -1: the head sums the signed component embeddings (its frame parameters stay the
+    group's value though the weights sum to zero), a mean head refuses them, and scratch learns such a label."""
+    from mftcalc.training.finetune import FinetuneSettings, finetune
+    torch.manual_seed(0)
+    heads = {"energy": default_forcefield_head(),
+             "dh": HeadConfig(kind="group", unit="eV", hidden=(16,), group_reduce="sum",
+                              frame_params={"temperature": "K"})}
+    model = MFTModel(ModelConfig(backbone=backbone_preset("cpu", n_layers=1), heads=heads)).double()
+    groups = group_structures(_reactions(3), frame_params=["temperature"])
+    assert all(g.weights.sum() == 0 for g in groups)
+    from mftcalc.model.fitting import fit_property_head
+    fit_property_head(model.group_heads["dh"], groups, "dh", "group", False, False)
+    values = predict_assemblies(model, groups)
+    head = model.group_heads["dh"]
+    for g, value in zip(groups, values):
+        rows = predict_structures(model, g.components, compute_forces=False, compute_stress=False, features=True,
+                                  properties=False)
+        embedding = (g.weights[:, None] * np.stack([r["node_features"].mean(0) for r in rows])).sum(0)
+        frame = (g.info["temperature"] - float(head.frame_mean)) / float(head.frame_std)
+        with torch.no_grad():
+            x = torch.as_tensor(np.append(embedding, frame))[None]
+            expected = head.mlp(x).squeeze() * head.scale + head.shift
+        assert value["dh"] == pytest.approx(float(expected), rel=1e-10, abs=1e-10)
+    mean_model = _model("mean")
+    with pytest.raises(ValueError, match=r"group head 'cp': group 0 has negative component weights.*--extensive"):
+        predict_assemblies(mean_model, [Assembly(groups[0].components, groups[0].weights, {"cp": 1.0},
+                                                 info=dict(groups[0].info))])
+    from mftcalc.data.io import write_extxyz
+    write_extxyz(_reactions(48, seed=1), tmp_path / "reactions.extxyz")
+    with pytest.raises(ValueError, match=r"task file-dh: group .* negative component weights.*--extensive"):
+        finetune(file_task(str(tmp_path / "reactions.extxyz"), "dh", group_key="group"),
+                 FinetuneSettings(strategy="scratch", steps=1, progress=False), tmp_path / "refused")
+    task = file_task(str(tmp_path / "reactions.extxyz"), "dh", intensive=False, group_key="group", val_fraction=0.25)
+    assert task.recipe["group_reduce"] == "sum" and task.unit == "eV"
+    settings = FinetuneSettings(strategy="scratch", steps=80, lr0=5e-3, lr_end=1e-4, property_batch=8,
+                                head_hidden=(32, 32), val_every=80, checkpoint_every=1000, dtype="float32",
+                                progress=False, interval_coverage=0.0)
+    result = finetune(task, settings, tmp_path / "run", backbone_cfg=backbone_preset("cpu", n_layers=1))
+    labels = np.array([g.properties["dh"] for g in task.val])
+    constant = float(np.abs(labels - np.mean([g.properties["dh"] for g in task.train])).mean())
+    assert result["val"]["mae"] < 0.6 * constant, (result["val"], constant)   # learned beyond the mean

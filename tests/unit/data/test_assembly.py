@@ -63,8 +63,8 @@ def test_the_digest_sees_weights_and_labels():
 @pytest.mark.parametrize("frames, message", [
     ([_frame("H2O", 1, 1.0, 300.0), Structure.from_ase(molecule("CH4"))],
      r"data: frame 1 has no group key 'group'.*info\['group'\]"),
-    ([_frame("H2O", 1, 0.0, 300.0)], r"frame 0 \(group 1\): component weight weight=0.0 must be finite and > 0"),
-    ([_frame("H2O", 1, -1.0, 300.0)], r"must be finite and > 0"),
+    ([_frame("H2O", 1, 0.0, 300.0)], r"frame 0 \(group 1\): component weight weight=0.0 must be finite and non-zero"),
+    ([_frame("H2O", 1, float("nan"), 300.0)], r"must be finite and non-zero"),
     ([_frame("H2O", 1, "heavy", 300.0)], r"component weight weight='heavy' is not one real number"),
     ([_frame("H2O", 7, 1.0, 300.0), _frame("CH4", 7, 1.0, 301.0)],
      r"group 7 \(frames 0, 1\): its frames carry different 'cp' values.*same cp="),
@@ -79,8 +79,20 @@ def test_a_condition_that_differs_inside_a_group_is_refused():
     frames = [_frame("H2O", "g", 1.0, 300.0, pH=7.0), _frame("CH4", "g", 1.0, 300.0, pH=6.0)]
     with pytest.raises(ValueError, match=r"group 'g'.*different frame parameter 'pH' values \[7.0, 6.0\]"):
         group_structures(frames, frame_params=["pH"])
-    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+    with pytest.raises(ValueError, match="weights must be finite and non-zero"):
         Assembly([frames[0].with_labels()], [np.nan])
+
+
+def test_signed_weights_are_for_summing_heads_only():
+    """A reaction (products +1, reactants -1) is a group with signed weights; a weighted mean of it is refused."""
+    from mftcalc.data.assembly import check_signed_weights
+    frames = [_frame("H2O", "r", 1.0, -0.3), _frame("CH4", "r", -1.0, -0.3), _frame("NH3", "r", -2.0, -0.3)]
+    reaction = group_structures(frames)
+    assert reaction[0].weights.tolist() == [1.0, -1.0, -2.0]
+    check_signed_weights(reaction, reduce_mean=False, where="data")            # a summing head: fine
+    with pytest.raises(ValueError, match=r"data: group 'r' has negative component weights.*--extensive"):
+        check_signed_weights(reaction, reduce_mean=True, where="data")
+    check_signed_weights(group_structures(frames[:1]), reduce_mean=True, where="data")
 
 
 def _write_grouped_system(root, name: str, components: list, group_id: int, weights, label: float,
