@@ -253,6 +253,14 @@ def formula(structure: Structure) -> str:
     return str(Formula("".join(chemical_symbols[int(z)] for z in structure.numbers)).format("hill"))
 
 
+def named(structure: Structure, position: Optional[int] = None, by_formula: bool = False) -> str:
+    """How messages name a structure: ``structure``, ``structure 3`` (its ``position``) or, ``by_formula``, its
+    formula, then its ``info["name"]``: ``structure 3 (ethanol)``, ``C2H6O (ethanol)``."""
+    label = structure.info.get("name")
+    head = formula(structure) if by_formula else "structure" if position is None else f"structure {position}"
+    return f"{head}{f' ({label})' if label else ''}"
+
+
 def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[str, Domain],
                    explicit: Optional[str] = None, position: Optional[int] = None,
                    defaults: Optional[Mapping[str, str]] = None, cutoff: Optional[float] = None) -> tuple:

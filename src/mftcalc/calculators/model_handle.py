@@ -13,7 +13,8 @@ import torch
 
 from mftcalc.devices import describe_device, resolve_device
 from mftcalc.calculators.checks import check_overlaps, unread_charge_or_spin
-from mftcalc.calculators.domains import Domain, choose_dataset, dataset_domains, formula, head_domains, periodicity
+from mftcalc.calculators.domains import (Domain, choose_dataset, dataset_domains, formula, head_domains, named,
+                                         periodicity)
 from mftcalc.data.frame_params import frame_param_matrix, model_frame_params
 from mftcalc.data.structure import Structure
 from mftcalc.model.checkpoint import load_any
@@ -188,10 +189,8 @@ class ModelHandle:
             outside = domain.outside(structure, periodicity(structure, self.cutoff))
             if outside:                   # chosen (or the only one) though it never saw such structures
                 self._said.add(("dataset-domain", index))
-                label = structure.info.get("name")
-                where = f"{formula(structure)}{f' ({label})' if label else ''}"
                 warnings.warn(f"force-field dataset {names[index]!r} ({reason}) was trained on {domain.describe()}: "
-                              f"{where} is outside it: {'; '.join(outside.values())}. Its energy and forces are "
+                              f"{named(structure, by_formula=True)} is outside it: {'; '.join(outside.values())}. Its energy and forces are "
                               "extrapolations; further structures outside it are not reported", DomainWarning,
                               stacklevel=3)
         return index
@@ -209,18 +208,14 @@ class ModelHandle:
             self.check_elements(structure.numbers)
             check_overlaps(structure)
         except ValueError as exc:
-            label = structure.info.get("name")
-            where = "structure" if position is None else f"structure {position}"
-            raise type(exc)(f"{where}{f' ({label})' if label else ''}: {exc}") from None
+            raise type(exc)(f"{named(structure, position)}: {exc}") from None
         if frame_params:
             self.check_frame_params(structure, position)
             self.check_pool_mask(structure, position)
         stated = unread_charge_or_spin(structure, self.frame_params)
         if stated is not None and "charge" not in self._said:
             self._said.add("charge")
-            label = structure.info.get("name")
-            where = f"{'structure' if position is None else f'structure {position}'}{f' ({label})' if label else ''}"
-            warnings.warn(f"{where} ({formula(structure)}) states {stated}, which this model does not read: it "
+            warnings.warn(f"{named(structure, position)} ({formula(structure)}) states {stated}, which this model does not read: it "
                           "takes no charge or spin input, so its energy, forces and properties are the same for every "
                           "charge and spin of these atoms (the shipped models were trained on neutral, closed-shell "
                           "molecules and on crystals). Further such structures are not reported", DomainWarning,
@@ -243,9 +238,7 @@ class ModelHandle:
         (``atoms.arrays["pool_mask"]``) and the model has no group head: per-structure heads pool every atom, so
         the mask would be ignored and the value would not be the one asked for."""
         if structure.pool_mask is not None and not self.group_heads:
-            label = structure.info.get("name")
-            where = "structure" if position is None else f"structure {position}"
-            raise ValueError(f"{where}{f' ({label})' if label else ''} has a pool_mask, which only a group head "
+            raise ValueError(f"{named(structure, position)} has a pool_mask, which only a group head "
                              f"reads (a model fine-tuned with --group-key); this model's property heads "
                              f"{self.property_names} pool every atom and would ignore it. Remove the mask "
                              "(del atoms.arrays['pool_mask']) or use a group-property model")
@@ -268,8 +261,7 @@ class ModelHandle:
                 reasons = domain.outside(s, periodicity(s, self.cutoff))
                 if reasons:
                     self._said.add(("domain", name))
-                    label = s.info.get("name")
-                    where = f"{formula(s)}{f' ({label})' if label else ''}"
+                    where = named(s, by_formula=True)
                     warnings.warn(f"property head {name!r} ({self.unit(name)}) is applied outside its training "
                                   f"domain, {domain.describe()} ({domain.source}): {where} is outside it: "
                                   f"{'; '.join(reasons.values())}. Its values there are extrapolations; further "
