@@ -21,26 +21,36 @@ def vacuum_widths(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> n
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     widths = np.full(3, np.inf)
-    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3))
-    if periodic.size == 0 or len(positions) == 0:
-        return widths
-    volume = abs(float(np.linalg.det(cell)))
-    if volume < 1e-12:
-        widths[periodic] = 0.0
-        return widths
-    fractional = np.linalg.solve(cell.T, positions.T).T                      # [N, 3]
-    for i in periodic:
-        j, k = (d for d in range(3) if d != i)
-        height = volume / float(np.linalg.norm(np.cross(cell[j], cell[k])))
-        f = np.sort(np.mod(fractional[:, i], 1.0))
-        gaps = np.diff(np.append(f, f[0] + 1.0))                              # around the period
-        widths[i] = float(gaps.max()) * height
+    for i, width in _widths(positions, cell, pbc):
+        widths[i] = width
     return widths
 
 
 def isolated_in_box(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> bool:
     """True when a structure periodic in at least one direction has vacuum ≥ ``cutoff`` (Å) across every periodic
-    direction: a model of that cutoff sees no periodic image, so it computes the bare molecule or cluster."""
+    direction: a model of that cutoff sees no periodic image, so it computes the bare molecule or cluster. Stops
+    at the first direction without such vacuum (a crystal: one direction's work)."""
     if not np.any(pbc):
         return False
-    return bool(np.all(vacuum_widths(positions, cell, pbc) >= cutoff))
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    return all(width >= cutoff for _, width in _widths(positions, cell, pbc))
+
+
+def _widths(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray):
+    """``(direction, widest empty slab in Å)`` for each periodic direction, lazily (see the module docs)."""
+    periodic = np.flatnonzero(np.asarray(pbc, dtype=bool).reshape(3))
+    volume = abs(float(np.linalg.det(cell)))
+    if volume < 1e-12:
+        for i in periodic:
+            yield int(i), 0.0
+        return
+    reciprocal = np.linalg.inv(cell)        # column i: fractional coordinate i of a position; its norm is 1/h_i
+    for i in periodic:
+        if len(positions) == 0:
+            yield int(i), np.inf
+            continue
+        height = 1.0 / float(np.linalg.norm(reciprocal[:, i]))          # = V / |a_j × a_k|
+        f = np.sort(np.mod(positions @ reciprocal[:, i], 1.0))
+        gaps = np.diff(np.append(f, f[0] + 1.0))           # around the period
+        yield int(i), float(gaps.max()) * height
