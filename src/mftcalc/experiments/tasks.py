@@ -157,7 +157,9 @@ def file_task(path: str, prop: str, unit: str = "", intensive: bool = True, val_
         n_pbc = sum(bool(np.any(s.pbc)) for s in data)
         raise ValueError(f"{path}: {n_pbc} periodic and {len(data) - n_pbc} non-periodic structures in one task; "
                          "fine-tune molecules and crystals as separate tasks (each gets the force-field dataset "
-                         "and replay set of its own domain)")
+                         "and replay set of its own domain). Molecules in periodic boxes among bare ones: give them "
+                         "pbc=False (a file of boxed molecules alone is taken as molecules when its vacuum is wider "
+                         "than the model's cutoff)")
     if val_path:
         train, val = data, read(val_path, "validation data")
     else:
