@@ -41,6 +41,25 @@ def stress_to_3x3(stress: Any) -> np.ndarray:
     raise StructureError(f"stress has shape {s.shape}, expected (6,) Voigt, (9,) or (3, 3)")
 
 
+def _refuse_partial_occupancy(info: Mapping[str, Any]) -> None:
+    """Raise naming the site and the fix when ``info["occupancy"]`` (ASE's CIF reader: ``{site: {symbol:
+    fraction}}``) holds a partially occupied or mixed site: the reader kept one species there, so the atoms are
+    not the structure the file describes."""
+    occupancy = info.get("occupancy")
+    if not isinstance(occupancy, Mapping):
+        return
+    for site, species in occupancy.items():
+        if not isinstance(species, Mapping):
+            continue
+        fractions = {str(k): float(v) for k, v in species.items()}
+        if len(fractions) > 1 or any(v < 1.0 - 1e-6 for v in fractions.values()):
+            shares = ", ".join(f"{k} {v:g}" for k, v in fractions.items())
+            raise StructureError(f"site {site} is partially occupied ({shares}): the file describes a disordered "
+                                 "structure, and ASE's reader kept one species per site; order it first (e.g. "
+                                 "pymatgen's OrderDisorderedStructureTransformation or a special quasirandom "
+                                 "supercell) and give the ordered structure")
+
+
 def _constraint_indices(constraint: Any) -> Optional[np.ndarray]:
     """The atom indices an ASE constraint names (None where it does not say)."""
     try:
@@ -180,8 +199,10 @@ class Structure:
 
         Energy, forces and stress are taken from ``atoms.calc.results`` (as written by extxyz/db readers);
         named properties from ``properties`` (or not at all). ``atoms.info`` is copied into ``info``,
-        ``atoms.arrays["pool_mask"]`` into ``pool_mask``.
+        ``atoms.arrays["pool_mask"]`` into ``pool_mask``. Partially occupied sites (``atoms.info["occupancy"]``,
+        as ASE's CIF reader records them after keeping one species per site) raise :class:`StructureError`.
         """
+        _refuse_partial_occupancy(atoms.info)
         energy = forces = stress = None
         calc = getattr(atoms, "calc", None)
         results = getattr(calc, "results", {}) if calc is not None else {}

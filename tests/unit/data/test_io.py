@@ -291,3 +291,23 @@ def test_a_declared_property_unit_is_kept_and_a_different_one_refused(tmp_path):
         file_task(str(tmp_path / "mixed.extxyz"), "my_gap")
     write_extxyz(frames[:4], tmp_path / "val.extxyz")
     assert file_task(str(tmp_path / "d.extxyz"), "my_gap", val_path=str(tmp_path / "val.extxyz")).unit == "eV"
+
+
+def test_a_partially_occupied_cif_is_refused_not_read_as_one_species(tmp_path):
+    """ASE's CIF reader keeps one species per mixed site (Si0.5Ge0.5 -> Ge) and records the occupancy in info;
+    the structure used to be predicted as the ordered one."""
+    from ase.io import read
+    head = ("data_t\n_cell_length_a 4.0\n_cell_length_b 4.0\n_cell_length_c 4.0\n_cell_angle_alpha 90\n"
+            "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n"
+            "_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+            "_atom_site_occupancy\n")
+    (tmp_path / "mixed.cif").write_text(head + "Si1 Si 0 0 0 0.5\nGe1 Ge 0 0 0 0.5\nO1 O 0.5 0.5 0.5 1.0\n")
+    (tmp_path / "vacancy.cif").write_text(head + "Si1 Si 0 0 0 0.9\nO1 O 0.5 0.5 0.5 1.0\n")
+    (tmp_path / "ordered.cif").write_text(head + "Si1 Si 0 0 0 1.0\nO1 O 0.5 0.5 0.5 1.0\n")
+    with pytest.raises(StructureError, match=r"mixed.cif, frame 0: site 0 is partially occupied \(.*Si 0.5.*\).*order"):
+        read_structures(tmp_path / "mixed.cif")
+    with pytest.raises(StructureError, match=r"site 0 is partially occupied \(Si 0.9\)"):
+        read_structures(tmp_path / "vacancy.cif")
+    with pytest.raises(StructureError, match="partially occupied"):
+        Structure.from_ase(read(tmp_path / "mixed.cif"))                   # the calculator's and predict's entry
+    assert read_structures(tmp_path / "ordered.cif")[0].n_atoms == 2
