@@ -263,7 +263,8 @@ def named(structure: Structure, position: Optional[int] = None, by_formula: bool
 
 def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[str, Domain],
                    explicit: Optional[str] = None, position: Optional[int] = None,
-                   defaults: Optional[Mapping[str, str]] = None, cutoff: Optional[float] = None) -> tuple:
+                   defaults: Optional[Mapping[str, str]] = None, cutoff: Optional[float] = None,
+                   kind: Optional[str] = None) -> tuple:
     """``(index into names, reason)`` of the force-field dataset of ``structure`` by the rule of the module docs.
 
     ``explicit``: the dataset chosen by the caller (already checked to be one of ``names``), or None.
@@ -271,7 +272,8 @@ def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[
     dataset per kind (``{"molecule": name, "crystal": name}``, ``metadata["default_datasets"]``, written by
     fine-tuning: the dataset of its auxiliary force-field task), used before inference when it covers the
     structure. ``cutoff``: the model's (Å), which makes a molecule in a wide periodic box a molecule
-    (:func:`periodicity`). Raises :class:`DatasetChoiceError`.
+    (:func:`periodicity`); ``kind``: that periodicity when the caller has judged it already. Raises
+    :class:`DatasetChoiceError`.
     """
     if len(names) == 1:
         return 0, "the model's only dataset"
@@ -292,7 +294,7 @@ def choose_dataset(structure: Structure, names: Sequence[str], domains: Mapping[
                                  f"model's dataset(s) {', '.join(unknown)} record no elements or periodicity; "
                                  f"{fix} (datasets: {', '.join(names)})")
     present = frozenset(int(z) for z in np.unique(structure.numbers))
-    first = periodicity(structure, cutoff)
+    first = kind or periodicity(structure, cutoff)
     # a boxed molecule is matched as a molecule, then (no molecular dataset covers it) as what its cell says
     for kind in dict.fromkeys([first, periodicity(structure)]):
         boxed_note = " in a periodic box wider than the cutoff" if kind == "molecule" and structure.pbc.any() else ""

@@ -173,8 +173,9 @@ class ModelHandle:
         Raises :class:`~mftcalc.calculators.domains.DatasetChoiceError` when the choice is ambiguous."""
         names = self.dataset_names
         explicit = names[self.dataset] if self.dataset is not None else None
+        kind = periodicity(structure, self.cutoff)                  # judged once: the vacuum test scans atoms
         index, reason = choose_dataset(structure, names, self.dataset_domains, explicit, position,
-                                       self.metadata.get("default_datasets"), self.cutoff)
+                                       self.metadata.get("default_datasets"), self.cutoff, kind)
         tag = structure.info.get("dataset")
         if explicit is not None and len(names) > 1 and tag is not None and tag != explicit \
                 and ("override", tag) not in self._said:
@@ -186,7 +187,7 @@ class ModelHandle:
             _log.info("force-field dataset %r (%s)", names[index], reason)
         domain = self.dataset_domains.get(names[index])
         if domain is not None and ("dataset-domain", index) not in self._said:
-            outside = domain.outside(structure, periodicity(structure, self.cutoff))
+            outside = domain.outside(structure, kind)
             if outside:                   # chosen (or the only one) though it never saw such structures
                 self._said.add(("dataset-domain", index))
                 warnings.warn(f"force-field dataset {names[index]!r} ({reason}) was trained on {domain.describe()}: "
