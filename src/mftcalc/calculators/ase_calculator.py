@@ -30,8 +30,8 @@ class MFTCalculator(Calculator):
 
     Every calculation checks the structure first (elements, overlapping atoms, dataset: ``ModelHandle.
     check_structure``, the same check as ``predict``/``relax``/``screen``); ``get_property`` of a property head warns
-    once when the head is applied outside its training domain (:class:`~mftcalc.calculators.model_handle.
-    DomainWarning`).
+    once when the head is applied outside its training domain, or to a structure beyond its applicability limit
+    (:class:`~mftcalc.calculators.model_handle.DomainWarning`).
 
     A model whose property heads read frame parameters (:mod:`mftcalc.data.frame_params`, e.g. a temperature)
     takes them from ``atoms.info`` (``atoms.info["temperature"] = 300.0``); a change of one counts as a change of
@@ -95,7 +95,9 @@ class MFTCalculator(Calculator):
                              "and ask the atoms (atoms.get_potential_energy(), atoms.get_forces(), ...)")
         value = super().get_property(name, atoms, allow_calculation)
         if name in self.handle.property_names and self.atoms is not None:   # a head's value is handed out
-            self.handle.warn_outside_domain([Structure.from_ase(self.atoms)], [name])
+            structure = Structure.from_ase(self.atoms)
+            self.handle.warn_outside_domain([structure], [name])
+            self.handle.warn_unfamiliar([structure], [self.results], [name])
         return value
 
     def calculate(self, atoms: Any = None, properties: Optional[List[str]] = None,

@@ -23,7 +23,8 @@ _log = logging.getLogger(__name__)
 
 
 class DomainWarning(UserWarning):
-    """A property head is applied outside the domain (periodicity, elements) it was trained on, or a structure
+    """A property head is applied outside the domain (periodicity, elements) it was trained on, or to a structure
+    farther from its training structures than any of them is from the rest (applicability score), or a structure
     states a charge or spin the model does not read."""
 
 
@@ -48,6 +49,7 @@ class ModelHandle:
     source: Optional[str] = None
     _checked: set = field(default_factory=set, repr=False)
     _said: set = field(default_factory=set, repr=False)          # dataset choices logged, domain warnings given
+    _limits: Dict[str, float] = field(default_factory=dict, repr=False)   # applicability limits, computed once
 
     @classmethod
     def load(cls, model: Any, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -268,3 +270,57 @@ class ModelHandle:
                                   f"{'; '.join(reasons.values())}. Its values there are extrapolations; further "
                                   "structures outside the domain are not reported", DomainWarning, stacklevel=3)
                     break
+
+    @property
+    def applicability_heads(self) -> List[str]:
+        """The applicability-score heads (kind ``knn_ood``, e.g. ``ood_score``) of a fine-tuned model."""
+        return [k for k, v in self.heads.items() if v.get("kind") == "knn_ood"]
+
+    def applicability_limit(self, name: str) -> float:
+        """The largest score of head ``name`` over its own training structures, each scored against the others
+        (:func:`mftcalc.model.applicability.training_score_limit`; dimensionless, computed once per handle). NaN
+        when the module does not expose the head (a model object without ``property_heads``)."""
+        if name not in self._limits:
+            from mftcalc.model.applicability import training_score_limit
+            heads = getattr(self.module, "property_heads", None)
+            head = getattr(heads, name, None) if heads is not None else None
+            self._limits[name] = training_score_limit(head) if head is not None else float("nan")
+        return self._limits[name]
+
+    def warn_unfamiliar(self, structures: Sequence[Structure], rows: Sequence[Dict[str, Any]],
+                        names: Optional[Sequence[str]] = None) -> None:
+        """Warn (:class:`DomainWarning`, once per handle, i.e. once per run) when property values are handed out
+        for a structure whose applicability score exceeds :meth:`applicability_limit`: it lies farther from the
+        fine-tuning's training structures than any of them from the rest, so the values are extrapolations.
+
+        ``rows``: one dict per structure (same order), holding each applicability head's score; ``names``: the
+        heads whose values are handed out (default all; the score heads themselves do not count). A structure
+        outside a handed-out head's training domain (elements, periodicity) is left to
+        :meth:`warn_outside_domain`, which names the reason."""
+        handed = [n for n in (self.property_names if names is None else names)
+                  if self.heads.get(n, {}).get("kind") != "knn_ood"]
+        if not handed or "unfamiliar" in self._said:
+            return
+        for score_name in self.applicability_heads:
+            limit = self.applicability_limit(score_name)
+            if not np.isfinite(limit):
+                continue
+            for structure, row in zip(structures, rows):
+                value = row.get(score_name)
+                if value is None or not float(value) > limit or self._outside_domain(structure, handed):
+                    continue
+                self._said.add("unfamiliar")
+                why = ("it holds an element no property-training structure had" if not np.isfinite(float(value))
+                       else f"beyond {limit:.3g}, the largest score of a training structure against the others")
+                warnings.warn(f"{named(structure, by_formula=True)} has "
+                              f"{score_name} {float(value):.3g} ({why}): it is unlike every structure the property "
+                              f"heads {handed} were fine-tuned on, so their values for it are extrapolations, and a "
+                              f"prediction interval is not calibrated there. Further such structures are not "
+                              f"reported; read {score_name!r} for each (a column of predict/relax/screen, or "
+                              f"calc.get_property({score_name!r}))", DomainWarning, stacklevel=3)
+                return
+
+    def _outside_domain(self, structure: Structure, names: Sequence[str]) -> bool:
+        """Whether ``structure`` lies outside the training domain of any head in ``names``."""
+        domains = self.head_domains
+        return any(domains[n].outside(structure, periodicity(structure, self.cutoff)) for n in names if n in domains)

@@ -42,7 +42,8 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
 
     Every structure is checked first (``ModelHandle.check_structure``: elements, overlapping atoms, force-field
     dataset; the first bad one raises ``ValueError`` naming it), and property heads applied outside their training
-    domain warn once. ``check=False`` skips both (for :func:`mftcalc.relaxation.api.relax`, whose inputs were checked:
+    domain warn once; so does a structure beyond the applicability limit (``ModelHandle.warn_unfamiliar``), with or
+    without ``check``. ``check=False`` skips both (for :func:`mftcalc.relaxation.api.relax`, whose inputs were checked:
     its relaxed structures only get their datasets). ``load_kwargs`` (model given as a path): ``dtype``,
     ``device``, ``head``, ``dataset`` (one force-field dataset for every structure; default: per structure by the
     rule of :mod:`mftcalc.calculators.domains`), ``allow_untrained_elements``.
@@ -75,13 +76,14 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
             from tqdm.auto import tqdm
             bar = tqdm(total=len(structures), desc="predict", unit="structure")
         with WorkerPool(handle, workers) as pool:
-            rows = predict_on(pool, structures, on_done=None if bar is None else bar.update, properties=properties,
+            rows = predict_on(pool, structures, on_done=None if bar is None else bar.update, properties=names,
                               max_atoms=max_atoms, forces=forces, stress=stress, max_angles=max_angles, check=False)
         if bar is not None:
             bar.close()
         return rows
     has_ff = bool(handle.forcefield_heads)
     out: List[Dict[str, Any]] = []
+    scores: List[Dict[str, float]] = []             # applicability scores, asked for or not (warn_unfamiliar)
     groups = chunk_groups(handle.module, structures, max_atoms, max_angles)
     if progress:
         from tqdm.auto import tqdm
@@ -99,6 +101,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         for k in range(len(chunk)):
             row: Dict[str, Any] = {p: float(res[p][k].detach()) for p in names}
+            scores.append({p: float(res[p][k].detach()) for p in handle.applicability_heads if p in res})
             if has_ff:
                 row["energy"] = float(res["energy"][k].detach())
             if want_forces:
@@ -106,6 +109,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
             if want_stress and chunk[k].pbc.all():
                 row["stress"] = res["stress"][k].detach().cpu().double().numpy()
             out.append(row)
+    handle.warn_unfamiliar(structures, scores, names)
     return out
 
 
@@ -145,5 +149,13 @@ def predict_on(pool: Any, structures: Sequence[Structure], chunk: Optional[int] 
                on_done: Optional[Callable[[int], None]] = None, **predict_kwargs: Any) -> list:
     """:func:`predict` of ``structures`` on a running :class:`mftcalc.relaxation.pool.WorkerPool` (its model), in
     chunks of up to 256 to whichever worker is free; ``predict_kwargs`` as for :func:`predict` (not ``workers``).
-    Rows in input order."""
-    return pool.map(_predict_task, structures, predict_kwargs, chunk=chunk, on_done=on_done, largest=256)
+    Rows in input order. The workers' warnings are silenced, so this process gives the applicability warning
+    (``ModelHandle.warn_unfamiliar``) from scores it asks for and drops unless they were asked for."""
+    handle = pool.handle
+    properties = predict_kwargs.pop("properties", None)
+    names = list(handle.property_names if properties is None else properties)
+    extra = [n for n in handle.applicability_heads if n not in names]
+    rows = pool.map(_predict_task, structures, {**predict_kwargs, "properties": names + extra}, chunk=chunk,
+                    on_done=on_done, largest=256)
+    handle.warn_unfamiliar(structures, rows, names)
+    return [{k: v for k, v in row.items() if k not in extra} for row in rows] if extra else rows

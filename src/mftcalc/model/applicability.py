@@ -60,6 +60,25 @@ class KnnApplicabilityHead(nn.Module):
         return torch.zeros_like(node[:, 0]), score
 
 
+def training_score_limit(head: nn.Module) -> float:
+    """The largest applicability score of the head's reference (training) structures, each scored against the
+    others (leave-one-out, the rule by which :func:`fit_applicability` set ``scale``); dimensionless. NaN for a
+    head with fewer than two reference structures (not fitted).
+
+    ``head`` is a :class:`KnnApplicabilityHead`, eager or TorchScript (only its buffers and ``k`` are read), so
+    checkpoints written before the limit existed get it from what they store.
+    """
+    reference = head.reference.detach().to(torch.float64)           # [M, n_dim]
+    m = reference.shape[0]
+    if m < 2:
+        return float("nan")
+    d = torch.cdist(reference, reference)                             # [M, M]; M <= max_reference (2000)
+    d.fill_diagonal_(float("inf"))
+    k = min(int(head.k), m - 1)
+    own = d.topk(k, dim=1, largest=False).values.mean(1)
+    return float(own.max()) / float(head.scale.detach().to(torch.float64)[0])
+
+
 def pooled_features(model: nn.Module, structures: Sequence, extensive: bool = False) -> np.ndarray:
     """[B, n_dim] per-structure sum (``extensive``) or mean of the model's backbone node features."""
     from mftcalc.model.inference import predict_structures

@@ -83,6 +83,18 @@ def model_card(path: str | Path) -> str:
                          "components' pooled features" + (f", frames grouped by `info['{key}']` and weighted by "
                          f"`info['{domain.get('weight_key', 'weight')}']` in training" if key else "")
                          + " (`mftcalc predict --group-key`; one structure alone is a group of one)")
+        if head.get("kind") == "knn_ood":
+            ref = ckpt["state_dict"].get(f"property_heads.{name}.reference")
+            if ref is not None and ref.shape[0] >= 2:
+                from mftcalc.model.applicability import KnnApplicabilityHead, training_score_limit
+                knn = KnnApplicabilityHead(int(ref.shape[1]))
+                knn.load_state_dict({k.split(".", 2)[2]: v for k, v in ckpt["state_dict"].items()
+                                     if k.startswith(f"property_heads.{name}.")})
+                lines.append(f"- **Applicability score** `{name}`: the k-nearest-neighbour distance of a structure's "
+                             f"pooled features to {ref.shape[0]:,} training structures, about 1 for a typical one; "
+                             f"above {training_score_limit(knn):.3g}, the largest a training structure has against "
+                             "the others, the calculators and predict/relax/screen warn (`DomainWarning`) that the "
+                             "properties are extrapolations (`mftcalc.model.applicability`)")
         iv = head.get("interval")
         if iv:
             lines.append(f"- **Prediction interval** `{name}`: `{iv['of']}` ± `{name}` holds the true value with "

@@ -139,6 +139,8 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
                 results = _local_chunks(chunks, handle, pool, options, labels=kind != "csv")
             for new_rows, finals in results:
                 new_rows = [{c: r.get(c, "") for c in columns} for r in new_rows]     # failures: empty values
+                if client is not None:                  # the Dask workers' warnings stay on the workers
+                    _warn_unfamiliar(handle, structures, new_rows, names)
                 rows.extend(new_rows)
                 final_structures.update(finals)
                 if store is not None:
@@ -156,6 +158,14 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
                 import json
                 provenance_path(out).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     return sorted(rows, key=lambda r: int(r["index"]))
+
+
+def _warn_unfamiliar(handle: ModelHandle, structures: List[Structure], rows: List[Dict[str, Any]],
+                     names: List[str]) -> None:
+    """``ModelHandle.warn_unfamiliar`` from finished result rows (their score columns; failed rows have none)."""
+    scores = [{h: float(r[property_column(handle, h)]) for h in handle.applicability_heads
+               if r.get(property_column(handle, h), "") != ""} for r in rows]
+    handle.warn_unfamiliar([structures[int(r["index"])] for r in rows], scores, names)
 
 
 def _local_chunks(chunks: Any, handle: ModelHandle, pool: Any, options: Dict[str, Any], labels: bool):
