@@ -10,6 +10,10 @@ set (6,042 ID molecules the models were not trained on), measured in the same ru
 - ``conformal × ood_score`` (what ``mftcalc finetune`` and ``mftcalc calibrate`` ship as ``gap_pi90``):
   ŷ ± q · ood_score, q the split-conformal quantile of |y − ŷ| / ood_score.
 
+The second table measures the applicability limit (``ModelHandle.applicability_limit``: the largest ood_score of a
+training structure against the others, above which the calculators warn): the fraction of each set beyond it and
+the mean absolute error there against the rest.
+
 The table gives coverage (the fraction of test molecules whose true gap lies in the interval; nominal 0.90) and
 the mean half-width on the ID test set (5,983 molecules) and on the OOD test set (the 10,000 lowest-density
 gaps); the plot, coverage against nominal level from 0.5 to 0.95. ``--write`` calibrates each model's
@@ -85,6 +89,8 @@ def main() -> int:
     lines = ["| model | interval (90 %) | ID coverage | ID mean half-width (Ha) | OOD coverage | "
              "OOD mean half-width (Ha) |", "|---|---|---|---|---|---|"]
     curves, notes = {}, []
+    limit_rows = ["| model | limit | set | beyond the limit | MAE beyond (Ha) | MAE within (Ha) | ratio |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
     started = time.perf_counter()
     for model_path in args.models:
         name = Path(model_path).stem
@@ -102,6 +108,7 @@ def main() -> int:
         med = {p: float(np.median(data[p][2])) for p in ("id_test", "ood_test")}
         notes.append(f"- `{name}`: Spearman ρ(|error|, ood_score) {rho['id_test']:.2f} (ID), {rho['ood_test']:.2f} "
                      f"(OOD); median ood_score {med['id_test']:.2f} (ID), {med['ood_test']:.2f} (OOD)")
+        limit_rows.extend(limit_table(name, REPO / model_path, data))
         if args.write:
             from mftcalc.model.checkpoint import load_model, save_model
             from mftcalc.model.intervals import calibrate_interval
@@ -121,13 +128,36 @@ def main() -> int:
                       "`OMP_NUM_THREADS=1 python benchmarks/prediction_intervals.py" + (" --write" if args.write
                                                                                          else "") + "`", "",
                       "Calibrated on BOOM's gap validation set (6,042 ID molecules); nominal coverage 0.90.", "",
-                      *lines, "", *notes, f"- {wall / 60:.1f} min on one core (predictions of 3 sets × "
+                      *lines, "", "Applicability limit (the calculators' warning):", "", *limit_rows, "",
+                      *notes, f"- {wall / 60:.1f} min on one core (predictions of 3 sets × "
                       f"{len(args.models)} models)", ""])
     out = Path(args.out)
     out.with_suffix(".md").write_text(text)
     print(text)
     plot(curves, args.models, methods, out.with_suffix(".png"))
     return 0
+
+
+def limit_table(name: str, model_path: Path, data: dict) -> list:
+    """Rows of the limit table: per set, how many molecules lie beyond the model's applicability limit and the
+    mean absolute error of the gap beyond it and within it."""
+    from mftcalc.calculators.model_handle import ModelHandle
+    limit = ModelHandle.load(model_path).applicability_limit("ood_score")
+    rows = []
+    for part in PARTS:
+        truth, pred, score = data[part]
+        error, beyond = np.abs(truth - pred), score > limit
+        out = error[beyond].mean() if beyond.any() else float("nan")
+        rows.append(f"| `{name}` | {limit:.2f} | {part} | {beyond.sum():,} of {len(score):,} ({100 * beyond.mean():.2f} %) "
+                    f"| {out:.4f} | {error[~beyond].mean():.4f} | {out / error[~beyond].mean():.2f} |")
+    from ase import Atoms
+    from ase.build import molecule
+    from mftcalc import predict
+    odd = {"CH4": molecule("CH4"), "C (one atom)": Atoms("C"), "C60": molecule("C60")}   # unlike QM9's molecules
+    found = predict(list(odd.values()), model_path, properties=["gap", "ood_score"], dataset="xtb_qm9")
+    rows.append(f"| `{name}` | {limit:.2f} | off QM9: " + ", ".join(
+        f"{k} ood_score {r['ood_score']:.3g}, gap {r['gap']:.3f} Ha" for k, r in zip(odd, found)) + " | | | | |")
+    return rows
 
 
 def plot(curves: dict, models: list, methods: tuple, path: Path) -> None:

@@ -287,8 +287,8 @@ class ModelHandle:
             self._limits[name] = training_score_limit(head) if head is not None else float("nan")
         return self._limits[name]
 
-    def warn_unfamiliar(self, structures: Sequence[Structure], rows: Sequence[Dict[str, Any]],
-                        names: Optional[Sequence[str]] = None) -> None:
+    def warn_unfamiliar(self, structures: Sequence[Optional[Structure]], rows: Sequence[Dict[str, Any]],
+                        names: Optional[Sequence[str]] = None, labels: Optional[Sequence[str]] = None) -> None:
         """Warn (:class:`DomainWarning`, once per handle, i.e. once per run) when property values are handed out
         for a structure whose applicability score exceeds :meth:`applicability_limit`: it lies farther from the
         fine-tuning's training structures than any of them from the rest, so the values are extrapolations.
@@ -296,7 +296,8 @@ class ModelHandle:
         ``rows``: one dict per structure (same order), holding each applicability head's score; ``names``: the
         heads whose values are handed out (default all; the score heads themselves do not count). A structure
         outside a handed-out head's training domain (elements, periodicity) is left to
-        :meth:`warn_outside_domain`, which names the reason."""
+        :meth:`warn_outside_domain`, which names the reason. ``labels``: how to name each row (default: the
+        structure's formula and name); a row of a group of structures has no single structure (None)."""
         handed = [n for n in (self.property_names if names is None else names)
                   if self.heads.get(n, {}).get("kind") != "knn_ood"]
         if not handed or "unfamiliar" in self._said:
@@ -305,14 +306,15 @@ class ModelHandle:
             limit = self.applicability_limit(score_name)
             if not np.isfinite(limit):
                 continue
-            for structure, row in zip(structures, rows):
+            for k, (structure, row) in enumerate(zip(structures, rows)):
                 value = row.get(score_name)
-                if value is None or not float(value) > limit or self._outside_domain(structure, handed):
+                if value is None or not float(value) > limit or (structure is not None
+                                                                 and self._outside_domain(structure, handed)):
                     continue
                 self._said.add("unfamiliar")
                 why = ("it holds an element no property-training structure had" if not np.isfinite(float(value))
                        else f"beyond {limit:.3g}, the largest score of a training structure against the others")
-                warnings.warn(f"{named(structure, by_formula=True)} has "
+                warnings.warn(f"{labels[k] if labels is not None else named(structure, by_formula=True)} has "
                               f"{score_name} {float(value):.3g} ({why}): it is unlike every structure the property "
                               f"heads {handed} were fine-tuned on, so their values for it are extrapolations, and a "
                               f"prediction interval is not calibrated there. Further such structures are not "

@@ -137,6 +137,8 @@ def predict_groups_of(assemblies: Sequence[Any], handle: ModelHandle, properties
     if check:
         handle.check_structures([c for a in items for c in a.components], forcefield=False)
     rows = predict_assemblies(handle.module, items, max_atoms, handle.dtype, handle.device, names=names)
+    handle.warn_unfamiliar([None] * len(rows), rows, names,
+                           [f"group {k} (its least familiar component)" for k in range(len(rows))])
     return [{k: v for k, v in row.items() if k in names or k == "ood_score"} for row in rows]
 
 

@@ -59,6 +59,8 @@ def predict_groups(model: Any, path: str | Path, out: Optional[str | Path], grou
                                     forces=None, stress=None) for s, r in zip(structures, relaxed)]
         assemblies = group_structures(structures, group_key, weight_key, handle.frame_params, where=str(path))
     predicted = predict_assemblies(handle.module, assemblies, names=names, device=handle.device, dtype=dtype)
+    handle.warn_unfamiliar([None] * len(predicted), predicted, names,
+                           [f"group {a.info['group']!r} (its least familiar component)" for a in assemblies])
     rows: List[Dict[str, Any]] = []
     for assembly, values in zip(assemblies, predicted):
         row: Dict[str, Any] = {"group": assembly.info["group"], "n_components": len(assembly.components),

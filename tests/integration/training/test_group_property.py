@@ -186,7 +186,7 @@ def test_finetune_learns_a_group_label_from_scratch(tmp_path):
     assert result["val"]["mae"] < 0.6 * constant, (result["val"], constant)   # learned beyond the mean
 
 
-def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group(tmp_path):
+def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group(tmp_path, capsys):
     from mftcalc.cli import main
     write(tmp_path / "mix.extxyz", _mixtures(30))
     assert main(["finetune", "--data", str(tmp_path / "mix.extxyz"), "--property", "cp", "--unit", "K",
@@ -212,6 +212,14 @@ def test_command_line_mft_on_groups_keeps_the_force_field_and_predicts_per_group
     expected = predict_assemblies(load_model(tmp_path / "cp.pt"), group_structures(
         [Structure.from_ase(a) for a in _mixtures(30)]))
     np.testing.assert_allclose([float(r["cp_K"]) for r in rows], [e["cp"] for e in expected], rtol=1e-5)
+    odd = _mixtures(2)
+    fullerene = molecule("C60")
+    fullerene.info.update(group="odd", weight=1.0)
+    write(tmp_path / "odd.extxyz", odd + [fullerene])
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "cp.pt"), str(tmp_path / "odd.extxyz"), "--out",
+                 str(tmp_path / "odd.csv"), "--group-key", "group"]) == 0
+    assert "warning: group 'odd' (its least familiar component) has ood_score" in capsys.readouterr().err
     assert main(["relax", str(tmp_path / "cp.pt"), str(tmp_path / "mix.extxyz"), "--out",
                  str(tmp_path / "relaxed.csv"), "--group-key", "group", "--fmax", "0.05"]) == 0
     relaxed = list(csv.DictReader(open(tmp_path / "relaxed.csv")))
