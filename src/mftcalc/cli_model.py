@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mftcalc.geometry.units import GPA
 from mftcalc.relaxation.optimizers import DEVICE_OPTIMIZERS, OPTIMIZERS
 from mftcalc.workflows.screening import OUTPUT_HELP
 
@@ -103,14 +104,15 @@ def _relax(args: argparse.Namespace) -> int:
         rows = predict_groups(args.model, args.input, args.out, args.group_key, args.weight_key, DTYPES[args.dtype],
                               args.device or "auto", relax_options=dict(
                                   fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
-                                  cell_filter=args.cell_filter))
+                                  cell_filter=args.cell_filter, pressure=args.pressure * GPA))
         converged = sum(r["n_converged"] == r["n_components"] for r in rows)
         print(f"{len(rows)} groups, {converged} with every component relaxed to fmax {args.fmax} eV/Å\n"
               f"wrote {args.out}")
         return 0
     from mftcalc.workflows.screening import screen, summary
     rows = screen(args.input, args.model, args.out, do_relax=True, fmax=args.fmax, steps=args.steps,
-                  optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers, shard=args.shard,
+                  optimizer=args.optimizer, cell_filter=args.cell_filter, pressure=args.pressure * GPA,
+                  workers=args.workers, shard=args.shard,
                   dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
     print(f"{summary(rows, relaxed=True)}\nwrote {_written(args)}")
     return 0
@@ -126,8 +128,8 @@ def _screen(args: argparse.Namespace) -> int:
         print(f"mftcalc: Dask scheduler {args.scheduler}: {len(client.scheduler_info()['workers'])} worker(s)")
     try:
         rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
-                      optimizer=args.optimizer, cell_filter=args.cell_filter, workers=args.workers, shard=args.shard,
-                      client=client, dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
+                      optimizer=args.optimizer, cell_filter=args.cell_filter, pressure=args.pressure * GPA,
+                      workers=args.workers, shard=args.shard, client=client, dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
     finally:
         if client is not None:
             client.close()
@@ -184,6 +186,9 @@ def _relax_options(p: Any) -> None:
     p.add_argument("--cell-filter", choices=["unitcell", "frechet"], default=None,
                    help="relax the cell too, as ASE's UnitCellFilter / FrechetCellFilter (periodic structures; "
                    "default: fixed cell)")
+    p.add_argument("--pressure", type=float, default=0.0, metavar="GPA",
+                   help="hydrostatic pressure on the cell, GPa, with --cell-filter: the relaxed cell has stress "
+                   "-pressure (the minimum of the enthalpy E + pV; the energy column stays E) (default: 0)")
     p.add_argument("--workers", type=int, default=1, help="CPU processes, one model copy each (e.g. one per core)")
 
 

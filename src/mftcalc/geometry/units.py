@@ -33,3 +33,5 @@ FS: float = _ASE["fs"]
 INVCM: float = _ASE["invcm"]
 #: eV per (eV/(Å²·amu))^½: ħω of a mass-weighted Hessian eigenvalue ω² given in eV/(Å²·amu), as ASE's VibrationsData
 HBAR_OMEGA: float = _ASE["_hbar"] * 1e10 / (_ASE["_e"] * _ASE["_amu"]) ** 0.5
+#: eV/Å³ per GPa (pressure and stress)
+GPA: float = _ASE["GPa"]

@@ -7,11 +7,13 @@ batched prediction (:mod:`mftcalc.calculators.predict`); none of them imports it
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, List, Optional, Sequence
 
 from mftcalc.calculators.inputs import as_structures
 from mftcalc.calculators.predict import _as_handle, predict, predict_on
 from mftcalc.data.structure import Structure
+from mftcalc.geometry.units import GPA
 from mftcalc.model.inference import DEFAULT_MAX_ANGLES, angle_costs
 from mftcalc.relaxation.bfgs import BFGSParams
 from mftcalc.relaxation.cell_filters import CELL_FILTERS
@@ -44,13 +46,24 @@ def check_constraints(structures: Sequence[Structure], optimizer: str, device_st
     return False
 
 
+def check_pressure(pressure: float, cell_filter: Optional[str]) -> None:
+    """Raise ``ValueError`` naming the fix for a pressure that is not a finite number, or a non-zero one without a
+    cell filter (a fixed cell feels no pressure)."""
+    if isinstance(pressure, bool) or not isinstance(pressure, (int, float)) or not math.isfinite(pressure):
+        raise ValueError(f"pressure must be a finite number in eV/Å³ (1 GPa = 0.00624 eV/Å³); got {pressure!r}")
+    if pressure != 0.0 and cell_filter is None:
+        raise ValueError(f"pressure={pressure:g} eV/Å³ ({pressure / GPA:g} GPa) acts on the cell, which stays fixed "
+                         "without a cell filter: "
+                         "give cell_filter='frechet' (or 'unitcell'; --cell-filter on the command line)")
+
+
 def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int = 500,
           optimizer: str = "fire", cell_filter: Optional[str] = None, max_atoms: int = 4096,
           max_angles: Optional[int] = DEFAULT_MAX_ANGLES, properties: Optional[Sequence[str]] = None,
           fire: FireParams = FireParams(), bfgs: BFGSParams = BFGSParams(),
           internal: Optional[InternalBFGSParams] = None, progress: bool = False,
           workers: int = 1, pool: Optional[WorkerPool] = None, lbfgs: LBFGSParams = LBFGSParams(),
-          device_step: bool | str = "auto", **load_kwargs: Any) -> List[RelaxResult]:
+          device_step: bool | str = "auto", pressure: float = 0.0, **load_kwargs: Any) -> List[RelaxResult]:
     """Relax many structures together (positions, or positions and cell), then predict their properties.
 
     Args:
@@ -76,7 +89,10 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
             True (always; ``ValueError`` for an optimizer without one) or False (the host path). cell_filter:
             ``None`` (fixed cell) or ``"unitcell"`` / ``"frechet"`` (cell and positions together, ASE's
             ``UnitCellFilter`` / ``FrechetCellFilter`` with cell_factor = number of atoms; periodic structures
-            only; ``fmax`` then also bounds the filter's cell forces). max_atoms, max_angles: limits of the in-flight batch (angles counted on the input geometries at the model's
+            only; ``fmax`` then also bounds the filter's cell forces). pressure: hydrostatic pressure on the cell,
+            eV/Å³ (ASE's ``scalar_pressure``; 1 GPa = ``mftcalc.geometry.units.GPA`` = 0.00624 eV/Å³), with a
+            ``cell_filter``: the relaxed cell has stress −pressure·I (ASE sign), the minimum of the enthalpy
+            E + pV; the results' energy is E. max_atoms, max_angles: limits of the in-flight batch (angles counted on the input geometries at the model's
             a_rcut; ``max_angles=None``: atoms only). progress: a tqdm bar over the structures.
         workers: CPU processes to spread the structures over (each with its own model copy and
             ``torch.get_num_threads() // workers`` threads; see :mod:`mftcalc.relaxation.pool`); 1: this
@@ -97,6 +113,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
         raise ValueError(f"unknown cell_filter {cell_filter!r}; use None, 'unitcell' or 'frechet'")
     if cell_filter is not None and not all(s.pbc.all() for s in structures):
         raise ValueError(f"cell_filter={cell_filter!r} needs structures periodic in all three directions")
+    check_pressure(pressure, cell_filter)
     handle = _as_handle(model, **load_kwargs)
     if not handle.forcefield_heads:
         raise ValueError("the model has no force-field head, so it cannot relax structures")
@@ -106,7 +123,8 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
         stepper = make_optimizer(name, fire=fire, bfgs=bfgs, lbfgs=lbfgs, internal=internal)
     handle.warn_outside_domain(structures, properties)
     costs = angle_costs(handle.module, structures, max_angles)
-    stream_kwargs = dict(fmax=fmax, max_steps=steps, fire=fire, cell_filter=cell_filter, max_atoms=max_atoms,
+    stream_kwargs = dict(fmax=fmax, max_steps=steps, fire=fire, cell_filter=cell_filter, pressure=float(pressure),
+                         max_atoms=max_atoms,
                          max_cost=max_angles if costs is not None else None, optimizer=stepper)
     items = [(k, s, None if costs is None else float(costs[k])) for k, s in enumerate(structures)]
     final: List[Optional[RelaxResult]] = [None] * len(items)

@@ -15,11 +15,16 @@ ms as is, 2.0 ms changed, 1.1 ms for the numpy filter it replaces):
 - its matrix logarithms (of F in the forces, of n·F in the coordinates) come from the eigendecomposition of the
   3×3 matrix (:func:`_logm`, ~0.2 ms) instead of ``scipy.linalg.logm`` (~3 ms each, three per step in ASE).
 
+An external hydrostatic pressure p (eV/Å³, ASE's ``scalar_pressure``; ``relax(pressure=...)``) enters as ASE's
+filters take it: the virial becomes −V (σ + p I), so a relaxed cell has σ = −p I (ASE sign), and the filter's
+energy is the enthalpy E + pV.
+
 Forces eV/Å; generalised cell forces eV (virial / cell factor).
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from functools import partial
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 from ase.filters import FrechetCellFilter, UnitCellFilter
@@ -70,7 +75,8 @@ class Frechet(_ForcesOncePerResult, FrechetCellFilter):
         from scipy.linalg import expm_frechet
         atoms = self.atoms
         grad = self.deform_grad()                                       # F [3, 3]
-        virial = -atoms.cell.volume * atoms.get_stress(voigt=False)     # eV
+        stress = atoms.get_stress(voigt=False) + self.scalar_pressure * np.eye(3)    # eV/Å³, as ASE's filters
+        virial = -atoms.cell.volume * stress                            # eV
         cell_grad = virial @ np.linalg.inv(grad.T)                      # σ = virial · F⁻ᵀ
         log_force = expm_frechet(_logm(grad).T, cell_grad, compute_expm=False)
         return np.concatenate([atoms.get_forces() @ grad, log_force / self.exp_cell_factor])
@@ -78,3 +84,11 @@ class Frechet(_ForcesOncePerResult, FrechetCellFilter):
 
 #: ``cell_filter=`` name -> filter class (constructed around an ``ase.Atoms`` carrying ``ModelResults``)
 CELL_FILTERS: Dict[str, type] = {"unitcell": UnitCell, "frechet": Frechet}
+
+
+def filter_factory(name: Optional[str], pressure: float = 0.0) -> Optional[Callable[[Any], Any]]:
+    """``atoms -> filter`` for ``cell_filter=`` name (None: fixed cell, no factory) under hydrostatic ``pressure``
+    (eV/Å³, ASE's ``scalar_pressure``)."""
+    if name is None:
+        return None
+    return partial(CELL_FILTERS[name], scalar_pressure=float(pressure))

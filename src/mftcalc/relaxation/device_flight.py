@@ -34,7 +34,7 @@ from mftcalc.relaxation.flight import InFlight
 
 LAYOUTS = ("slot", "atoms", "rows", "dofs")
 _OWN = {"numbers": "atoms", "pbc": "slot", "dataset": "slot", "n": "slot", "cell0": "slot", "cell": "slot",
-        "grad": "slot", "x": "rows", "positions": "atoms"}
+        "grad": "slot", "x": "rows", "positions": "atoms", "pressure": "slot"}
 _RESULTS = {"energy": "slot", "forces": "atoms", "stress": "slot", "f": "rows"}
 
 
@@ -90,6 +90,8 @@ class DeviceBatch:
                "pbc": torch.from_numpy(np.stack([f.structure.pbc for f in flights])).to(dev),
                "dataset": torch.tensor([f.dataset for f in flights], dtype=torch.int64, device=dev),
                "n": torch.tensor(ns, dtype=torch.float64, device=dev),
+               "pressure": torch.tensor([float(getattr(f.target, "scalar_pressure", 0.0)) for f in flights],
+                                        dtype=torch.float64, device=dev),
                "cell0": torch.from_numpy(np.stack([f.structure.cell for f in flights]).astype(np.float64)).to(dev)}
         new["cell"] = new["cell0"].clone()
         new["grad"] = torch.eye(3, dtype=torch.float64, device=dev).expand(k, 3, 3).clone()
@@ -184,7 +186,8 @@ class DeviceBatch:
                 raise ValueError("a cell filter needs the model's stress")
             t["stress"] = stress.detach().to(torch.float64)
             atom_f, cell_f = torch_cell.generalised_forces(self.kind, t["forces"], t["stress"], t["cell"],
-                                                           t["grad"], t["x"][:, self.n_max:], t["n"])
+                                                           t["grad"], t["x"][:, self.n_max:], t["n"],
+                                                           t["pressure"])
             t["f"] = torch.cat([atom_f, cell_f], dim=1)
         return torch.sqrt((t["f"] * t["f"]).sum(-1)).amax(1)
 

@@ -20,7 +20,7 @@ import numpy as np
 from mftcalc.calculators.model_handle import ModelHandle
 from mftcalc.data.structure import Structure
 from mftcalc.relaxation.bfgs import BFGSParams
-from mftcalc.relaxation.cell_filters import CELL_FILTERS
+from mftcalc.relaxation.cell_filters import filter_factory
 from mftcalc.relaxation.flight import InFlight
 from mftcalc.relaxation.internal_bfgs import InternalBFGSParams
 from mftcalc.relaxation.optimizers import BFGS, FireParams, Fire, InternalBFGS, Optimizer
@@ -99,7 +99,8 @@ def _evaluate(handle: ModelHandle, optimizer: Optimizer, flights: List[InFlight]
 def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None], handle: ModelHandle,
                  fmax: float, max_steps: int, fire: FireParams, cell_filter: Optional[str] = None,
                  max_atoms: int = 4096, max_cost: Optional[float] = None, bfgs: Optional[BFGSParams] = None,
-                 internal: Optional[InternalBFGSParams] = None, optimizer: Optional[Optimizer] = None) -> None:
+                 internal: Optional[InternalBFGSParams] = None, optimizer: Optional[Optimizer] = None,
+                 pressure: float = 0.0) -> None:
     """Relax a stream of structures on one in-flight batch: ``items`` yields ``(key, structure, cost)``
     (cost: the structure's angle count, or ``None``), pulled only when the batch has room; ``emit(key, result)``
     as each structure finishes. Structures leave when converged (fmax eV/Å) or after ``max_steps`` steps, and the
@@ -109,13 +110,14 @@ def relax_stream(items: Iterable[tuple], emit: Callable[[Any, RelaxResult], None
     Each structure moves by ``optimizer`` (an object of :data:`mftcalc.relaxation.optimizers.OPTIMIZERS` or
     ``DEVICE_OPTIMIZERS``, one per stream); without one,
     by BFGS in internal coordinates when ``internal`` is given, by BFGS when ``bfgs`` is given, else by FIRE with
-    ``fire``. ``cell_filter`` (``"unitcell"``/``"frechet"``) moves the cell too. A stream fed by a queue lets worker
+    ``fire``. ``cell_filter`` (``"unitcell"``/``"frechet"``) moves the cell too, under hydrostatic ``pressure``
+    (eV/Å³). A stream fed by a queue lets worker
     processes share one input (:mod:`mftcalc.relaxation.pool`): no worker drains its batch early. The force-field
     dataset of each structure is ``handle.dataset_index`` (the callers have checked the structures).
     """
     if optimizer is None:
         optimizer = InternalBFGS(internal) if internal is not None else BFGS(bfgs) if bfgs is not None else Fire(fire)
-    wrap = CELL_FILTERS[cell_filter] if cell_filter is not None else None
+    wrap = filter_factory(cell_filter, pressure)
     intake = _Intake(items, max_atoms, max_cost)
     active: List[InFlight] = []
     while active or not intake.exhausted:

@@ -58,11 +58,15 @@ def expm_frechet(a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 def generalised_forces(kind: str, forces: torch.Tensor, stress: torch.Tensor, cell: torch.Tensor,
-                       grad: torch.Tensor, rows: torch.Tensor, n: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                       grad: torch.Tensor, rows: torch.Tensor, n: torch.Tensor,
+                       pressure: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The filter's forces: atom rows f F [B, m, 3] (eV/Å) from ``forces`` [B, m, 3] eV/Å, and cell rows [B, 3, 3]
     (eV) from ``stress`` [B, 3, 3] eV/Å³ (ASE sign) at ``cell`` [B, 3, 3] Å with deformation gradient ``grad``
-    [B, 3, 3], cell coordinates ``rows`` [B, 3, 3] and ``n`` [B] atoms (module docstring)."""
+    [B, 3, 3], cell coordinates ``rows`` [B, 3, 3] and ``n`` [B] atoms (module docstring); ``pressure`` [B]
+    eV/Å³: the hydrostatic pressure of each structure (ASE's ``scalar_pressure``: σ + p I in the virial)."""
     sym = 0.5 * (stress + stress.transpose(1, 2))
+    if pressure is not None:
+        sym = sym + pressure[:, None, None] * torch.eye(3, dtype=sym.dtype, device=sym.device)
     virial = -torch.abs(torch.linalg.det(cell))[:, None, None] * sym
     cell_grad = virial @ torch.linalg.inv(grad.transpose(1, 2))                       # W F⁻ᵀ
     if _check(kind) == "frechet":

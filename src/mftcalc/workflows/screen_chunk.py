@@ -21,9 +21,10 @@ from mftcalc.workflows.screen_format import ENERGY, FMAX, frame_param_column, pr
 
 def screen_chunk(structures: Dict[int, Structure], handle: ModelHandle, pool: Any, do_relax: bool, fmax: float,
                  steps: int, names: List[str], optimizer: str, cell_filter: Optional[str],
-                 final_structures: Dict[int, Structure], labels: bool = False) -> List[Dict[str, Any]]:
+                 final_structures: Dict[int, Structure], labels: bool = False,
+                 pressure: float = 0.0) -> List[Dict[str, Any]]:
     """Check, relax (or predict) one chunk: ``structures`` by input index, in input order. Returns their rows in
-    that order (failures: ``error`` set, no values). ``pool``: a :class:`mftcalc.relaxation.api.ModelWorkers` or None.
+    that order (failures: ``error`` set, no values). ``pressure``: eV/Å³ on the cell (with ``cell_filter``). ``pool``: a :class:`mftcalc.relaxation.api.ModelWorkers` or None.
     ``final_structures`` gets each (relaxed) structure by index: with ``labels``, the model's energy, forces and
     stress (periodic) as its labels (no labels for a failed structure), for the extxyz/db writers."""
     rows: Dict[int, Dict[str, Any]] = {}
@@ -39,7 +40,8 @@ def screen_chunk(structures: Dict[int, Structure], handle: ModelHandle, pool: An
             final_structures[k] = _unlabelled(s) if labels else s
     batch = [structures[k] for k in ok]
     if batch and do_relax:
-        kwargs = dict(fmax=fmax, steps=steps, properties=names, optimizer=optimizer, cell_filter=cell_filter)
+        kwargs = dict(fmax=fmax, steps=steps, properties=names, optimizer=optimizer, cell_filter=cell_filter,
+                      pressure=pressure)
         results = pool.relax(batch, **kwargs) if pool is not None else relax(batch, handle, **kwargs)
         for k, r in zip(ok, results):
             final_structures[k] = r.structure

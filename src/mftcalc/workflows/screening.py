@@ -64,7 +64,7 @@ def _model_sha256(handle: ModelHandle) -> str:
 def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | Path, do_relax: bool = True,
            fmax: float = 0.05, steps: int = 500, chunk: int = 256, properties: Optional[Sequence[str]] = None,
            progress: bool = True, optimizer: str = "fire", cell_filter: Optional[str] = None, workers: int = 1,
-           shard: Optional[Union[str, Tuple[int, int]]] = None, client: Any = None,
+           shard: Optional[Union[str, Tuple[int, int]]] = None, client: Any = None, pressure: float = 0.0,
            **load_kwargs: Any) -> List[Dict[str, Any]]:
     """Relax (optionally) and predict every structure of ``input_path``; results go to ``out``.
 
@@ -86,7 +86,8 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
     round robin), written to ``<out stem>.shard-I-of-N<suffix>``; ``mftcalc merge`` joins the shards into exactly
     this function's unsharded output. ``client``: a ``distributed.Client``; the chunks run as tasks on its workers,
     each keeping one model loaded (:mod:`mftcalc.workflows.dask_screen`), and the results stream into the same
-    output. ``load_kwargs``: as for :meth:`ModelHandle.load` (``device``, ``dtype``, ``dataset``, ``head``, ...),
+    output. ``pressure``: hydrostatic pressure on the cell, eV/Å³, for a relaxation with ``cell_filter``
+    (:func:`mftcalc.relax`). ``load_kwargs``: as for :meth:`ModelHandle.load` (``device``, ``dtype``, ``dataset``, ``head``, ...),
     when ``model`` is a path (with ``client``: how the workers load it; this process reads it on the CPU).
     Returns the rows of the structures this call covers (all, or the shard's), in input order.
     """
@@ -112,8 +113,13 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
     columns = result_columns(handle, names)
     mine = blocks(len(structures), chunk, shard)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if do_relax:
+        from mftcalc.relaxation.api import check_pressure
+        check_pressure(pressure, cell_filter)
+    elif pressure:
+        raise ValueError("pressure acts in a relaxation of the cell: give do_relax=True (--relax) and a cell filter")
     options = dict(do_relax=do_relax, fmax=fmax, steps=steps, names=names, optimizer=optimizer,
-                   cell_filter=cell_filter)
+                   cell_filter=cell_filter, pressure=float(pressure))
     shard_entry = None if shard is None else shard_option(shard, chunk, len(structures))
     with _results(out, handle, input_path, columns, structures, options, shard_entry, mine) as (store, provenance):
         done = store.done if store is not None else {}
@@ -191,6 +197,8 @@ def _results(out: Path, handle: ModelHandle, input_path: Optional[str | Path], c
     if run["do_relax"]:
         options.update(fmax=run["fmax"], steps=run["steps"], optimizer=run["optimizer"],
                        cell_filter=run["cell_filter"])
+        if run["pressure"]:                  # recorded (and a resume at another pressure refused) when set
+            options["pressure_eV_per_A3"] = run["pressure"]
     if shard_entry is not None:
         options["shard"] = shard_entry
     if input_path is None:
