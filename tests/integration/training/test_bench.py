@@ -129,17 +129,16 @@ def test_parse_shard_rejects_bad_values():
             parse_shard(bad)
 
 
-def test_bench_strategies_and_seeds_options_run_a_subset(tiny_pretrained, tmp_path):
+def test_bench_strategies_and_seeds_options_run_a_subset(tiny_pretrained, tmp_path, capsys):
+    from mftcalc.cli import main                 # in this process: `python -m mftcalc` has its own test
     config = _bench_config(tmp_path, tiny_pretrained, seeds=[0, 1])
-    done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--strategies", "lp,ft",
-                           "--seeds", "1"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["bench", str(config), "--strategies", "lp,ft", "--seeds", "1"]) == 0
     final = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert sorted(k for k in final if not k.startswith("_")) == ["qm9:gap|ft|seed1|frac0.0003",
                                                                  "qm9:gap|lp|seed1|frac0.0003"]
-    bad = subprocess.run([sys.executable, "-m", "mftcalc.cli", "bench", str(config), "--strategies", "fancy"],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "unknown strategy 'fancy'" in bad.stderr
+    capsys.readouterr()
+    assert main(["bench", str(config), "--strategies", "fancy"]) != 0
+    assert "unknown strategy 'fancy'" in capsys.readouterr().err
 
 
 def test_a_finished_cell_with_other_inputs_is_refused_not_reported(tiny_pretrained, tmp_path, capsys):
