@@ -17,7 +17,9 @@ class MFTCalculator(Calculator):
 
     ``implemented_properties`` = energy, free_energy, energies, forces, stress, plus every property head of the
     model under its own name, so ``atoms.calc.get_property("gap", atoms)`` works; all come from one forward pass
-    and are cached by ASE's ``check_state``. Stress is given for structures periodic in all three directions.
+    and are cached by ASE's ``check_state``. Stress is given for structures periodic in at least one direction
+    whose cell has a volume (a crystal; a slab or wire over its cell's volume, vacuum included, as plane-wave DFT
+    codes give it: ASE's ``FrechetCellFilter(atoms, mask=[1, 1, 0, 0, 0, 1])`` relaxes a slab's in-plane cell).
 
     Args:
         model: path to a checkpoint/export, or a model object.
@@ -118,7 +120,7 @@ class MFTCalculator(Calculator):
         batch = collate([structure], dtype=self.handle.dtype, dataset=dataset, properties=[],
                         device=self.handle.device, frame_params=frame_names if with_properties else [])
         has_ff = bool(self.handle.forcefield_heads)
-        periodic = bool(structure.pbc.all())
+        periodic = structure.stress_defined
         out = self.handle.module(batch, compute_forces=has_ff, compute_stress=has_ff and periodic,
                                  compute_properties=with_properties, features=False)
         results = {}
@@ -134,7 +136,9 @@ class MFTCalculator(Calculator):
             results[name] = float(out[name][0].detach())
         self.results = results
         if "stress" in (properties or []) and "stress" not in results:
-            raise PropertyNotImplementedError("stress needs a structure periodic in all three directions")
+            raise PropertyNotImplementedError("stress needs a structure periodic in at least one direction whose "
+                                              "cell has a volume; give the non-periodic directions cell vectors "
+                                              "across the vacuum (e.g. atoms.center(vacuum=10.0, axis=2))")
 
 
 def _same(a: Any, b: Any) -> bool:

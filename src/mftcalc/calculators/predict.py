@@ -38,7 +38,8 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     (:func:`mftcalc.calculators.inputs.as_structures`; anything else raises ``TypeError`` naming its index).
     Returns one dict per structure: ``energy`` (eV, if the model has a force field), each requested property
     (all property heads by default, in the head's unit), ``forces`` [n, 3] eV/Å when ``forces=True`` and
-    ``stress`` [3, 3] eV/Å³ (ASE sign) when ``stress=True``, for structures periodic in all three directions.
+    ``stress`` [3, 3] eV/Å³ (ASE sign) when ``stress=True``, for structures with one
+    (:attr:`mftcalc.data.Structure.stress_defined`: periodic in at least one direction, a cell with a volume).
 
     Every structure is checked first (``ModelHandle.check_structure``: elements, overlapping atoms, force-field
     dataset; the first bad one raises ``ValueError`` naming it), and property heads applied outside their training
@@ -93,7 +94,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
         batch = collate(chunk, handle.dtype, dataset=[datasets[i] for i in group], properties=[],
                         device=handle.device, frame_params=handle.frame_params)
         want_forces = forces and has_ff
-        want_stress = stress and has_ff and any(s.pbc.all() for s in chunk)
+        want_stress = stress and has_ff and any(s.stress_defined for s in chunk)
         context = torch.enable_grad() if (want_forces or want_stress) else torch.no_grad()
         with context:
             res = handle.module(batch, compute_forces=want_forces, compute_stress=want_stress,
@@ -106,7 +107,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
                 row["energy"] = float(res["energy"][k].detach())
             if want_forces:
                 row["forces"] = res["forces"][offsets[k]:offsets[k + 1]].detach().cpu().double().numpy()
-            if want_stress and chunk[k].pbc.all():
+            if want_stress and chunk[k].stress_defined:
                 row["stress"] = res["stress"][k].detach().cpu().double().numpy()
             out.append(row)
     handle.warn_unfamiliar(structures, scores, names)

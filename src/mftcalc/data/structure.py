@@ -182,6 +182,13 @@ class Structure:
         """True when any direction is periodic."""
         return bool(self.pbc.any())
 
+    @property
+    def stress_defined(self) -> bool:
+        """Whether the model gives a stress for it: periodic in at least one direction, with a cell of non-zero
+        volume (a crystal, or a slab or a wire whose cell spans its vacuum: σ = (1/V) ∂E/∂ε over that cell's
+        volume, as plane-wave DFT codes report it)."""
+        return bool(self.pbc.any()) and abs(float(np.linalg.det(self.cell))) > 1e-6
+
     def with_labels(self, **changes: Any) -> "Structure":
         """Copy of this structure with some fields replaced (validated again)."""
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}

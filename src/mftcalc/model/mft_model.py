@@ -32,8 +32,8 @@ class MFTModel(nn.Module):
     ``interval_heads``, computed from the other outputs) or property (``property_heads``).
 
     Outputs (when the model has a force-field head): ``energy [B]`` eV, ``energies [N]`` eV, ``forces [N,3]``
-    eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (zero for structures that are not periodic in all three
-    directions; energy, virial and stress in float64, see the module docstring); and ``<property> [B]`` for every
+    eV/Å, ``virial [B,3,3]`` eV, ``stress [B,3,3]`` eV/Å³ (for a structure periodic in at least one direction whose cell
+    has a volume, :attr:`Structure.stress_defined`, over that volume; zero for the others; energy, virial and stress in float64, see the module docstring); and ``<property> [B]`` for every
     property head, in the head's unit; ``<property> [G]`` for every group head, one value per group of the batch's
     ``group_index`` [B] (weights ``group_weight`` [B]; without them each structure is a group of one, G = B).
     Property heads with frame parameters read the batch's ``frame_params``
@@ -153,9 +153,9 @@ class MFTModel(nn.Module):
                 dedeps = g if g is not None else torch.zeros_like(strain)
                 out[K.VIRIAL] = -dedeps
                 volume = torch.abs(torch.linalg.det(cell.to(torch.float64)))
-                periodic = pbc.all(dim=1)
-                safe_volume = torch.where(periodic, volume, torch.ones_like(volume))
-                out[K.STRESS] = torch.where(periodic.view(-1, 1, 1), dedeps / safe_volume.view(-1, 1, 1),
+                defined = pbc.any(dim=1) & (volume > 1e-6)          # Structure.stress_defined
+                safe_volume = torch.where(defined, volume, torch.ones_like(volume))
+                out[K.STRESS] = torch.where(defined.view(-1, 1, 1), dedeps / safe_volume.view(-1, 1, 1),
                                             torch.zeros_like(dedeps))
         if compute_properties:
             for name, prop_head in self.property_heads.items():

@@ -139,7 +139,7 @@ def relax(structures: Sequence[Any], model: Any, fmax: float = 0.05, steps: int 
             bar.update(1)
 
     relaxed: List[RelaxResult]
-    periodic = any(s.pbc.all() for s in structures)         # the final pass gives their stress at the minimum
+    periodic = any(s.stress_defined for s in structures)    # the final pass gives their stress at the minimum
     if workers > 1 or pool is not None:
         from contextlib import nullcontext
         with (nullcontext(pool) if pool is not None else WorkerPool(handle, workers)) as workers_pool:

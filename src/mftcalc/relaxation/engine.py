@@ -32,8 +32,8 @@ class RelaxResult:
 
     ``structure``: the relaxed geometry (no labels); ``energy`` eV; ``fmax`` eV/Å (largest force, with a cell
     filter also over the filter's cell forces); ``steps``; ``converged``; ``properties``: property heads by name, in
-    their units; ``forces`` [n, 3] eV/Å; ``stress`` [3, 3] eV/Å³ (ASE sign) for structures periodic in all three
-    directions, else None.
+    their units; ``forces`` [n, 3] eV/Å; ``stress`` [3, 3] eV/Å³ (ASE sign) for structures that have one
+    (:attr:`mftcalc.data.Structure.stress_defined`), else None.
     """
 
     structure: Structure

@@ -10,7 +10,7 @@ import numpy as np
 from mftcalc import keys as K
 from mftcalc.data.structure import Structure
 from mftcalc.testing.results import CheckResult, Tolerances, measured, scale_of, skipped
-from mftcalc.testing.structures import is_crystal, is_molecule, pair_scan
+from mftcalc.testing.structures import is_molecule, pair_scan
 from mftcalc.testing.subject import Subject
 
 NO_FORCEFIELD = "the model has no force-field head (no energy, forces or stress)"
@@ -48,13 +48,14 @@ def check_forces_fd(subject: Subject, structures: Sequence[Structure], names: Se
 
 def check_stress_fd(subject: Subject, structures: Sequence[Structure], names: Sequence[str],
                     tol: Tolerances) -> List[CheckResult]:
-    """Stress of each crystal against (1/V) (E(ε) − E(−ε)) / 2ε for the six components of a symmetric strain
+    """Stress of each structure that has one (crystals, slabs) against (1/V) (E(ε) − E(−ε)) / 2ε for the six components of a symmetric strain
     (positions and cell multiplied by 1 + ε, ε = ``tol.fd_strain``). Tolerance: ``fd_atol + fd_rtol · max|σ|``."""
     if not subject.has_forcefield:
         return [skipped("stress_fd", "*", K.STRESS, NO_FORCEFIELD)]
-    crystals = [(s, n) for s, n in zip(structures, names) if is_crystal(s)]
+    crystals = [(s, n) for s, n in zip(structures, names) if s.stress_defined]      # crystals, slabs, wires
     if not crystals:
-        return [skipped("stress_fd", "*", K.STRESS, "no structure periodic in three directions was given")]
+        return [skipped("stress_fd", "*", K.STRESS, "no structure with a stress (periodic in a direction, a cell "
+                        "with a volume) was given")]
     out = []
     e = tol.fd_strain
     for s, name in crystals:

@@ -8,8 +8,8 @@ Output columns (CSV header, extxyz ``info`` keys, ASE-db key-value pairs) carry 
 relaxation, empty for a prediction), the frame parameters a model reads (``temperature_K``: the input's value,
 :mod:`mftcalc.data.frame_params`), ``error`` (empty, or why the
 structure has no results: it failed the structure check, or its relaxation ended with overlapping atoms).
-In extxyz and ASE-db outputs each structure also carries the model's energy (eV), forces (eV/Å) and, when periodic
-in all three directions, stress (eV/Å³) as ASE calculator results, so ``ase.io.read(out, ":")[i]
+In extxyz and ASE-db outputs each structure also carries the model's energy (eV), forces (eV/Å) and, when it has one
+(periodic in a direction, a cell with a volume), stress (eV/Å³) as ASE calculator results, so ``ase.io.read(out, ":")[i]
 .get_potential_energy()`` works.
 """
 from __future__ import annotations
