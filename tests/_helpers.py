@@ -121,3 +121,17 @@ def import_graph() -> nx.DiGraph:
                 if target in modules and target != name and target not in ancestors:
                     graph.add_edge(name, target)
     return graph
+
+
+def scored_gap_model(train: list) -> MFTModel:
+    """A tiny float64 model with a force field, a ``gap`` head (Hartree) and the applicability head ``ood_score``
+    fitted on ``train`` (Structures), in eval mode."""
+    from mftcalc.model.applicability import fit_applicability, pooled_features
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone_preset("tiny"),
+                      heads={"ff": default_forcefield_head(1, hidden=(16,)),
+                             "gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(16,)),
+                             "ood_score": HeadConfig(kind="knn_ood", unit="")})
+    model = MFTModel(cfg).double().eval()
+    fit_applicability(model.property_heads["ood_score"], pooled_features(model, train), [s.numbers for s in train])
+    return model

@@ -12,16 +12,15 @@ import torch
 from ase.build import molecule
 from scipy.spatial.distance import cdist
 
+from _helpers import scored_gap_model
 from mftcalc import predict, relax
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.model_handle import DomainWarning, ModelHandle
 from mftcalc.calculators.predict import predict_on
 from mftcalc.data.structure import Structure
-from mftcalc.model.applicability import KnnApplicabilityHead, fit_applicability, pooled_features, training_score_limit
+from mftcalc.model.applicability import KnnApplicabilityHead, training_score_limit
 from mftcalc.model.card import model_card
 from mftcalc.model.checkpoint import model_metadata, save_model
-from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
-from mftcalc.model.mft_model import MFTModel
 
 TRAIN = ["CH3OH", "C2H6", "CH3CH2OH", "CH3OCH3", "C3H8"]      # small saturated molecules, rattled
 LIMIT_MATCH = r"ood_score \S+ \(beyond \S+, the largest score of a training structure against the others\)"
@@ -38,14 +37,7 @@ def _train(n: int = 30) -> list:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone=backbone_preset("tiny"),
-                      heads={"ff": default_forcefield_head(1, hidden=(16,)),
-                             "gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(16,)),
-                             "ood_score": HeadConfig(kind="knn_ood", unit="")})
-    model = MFTModel(cfg).double().eval()
-    train = _train()
-    fit_applicability(model.property_heads["ood_score"], pooled_features(model, train), [s.numbers for s in train])
+    model = scored_gap_model(_train())
     path = tmp_path_factory.mktemp("limit") / "scored.pt"
     save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
     return path

@@ -10,11 +10,11 @@ import pytest
 import torch
 from ase.build import molecule
 
+from _helpers import scored_gap_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.data.structure import Structure
-from mftcalc.model.applicability import fit_applicability, pooled_features
 from mftcalc.model.checkpoint import export_torchscript, load_model, model_metadata, read_checkpoint, save_model
-from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset, default_forcefield_head
+from mftcalc.model.config import HeadConfig
 from mftcalc.model.intervals import (calibrate_interval, calibrate_on_validation, conformal_quantile,
                                      interval_coverage, interval_name)
 from mftcalc.model.mft_model import MFTModel
@@ -55,15 +55,7 @@ def _structures(n: int, seed: int = 0) -> list:
 
 
 def _model_with_score() -> MFTModel:
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone=backbone_preset("tiny"),
-                      heads={"ff": default_forcefield_head(1, hidden=(16,)),
-                             "gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(16,)),
-                             "ood_score": HeadConfig(kind="knn_ood", unit="")})
-    model = MFTModel(cfg).double().eval()
-    train = _structures(30, seed=1)
-    fit_applicability(model.property_heads["ood_score"], pooled_features(model, train), [s.numbers for s in train])
-    return model
+    return scored_gap_model(_structures(30, seed=1))
 
 
 @pytest.fixture(scope="module")
