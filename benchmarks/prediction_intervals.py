@@ -148,8 +148,9 @@ def limit_table(name: str, model_path: Path, data: dict) -> list:
         truth, pred, score = data[part]
         error, beyond = np.abs(truth - pred), score > limit
         out = error[beyond].mean() if beyond.any() else float("nan")
-        rows.append(f"| `{name}` | {limit:.2f} | {part} | {beyond.sum():,} of {len(score):,} ({100 * beyond.mean():.2f} %) "
-                    f"| {out:.4f} | {error[~beyond].mean():.4f} | {out / error[~beyond].mean():.2f} |")
+        rows.append(f"| `{name}` | {limit:.2f} | {part} | {beyond.sum():,} of {len(score):,} "
+                    f"({100 * beyond.mean():.2f} %) | {out:.4f} | {error[~beyond].mean():.4f} | "
+                    f"{out / error[~beyond].mean():.2f} |")
     from ase import Atoms
     from ase.build import molecule
     from mftcalc import predict

@@ -129,7 +129,8 @@ def _screen(args: argparse.Namespace) -> int:
     try:
         rows = screen(args.input, model, args.out, do_relax=args.relax, fmax=args.fmax, steps=args.steps,
                       optimizer=args.optimizer, cell_filter=args.cell_filter, pressure=args.pressure * GPA,
-                      workers=args.workers, shard=args.shard, client=client, dtype=DTYPES[args.dtype], dataset=args.dataset, device=args.device)
+                      workers=args.workers, shard=args.shard, client=client, dtype=DTYPES[args.dtype],
+                      dataset=args.dataset, device=args.device)
     finally:
         if client is not None:
             client.close()
