@@ -28,14 +28,16 @@ def _slab(a: float = 3.6, layers: int = 3):
     return slab
 
 
-def test_slab_stress_passes_finite_strain_and_rotation(tiny_model):
+def test_slab_stress_passes_finite_strain_rotation_and_export(tiny_model):
     slab = fcc111("C", (1, 1, 2), a=2.6, vacuum=3.0)
     slab.rattle(0.05, seed=0)
     assert Structure.from_ase(slab).stress_defined
-    report = check_model(tiny_model, structures=[slab], checks=["stress_fd", "rotation", "translation"],
+    report = check_model(tiny_model, structures=[slab], checks=["stress_fd", "rotation", "translation", "export"],
                           dataset="a")
     assert report.passed, report.failures
     assert any(r.check == "stress_fd" and r.status == "pass" for r in report.results)
+    slab.calc = MFTCalculator(tiny_model, dataset="a", dtype=torch.float64)
+    assert np.abs(slab.get_stress()).max() > 1e-4                 # a stress worth checking
 
 
 def test_slab_stress_equals_the_fully_periodic_slab_across_wide_vacuum():
