@@ -37,7 +37,7 @@ def test_slab_stress_passes_finite_strain_rotation_and_export(tiny_model):
     assert report.passed, report.failures
     assert any(r.check == "stress_fd" and r.status == "pass" for r in report.results)
     slab.calc = MFTCalculator(tiny_model, dataset="a", dtype=torch.float64)
-    assert np.abs(slab.get_stress()).max() > 1e-4                 # a stress worth checking
+    assert np.abs(slab.get_stress()).max() > 1e-5                 # a stress worth checking (the fd error: ~1e-12)
 
 
 def test_slab_stress_equals_the_fully_periodic_slab_across_wide_vacuum():
