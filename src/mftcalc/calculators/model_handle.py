@@ -261,7 +261,7 @@ class ModelHandle:
             if domain is None or ("domain", name) in self._said:
                 continue
             for s in structures:
-                reasons = domain.outside(s, periodicity(s, self.cutoff))
+                reasons = self._outside(s, domain)
                 if reasons:
                     self._said.add(("domain", name))
                     where = named(s, by_formula=True)
@@ -322,7 +322,12 @@ class ModelHandle:
                               f"calc.get_property({score_name!r}))", DomainWarning, stacklevel=3)
                 return
 
+    def _outside(self, structure: Structure, domain: Domain) -> Dict[str, str]:
+        """Why ``structure`` lies outside ``domain`` (periodicity judged at the model's cutoff); empty if it does
+        not. The one test behind :meth:`warn_outside_domain` and :meth:`warn_unfamiliar`."""
+        return domain.outside(structure, periodicity(structure, self.cutoff))
+
     def _outside_domain(self, structure: Structure, names: Sequence[str]) -> bool:
         """Whether ``structure`` lies outside the training domain of any head in ``names``."""
         domains = self.head_domains
-        return any(domains[n].outside(structure, periodicity(structure, self.cutoff)) for n in names if n in domains)
+        return any(self._outside(structure, domains[n]) for n in names if n in domains)

@@ -85,6 +85,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
     has_ff = bool(handle.forcefield_heads)
     out: List[Dict[str, Any]] = []
     scores: List[Dict[str, float]] = []             # applicability scores, asked for or not (warn_unfamiliar)
+    score_heads = handle.applicability_heads        # read once, not per structure
     groups = chunk_groups(handle.module, structures, max_atoms, max_angles)
     if progress:
         from tqdm.auto import tqdm
@@ -102,7 +103,7 @@ def predict(structures: Sequence[Any], model: Any, properties: Optional[Sequence
         offsets = np.concatenate([[0], np.cumsum([s.n_atoms for s in chunk])])
         for k in range(len(chunk)):
             row: Dict[str, Any] = {p: float(res[p][k].detach()) for p in names}
-            scores.append({p: float(res[p][k].detach()) for p in handle.applicability_heads if p in res})
+            scores.append({p: float(res[p][k].detach()) for p in score_heads if p in res})
             if has_ff:
                 row["energy"] = float(res["energy"][k].detach())
             if want_forces:
