@@ -27,6 +27,17 @@ def load_benchmark(name: str):
     return module
 
 
+def cli_environment() -> dict:
+    """A bare environment for a ``python -m mftcalc.cli`` subprocess: one thread, the shipped prior named
+    explicitly, and the caller's build cache (``MFTCALC_CACHE``, ``XDG_CACHE_HOME``) so the compiled kernels are
+    not rebuilt for the child (CI sets ``MFTCALC_CACHE`` inside its clone)."""
+    import os
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+           "MFTCALC_PRETRAINED": str(Path(__file__).resolve().parents[1] / "models" / "pretrained.pt")}
+    env.update({k: os.environ[k] for k in ("MFTCALC_CACHE", "XDG_CACHE_HOME") if k in os.environ})
+    return env
+
+
 def shared_path(*parts: str) -> Path:
     """Path under ../shared; skips the test when the shared folder is not there."""
     path = SHARED.joinpath(*parts)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from ase.build import molecule
 
+from _helpers import cli_environment
 from mftcalc.calculators import MFTCalculator
 from mftcalc.data.batch import collate
 from mftcalc.data.frame_params import frame_param_matrix, frame_stats, model_frame_params
@@ -143,8 +144,7 @@ def test_frozen_ridge_learns_the_temperature_slope(tmp_path):
 def test_finetune_and_predict_commands_take_frame_params(tmp_path):
     write_extxyz(_labelled(24), tmp_path / "train.extxyz")
     write_extxyz(_labelled(4, seed=1), tmp_path / "new.extxyz")
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-           "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")}
+    env = cli_environment()
     done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "finetune", "--data", str(tmp_path / "train.extxyz"),
                            "--property", "y", "--unit", "eV", "--frame-param", "temperature:K", "--steps", "4",
                            "--strategy", "mft", "--set", "val_every=2", "head_hidden=[16]", "interval_coverage=0",

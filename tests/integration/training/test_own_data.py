@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
+from _helpers import cli_environment
 from mftcalc.data.io import write_extxyz
 from mftcalc.data.structure import Structure
 from mftcalc.experiments.tasks import file_task
@@ -49,8 +50,7 @@ def test_finetune_cli_on_own_data_gives_a_relax_and_predict_model(tmp_path):
                            "--property", "my_gap", "--unit", "eV", "--test", str(tmp_path / "test.extxyz"),
                            "--steps", "4", "--strategy", "mft", "--set", "val_every=2", "head_hidden=[16]",
                            "-o", str(out)], capture_output=True, text=True, timeout=600,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+                          env=cli_environment())
     assert done.returncode == 0, done.stderr[-3000:]
     from mftcalc.calculators import MFTCalculator
     atoms = molecule("CH3CH2OH")
@@ -70,8 +70,7 @@ def test_unknown_elements_are_refused_before_training(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mftcalc.cli", "finetune", "--data", str(tmp_path / "u.extxyz"),
                            "--property", "my_gap", "--steps", "2", "-o", str(tmp_path / "u.pt")],
                           capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+                          env=cli_environment())
     assert done.returncode != 0
     assert "elements the pretrained model" in done.stderr and "U" in done.stderr
 
@@ -148,8 +147,7 @@ def test_cross_validation_groups_and_reports(tmp_path):
                            "--property", "my_gap", "--unit", "eV", "--folds", "3", "--group-by", "formula",
                            "--strategy", "frozen-sklearn", "--out-dir", str(tmp_path / "cv")],
                           capture_output=True, text=True, timeout=600,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
-                               "MFTCALC_PRETRAINED": str(REPO / "models" / "pretrained.pt")})
+                          env=cli_environment())
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "cv" / "report.md").read_text()
     assert "3-fold cross-validation of my_gap (frozen-sklearn, grouped by formula)" in report
