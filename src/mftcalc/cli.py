@@ -30,11 +30,12 @@ from mftcalc.cli_finetune import add_finetune_parsers  # noqa: E402
 from mftcalc.cli_import import add_import_parser  # noqa: E402
 from mftcalc.cli_label import add_label_parser  # noqa: E402
 from mftcalc.cli_model import add_model_parsers  # noqa: E402
+from mftcalc.cli_model_devi import add_model_devi_parser  # noqa: E402
 from mftcalc.cli_vibrations import add_vibrations_parser  # noqa: E402
 from mftcalc.cli_train import add_train_parsers  # noqa: E402
 
 #: sub-commands that evaluate the model: they take ``--threads``
-MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors", "vibrations")
+MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors", "vibrations", "model-devi")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(subparsers)
     add_descriptors_parser(subparsers)
     add_vibrations_parser(subparsers)
+    add_model_devi_parser(subparsers)
     for name in MODEL_COMMANDS:
         subparsers.choices[name].add_argument(
             "--threads", type=int, default=None,
