@@ -6,16 +6,21 @@ from __future__ import annotations
 import argparse
 from typing import Any, List, Optional
 
+import numpy as np
+
 from mftcalc.workflows.model_deviation import ModelDeviation
 
 
 def run_model_devi(models: List[str], input_path: str, out: str, dataset: Optional[str] = None, frequency: int = 1,
                    relative: Optional[float] = None, relative_v: Optional[float] = None,
                    trust_lo: Optional[float] = None, trust_hi: Optional[float] = None,
-                   candidates: Optional[str] = None, dtype: str = "float32", device: str = "auto") -> ModelDeviation:
+                   candidates: Optional[str] = None, dtype: str = "float32", device: str = "auto",
+                   atomic: Optional[str] = None) -> ModelDeviation:
     """Compute the committee's deviation over ``input_path`` and write ``out`` (``.out``: deepmd-kit's
     ``model_devi.out``; ``.csv``: one row per structure, unit-suffixed columns), and with trust bounds the
-    candidate structures (``trust_lo`` ≤ max_devi_f < ``trust_hi``) to ``candidates`` (.extxyz). Prints a summary:
+    candidate structures (``trust_lo`` ≤ max_devi_f < ``trust_hi``) to ``candidates`` (.extxyz), and with ``atomic``
+    every structure with its atoms' force deviation as the per-atom array ``devi_f`` (.extxyz, for OVITO or ASE's
+    GUI; deepmd-kit's ``--atomic``). Prints a summary:
     the largest deviations, DP-GEN's three classes, and, for a labelled input, how well ``max_devi_f`` ranks the
     committee mean's actual force error (Spearman)."""
     import csv
@@ -39,6 +44,9 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
     if candidates is not None and trust_lo is None:
         raise SystemExit(f"--candidates {candidates}: the candidates are the structures between --trust-lo and "
                          "--trust-hi; give both bounds")
+    if atomic is not None and not atomic.lower().endswith((".extxyz", ".xyz")):
+        raise SystemExit(f"--atomic {atomic}: the per-atom deviations are written as an .extxyz array; give a name "
+                         "ending in .extxyz")
     if frequency < 1:
         raise SystemExit(f"--frequency {frequency}: the trajectory's steps between frames, a positive integer")
     structures = read_input(input_path)
@@ -65,6 +73,9 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
         write_extxyz(picked, candidates)
         print(f"wrote the {len(picked)} candidates to {candidates}: label them (mftcalc label, or your DFT code) and "
               "add them to the training data")
+    if atomic is not None:
+        _write_atomic(structures, result, atomic)
+        print(f"wrote every structure with its atoms' deviation (array devi_f) to {atomic}")
     labelled = np.isfinite(result.max_error_f)
     if labelled.sum() >= 3:
         from scipy.stats import spearmanr
@@ -75,9 +86,23 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
     return result
 
 
+def _write_atomic(structures: List[Any], result: ModelDeviation, path: str) -> None:
+    """The structures (extxyz, atomically) with ``devi_f`` per atom (eV/Å, unitless when relative)."""
+    import ase.io
+
+    from mftcalc.files import atomic_write
+    frames = []
+    for s, devi in zip(structures, result.atomic_devi_f):
+        atoms = s.to_ase()
+        atoms.calc = None
+        atoms.arrays["devi_f"] = np.asarray(devi, dtype=float)
+        frames.append(atoms)
+    atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+
+
 def _model_devi(args: argparse.Namespace) -> int:
     run_model_devi(args.models, args.input, args.out, args.dataset, args.frequency, args.relative, args.relative_v,
-                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device)
+                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device, args.atomic)
     return 0
 
 
@@ -104,5 +129,7 @@ def add_model_devi_parser(subparsers: Any) -> None:
                    "structure counts as failed")
     p.add_argument("--candidates", default=None, help="write the structures between the trust bounds here (.extxyz): "
                    "the ones to label next")
+    p.add_argument("--atomic", default=None, help="also write every structure with its atoms' force deviation as "
+                   "the per-atom array devi_f (.extxyz; deepmd-kit's --atomic)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model precision")
     p.set_defaults(func=_model_devi)

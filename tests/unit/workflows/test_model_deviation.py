@@ -125,7 +125,11 @@ def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(commit
     assert len(between) == 2 and [p.n_atoms for p in picked] == [frames[j].n_atoms for j in between]
     assert "1 accurate, 2 candidates, 0 failed" in capsys.readouterr().out
     assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee[:2], "-o", str(tmp_path / "md.csv"),
-                 "--relative", "1.0"]) == 0
+                 "--relative", "1.0", "--atomic", str(tmp_path / "atoms.extxyz")]) == 0
+    relative = model_deviation(frames, committee[:2], relative=1.0)
+    import ase.io
+    for atoms, devi in zip(ase.io.read(tmp_path / "atoms.extxyz", ":"), relative.atomic_devi_f):
+        np.testing.assert_allclose(atoms.arrays["devi_f"], devi, atol=1e-8)    # ASE: 8 decimals
     csv_text = (tmp_path / "md.csv").read_text().splitlines()
     assert csv_text[0].split(",")[4:] == ["max_devi_f_rel", "min_devi_f_rel", "avg_devi_f_rel",
                                           "max_devi_v_eV_per_atom", "min_devi_v_eV_per_atom",
@@ -154,7 +158,8 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
                            (["-o", str(tmp_path / "x.out"), "--trust-lo", "0.2"], "give both"),
                            (["-o", str(tmp_path / "x.out"), "--trust-lo", "0.2", "--trust-hi", "0.1"], "lo < hi"),
                            (["-o", str(tmp_path / "x.out"), "--candidates", "c.extxyz"], "give both bounds"),
-                           (["-o", str(tmp_path / "x.out"), "-f", "0"], "positive integer")):
+                           (["-o", str(tmp_path / "x.out"), "-f", "0"], "positive integer"),
+                           (["-o", str(tmp_path / "x.out"), "--atomic", "a.npy"], "ending in .extxyz")):
         with pytest.raises(SystemExit, match=message):
             main(["model-devi", traj, "-m", *committee, *extra])
     assert not (tmp_path / "x.out").exists()
