@@ -50,7 +50,8 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
     if frequency < 1:
         raise SystemExit(f"--frequency {frequency}: the trajectory's steps between frames, a positive integer")
     structures = read_input(input_path)
-    result = model_deviation(structures, models, dataset, relative, relative_v, device, DTYPES[dtype])
+    result = model_deviation(structures, models, dataset, relative, relative_v, device, DTYPES[dtype],
+                             progress=len(structures) > 200)      # a bar per model on long trajectories
     if kind == "out":
         atomic_write_text(out, out_text(result, frequency, header=f"{input_path}; models: {' '.join(models)}"))
     else:
