@@ -136,12 +136,18 @@ def model_deviation(structures: Sequence[Any], models: Sequence[Any], dataset: O
     structures = as_structures(structures, "model_deviation")
     energies, forces, stresses, datasets = [], [], [], []
     for k, model in enumerate(models):
-        handle = ModelHandle.load(model, device, dtype or torch.float32, dataset=dataset)
+        try:
+            handle = ModelHandle.load(model, device, dtype or torch.float32, dataset=dataset)
+        except (ValueError, KeyError) as exc:           # e.g. a --dataset this member does not have
+            raise ValueError(f"model {k} ({model}): {exc.args[0] if exc.args else exc}") from exc
         if not handle.forcefield_heads:
             raise ValueError(f"model {k} ({model}) has no force-field head (a property-only model, e.g. an LP or "
                              "frozen-sklearn fine-tune): a committee's deviation is over forces; give force fields")
-        rows = predict(structures, handle, properties=[], max_atoms=max_atoms, forces=True, stress=True,
-                       progress=progress)
+        try:
+            rows = predict(structures, handle, properties=[], max_atoms=max_atoms, forces=True, stress=True,
+                           progress=progress)
+        except ValueError as exc:                       # a structure this member cannot compute: name the member
+            raise ValueError(f"model {k} ({model}): {exc}") from exc
         energies.append([r["energy"] for r in rows])
         forces.append([r["forces"] for r in rows])
         stresses.append([r.get("stress") for r in rows])

@@ -8,11 +8,12 @@ import torch
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from _helpers import save_tiny_model
+from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
 from mftcalc.calculators.predict import predict
 from mftcalc.cli import main
 from mftcalc.data import Structure
 from mftcalc.data.io import read_structures, write_extxyz
+from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.workflows.model_deviation import (OUT_COLUMNS, force_deviation, model_deviation, out_text,
                                                virial_deviation)
 
@@ -144,7 +145,6 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
         model_deviation(frames, committee[:1])
     with pytest.raises(ValueError, match="relative=-1.0.*positive number"):
         model_deviation(frames, committee, relative=-1.0)
-    from mftcalc.model.checkpoint import model_metadata, save_model
     from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset
     from mftcalc.model.mft_model import MFTModel
     torch.manual_seed(0)
@@ -153,6 +153,13 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
     save_model(only_gap, tmp_path / "gap_only.pt", model_metadata(only_gap, elements=[1, 6, 7, 8, 14]))
     with pytest.raises(ValueError, match="model 1 .*gap_only.pt.* has no force-field head"):
         model_deviation(frames, [committee[0], tmp_path / "gap_only.pt"])
+    with pytest.raises(ValueError, match="model 0 .*m0.pt.*zzz"):           # the member that fails is named
+        model_deviation(frames, committee, dataset="zzz")
+    no_si = make_tiny_model(seed=5)
+    save_model(no_si, tmp_path / "no_si.pt", model_metadata(no_si, elements=[1, 6, 7, 8],
+                                                                dataset_domains=TINY_DOMAINS))
+    with pytest.raises(ValueError, match="model 1 .*no_si.pt.*Si"):
+        model_deviation(frames, [committee[0], tmp_path / "no_si.pt"])
     traj = str(tmp_path / "traj.extxyz")
     for extra, message in ((["-o", str(tmp_path / "x.txt")], "ending in .out"),
                            (["-o", str(tmp_path / "x.out"), "--trust-lo", "0.2"], "give both"),
