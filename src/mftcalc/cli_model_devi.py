@@ -15,12 +15,13 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
                    relative: Optional[float] = None, relative_v: Optional[float] = None,
                    trust_lo: Optional[float] = None, trust_hi: Optional[float] = None,
                    candidates: Optional[str] = None, dtype: str = "float32", device: str = "auto",
-                   atomic: Optional[str] = None) -> ModelDeviation:
+                   atomic: Optional[str] = None, plot: Optional[str] = None) -> ModelDeviation:
     """Compute the committee's deviation over ``input_path`` and write ``out`` (``.out``: deepmd-kit's
     ``model_devi.out``; ``.csv``: one row per structure, unit-suffixed columns), and with trust bounds the
     candidate structures (``trust_lo`` ≤ max_devi_f < ``trust_hi``) to ``candidates`` (.extxyz), and with ``atomic``
     every structure with its atoms' force deviation as the per-atom array ``devi_f`` (.extxyz, for OVITO or ASE's
-    GUI; deepmd-kit's ``--atomic``). Prints a summary:
+    GUI; deepmd-kit's ``--atomic``), and with ``plot`` the histogram of max_devi_f with the trust bounds (and the
+    deviation against the reference forces' error, for a labelled input). Prints a summary:
     the largest deviations, DP-GEN's three classes, and, for a labelled input, how well ``max_devi_f`` ranks the
     committee mean's actual force error (Spearman)."""
     import csv
@@ -74,6 +75,11 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
         write_extxyz(picked, candidates)
         print(f"wrote the {len(picked)} candidates to {candidates}: label them (mftcalc label, or your DFT code) and "
               "add them to the training data")
+    if plot is not None:
+        from mftcalc.analysis.plots import plot_model_deviation
+        plot_model_deviation(result.max_devi_f, plot, "relative" if relative is not None else "eV/Å",
+                             None if trust_lo is None else (trust_lo, trust_hi), result.max_error_f)
+        print(f"plot written to {plot}")
     if atomic is not None:
         _write_atomic(structures, result, atomic)
         print(f"wrote every structure with its atoms' deviation (array devi_f) to {atomic}")
@@ -103,7 +109,7 @@ def _write_atomic(structures: List[Any], result: ModelDeviation, path: str) -> N
 
 def _model_devi(args: argparse.Namespace) -> int:
     run_model_devi(args.models, args.input, args.out, args.dataset, args.frequency, args.relative, args.relative_v,
-                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device, args.atomic)
+                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device, args.atomic, args.plot)
     return 0
 
 
@@ -132,5 +138,7 @@ def add_model_devi_parser(subparsers: Any) -> None:
                    "the ones to label next")
     p.add_argument("--atomic", default=None, help="also write every structure with its atoms' force deviation as "
                    "the per-atom array devi_f (.extxyz; deepmd-kit's --atomic)")
+    p.add_argument("--plot", default=None, help="histogram of max_devi_f with the trust bounds, and the deviation "
+                   "against the reference forces' error for a labelled input (e.g. devi.png)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="model precision")
     p.set_defaults(func=_model_devi)

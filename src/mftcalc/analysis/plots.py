@@ -1,5 +1,5 @@
 """Every figure mftcalc writes (PNG, matplotlib's Agg backend): learning curves, parity plots, data efficiency,
-phonon bands and DOS, the demo's bars and t-SNE maps.
+phonon bands and DOS, the demo's bars, t-SNE maps and a committee's force deviation.
 
 The functions take plain arrays or files and write one PNG each; what they show is computed by their callers
 (training, fine-tuning, bench, ``mftcalc evaluate``, the phonon and demo workflows, ``mftcalc analyze``).
@@ -190,4 +190,33 @@ def plot_embedding(embedding: np.ndarray, labels: np.ndarray, path: Path, title:
     ax.legend(fontsize=6, markerscale=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_model_deviation(max_devi_f: np.ndarray, path: str | Path, unit: str = "eV/Å",
+                         trust: Optional[Sequence[float]] = None, max_error_f: Optional[np.ndarray] = None) -> None:
+    """The committee's ``max_devi_f`` per structure ([n_frames]): its histogram (log bins), with DP-GEN's trust
+    bounds ``trust`` = (lo, hi) as lines; beside it, where ``max_error_f`` ([n_frames] eV/Å, NaN where a structure
+    has no reference forces) has values, the deviation against the committee mean's largest force error."""
+    plt = _pyplot()
+    labelled = None if max_error_f is None else np.isfinite(max_error_f) & (max_devi_f > 0)
+    panels = 2 if labelled is not None and labelled.any() else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    positive = max_devi_f[max_devi_f > 0]
+    if positive.size:
+        bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()) + 1e-9, 40)
+        ax.hist(positive, bins=bins, color="C0")
+        ax.set_xscale("log")
+    for bound, name in zip(trust or (), ("trust_lo", "trust_hi")):
+        ax.axvline(bound, color="k", ls="--", lw=0.8)
+        ax.text(bound, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=7, va="top")
+    ax.set(xlabel=f"max_devi_f ({unit})", ylabel="structures", title=f"{len(max_devi_f)} structures")
+    if panels == 2:
+        ax = axes[0, 1]
+        ax.scatter(max_devi_f[labelled], max_error_f[labelled], s=6, alpha=0.6)
+        ax.set(xscale="log", yscale="log", xlabel=f"max_devi_f ({unit})",
+               ylabel="largest force error of the committee mean (eV/Å)", title="against the reference forces")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
     plt.close(fig)

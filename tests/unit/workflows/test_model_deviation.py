@@ -113,7 +113,8 @@ def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(commit
     hi = float(np.sort(expected.max_devi_f)[2]) * 1.0001                # ... all of them below hi
     assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee, "-o", str(tmp_path / "md.out"),
                  "-f", "10", "--trust-lo", str(lo), "--trust-hi", str(hi), "--candidates",
-                 str(tmp_path / "cand.extxyz")]) == 0
+                 str(tmp_path / "cand.extxyz"), "--plot", str(tmp_path / "devi.png")]) == 0
+    assert (tmp_path / "devi.png").stat().st_size > 10_000
     text = (tmp_path / "md.out").read_text()
     header = [line for line in text.splitlines() if line.startswith("#")][-1].split()[1:]
     assert header == ["step", *OUT_COLUMNS]
