@@ -15,10 +15,12 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
                    relative: Optional[float] = None, relative_v: Optional[float] = None,
                    trust_lo: Optional[float] = None, trust_hi: Optional[float] = None,
                    candidates: Optional[str] = None, dtype: str = "float32", device: str = "auto",
-                   atomic: Optional[str] = None, plot: Optional[str] = None) -> ModelDeviation:
+                   atomic: Optional[str] = None, plot: Optional[str] = None,
+                   max_candidates: Optional[int] = None) -> ModelDeviation:
     """Compute the committee's deviation over ``input_path`` and write ``out`` (``.out``: deepmd-kit's
     ``model_devi.out``; ``.csv``: one row per structure, unit-suffixed columns), and with trust bounds the
-    candidate structures (``trust_lo`` ≤ max_devi_f < ``trust_hi``) to ``candidates`` (.extxyz), and with ``atomic``
+    candidate structures (``trust_lo`` ≤ max_devi_f < ``trust_hi``; at most ``max_candidates`` of them, drawn at
+    random with seed 0 as DP-GEN's ``fp_task_max``, kept in input order) to ``candidates`` (.extxyz), and with ``atomic``
     every structure with its atoms' force deviation as the per-atom array ``devi_f`` (.extxyz, for OVITO or ASE's
     GUI; deepmd-kit's ``--atomic``), and with ``plot`` the histogram of max_devi_f with the trust bounds (and the
     deviation against the reference forces' error, for a labelled input). Prints a summary:
@@ -42,6 +44,9 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
     if (trust_lo is None) != (trust_hi is None) or (trust_lo is not None and not 0 <= trust_lo < trust_hi):
         raise SystemExit(f"--trust-lo {trust_lo} --trust-hi {trust_hi}: give both, with 0 ≤ lo < hi, in the unit of "
                          "max_devi_f (eV/Å, or unitless with --relative), e.g. --trust-lo 0.05 --trust-hi 0.15")
+    if max_candidates is not None and (candidates is None or max_candidates < 1):
+        raise SystemExit(f"--max-candidates {max_candidates}: a positive number of structures to write with "
+                         "--candidates FILE")
     if candidates is not None and trust_lo is None:
         raise SystemExit(f"--candidates {candidates}: the candidates are the structures between --trust-lo and "
                          "--trust-hi; give both bounds")
@@ -71,10 +76,14 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
         print(f"trust bounds {trust_lo:g}–{trust_hi:g}{unit}: {counts['accurate']} accurate, {counts['candidate']} "
               f"candidates, {counts['failed']} failed (deviation too large to trust a label's neighbourhood)")
     if candidates is not None:
-        picked = [s for s, d in zip(structures, result.max_devi_f) if trust_lo <= d < trust_hi]
-        write_extxyz(picked, candidates)
-        print(f"wrote the {len(picked)} candidates to {candidates}: label them (mftcalc label, or your DFT code) and "
-              "add them to the training data")
+        between = [j for j, d in enumerate(result.max_devi_f) if trust_lo <= d < trust_hi]
+        if max_candidates is not None and len(between) > max_candidates:
+            between = sorted(np.random.default_rng(0).choice(between, max_candidates, replace=False).tolist())
+        write_extxyz([structures[j].with_labels(info={**structures[j].info, "model_devi_index": j,
+                                                      "max_devi_f": float(result.max_devi_f[j])})
+                      for j in between], candidates)
+        print(f"wrote {len(between)} of the {counts['candidate']} candidates to {candidates} (info: model_devi_index, "
+              "max_devi_f): label them with your reference method and add them to the training data")
     if plot is not None:
         from mftcalc.analysis.plots import plot_model_deviation
         plot_model_deviation(result.max_devi_f, plot, "relative" if relative is not None else "eV/Å",
@@ -109,7 +118,8 @@ def _write_atomic(structures: List[Any], result: ModelDeviation, path: str) -> N
 
 def _model_devi(args: argparse.Namespace) -> int:
     run_model_devi(args.models, args.input, args.out, args.dataset, args.frequency, args.relative, args.relative_v,
-                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device, args.atomic, args.plot)
+                   args.trust_lo, args.trust_hi, args.candidates, args.dtype, args.device, args.atomic, args.plot,
+                   args.max_candidates)
     return 0
 
 
@@ -136,6 +146,8 @@ def add_model_devi_parser(subparsers: Any) -> None:
                    "structure counts as failed")
     p.add_argument("--candidates", default=None, help="write the structures between the trust bounds here (.extxyz): "
                    "the ones to label next")
+    p.add_argument("--max-candidates", type=int, default=None, help="write at most this many candidates, drawn at "
+                   "random (seed 0; DP-GEN's fp_task_max); default all")
     p.add_argument("--atomic", default=None, help="also write every structure with its atoms' force deviation as "
                    "the per-atom array devi_f (.extxyz; deepmd-kit's --atomic)")
     p.add_argument("--plot", default=None, help="histogram of max_devi_f with the trust bounds, and the deviation "

@@ -126,6 +126,13 @@ def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(commit
     between = [j for j, d in enumerate(expected.max_devi_f) if lo <= d < hi]
     assert len(between) == 2 and [p.n_atoms for p in picked] == [frames[j].n_atoms for j in between]
     assert "1 accurate, 2 candidates, 0 failed" in capsys.readouterr().out
+    assert [p.info["model_devi_index"] for p in picked] == between
+    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee, "-o", str(tmp_path / "md.out"),
+                 "--trust-lo", str(lo), "--trust-hi", str(hi), "--candidates", str(tmp_path / "one.extxyz"),
+                 "--max-candidates", "1"]) == 0
+    one = read_structures(tmp_path / "one.extxyz")
+    assert len(one) == 1 and one[0].info["model_devi_index"] in between
+    assert one[0].info["max_devi_f"] == pytest.approx(expected.max_devi_f[one[0].info["model_devi_index"]], rel=1e-6)
     assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee[:2], "-o", str(tmp_path / "md.csv"),
                  "--relative", "1.0", "--atomic", str(tmp_path / "atoms.extxyz")]) == 0
     relative = model_deviation(frames, committee[:2], relative=1.0)
@@ -167,7 +174,8 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
                            (["-o", str(tmp_path / "x.out"), "--trust-lo", "0.2", "--trust-hi", "0.1"], "lo < hi"),
                            (["-o", str(tmp_path / "x.out"), "--candidates", "c.extxyz"], "give both bounds"),
                            (["-o", str(tmp_path / "x.out"), "-f", "0"], "positive integer"),
-                           (["-o", str(tmp_path / "x.out"), "--atomic", "a.npy"], "ending in .extxyz")):
+                           (["-o", str(tmp_path / "x.out"), "--atomic", "a.npy"], "ending in .extxyz"),
+                           (["-o", str(tmp_path / "x.out"), "--max-candidates", "3"], "with --candidates")):
         with pytest.raises(SystemExit, match=message):
             main(["model-devi", traj, "-m", *committee, *extra])
     assert not (tmp_path / "x.out").exists()
