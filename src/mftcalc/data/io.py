@@ -25,6 +25,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from mftcalc.data.deepmd import read_deepmd, write_deepmd
 from mftcalc.data.structure import Structure, StructureError
+from mftcalc.files import atomic_write
 
 __all__ = ["read_structures", "write_extxyz", "read_deepmd", "write_deepmd", "from_pymatgen", "to_pymatgen",
            "read_pymatgen_json"]
@@ -81,7 +82,8 @@ def write_extxyz(structures: Sequence[Structure], path: PathLike, decimals: Opti
     ``property_units`` entry listing them, so :func:`read_structures` returns them as properties again.
     Per-atom columns are written with 8 decimals (ASE's format), everything on the comment line exactly.
     ``decimals`` rounds positions (Å) and forces (eV/Å) first: 6 (1e-6, below float32 resolution at 5 Å) makes an
-    xz-compressed file about 40 % smaller; energies, cells, stresses and info stay exact.
+    xz-compressed file about 40 % smaller; energies, cells, stresses and info stay exact. The file is written
+    atomically (:func:`mftcalc.files.atomic_write`): an interrupted write leaves the earlier file, or none.
     """
     from ase.io import write
 
@@ -97,9 +99,13 @@ def write_extxyz(structures: Sequence[Structure], path: PathLike, decimals: Opti
     buffer = io.StringIO()
     write(buffer, frames, format="extxyz")
     path = Path(path)
-    opener = COMPRESSED_OPENERS.get(path.suffix, open)
-    with opener(path, "wt") as fh:
-        fh.write(buffer.getvalue())
+    opener = COMPRESSED_OPENERS.get(path.suffix, open)      # by the target's suffix: the temporary file has none
+
+    def fill(tmp: str) -> None:
+        with opener(tmp, "wt") as fh:
+            fh.write(buffer.getvalue())
+
+    atomic_write(path, fill)        # a killed run leaves the old file or none, never a truncated one
 
 
 def from_pymatgen(obj: Any, property_units: Optional[Mapping[str, str]] = None) -> Structure:

@@ -1,4 +1,5 @@
 """Readers/writers: extxyz <-> records <-> DeePMD npy round trips, ASE db, pymatgen, and the error messages."""
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,25 @@ def test_a_partially_occupied_cif_is_refused_not_read_as_one_species(tmp_path):
     with pytest.raises(StructureError, match="partially occupied"):
         Structure.from_ase(read(tmp_path / "mixed.cif"))                   # the calculator's and predict's entry
     assert read_structures(tmp_path / "ordered.cif")[0].n_atoms == 2
+
+
+def test_write_extxyz_is_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way (a killed run, a full disk) leaves the earlier file whole and no temporary one."""
+    from ase.build import molecule as ase_molecule
+
+    import mftcalc.data.io as io_module
+    path = tmp_path / "out.extxyz.gz"
+    first = [Structure.from_ase(ase_molecule("CH4"))]
+    io_module.write_extxyz(first, path)
+    before = path.read_bytes()
+
+    def failing_opener(name, mode):
+        handle = gzip.open(name, mode)
+        handle.write("3\nhalf a frame\n")
+        handle.close()
+        raise OSError("disk full")
+
+    monkeypatch.setitem(io_module.COMPRESSED_OPENERS, ".gz", failing_opener)
+    with pytest.raises(OSError, match="disk full"):
+        io_module.write_extxyz(first * 3, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.extxyz.gz"]
