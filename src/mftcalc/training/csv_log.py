@@ -3,12 +3,15 @@ row brings new ones."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Dict, List
 
+from mftcalc.files import atomic_write_text
+
 
 def append_row(path: Path, row: Dict[str, float]) -> None:
-    """Append a row; when the row brings new columns the file is rewritten with the union header."""
+    """Append a row; when the row brings new columns the file is rewritten (atomically) with the union header."""
     fields: List[str] = []
     if path.exists():
         with open(path, newline="") as fh:
@@ -22,8 +25,9 @@ def append_row(path: Path, row: Dict[str, float]) -> None:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
     fields = fields + [k for k in row if k not in fields]
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        writer.writerow(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())      # a kill mid-rewrite keeps the old log whole

@@ -162,7 +162,9 @@ def screen(input_path: Union[str, Path, Sequence[Any]], model: Any, out: str | P
             write_structures(out, kind, rows, final_structures)
             if shard is not None:          # a complete extxyz/db shard: its record, for mftcalc merge
                 import json
-                provenance_path(out).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+
+                from mftcalc.files import atomic_write_text
+                atomic_write_text(provenance_path(out), json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     return sorted(rows, key=lambda r: int(r["index"]))
 
 
