@@ -9,7 +9,7 @@ import numpy as np
 from mftcalc.data.io import PropertySpec, read_structures
 from mftcalc.data.structure import Structure, StructureError
 from mftcalc.model.inference import predict_structures
-from mftcalc.training.evaluate import errors_from_predictions, require_labels
+from mftcalc.training.evaluate import errors_from_predictions, per_structure_errors, require_labels
 from mftcalc.workflows.group_predict import score_groups
 
 READ_FIX = ("check the file's format; in extxyz each comment line's Properties= entry is name:type:count triplets "
@@ -46,7 +46,8 @@ def read_labelled(path: str, max_structures: Optional[int] = None) -> List[Struc
 
 def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional[str] = None,
                    plot: Optional[str] = "parity.png", max_structures: Optional[int] = None,
-                   device: str = "cpu", group_by: Optional[str] = None) -> Dict[str, Dict]:
+                   device: str = "cpu", group_by: Optional[str] = None,
+                   detail: Optional[str] = None) -> Dict[str, Dict]:
     """Print a table of errors per file and write parity plots.
 
     Force field: energy MAE/atom (meV), force MAE/RMSE (meV/Å), where the file has those labels; ``plot``.
@@ -60,10 +61,17 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
     A group head (:mod:`mftcalc.data.assembly`) on frames that carry the group key it was trained with is scored
     per group (``n`` counts groups). ``device``: ``cpu``, ``cuda[:k]`` or ``auto`` (``mftcalc evaluate --device``). ``group_by``: an ``info`` key
     (e.g. ``config_type``); the energy and force errors are also given per value of it, under each file (a row's
-    ``groups``; ``(none)`` for structures without the key).
+    ``groups``; ``(none)`` for structures without the key). ``detail``: a ``.csv`` with one row per structure of
+    every file (deepmd-kit's ``dp test --detail-file``, in one table): reference and predicted energy, the energy
+    error per atom, the force MAE and largest force error, and each per-structure property's reference and
+    prediction, in the units the column names carry; the structures with the largest force errors are named.
     """
+    if detail is not None and not detail.lower().endswith(".csv"):
+        raise SystemExit(f"--detail {detail}: the per-structure table is written as .csv; give a name ending in .csv")
+    from mftcalc.calculators.domains import formula
     from mftcalc.calculators.model_handle import ModelHandle
     from mftcalc.model.intervals import interval_coverage, intervals_by_property
+    from mftcalc.workflows.screen_format import unit_tag
     files = [(path, read_labelled(path, max_structures)) for path in data_paths]
     try:
         handle = ModelHandle.load(model_path, dataset=dataset, device=device)
@@ -71,6 +79,7 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         raise SystemExit(f"{model_path}: {exc}") from None
     table: Dict[str, Dict] = {}
     parity, property_parity = [], {}
+    details: List[Dict[str, str]] = []
     for path, structures in files:
         names = _property_names(path, structures, handle)
         want_forces = any(s.forces is not None for s in structures)
@@ -103,6 +112,11 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             property_parity.setdefault(name, {}).update({f"{Path(path).name}_true": true,
                                                          f"{Path(path).name}_pred": pred})
         table[str(path)] = row
+        if detail is not None:
+            per_structure = [n for n in names if n not in handle.group_heads]    # a group head scores groups
+            details.extend({"file": str(path), "index": i, "formula": formula(s), **row} for i, (s, row) in enumerate(
+                zip(structures, per_structure_errors(structures, preds, per_structure,
+                                                     lambda n: unit_tag(handle.unit(n))))))
         if e_ref.size or f_ref.size:
             parity.append((Path(path).name, e_ref, e_pred, f_ref, f_pred))
             if group_by:
@@ -126,6 +140,8 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
                            f"{iv['mean_half_width']:.4g})" if iv else "")
                 print(f"{Path(name).name:40s} {prop:>12s} {err['n']:7d} {err['mae']:12.6g} {err['rmse']:12.6g}  "
                       f"{err['unit']}{covered}")
+    if detail is not None:
+        _write_detail(details, detail)
     if plot:
         from mftcalc.analysis.plots import plot_forcefield_parity, plot_parity
         if parity:
@@ -135,6 +151,27 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
             plot_parity(arrays, target, f"{Path(model_path).name}: {prop}", handle.unit(prop))
             print(f"wrote {target}")
     return table
+
+
+def _write_detail(rows: List[Dict], path: str) -> None:
+    """The per-structure table (columns: every key any row has, in first-seen order; empty cells where a structure
+    lacks a label), written atomically; prints the structures with the largest force errors."""
+    import csv
+    import io
+
+    from mftcalc.files import atomic_write_text
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+    worst = sorted((r for r in rows if "force_max_error_eV_per_A" in r), key=lambda r: -r["force_max_error_eV_per_A"])
+    named = ", ".join(f"{Path(r['file']).name}:{r['index']} ({r['formula']}, {r['force_max_error_eV_per_A']:.3g} eV/Å)"
+                      for r in worst[:5])
+    print(f"wrote {path} ({len(rows)} structures)" + (f"; largest force errors: {named}" if named else ""))
 
 
 def _forcefield_row(structures: Sequence[Structure], preds: Sequence[Dict]) -> Tuple[Dict, Tuple[np.ndarray, ...]]:

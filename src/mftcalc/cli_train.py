@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mftcalc.cli_evaluate import evaluate_files
     evaluate_files(args.model, args.data, dataset=args.dataset, plot=args.plot, max_structures=args.max_structures,
-                   device=args.device, group_by=args.group_by)
+                   device=args.device, group_by=args.group_by, detail=args.detail)
     return 0
 
 
@@ -67,4 +67,7 @@ def add_train_parsers(subparsers: Any) -> None:
                    "each file (default: all)")
     p.add_argument("--group-by", default=None, metavar="KEY", help="also give the energy and force errors per "
                    "value of this info key of the structures (e.g. config_type), under each file")
+    p.add_argument("--detail", default=None, metavar="FILE.csv", help="also write one row per structure: reference "
+                   "and predicted energy, energy error per atom, force MAE and largest force error, properties "
+                   "(deepmd-kit's dp test --detail-file, one table); names the worst structures")
     p.set_defaults(func=_evaluate)

@@ -60,6 +60,32 @@ def errors_from_predictions(structures: Sequence[Structure], preds: Sequence[Dic
     return out, {"e_ref": e_ref, "e_pred": e_pred, "f_ref": f_ref, "f_pred": f_pred}
 
 
+def per_structure_errors(structures: Sequence[Structure], preds: Sequence[Dict[str, Any]], properties: Sequence[str],
+                         unit_tag: Any) -> List[Dict[str, Any]]:
+    """One dict per structure (input order) of its labels, predictions and errors, keys carrying their units:
+    ``energy_ref_eV``, ``energy_pred_eV``, ``energy_error_eV_per_atom`` (predicted − reference, per atom) where it
+    has an energy label; ``force_mae_eV_per_A`` (per component) and ``force_max_error_eV_per_A`` (the largest
+    ‖F_pred − F_ref‖ of an atom) where it has forces; ``<p>_ref_<unit>``, ``<p>_pred_<unit>`` for each of
+    ``properties`` it is labelled with (``unit_tag(p)``: the head's unit as a column suffix, e.g. ``Hartree``).
+    Values absent for a structure are absent from its dict."""
+    rows = []
+    for s, p in zip(structures, preds):
+        row: Dict[str, Any] = {"n_atoms": s.n_atoms}
+        if s.energy is not None:
+            row.update(energy_ref_eV=s.energy, energy_pred_eV=float(p["energy"]),
+                       energy_error_eV_per_atom=(float(p["energy"]) - s.energy) / s.n_atoms)
+        if s.forces is not None and "forces" in p:
+            diff = np.asarray(p["forces"]) - s.forces
+            row.update(force_mae_eV_per_A=float(np.abs(diff).mean()),
+                       force_max_error_eV_per_A=float(np.linalg.norm(diff, axis=1).max()))
+        for name in properties:
+            if name in s.properties:
+                suffix = unit_tag(name)
+                row.update({f"{name}_ref_{suffix}": s.properties[name], f"{name}_pred_{suffix}": float(p[name])})
+        rows.append(row)
+    return rows
+
+
 def property_errors(model: torch.nn.Module, structures: Sequence[Structure], name: str,
                     max_atoms: int = 4096, predictions: Optional[np.ndarray] = None) -> Dict[str, float]:
     """MAE and RMSE of property ``name`` (unit of the labels) over the structures that carry it."""

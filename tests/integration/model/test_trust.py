@@ -290,3 +290,41 @@ def test_evaluate_group_by_gives_errors_per_info_value(tmp_path, capsys):
     assert "  kind=md" in capsys.readouterr().out
     assert main(["evaluate", str(model_path), str(tmp_path / "ff.extxyz"), "--plot", str(tmp_path / "p.png"),
                  "--group-by", "kind"]) == 0
+
+
+def test_evaluate_detail_gives_each_structures_errors(tmp_path, capsys):
+    """--detail FILE.csv: one row per structure of every file, against labels that are the model's own predictions
+    plus known offsets: the energy error per atom, force MAE and largest force error, the property's reference and
+    prediction; the worst structure is named; a name that is not .csv is refused."""
+    import csv
+
+    from mftcalc.cli import main
+    from mftcalc.data.io import write_extxyz
+    from mftcalc.model.inference import predict_structures
+    from _helpers import save_tiny_model
+    model_path = save_tiny_model(tmp_path / "m.pt", dtype=torch.float64)
+    model = load_model(model_path, torch.float64)
+    rng = np.random.default_rng(6)
+    molecules = [Structure(positions=rng.normal(scale=1.2, size=(4, 3)) + np.arange(4)[:, None] * 1.1,
+                           numbers=np.array([6, 1, 1, 8]), info={"dataset": "a"}) for _ in range(3)]
+    preds = predict_structures(model, molecules, 0, compute_stress=False)
+    shifts = [0.4, 0.0, -0.8]                                     # eV on the energy, eV/Å on one force component
+    labelled = []
+    for m, p, d in zip(molecules, preds, shifts):
+        forces = p["forces"].copy()
+        forces[2, 1] += d
+        labelled.append(m.with_labels(energy=float(p["energy"]) + d, forces=forces,
+                                      properties={"gap": float(p["gap"]) + d}, property_units={"gap": "Hartree"}))
+    write_extxyz(labelled, tmp_path / "ff.extxyz")
+    assert main(["evaluate", str(model_path), str(tmp_path / "ff.extxyz"), "--plot", str(tmp_path / "p.png"),
+                 "--detail", str(tmp_path / "detail.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "detail.csv")))
+    assert [int(r["index"]) for r in rows] == [0, 1, 2] and rows[0]["formula"] == "CH2O"
+    for r, d in zip(rows, shifts):
+        assert float(r["energy_error_eV_per_atom"]) == pytest.approx(-d / 4, abs=1e-6)
+        assert float(r["force_max_error_eV_per_A"]) == pytest.approx(abs(d), abs=1e-6)
+        assert float(r["force_mae_eV_per_A"]) == pytest.approx(abs(d) / 12, abs=1e-6)
+        assert float(r["gap_ref_Hartree"]) - float(r["gap_pred_Hartree"]) == pytest.approx(d, abs=1e-6)
+    assert "largest force errors: ff.extxyz:2 (CH2O, 0.8 eV/Å)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="ending in .csv"):
+        main(["evaluate", str(model_path), str(tmp_path / "ff.extxyz"), "--detail", str(tmp_path / "d.txt")])
