@@ -113,7 +113,8 @@ def check_committee(models: Sequence[Any], relative: Optional[float], relative_v
         raise ValueError(f"model deviation needs a committee of at least two models, got {len(models)}; give the "
                          "models trained from different seeds (deepmd-kit's graph.000.pb ... graph.003.pb)")
     for name, level in (("relative", relative), ("relative_v", relative_v)):
-        if level is not None and (isinstance(level, bool) or not np.isfinite(level) or level <= 0):
+        if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float, np.floating))
+                                  or not np.isfinite(level) or level <= 0):
             raise ValueError(f"{name}={level!r}: the relative deviation's level l (ε / (|F| + l)) must be a positive "
                              "number in the quantity's unit (eV/Å for forces, eV/atom for the virial), e.g. 1.0")
 

@@ -153,6 +153,8 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
         model_deviation(frames, committee[:1])
     with pytest.raises(ValueError, match="relative=-1.0.*positive number"):
         model_deviation(frames, committee, relative=-1.0)
+    with pytest.raises(ValueError, match="relative_v='1'.*positive number"):
+        model_deviation(frames, committee, relative_v="1")
     from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset
     from mftcalc.model.mft_model import MFTModel
     torch.manual_seed(0)
