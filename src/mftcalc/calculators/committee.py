@@ -10,7 +10,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 
-from mftcalc.calculators.ase_calculator import MFTCalculator
+from mftcalc.calculators.ase_calculator import MFTCalculator, _same
 from mftcalc.data.structure import Structure
 from mftcalc.workflows.model_deviation import check_committee, deviation_statistics
 
@@ -49,6 +49,17 @@ class CommitteeCalculator(Calculator):
                 raise ValueError(f"model {k} ({models[k]}) has no force-field head: a committee drives dynamics "
                                  "and compares forces; give force fields")
         self.drive = drive
+
+    def check_state(self, atoms: Any, tol: float = 1e-15) -> List[str]:
+        """ASE's changes, plus ``info`` when ``atoms.info`` differs from the last calculation's (the members read
+        ``info["dataset"]`` and frame parameters from it; any change recomputes, so a retagged structure is never
+        given the old dataset's energy)."""
+        changes = super().check_state(atoms, tol)
+        if not changes and self.atoms is not None:
+            old, new = self.atoms.info, atoms.info
+            if old.keys() != new.keys() or any(not _same(old[k], new[k]) for k in old):
+                changes = ["info"]
+        return changes
 
     def calculate(self, atoms: Any = None, properties: Optional[List[str]] = None,
                   system_changes: List[str] = all_changes) -> None:

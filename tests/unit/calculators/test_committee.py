@@ -44,10 +44,15 @@ def test_the_mean_drives_and_the_deviation_is_model_deviations(committee):
         assert si.calc.get_property(name) == pytest.approx(getattr(expected, name)[0], rel=1e-9), name
     np.testing.assert_allclose(si.calc.get_property("devi_f"), expected.atomic_devi_f[0], rtol=1e-9)
     assert si.calc.get_property("max_devi_f") > 1e-6                      # the members disagree
+    energy_b = si.get_potential_energy()                               # dataset 'b' (periodic Si) by the rule
+    si.info["dataset"] = "a"                                            # retagged: recomputed, not the cache
+    with pytest.warns(UserWarning):                                     # 'a' never saw a crystal
+        assert abs(si.get_potential_energy() - energy_b) > 1e-6
+    del si.info["dataset"]
     first = si.copy()
     first.calc = CommitteeCalculator(committee, dtype=torch.float64, drive="first")
     np.testing.assert_allclose(first.get_forces(), members[0][1], atol=1e-12)
-    assert first.calc.get_property("max_devi_f") == pytest.approx(si.calc.get_property("max_devi_f"), rel=1e-12)
+    assert first.calc.get_property("max_devi_f") == pytest.approx(si.calc.get_property("max_devi_f", si), rel=1e-12)
 
 
 def test_the_committee_mean_is_conservative(committee):
