@@ -60,6 +60,16 @@ def save_tiny_model(path: Path, **kwargs) -> Path:
     return Path(path)
 
 
+def save_property_only_model(path: Path) -> Path:
+    """A tiny model with a gap head and no force-field head (as an LP or frozen-sklearn fine-tune), saved."""
+    from mftcalc.model.checkpoint import model_metadata, save_model
+    torch.manual_seed(0)
+    model = MFTModel(ModelConfig(backbone=backbone_preset("tiny"),
+                                 heads={"gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(8,))}))
+    save_model(model, path, model_metadata(model, elements=[1, 6, 7, 8, 14]))
+    return Path(path)
+
+
 def make_tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64, **backbone) -> MFTModel:
     """A tiny random model with a force-field head (2 datasets) and one scalar, dipole and ⟨R²⟩ head each."""
     torch.manual_seed(seed)

@@ -86,6 +86,14 @@ def stiff_model_file(tmp_path):
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_committee(tmp_path_factory) -> list:
+    """Three tiny models of seeds 0, 1, 2 saved as checkpoints (paths): a committee whose members disagree."""
+    from _helpers import save_tiny_model
+    folder = tmp_path_factory.mktemp("committee")
+    return [str(save_tiny_model(folder / f"m{k}.pt", seed=k)) for k in range(3)]
+
+
 @pytest.fixture(scope="session")
 def triton_device() -> str:
     """Where the Triton kernels run: CUDA when present, else CPU through Triton's interpreter (slow: few cases)."""

@@ -10,16 +10,10 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.verlet import VelocityVerlet
 
-from _helpers import save_tiny_model
+from _helpers import save_property_only_model
 from mftcalc.calculators import MFTCalculator
 from mftcalc.calculators.committee import CommitteeCalculator
 from mftcalc.workflows.model_deviation import model_deviation
-
-
-@pytest.fixture(scope="module")
-def committee(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("committee")
-    return [str(save_tiny_model(folder / f"m{k}.pt", seed=k)) for k in range(3)]
 
 
 def _silicon():
@@ -28,18 +22,18 @@ def _silicon():
     return si
 
 
-def test_the_mean_drives_and_the_deviation_is_model_deviations(committee):
+def test_the_mean_drives_and_the_deviation_is_model_deviations(tiny_committee):
     si = _silicon()
-    si.calc = CommitteeCalculator(committee, dtype=torch.float64)
+    si.calc = CommitteeCalculator(tiny_committee, dtype=torch.float64)
     members = []
-    for path in committee:
+    for path in tiny_committee:
         atoms = si.copy()
         atoms.calc = MFTCalculator(path, dtype=torch.float64)
         members.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
     assert si.get_potential_energy() == pytest.approx(np.mean([m[0] for m in members]), abs=1e-10)
     np.testing.assert_allclose(si.get_forces(), np.mean([m[1] for m in members], axis=0), atol=1e-12)
     np.testing.assert_allclose(si.get_stress(), np.mean([m[2] for m in members], axis=0), atol=1e-12)
-    expected = model_deviation([si], committee, dtype=torch.float64)
+    expected = model_deviation([si], tiny_committee, dtype=torch.float64)
     for name in ("max_devi_f", "min_devi_f", "avg_devi_f", "devi_e", "max_devi_v", "min_devi_v", "avg_devi_v"):
         assert si.calc.get_property(name) == pytest.approx(getattr(expected, name)[0], rel=1e-9), name
     np.testing.assert_allclose(si.calc.get_property("devi_f"), expected.atomic_devi_f[0], rtol=1e-9)
@@ -50,16 +44,16 @@ def test_the_mean_drives_and_the_deviation_is_model_deviations(committee):
         assert abs(si.get_potential_energy() - energy_b) > 1e-6
     del si.info["dataset"]
     first = si.copy()
-    first.calc = CommitteeCalculator(committee, dtype=torch.float64, drive="first")
+    first.calc = CommitteeCalculator(tiny_committee, dtype=torch.float64, drive="first")
     np.testing.assert_allclose(first.get_forces(), members[0][1], atol=1e-12)
     assert first.calc.get_property("max_devi_f") == pytest.approx(si.calc.get_property("max_devi_f", si), rel=1e-12)
 
 
-def test_the_committee_mean_is_conservative(committee):
+def test_the_committee_mean_is_conservative(tiny_committee):
     """forces = −dE/dx by central differences (float64) for the committee mean."""
     atoms = molecule("CH3OH")
     atoms.rattle(0.05, seed=1)
-    atoms.calc = CommitteeCalculator(committee, dtype=torch.float64)
+    atoms.calc = CommitteeCalculator(tiny_committee, dtype=torch.float64)
     forces = atoms.get_forces()
     h = 1e-5
     for i, d in [(0, 0), (1, 2), (4, 1)]:
@@ -71,9 +65,9 @@ def test_the_committee_mean_is_conservative(committee):
         assert forces[i, d] == pytest.approx(fd, abs=1e-7)
 
 
-def test_a_molecule_has_no_stress_and_md_can_watch_the_deviation(committee):
+def test_a_molecule_has_no_stress_and_md_can_watch_the_deviation(tiny_committee):
     atoms = molecule("CH3OH")
-    atoms.calc = CommitteeCalculator(committee)
+    atoms.calc = CommitteeCalculator(tiny_committee)
     with pytest.raises(PropertyNotImplementedError, match="a molecule has none"):
         atoms.get_stress()
     with pytest.raises(PropertyNotImplementedError, match="a molecule has none"):
@@ -85,16 +79,11 @@ def test_a_molecule_has_no_stress_and_md_can_watch_the_deviation(committee):
     assert len(seen) == 5 and np.isfinite(seen).all() and len(set(seen)) > 1    # recomputed as the atoms move
 
 
-def test_bad_committees_are_refused_by_name(committee, tmp_path):
+def test_bad_committees_are_refused_by_name(tiny_committee, tmp_path):
     with pytest.raises(ValueError, match="at least two models"):
-        CommitteeCalculator(committee[:1])
+        CommitteeCalculator(tiny_committee[:1])
     with pytest.raises(ValueError, match="drive='median'"):
-        CommitteeCalculator(committee, drive="median")
-    from mftcalc.model.checkpoint import model_metadata, save_model
-    from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset
-    from mftcalc.model.mft_model import MFTModel
-    only_gap = MFTModel(ModelConfig(backbone=backbone_preset("tiny"),
-                                    heads={"gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(8,))}))
-    save_model(only_gap, tmp_path / "gap.pt", model_metadata(only_gap, elements=[1, 6, 7, 8, 14]))
+        CommitteeCalculator(tiny_committee, drive="median")
+    save_property_only_model(tmp_path / "gap.pt")
     with pytest.raises(ValueError, match="model 1 .*gap.pt.* has no force-field head"):
-        CommitteeCalculator([committee[0], tmp_path / "gap.pt"])
+        CommitteeCalculator([tiny_committee[0], tmp_path / "gap.pt"])

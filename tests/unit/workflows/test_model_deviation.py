@@ -8,7 +8,7 @@ import torch
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from _helpers import TINY_DOMAINS, make_tiny_model, save_tiny_model
+from _helpers import TINY_DOMAINS, make_tiny_model, save_property_only_model
 from mftcalc.calculators.predict import predict
 from mftcalc.cli import main
 from mftcalc.data import Structure
@@ -16,12 +16,6 @@ from mftcalc.data.io import read_structures, write_extxyz
 from mftcalc.model.checkpoint import model_metadata, save_model
 from mftcalc.workflows.model_deviation import (OUT_COLUMNS, force_deviation, model_deviation, out_text,
                                                virial_deviation)
-
-
-@pytest.fixture(scope="module")
-def committee(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("committee")
-    return [str(save_tiny_model(folder / f"m{k}.pt", seed=k)) for k in range(3)]
 
 
 def _frames():
@@ -49,10 +43,10 @@ def test_force_and_virial_deviation_follow_deepmd_kits_definitions():
                                by_hand_v / (np.abs(flat.mean(0)) + 2.0), rtol=1e-12)
 
 
-def test_committee_statistics_equal_the_models_own_predictions(committee):
+def test_committee_statistics_equal_the_models_own_predictions(tiny_committee):
     frames = _frames()
-    result = model_deviation(frames, committee, dtype=torch.float64)
-    rows = [predict(frames, path, forces=True, stress=True, dtype=torch.float64) for path in committee]
+    result = model_deviation(frames, tiny_committee, dtype=torch.float64)
+    rows = [predict(frames, path, forces=True, stress=True, dtype=torch.float64) for path in tiny_committee]
     for j, s in enumerate(frames):
         forces = np.stack([r[j]["forces"] for r in rows])
         devi = np.sqrt(((forces - forces.mean(0)) ** 2).sum(-1).mean(0))
@@ -71,9 +65,9 @@ def test_committee_statistics_equal_the_models_own_predictions(committee):
     assert result.datasets == [["a", "b", "a"]] * 3
 
 
-def test_one_model_twice_deviates_by_nothing_and_rotation_changes_nothing(committee):
+def test_one_model_twice_deviates_by_nothing_and_rotation_changes_nothing(tiny_committee):
     frames = _frames()
-    same = model_deviation(frames, [committee[0], committee[0]], dtype=torch.float64)
+    same = model_deviation(frames, [tiny_committee[0], tiny_committee[0]], dtype=torch.float64)
     assert np.abs(same.table()[np.isfinite(same.table())]).max() == 0.0
     turned = []
     for k, s in enumerate(frames):
@@ -84,20 +78,20 @@ def test_one_model_twice_deviates_by_nothing_and_rotation_changes_nothing(commit
             atoms.set_cell(atoms.cell.array @ R.T, scale_atoms=False)
         turned.append(atoms)
     invariant = [2, 3, 4, 5, 6]        # avg_devi_v (a Frobenius norm), the force columns, devi_e; max/min_devi_v
-    a = model_deviation(frames, committee, dtype=torch.float64).table()[:, invariant]   # are components (frame-bound)
-    b = model_deviation(turned, committee, dtype=torch.float64).table()[:, invariant]
+    a = model_deviation(frames, tiny_committee, dtype=torch.float64).table()[:, invariant]   # are components (frame-bound)
+    b = model_deviation(turned, tiny_committee, dtype=torch.float64).table()[:, invariant]
     finite = np.isfinite(a)
     np.testing.assert_allclose(b[finite], a[finite], rtol=1e-7, atol=1e-12)
     assert (np.isfinite(b) == finite).all()
 
 
-def test_reference_forces_give_the_committee_means_error(committee):
+def test_reference_forces_give_the_committee_means_error(tiny_committee):
     frames = _frames()
     rng = np.random.default_rng(1)
     labelled = [s.with_labels(forces=rng.normal(size=(s.n_atoms, 3))) if j != 1 else s
                 for j, s in enumerate(frames)]
-    result = model_deviation(labelled, committee, dtype=torch.float64)
-    rows = [predict(frames, path, forces=True, dtype=torch.float64) for path in committee]
+    result = model_deviation(labelled, tiny_committee, dtype=torch.float64)
+    rows = [predict(frames, path, forces=True, dtype=torch.float64) for path in tiny_committee]
     for j in (0, 2):
         mean = np.mean([r[j]["forces"] for r in rows], axis=0)
         assert result.max_error_f[j] == pytest.approx(np.linalg.norm(mean - labelled[j].forces, axis=1).max(),
@@ -105,13 +99,13 @@ def test_reference_forces_give_the_committee_means_error(committee):
     assert np.isnan(result.max_error_f[1])                               # no reference forces: no error
 
 
-def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(committee, tmp_path, capsys):
+def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(tiny_committee, tmp_path, capsys):
     frames = _frames()
     write_extxyz(frames, tmp_path / "traj.extxyz")
-    expected = model_deviation(frames, committee)
+    expected = model_deviation(frames, tiny_committee)
     lo = float(np.sort(expected.max_devi_f)[0]) * 1.0001                # the first frame below, the others above
     hi = float(np.sort(expected.max_devi_f)[2]) * 1.0001                # ... all of them below hi
-    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee, "-o", str(tmp_path / "md.out"),
+    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *tiny_committee, "-o", str(tmp_path / "md.out"),
                  "-f", "10", "--trust-lo", str(lo), "--trust-hi", str(hi), "--candidates",
                  str(tmp_path / "cand.extxyz"), "--plot", str(tmp_path / "devi.png")]) == 0
     assert (tmp_path / "devi.png").stat().st_size > 10_000
@@ -127,15 +121,15 @@ def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(commit
     assert len(between) == 2 and [p.n_atoms for p in picked] == [frames[j].n_atoms for j in between]
     assert "1 accurate, 2 candidates, 0 failed" in capsys.readouterr().out
     assert [p.info["model_devi_index"] for p in picked] == between
-    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee, "-o", str(tmp_path / "md.out"),
+    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *tiny_committee, "-o", str(tmp_path / "md.out"),
                  "--trust-lo", str(lo), "--trust-hi", str(hi), "--candidates", str(tmp_path / "one.extxyz"),
                  "--max-candidates", "1"]) == 0
     one = read_structures(tmp_path / "one.extxyz")
     assert len(one) == 1 and one[0].info["model_devi_index"] in between
     assert one[0].info["max_devi_f"] == pytest.approx(expected.max_devi_f[one[0].info["model_devi_index"]], rel=1e-6)
-    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *committee[:2], "-o", str(tmp_path / "md.csv"),
+    assert main(["model-devi", str(tmp_path / "traj.extxyz"), "-m", *tiny_committee[:2], "-o", str(tmp_path / "md.csv"),
                  "--relative", "1.0", "--atomic", str(tmp_path / "atoms.extxyz")]) == 0
-    relative = model_deviation(frames, committee[:2], relative=1.0)
+    relative = model_deviation(frames, tiny_committee[:2], relative=1.0)
     import ase.io
     for atoms, devi in zip(ase.io.read(tmp_path / "atoms.extxyz", ":"), relative.atomic_devi_f):
         np.testing.assert_allclose(atoms.arrays["devi_f"], devi, atol=1e-8)    # ASE: 8 decimals
@@ -146,30 +140,25 @@ def test_the_command_writes_deepmd_kits_model_devi_out_and_the_candidates(commit
     assert out_text(expected).count("\n") == 4 and out_text(expected, header="run").startswith("# run\n#")
 
 
-def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, capsys):
+def test_bad_committees_and_options_are_refused_by_name(tiny_committee, tmp_path, capsys):
     frames = _frames()
     write_extxyz(frames, tmp_path / "traj.extxyz")
     with pytest.raises(ValueError, match="at least two models, got 1"):
-        model_deviation(frames, committee[:1])
+        model_deviation(frames, tiny_committee[:1])
     with pytest.raises(ValueError, match="relative=-1.0.*positive number"):
-        model_deviation(frames, committee, relative=-1.0)
+        model_deviation(frames, tiny_committee, relative=-1.0)
     with pytest.raises(ValueError, match="relative_v='1'.*positive number"):
-        model_deviation(frames, committee, relative_v="1")
-    from mftcalc.model.config import HeadConfig, ModelConfig, backbone_preset
-    from mftcalc.model.mft_model import MFTModel
-    torch.manual_seed(0)
-    only_gap = MFTModel(ModelConfig(backbone=backbone_preset("tiny"),
-                                    heads={"gap": HeadConfig(kind="scalar", unit="Hartree", hidden=(8,))}))
-    save_model(only_gap, tmp_path / "gap_only.pt", model_metadata(only_gap, elements=[1, 6, 7, 8, 14]))
+        model_deviation(frames, tiny_committee, relative_v="1")
+    save_property_only_model(tmp_path / "gap_only.pt")
     with pytest.raises(ValueError, match="model 1 .*gap_only.pt.* has no force-field head"):
-        model_deviation(frames, [committee[0], tmp_path / "gap_only.pt"])
+        model_deviation(frames, [tiny_committee[0], tmp_path / "gap_only.pt"])
     with pytest.raises(ValueError, match="model 0 .*m0.pt.*zzz"):           # the member that fails is named
-        model_deviation(frames, committee, dataset="zzz")
+        model_deviation(frames, tiny_committee, dataset="zzz")
     no_si = make_tiny_model(seed=5)
     save_model(no_si, tmp_path / "no_si.pt", model_metadata(no_si, elements=[1, 6, 7, 8],
                                                                 dataset_domains=TINY_DOMAINS))
     with pytest.raises(ValueError, match="model 1 .*no_si.pt.*Si"):
-        model_deviation(frames, [committee[0], tmp_path / "no_si.pt"])
+        model_deviation(frames, [tiny_committee[0], tmp_path / "no_si.pt"])
     traj = str(tmp_path / "traj.extxyz")
     for extra, message in ((["-o", str(tmp_path / "x.txt")], "ending in .out"),
                            (["-o", str(tmp_path / "x.out"), "--trust-lo", "0.2"], "give both"),
@@ -179,12 +168,12 @@ def test_bad_committees_and_options_are_refused_by_name(committee, tmp_path, cap
                            (["-o", str(tmp_path / "x.out"), "--atomic", "a.npy"], "ending in .extxyz"),
                            (["-o", str(tmp_path / "x.out"), "--max-candidates", "3"], "with --candidates")):
         with pytest.raises(SystemExit, match=message):
-            main(["model-devi", traj, "-m", *committee, *extra])
+            main(["model-devi", traj, "-m", *tiny_committee, *extra])
     assert not (tmp_path / "x.out").exists()
 
 
-def test_float32_default_agrees_with_float64(committee):
+def test_float32_default_agrees_with_float64(tiny_committee):
     frames = _frames()
-    a = model_deviation(frames, committee).max_devi_f
-    b = model_deviation(frames, committee, dtype=torch.float64).max_devi_f
+    a = model_deviation(frames, tiny_committee).max_devi_f
+    b = model_deviation(frames, tiny_committee, dtype=torch.float64).max_devi_f
     np.testing.assert_allclose(a, b, rtol=2e-3)
