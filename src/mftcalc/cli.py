@@ -30,12 +30,14 @@ from mftcalc.cli_finetune import add_finetune_parsers  # noqa: E402
 from mftcalc.cli_import import add_import_parser  # noqa: E402
 from mftcalc.cli_label import add_label_parser  # noqa: E402
 from mftcalc.cli_model import add_model_parsers  # noqa: E402
+from mftcalc.cli_md import add_md_parser  # noqa: E402
 from mftcalc.cli_model_devi import add_model_devi_parser  # noqa: E402
 from mftcalc.cli_vibrations import add_vibrations_parser  # noqa: E402
 from mftcalc.cli_train import add_train_parsers  # noqa: E402
 
 #: sub-commands that evaluate the model: they take ``--threads``
-MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors", "vibrations", "model-devi")
+MODEL_COMMANDS = ("predict", "relax", "screen", "demo", "evaluate", "descriptors", "vibrations", "model-devi",
+                  "md")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_descriptors_parser(subparsers)
     add_vibrations_parser(subparsers)
     add_model_devi_parser(subparsers)
+    add_md_parser(subparsers)
     for name in MODEL_COMMANDS:
         subparsers.choices[name].add_argument(
             "--threads", type=int, default=None,

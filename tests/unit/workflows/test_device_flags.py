@@ -26,7 +26,7 @@ def test_every_model_command_takes_device_auto_by_default():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
     assert set(MODEL_COMMANDS) == {"predict", "relax", "screen", "evaluate", "demo", "descriptors", "vibrations",
-                                   "model-devi"}
+                                   "model-devi", "md"}
     for name in MODEL_COMMANDS:
         options = {a.dest: a for a in sub[name]._actions}
         assert options["device"].default == "auto", name
