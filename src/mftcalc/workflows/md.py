@@ -118,7 +118,6 @@ def run_md(atoms: Any, calc: Any, settings: MDSettings, out: Path, record: Dict[
     ``out`` (extxyz: positions, momenta, the model's energy and forces, ``info`` md_step, time_fs,
     temperature_K, and max_devi_f with a committee). Returns a summary: frames, steps done, whether it stopped
     at ``stop_devi``, the mean temperature of the frames' second half, and the NVE energy drift."""
-    from ase import units
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
     from mftcalc.files import atomic_write_text
@@ -152,7 +151,7 @@ def run_md(atoms: Any, calc: Any, settings: MDSettings, out: Path, record: Dict[
         bar = tqdm(total=settings.steps, initial=step, desc="md", unit="step")
     while step < settings.steps and not stopped:
         n = min(settings.interval, settings.steps - step)
-        _integrator(atoms, settings, step, units).run(n)
+        _integrator(atoms, settings, step).run(n)
         step += n
         frames.append(_write_frame(atoms, step, settings, out, committee))
         stopped = _past_bound(frames[-1], settings)
@@ -170,20 +169,21 @@ def run_md(atoms: Any, calc: Any, settings: MDSettings, out: Path, record: Dict[
             "max_devi_f": [f.info["max_devi_f"] for f in frames] if committee else None}
 
 
-def _integrator(atoms: Any, settings: MDSettings, step: int, units: Any) -> Any:
+def _integrator(atoms: Any, settings: MDSettings, step: int) -> Any:
     """A fresh integrator for the next block of steps; its random stream is seeded by (seed, step), so a run
     resumed at a frame continues exactly as it would have (up to the frame's written precision)."""
-    dt = settings.timestep * units.fs
+    from mftcalc.geometry.units import FS
+    dt = settings.timestep * FS
     rng = np.random.default_rng([settings.seed, step + 1])
     if settings.ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
         return VelocityVerlet(atoms, dt)
     if settings.ensemble == "langevin":
         from ase.md.langevin import Langevin
-        return Langevin(atoms, dt, temperature_K=settings.temperature, friction=settings.friction / units.fs,
+        return Langevin(atoms, dt, temperature_K=settings.temperature, friction=settings.friction / FS,
                         fixcm=False, rng=rng)      # ASE's fixcm=True does not sample NVT exactly (deprecated)
     from ase.md.bussi import Bussi
-    return Bussi(atoms, dt, temperature_K=settings.temperature, taut=settings.taut * units.fs, rng=rng)
+    return Bussi(atoms, dt, temperature_K=settings.temperature, taut=settings.taut * FS, rng=rng)
 
 
 def _write_frame(atoms: Any, step: int, settings: MDSettings, out: Path, committee: bool) -> Any:
