@@ -114,9 +114,9 @@ def evaluate_files(model_path: str, data_paths: Sequence[str], dataset: Optional
         table[str(path)] = row
         if detail is not None:
             per_structure = [n for n in names if n not in handle.group_heads]    # a group head scores groups
-            details.extend({"file": str(path), "index": i, "formula": formula(s), **row} for i, (s, row) in enumerate(
-                zip(structures, per_structure_errors(structures, preds, per_structure,
-                                                     lambda n: unit_tag(handle.unit(n))))))
+            errors = per_structure_errors(structures, preds, per_structure, lambda n: unit_tag(handle.unit(n)))
+            details.extend({"file": str(path), "index": i, "formula": formula(s), **e}
+                           for i, (s, e) in enumerate(zip(structures, errors)))
         if e_ref.size or f_ref.size:
             parity.append((Path(path).name, e_ref, e_pred, f_ref, f_pred))
             if group_by:
