@@ -93,8 +93,15 @@ def resume_state(out: Path, record: Dict[str, Any]) -> List[Any]:
     import ase.io
 
     from mftcalc.files import atomic_write
-    if len(frames) != _frame_count(out):
+    started = _frame_count(out)
+    if started > len(frames) + 1:                # not a cut tail: a frame in the middle does not read
+        raise ValueError(f"{out}: frame {len(frames)} of {started} cannot be read, and frames after it exist; the "
+                         "trajectory is damaged, not cut short: continue from a copy holding its first "
+                         f"{len(frames)} frames, or start again with another --out")
+    if started == len(frames) + 1:
         atomic_write(out, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+        print(f"{out}: its last frame was cut short (a killed run) and is dropped; continuing from step "
+              f"{int(frames[-1].info['md_step'])}")
     return frames
 
 

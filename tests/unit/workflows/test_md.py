@@ -47,6 +47,7 @@ def test_a_resumed_run_continues_as_an_uninterrupted_one(model_file, start, tmp_
     with open(split, "a") as fh:                                     # a frame cut short by a killed run
         fh.write("6\nProperties=species:S:1:pos:R:3 md_step=30\nC 0.0 0.0\n")
     assert _md(model_file, start, split, "--steps", "40", "--interval", "10", "--dtype", "float64") == 0
+    assert "last frame was cut short" in capsys.readouterr().out
     a, b = ase.io.read(whole, ":"), ase.io.read(split, ":")
     assert [f.info["md_step"] for f in b] == [0, 10, 20, 30, 40]
     np.testing.assert_allclose(b[-1].positions, a[-1].positions, atol=1e-5)     # frames keep 8 decimals
@@ -54,6 +55,13 @@ def test_a_resumed_run_continues_as_an_uninterrupted_one(model_file, start, tmp_
     capsys.readouterr()
     assert _md(model_file, start, split, "--steps", "60", "--temperature", "500") == 1
     assert "temperature differ" in capsys.readouterr().err
+    lines = whole.read_text().splitlines(keepends=True)
+    damaged = tmp_path / "damaged.extxyz"                              # frame 1 of 5 broken, later ones whole
+    n = int(lines[0])
+    damaged.write_text("".join(lines[:n + 4] + ["C x y z\n"] * n + lines[2 * n + 4:]))
+    (tmp_path / "damaged.extxyz.provenance.json").write_text((tmp_path / "whole.extxyz.provenance.json").read_text())
+    assert _md(model_file, start, damaged, "--steps", "40", "--interval", "10", "--dtype", "float64") == 1
+    assert "frame 1 of 5 cannot be read" in capsys.readouterr().err
     (tmp_path / "stray.extxyz").write_text(whole.read_text())
     assert _md(model_file, start, tmp_path / "stray.extxyz") == 1
     assert "without its run record" in capsys.readouterr().err
