@@ -29,8 +29,6 @@ def run_model_devi(models: List[str], input_path: str, out: str, dataset: Option
     import csv
     import io
 
-    import numpy as np
-
     from mftcalc.calculators.domains import formula
     from mftcalc.cli_evaluate import read_input
     from mftcalc.cli_model import DTYPES
